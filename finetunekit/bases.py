@@ -1,0 +1,487 @@
+"""The registry of pretrained bases and `load_base`.
+
+A base is a Keras application without its classification top. The model that
+`load_base` returns takes raw RGB pixels (0-255) and carries its family's
+`preprocess_input` inside the graph as built-in Keras layers, so a saved model
+predicts on raw images and reloads with plain `keras.models.load_model`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fnmatch
+import logging
+import os
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import keras
+import numpy as np
+
+from finetunekit import structure
+from finetunekit.errors import (
+    ArgumentTypeError,
+    ConfigError,
+    InputShapeError,
+    UnknownBaseError,
+    WeightsMismatchError,
+    WeightsNotFoundError,
+    WeightsUnavailableError,
+)
+
+__all__ = ["BaseSpec", "load_base", "list_bases", "get_spec"]
+
+logger = logging.getLogger("finetunekit")
+
+Preprocessing = Literal["tf", "caffe", "torch", "none"]
+
+# Constants of `keras.applications.imagenet_utils.preprocess_input`.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+# Arguments that belong to the top or to other steps, not to the base.
+_REJECTED_KWARGS = {
+    "include_top": "finetunekit always loads the base without its top; add_head() adds yours.",
+    "pooling": "pooling belongs to the head: use add_head(base, pooling=...).",
+    "classes": "the number of classes belongs to the head: use add_head(base, num_classes=...).",
+    "classifier_activation": "the output activation follows the task in add_head(task=...).",
+    "input_tensor": "load_base builds its own input (raw pixels); call the returned model on "
+    "your tensor instead.",
+    "include_preprocessing": "finetunekit always keeps the preprocessing inside the model so it "
+    "takes raw 0-255 pixels.",
+}
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """What finetunekit knows about one `keras.applications` constructor.
+
+    Attributes:
+        name: canonical name, e.g. `"mobilenet_v2"`.
+        constructor: attribute of `keras.applications`, e.g. `"MobileNetV2"`.
+        preprocessing: the mode of the family's `preprocess_input`: `"tf"` (scale to
+            [-1, 1]), `"caffe"` (BGR, mean subtracted), `"torch"` (ImageNet mean/std) or
+            `"none"` (the Keras model rescales by itself).
+        default_size: the family's native input size in pixels.
+        min_size: the smallest height/width Keras accepts for the family.
+        module: submodule of `keras.applications` that holds `preprocess_input`.
+    """
+
+    name: str
+    constructor: str
+    preprocessing: Preprocessing
+    default_size: int = 224
+    min_size: int = 32
+    module: str = ""
+
+
+def _specs() -> Iterator[BaseSpec]:
+    yield BaseSpec("mobilenet", "MobileNet", "tf", module="mobilenet")
+    yield BaseSpec("mobilenet_v2", "MobileNetV2", "tf", module="mobilenet_v2")
+    yield BaseSpec("mobilenet_v3_small", "MobileNetV3Small", "none", module="mobilenet_v3")
+    yield BaseSpec("mobilenet_v3_large", "MobileNetV3Large", "none", module="mobilenet_v3")
+    b_sizes = (224, 240, 260, 300, 380, 456, 528, 600)
+    for i, size in enumerate(b_sizes):
+        yield BaseSpec(
+            f"efficientnet_b{i}", f"EfficientNetB{i}", "none", size, module="efficientnet"
+        )
+    v2_sizes = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "s": 384, "m": 480, "l": 480}
+    for variant, size in v2_sizes.items():
+        yield BaseSpec(
+            f"efficientnet_v2_{variant}",
+            f"EfficientNetV2{variant.upper()}",
+            "none",
+            size,
+            module="efficientnet_v2",
+        )
+    for depth in (50, 101, 152):
+        yield BaseSpec(f"resnet{depth}", f"ResNet{depth}", "caffe", module="resnet")
+        yield BaseSpec(f"resnet{depth}_v2", f"ResNet{depth}V2", "tf", module="resnet_v2")
+    for variant in ("tiny", "small", "base", "large", "xlarge"):
+        yield BaseSpec(
+            f"convnext_{variant}", f"ConvNeXt{variant.capitalize()}", "none", module="convnext"
+        )
+    for depth in (121, 169, 201):
+        yield BaseSpec(f"densenet{depth}", f"DenseNet{depth}", "torch", module="densenet")
+    yield BaseSpec("inception_v3", "InceptionV3", "tf", 299, 75, module="inception_v3")
+    yield BaseSpec(
+        "inception_resnet_v2", "InceptionResNetV2", "tf", 299, 75, module="inception_resnet_v2"
+    )
+    yield BaseSpec("xception", "Xception", "tf", 299, 71, module="xception")
+    yield BaseSpec("vgg16", "VGG16", "caffe", module="vgg16")
+    yield BaseSpec("vgg19", "VGG19", "caffe", module="vgg19")
+
+
+def _normalize(name: str) -> str:
+    """Forgiving key: case, `-`, `_`, spaces and dots do not matter."""
+    return re.sub(r"[\s_\-.]", "", name.lower())
+
+
+REGISTRY: Mapping[str, BaseSpec] = {spec.name: spec for spec in _specs()}
+_BY_KEY: Mapping[str, BaseSpec] = {_normalize(s.name): s for s in REGISTRY.values()}
+
+
+def list_bases(pattern: str | None = None) -> list[str]:
+    """Lists the names of the bases `load_base` knows.
+
+    Args:
+        pattern: optional glob (`fnmatch` style) matched against the names, forgiving about
+            case, `-` and `_`: `"mobilenet*"`, `"EfficientNetV2-*"`, `"resnet*v2"`.
+
+    Returns:
+        The matching canonical names, sorted.
+
+    Example:
+
+    >>> list_bases("mobilenet*")
+    ['mobilenet', 'mobilenet_v2', 'mobilenet_v3_large', 'mobilenet_v3_small']
+    """
+    if pattern is None:
+        return sorted(REGISTRY)
+    if not isinstance(pattern, str):
+        raise ArgumentTypeError(
+            f"list_bases expected a glob pattern string such as 'mobilenet*'; "
+            f"received {type(pattern).__name__}."
+        )
+    key = re.sub(r"[\s_\-.]", "", pattern.lower())
+    return sorted(s.name for k, s in _BY_KEY.items() if fnmatch.fnmatchcase(k, key))
+
+
+def get_spec(name: str) -> BaseSpec:
+    """Returns the registry entry for a base name (forgiving about case, `-` and `_`).
+
+    Raises:
+        UnknownBaseError: the name is not registered; the message lists the closest names.
+    """
+    spec = _BY_KEY.get(_normalize(name))
+    if spec is not None:
+        return spec
+    close = difflib.get_close_matches(_normalize(name), list(_BY_KEY), n=3, cutoff=0.5)
+    hint = (
+        "Did you mean " + ", ".join(repr(_BY_KEY[k].name) for k in close) + "?"
+        if close
+        else "See finetunekit.list_bases() for every name."
+    )
+    raise UnknownBaseError(
+        f"Unknown base {name!r}. {hint} A keras.Model or a path to a saved .keras model is "
+        "accepted too."
+    )
+
+
+def load_base(
+    base: str | keras.Model | os.PathLike[str],
+    *,
+    weights: str | os.PathLike[str] | None = "imagenet",
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    **kwargs: Any,
+) -> keras.Model:
+    """Loads a pretrained model without its top, taking raw RGB pixels.
+
+    The family's `preprocess_input` is built into the returned model as
+    ordinary Keras layers (no `Lambda`), so feed it images with values 0-255,
+    any numeric dtype, and never call `preprocess_input` yourself.
+
+    Args:
+        base: a registered name (`"mobilenet_v2"`, `"EfficientNetB0"`, ...; see
+            `list_bases`), your own Functional `keras.Model` (returned unchanged), or a path
+            to a saved `.keras` model (a full fine-tuned model gives back its base).
+        weights: `"imagenet"` (Keras' download, or its cache in `$KERAS_HOME/models`),
+            `None` for random initialisation, or a path to a Keras weights file
+            (`.h5`, `.weights.h5`) or saved `.keras` model of the same architecture.
+        input_shape: `(height, width, 3)`; defaults to the family's native size.
+        **kwargs: passed to the Keras constructor, e.g. `alpha=0.35`.
+
+    Returns:
+        A Functional `keras.Model` mapping raw images to feature maps.
+
+    Raises:
+        UnknownBaseError: the name is not registered (the closest names are suggested).
+        InputShapeError: `input_shape` is malformed, not 3-channel, or too small.
+        WeightsNotFoundError: a weights or model path does not exist.
+        WeightsUnavailableError: the ImageNet download failed (offline).
+        WeightsMismatchError: a weights file does not fit the architecture.
+        ConfigError: a constructor argument is rejected by Keras or belongs to another step.
+
+    Example:
+
+    >>> base = load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3), alpha=0.35)
+    >>> base.output_shape
+    (None, 3, 3, 1280)
+    """
+    if isinstance(base, keras.Model):
+        return _from_model(base, weights=weights, input_shape=input_shape, kwargs=kwargs)
+    if isinstance(base, os.PathLike) or (isinstance(base, str) and _looks_like_path(base)):
+        if kwargs:
+            raise ConfigError(
+                f"Constructor arguments {sorted(kwargs)} cannot apply to a saved model "
+                f"({os.fspath(base)!r}); remove them."
+            )
+        model = _load_saved(Path(os.fspath(base)))
+        return _from_model(model, weights=weights, input_shape=input_shape, kwargs={})
+    if not isinstance(base, str):
+        raise ArgumentTypeError(
+            "load_base expected a base name (str), a keras.Model or a path to a .keras file; "
+            f"received {type(base).__name__}."
+        )
+    spec = get_spec(base)
+    shape = _check_input_shape(spec, input_shape)
+    for key, why in _REJECTED_KWARGS.items():
+        if key in kwargs:
+            raise ConfigError(f"load_base does not take {key}={kwargs[key]!r}: {why}")
+    model = _construct(spec, shape, kwargs)
+    if weights is not None:
+        source = _weights_source(spec, shape, weights, kwargs)
+        copy_weights(source, model, origin=_describe_weights(weights))
+    return model
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith((".keras", ".h5")) or os.sep in text or os.path.exists(text)
+
+
+def _load_saved(path: Path) -> keras.Model:
+    if not path.exists():
+        raise WeightsNotFoundError(
+            f"No saved model at {str(path)!r}. Check the path, or pass a base name such as "
+            "'mobilenet_v2' (see finetunekit.list_bases())."
+        )
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for unreadable files
+        raise ConfigError(
+            f"Could not read a Keras model from {str(path)!r} ({type(exc).__name__}: {exc}). "
+            "Save it with model.save('name.keras'), or pass a base name."
+        ) from exc
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"{str(path)!r} does not hold a keras.Model.")
+    return model
+
+
+def _from_model(
+    model: keras.Model,
+    *,
+    weights: str | os.PathLike[str] | None,
+    input_shape: tuple[int | None, int | None, int] | None,
+    kwargs: dict[str, Any],
+) -> keras.Model:
+    if kwargs:
+        raise ConfigError(
+            f"Constructor arguments {sorted(kwargs)} only apply to a base name; the model "
+            "you passed is used as it is."
+        )
+    base = structure.find_base(model)
+    if input_shape is not None and tuple(input_shape) != tuple(base.input_shape[1:]):
+        raise InputShapeError(
+            f"input_shape={tuple(input_shape)} does not match the model's input shape "
+            f"{tuple(base.input_shape[1:])}; leave input_shape out for a keras.Model base."
+        )
+    if weights is not None and weights != "imagenet":
+        copy_weights(_weights_file_model(weights, reference=base), base, str(weights))
+    return base
+
+
+def _check_input_shape(spec: BaseSpec, input_shape: Any) -> tuple[int | None, int | None, int]:
+    if input_shape is None:
+        return (spec.default_size, spec.default_size, 3)
+    if (
+        not isinstance(input_shape, (tuple, list))
+        or len(input_shape) != 3
+        or not all(d is None or isinstance(d, (int, np.integer)) for d in input_shape)
+    ):
+        raise InputShapeError(
+            "input_shape must be (height, width, channels), e.g. (160, 160, 3); "
+            f"received {input_shape!r}."
+        )
+    height, width, channels = input_shape
+    if channels != 3:
+        raise InputShapeError(
+            f"{spec.name} takes RGB images: input_shape must end with 3 channels; received "
+            f"{tuple(input_shape)}. Convert grayscale/RGBA images to RGB (finetunekit.data does)."
+        )
+    for dim in (height, width):
+        if dim is not None and dim < spec.min_size:
+            raise InputShapeError(
+                f"{spec.name} needs images of at least {spec.min_size}x{spec.min_size} pixels; "
+                f"received input_shape={tuple(input_shape)}. Resize your images, e.g. "
+                f"input_shape=({max(spec.min_size, 96)}, {max(spec.min_size, 96)}, 3)."
+            )
+    return (height, width, 3)
+
+
+def _preprocessing(mode: Preprocessing, inputs: Any) -> Any:
+    """Builds `preprocess_input` of the given mode from serializable Keras layers."""
+    prefix = structure.PREPROCESS_PREFIX
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=f"{prefix}_tf")(inputs)
+    if mode == "torch":
+        scale = [1.0 / (255.0 * s) for s in _TORCH_STD]
+        offset = [-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD, strict=True)]
+        return keras.layers.Rescaling(scale, offset=offset, name=f"{prefix}_torch")(inputs)
+    if mode == "caffe":
+        # RGB -> BGR and mean subtraction as one fixed 1x1 convolution: exact (the kernel is a
+        # permutation) and made of built-in layers only. It never trains.
+        kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+        for out_channel in range(3):
+            kernel[0, 0, 2 - out_channel, out_channel] = 1.0
+        layer = keras.layers.Conv2D(
+            3,
+            1,
+            kernel_initializer=keras.initializers.Constant(kernel),
+            bias_initializer=keras.initializers.Constant(-np.array(_CAFFE_MEAN_BGR)),
+            trainable=False,
+            name=f"{prefix}_caffe",
+        )
+        return layer(inputs)
+    return inputs
+
+
+@contextlib.contextmanager
+def _keras_warnings_to_log() -> Iterator[None]:
+    """Keras warns with `warnings.warn`; route those to our logger instead of stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for item in caught:
+        logger.info("keras: %s", item.message)
+
+
+def _call_constructor(spec: BaseSpec, **arguments: Any) -> keras.Model:
+    constructor = getattr(keras.applications, spec.constructor)
+    try:
+        with _keras_warnings_to_log():
+            return constructor(include_top=False, **arguments)
+    except TypeError as exc:
+        raise ConfigError(
+            f"keras.applications.{spec.constructor} rejected the arguments "
+            f"{_public_arguments(arguments)}: {exc}. Check the spelling of the keyword "
+            "arguments you passed to load_base."
+        ) from exc
+    except ValueError as exc:
+        raise ConfigError(
+            f"keras.applications.{spec.constructor} rejected the arguments "
+            f"{_public_arguments(arguments)}: {exc}"
+        ) from exc
+
+
+def _public_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in arguments.items() if k != "input_tensor"}
+
+
+def _construct(
+    spec: BaseSpec, shape: tuple[int | None, int | None, int], kwargs: dict[str, Any]
+) -> keras.Model:
+    inputs = keras.Input(shape=shape, name="image")
+    features = _preprocessing(spec.preprocessing, inputs)
+    model = _call_constructor(
+        spec, weights=None, input_shape=shape, input_tensor=features, **kwargs
+    )
+    # With `input_tensor`, Keras gives the model a one-element input list; rewrap the same
+    # layers with a single input so the base is called like any model.
+    return keras.Model(inputs, model.output, name=model.name)
+
+
+def _weights_source(
+    spec: BaseSpec,
+    shape: tuple[int | None, int | None, int],
+    weights: str | os.PathLike[str],
+    kwargs: dict[str, Any],
+) -> keras.Model:
+    """A model holding the requested weights, to copy into the base built with preprocessing."""
+    if weights == "imagenet":
+        try:
+            return _call_constructor(spec, weights="imagenet", input_shape=shape, **kwargs)
+        except ConfigError:
+            raise
+        except Exception as exc:  # Keras raises a bare Exception on "URL fetch failure"
+            if "URL fetch failure" in str(exc) or isinstance(exc, OSError):
+                raise _download_error(exc) from exc
+            raise
+    reference = _call_constructor(spec, weights=None, input_shape=shape, **kwargs)
+    return _weights_file_model(weights, reference=reference)
+
+
+def _weights_file_model(weights: str | os.PathLike[str], reference: keras.Model) -> keras.Model:
+    """Loads a weights path into `reference` (for .h5) or as a model (for .keras)."""
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ArgumentTypeError(
+            "weights must be 'imagenet', None or a path to a weights file; received "
+            f"{type(weights).__name__}."
+        )
+    path = Path(os.fspath(weights))
+    if not path.exists():
+        if path.suffix in (".h5", ".keras", ".hdf5") or os.sep in str(weights):
+            raise WeightsNotFoundError(
+                f"No weights file at {str(path)!r}. Check the path, or use weights='imagenet' "
+                "or weights=None."
+            )
+        raise ConfigError(
+            f"weights must be 'imagenet', None, or a path to a .h5/.weights.h5/.keras file; "
+            f"received {str(weights)!r}."
+        )
+    if path.suffix == ".keras":
+        return structure.find_base(_load_saved(path))
+    try:
+        with _keras_warnings_to_log():
+            reference.load_weights(str(path))
+    except Exception as exc:  # h5py and Keras raise ValueError, OSError, KeyError...
+        raise WeightsMismatchError(
+            f"The weights in {str(path)!r} do not fit {reference.name!r}: {exc}. The file must "
+            "be saved from the same architecture without its top (same alpha, same "
+            "include_top=False); a file with the classification top needs "
+            "include_top=True in Keras and cannot be used as a base directly."
+        ) from exc
+    return reference
+
+
+def _download_error(exc: BaseException) -> WeightsUnavailableError:
+    match = re.search(r"(https?://\S+?)(?::\s|\s|$)", str(exc))
+    url = match.group(1) if match else "(unknown URL)"
+    filename = url.rstrip("/").rsplit("/", 1)[-1]
+    from keras.src.backend import config as keras_config
+
+    cache = os.path.join(keras_config.keras_home(), "models")
+    return WeightsUnavailableError(
+        f"Could not download the ImageNet weights {filename!r} from {url} ({exc}). "
+        f"Either place that file in the Keras cache folder {cache!r} "
+        "($KERAS_HOME/models, default ~/.keras/models), or pass weights=PATH to a copy of it "
+        "(any input size works with a path), or weights=None to start from random weights."
+    )
+
+
+def _describe_weights(weights: str | os.PathLike[str]) -> str:
+    return "ImageNet weights" if weights == "imagenet" else repr(os.fspath(weights))
+
+
+def copy_weights(source: keras.Model, target: keras.Model, origin: str) -> None:
+    """Copies weights layer by layer, in graph order, skipping preprocessing layers.
+
+    Raises:
+        WeightsMismatchError: the two models do not have the same weighted layers.
+    """
+    src = structure.weighted_layers(source)
+    dst = structure.weighted_layers(target)
+    src_shapes = [[tuple(w.shape) for w in layer.weights] for layer in src]
+    dst_shapes = [[tuple(w.shape) for w in layer.weights] for layer in dst]
+    if src_shapes != dst_shapes:
+        where = next(
+            (i for i, (a, b) in enumerate(zip(src_shapes, dst_shapes, strict=False)) if a != b),
+            min(len(src), len(dst)),
+        )
+        detail = (
+            f"layer {where}: {dst[where].name!r} expects {dst_shapes[where]}, "
+            f"the weights hold {src_shapes[where]}"
+            if where < min(len(src), len(dst))
+            else f"{len(src)} weighted layers in the weights, {len(dst)} in the base"
+        )
+        raise WeightsMismatchError(
+            f"{origin} do not fit the base {target.name!r} ({detail}). Load the same "
+            "architecture with the same constructor arguments (e.g. alpha) they were saved with."
+        )
+    for s, d in zip(src, dst, strict=True):
+        d.set_weights(s.get_weights())

@@ -1,0 +1,574 @@
+"""`FineTuner`: the six steps as chaining methods, and `fit` that runs them all."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from finetunekit import bases, data, freezing, heads, structure, tasks
+from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
+
+__all__ = ["FineTuner", "FineTuneHistory", "PhasePlan", "Plan"]
+
+logger = logging.getLogger("finetunekit")
+
+HEAD, FINETUNE = "head", "finetune"
+
+
+class FineTuneHistory(keras.callbacks.History):
+    """A `History` covering every phase of a `FineTuner.fit`.
+
+    Attributes:
+        history: metric name -> one value per epoch, all phases in order.
+        epoch: the epoch indices.
+        phases: the phase of every epoch (`"head"` or `"finetune"`).
+        unfreeze_epoch: index of the first fine-tune epoch (None when there was none).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: dict[str, list[Any]] = {}
+        self.epoch: list[int] = []
+        self.phases: list[str] = []
+
+    @property
+    def unfreeze_epoch(self) -> int | None:
+        return self.phases.index(FINETUNE) if FINETUNE in self.phases else None
+
+    def extend(self, phase: str, other: keras.callbacks.History) -> None:
+        """Appends the epochs of one phase."""
+        done = len(self.phases)
+        count = len(other.epoch)
+        for key, values in other.history.items():
+            self.history.setdefault(key, [float("nan")] * done).extend(values)
+        for values in self.history.values():
+            values.extend([float("nan")] * (done + count - len(values)))
+        self.epoch.extend(range(done, done + count))
+        self.phases.extend([phase] * count)
+        self.params = other.params
+        self.set_model(other.model)
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """What trains in one phase of `FineTuner.fit`.
+
+    Attributes:
+        phase: `"head"` or `"finetune"`.
+        epochs: the most epochs the phase runs (early stopping may end it sooner).
+        learning_rate: learning rate of the phase's optimizer.
+        trainable_params: parameters that train.
+        frozen_params: parameters that do not.
+        trainable_blocks: blocks of the base that train (empty in the head phase).
+        batchnorm: BatchNormalization mode in the base.
+        early_stopping: whether early stopping (best weights restored) watches the phase.
+    """
+
+    phase: str
+    epochs: int
+    learning_rate: float
+    trainable_params: int
+    frozen_params: int
+    trainable_blocks: tuple[str, ...]
+    batchnorm: str
+    early_stopping: bool
+
+
+class Plan(tuple[PhasePlan, ...]):
+    """The phases of a `FineTuner.fit`; `str(plan)` is a readable table."""
+
+    def __str__(self) -> str:
+        rows = [("phase", "epochs", "lr", "trainable", "frozen", "blocks trained", "BN")]
+        for p in self:
+            blocks = ", ".join(p.trainable_blocks) or "- (head only)"
+            rows.append(
+                (
+                    p.phase,
+                    str(p.epochs),
+                    f"{p.learning_rate:g}",
+                    f"{p.trainable_params:,}",
+                    f"{p.frozen_params:,}",
+                    blocks,
+                    p.batchnorm,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows
+        )
+
+
+def _check_epochs(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be an int >= 0; received {value!r}.")
+    return value
+
+
+class FineTuner:
+    """The six steps of fine-tuning on one model, chained.
+
+    Step by step, each method returns the tuner:
+
+    ```python
+    tuner = FineTuner("mobilenet_v2", num_classes=5, input_shape=(160, 160, 3))
+    tuner.load_base().freeze().add_head().compile(learning_rate=1e-3)
+    tuner.train(train, epochs=5, validation_data=val)
+    tuner.unfreeze(2).train(train, epochs=5, validation_data=val)  # recompiled at 1e-4
+    ```
+
+    or in one call: `history = tuner.fit(train, validation_data=val)`.
+
+    The tuner recompiles by itself after every trainable change, matches the
+    loss to the labels (indices or one-hot), builds under `strategy.scope()`
+    when a `tf.distribute` strategy is given, and uses early stopping with the
+    best weights restored when there is validation data.
+
+    Args:
+        base: a base name (see `list_bases`), a keras.Model, or a saved `.keras` path.
+        num_classes: classes of the task; inferred from the training labels when None.
+        task: `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`.
+        weights: `"imagenet"`, None, or a weights path (see `load_base`).
+        input_shape: `(height, width, 3)`; the base's native size when None.
+        strategy: a `tf.distribute.Strategy` to build, compile and train under.
+        **base_kwargs: passed to the Keras constructor, e.g. `alpha=0.35`.
+
+    Attributes:
+        base: the base model (after `load_base`).
+        model: the full model (after `add_head`); after `fit`, the trained model.
+
+    Raises:
+        ConfigError: bad `task` or `num_classes`.
+        ArgumentTypeError: `strategy` is not a `tf.distribute.Strategy`.
+    """
+
+    def __init__(
+        self,
+        base: str | keras.Model | os.PathLike[str] = "mobilenet_v2",
+        num_classes: int | None = None,
+        *,
+        task: str = "multiclass",
+        weights: str | os.PathLike[str] | None = "imagenet",
+        input_shape: tuple[int, int, int] | None = None,
+        strategy: tf.distribute.Strategy | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        tasks.get_task(task)
+        if num_classes is not None:
+            tasks.output_units(task, num_classes)
+        if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
+            raise ArgumentTypeError(
+                f"strategy must be a tf.distribute.Strategy (e.g. MirroredStrategy()); "
+                f"received {type(strategy).__name__}."
+            )
+        self._base_arg = base
+        self.num_classes = num_classes
+        self.task = task
+        self.weights = weights
+        self.input_shape = input_shape
+        self.strategy = strategy
+        self.base_kwargs = base_kwargs
+        self.base: keras.Model | None = None
+        self.model: keras.Model | None = None
+        self._compile_args: dict[str, Any] = {}
+        self._label_mode: str | None = None
+        self._epochs_done = 0
+
+    # -- the six steps -------------------------------------------------------------------
+
+    def load_base(self) -> FineTuner:
+        """Step 1: loads the base (see `finetunekit.load_base`)."""
+        with self._scope():
+            self.base = bases.load_base(
+                self._base_arg,
+                weights=self.weights,
+                input_shape=self.input_shape,
+                **self.base_kwargs,
+            )
+        return self
+
+    def freeze(self, *, train_bn: bool = False) -> FineTuner:
+        """Step 2: freezes the whole base (see `finetunekit.freeze`)."""
+        freezing.freeze(self._need_base(), train_bn=train_bn)
+        self._recompile_if_needed()
+        return self
+
+    def add_head(
+        self, *, hidden: Sequence[int] = (), dropout: float = 0.2, pooling: str | None = "avg"
+    ) -> FineTuner:
+        """Step 3: puts a head on the base (see `finetunekit.add_head`)."""
+        base = self._need_base()
+        if self.num_classes is None and self.task in ("multiclass", "multilabel"):
+            raise StepOrderError(
+                "num_classes is unknown: pass FineTuner(..., num_classes=N), or call fit(), "
+                "which infers it from the labels."
+            )
+        with self._scope():
+            self.model = heads.add_head(
+                base,
+                self.num_classes,
+                task=self.task,
+                hidden=hidden,
+                dropout=dropout,
+                pooling=pooling,
+            )
+        self._compile_args = {}
+        return self
+
+    def compile(
+        self,
+        learning_rate: float = 1e-3,
+        *,
+        optimizer: str | keras.optimizers.Optimizer = "adam",
+        label_mode: str | None = None,
+        metrics: list[Any] | None = None,
+    ) -> FineTuner:
+        """Step 4: compiles for the task with a fresh optimizer (see `compile_for`)."""
+        model = self._need_model()
+        mode = label_mode or self._label_mode or self._default_label_mode()
+        with self._scope():
+            tasks.compile_for(
+                model,
+                self.task,
+                learning_rate=learning_rate,
+                optimizer=optimizer,
+                label_mode=mode,
+                metrics=metrics,
+            )
+        self._compile_args = dict(
+            learning_rate=learning_rate, optimizer=optimizer, label_mode=mode, metrics=metrics
+        )
+        return self
+
+    def train(
+        self,
+        data_or_x: Any,
+        y: Any = None,
+        *,
+        epochs: int = 5,
+        validation_data: Any = None,
+        batch_size: int = 32,
+        early_stopping: bool = True,
+        patience: int = 3,
+        callbacks: list[keras.callbacks.Callback] | None = None,
+        verbose: Any = "auto",
+        phase: str = "train",
+    ) -> keras.callbacks.History:
+        """Step 5: trains what is trainable now.
+
+        Args:
+            data_or_x: a `tf.data.Dataset` of `(images, labels)` batches, a tuple `(x, y)`,
+                or an image array with labels in `y`.
+            y: labels, when `data_or_x` is an array.
+            epochs: epochs to run.
+            validation_data: same forms as the training data; enables early stopping.
+            batch_size: batch size for arrays (datasets keep theirs).
+            early_stopping: stop when `val_loss` stops improving and restore the best weights
+                (only with validation data).
+            patience: epochs without improvement before stopping.
+            callbacks: more Keras callbacks.
+            verbose: passed to `keras.Model.fit`.
+            phase: a name for this run's epochs in logs.
+
+        Returns:
+            The Keras `History` of this run.
+
+        Raises:
+            StepOrderError: no model yet (call `add_head`).
+            DataError: data or labels that do not fit the task.
+        """
+        model = self._need_model()
+        _check_epochs("epochs", epochs)
+        train_ds, val_ds = self._datasets(data_or_x, y, validation_data, batch_size)
+        self._match_labels(train_ds)
+        if not self._compile_args:
+            self.compile()
+        self._recompile_if_needed()
+        all_callbacks = list(callbacks or [])
+        if early_stopping and val_ds is not None:
+            all_callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=patience, restore_best_weights=True
+                )
+            )
+        logger.info("%s phase: %d epochs", phase, epochs)
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=self._epochs_done + epochs,
+            initial_epoch=self._epochs_done,
+            callbacks=all_callbacks,
+            verbose=verbose,
+            shuffle=False,  # datasets are reshuffled by tf.data itself
+        )
+        self._epochs_done += len(history.epoch)
+        return history
+
+    def unfreeze(
+        self,
+        n: int = 2,
+        *,
+        unit: freezing.Unit = "block",
+        train_bn: bool = False,
+        learning_rate: float | None = None,
+    ) -> FineTuner:
+        """Step 6: unfreezes the last `n` blocks (or layers) of the base and recompiles.
+
+        Args:
+            n: how many blocks or layers of the base, counted from its end.
+            unit: `"block"` or `"layer"` (see `finetunekit.unfreeze_last`).
+            train_bn: also train BatchNormalization scale/offset in the unfrozen part.
+            learning_rate: the fine-tuning learning rate; default a tenth of the current one.
+        """
+        freezing.unfreeze_last(self._need_base(), n, unit=unit, train_bn=train_bn)
+        if self.model is not None:
+            current = self._compile_args.get("learning_rate", 1e-3)
+            args = {**self._compile_args, "learning_rate": learning_rate or current / 10}
+            self.compile(**args)
+        return self
+
+    # -- all of it -----------------------------------------------------------------------
+
+    def fit(
+        self,
+        train: Any,
+        y: Any = None,
+        *,
+        validation_data: Any = None,
+        head_epochs: int = 5,
+        finetune_epochs: int = 5,
+        unfreeze: int = 2,
+        unit: freezing.Unit = "block",
+        head_learning_rate: float = 1e-3,
+        finetune_learning_rate: float = 1e-4,
+        train_bn: bool = False,
+        hidden: Sequence[int] = (),
+        dropout: float = 0.2,
+        batch_size: int = 32,
+        early_stopping: bool = True,
+        patience: int = 3,
+        callbacks: list[keras.callbacks.Callback] | None = None,
+        verbose: Any = "auto",
+    ) -> FineTuneHistory:
+        """Runs the six steps: load, freeze, head, compile, train the head, unfreeze, train.
+
+        Args:
+            train: training data (see `train`).
+            y: labels when `train` is an image array.
+            validation_data: validation data; enables early stopping with best weights.
+            head_epochs: epochs with the whole base frozen (0 to skip).
+            finetune_epochs: epochs after unfreezing (0 to skip).
+            unfreeze: how many blocks (or layers, see `unit`) of the base to unfreeze.
+            unit: `"block"` or `"layer"`.
+            head_learning_rate: learning rate of the head phase.
+            finetune_learning_rate: learning rate after unfreezing (kept low so the
+                pretrained features are not destroyed).
+            train_bn: train BatchNormalization scale/offset in the unfrozen part.
+            hidden: hidden layer sizes of the head.
+            dropout: dropout of the head.
+            batch_size: batch size for arrays.
+            early_stopping: early stopping on `val_loss` with the best weights restored.
+            patience: epochs without improvement before stopping.
+            callbacks: more Keras callbacks, used in both phases.
+            verbose: passed to `keras.Model.fit`.
+
+        Returns:
+            One `FineTuneHistory` for both phases, with the phase of every epoch.
+
+        Raises:
+            ConfigError: bad epochs, `unfreeze` or learning rates.
+            DataError: data or labels that do not fit the task.
+
+        Example:
+
+        >>> history = FineTuner("mobilenet_v2", num_classes=5).fit(train, validation_data=val)
+        """
+        _check_epochs("head_epochs", head_epochs)
+        _check_epochs("finetune_epochs", finetune_epochs)
+        _check_epochs("unfreeze", unfreeze)
+        train_ds, val_ds = self._datasets(train, y, validation_data, batch_size)
+        if self.base is None:
+            self.load_base()
+        self._infer_num_classes(train_ds, train)
+        self.freeze()
+        if self.model is None:
+            self.add_head(hidden=hidden, dropout=dropout)
+        self._epochs_done = 0
+        self._match_labels(train_ds)
+        self.compile(head_learning_rate)
+        history = FineTuneHistory()
+        common = dict(
+            validation_data=val_ds,
+            early_stopping=early_stopping,
+            patience=patience,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        if head_epochs:
+            history.extend(HEAD, self.train(train_ds, epochs=head_epochs, phase=HEAD, **common))
+        if finetune_epochs and unfreeze:
+            self.unfreeze(
+                unfreeze, unit=unit, train_bn=train_bn, learning_rate=finetune_learning_rate
+            )
+            history.extend(
+                FINETUNE, self.train(train_ds, epochs=finetune_epochs, phase=FINETUNE, **common)
+            )
+        return history
+
+    # -- inspection and saving -----------------------------------------------------------
+
+    def plan(
+        self,
+        *,
+        head_epochs: int = 5,
+        finetune_epochs: int = 5,
+        unfreeze: int = 2,
+        unit: freezing.Unit = "block",
+        head_learning_rate: float = 1e-3,
+        finetune_learning_rate: float = 1e-4,
+        train_bn: bool = False,
+        early_stopping: bool = True,
+    ) -> Plan:
+        """Describes, per phase, what `fit` with these arguments would train.
+
+        Loads the base and adds the head if needed; leaves what is trainable as it was.
+
+        Returns:
+            A `Plan` (a tuple of `PhasePlan`); `print(plan)` shows a table.
+
+        Raises:
+            StepOrderError: `num_classes` is unknown (pass it to the constructor).
+        """
+        if self.base is None:
+            self.load_base()
+        if self.model is None:
+            self.add_head()
+        model = self._need_model()
+        base = self._need_base()
+        saved = [(layer, layer.trainable) for layer in structure.leaf_layers(base)]
+        saved_base = base.trainable
+        try:
+            freezing.freeze(base, train_bn=False)
+            head = freezing.trainable_report(model)
+            phases = [self._phase_plan(HEAD, head_epochs, head_learning_rate, head, early_stopping)]
+            if finetune_epochs and unfreeze:
+                freezing.unfreeze_last(base, unfreeze, unit=unit, train_bn=train_bn)
+                tuned = freezing.trainable_report(model)
+                phases.append(
+                    self._phase_plan(
+                        FINETUNE, finetune_epochs, finetune_learning_rate, tuned, early_stopping
+                    )
+                )
+        finally:
+            base.trainable = saved_base
+            for layer, flag in saved:
+                layer.trainable = flag
+        return Plan(phases)
+
+    @staticmethod
+    def _phase_plan(
+        phase: str, epochs: int, lr: float, report: freezing.TrainableReport, stop: bool
+    ) -> PhasePlan:
+        return PhasePlan(
+            phase=phase,
+            epochs=epochs,
+            learning_rate=lr,
+            trainable_params=report.trainable_params,
+            frozen_params=report.frozen_params,
+            trainable_blocks=report.trainable_blocks,
+            batchnorm=report.batchnorm,
+            early_stopping=stop,
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Saves the full model as a `.keras` file that `keras.models.load_model` reloads.
+
+        The preprocessing is inside the model, so the reloaded model predicts on raw images.
+
+        Returns:
+            The path written.
+
+        Raises:
+            ConfigError: the path does not end in `.keras`.
+            StepOrderError: there is no model yet.
+        """
+        model = self._need_model()
+        if not isinstance(path, (str, os.PathLike)):
+            raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
+        target = Path(os.fspath(path))
+        if target.suffix != ".keras":
+            raise ConfigError(
+                f"save() writes a Keras 3 '.keras' file; received {str(target)!r}. Use a name "
+                f"such as {str(target.with_suffix('.keras'))!r}."
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        model.save(target)
+        logger.info("saved %s to %s", model.name, target)
+        return target
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _scope(self) -> contextlib.AbstractContextManager[Any]:
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def _need_base(self) -> keras.Model:
+        if self.base is None:
+            raise StepOrderError("No base yet: call load_base() first (or fit()).")
+        return self.base
+
+    def _need_model(self) -> keras.Model:
+        if self.model is None:
+            raise StepOrderError("No model yet: call load_base() and add_head() first (or fit()).")
+        return self.model
+
+    def _default_label_mode(self) -> str:
+        return {"multiclass": "int", "binary": "binary", "multilabel": "binary"}.get(
+            self.task, "int"
+        )
+
+    def _datasets(
+        self, train: Any, y: Any, validation_data: Any, batch_size: int
+    ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+        train_ds = data.as_dataset(train, y, batch_size=batch_size, shuffle=True)
+        val_ds = None
+        if validation_data is not None:
+            val_ds = data.as_dataset(
+                validation_data, batch_size=batch_size, shuffle=False, what="validation_data"
+            )
+        return train_ds, val_ds
+
+    def _infer_num_classes(self, train_ds: tf.data.Dataset, original: Any) -> None:
+        if self.num_classes is not None or self.task in ("binary",):
+            return
+        names = getattr(original, "class_names", None)
+        if names:
+            self.num_classes = len(names)
+        else:
+            info = data.inspect_labels(train_ds)
+            if info.label_mode == "categorical":
+                self.num_classes = info.width
+            else:
+                self.num_classes = max(int(info.max_label) + 1, 2)
+        logger.info("num_classes inferred from the labels: %d", self.num_classes)
+        tasks.output_units(self.task, self.num_classes)
+
+    def _match_labels(self, train_ds: tf.data.Dataset) -> None:
+        """Checks the labels and switches the loss between indices and one-hot if needed."""
+        info = data.inspect_labels(train_ds, max_batches=16)
+        mode = data.check_labels(info, self.task, self.num_classes)
+        self._label_mode = mode
+        if self._compile_args and self._compile_args.get("label_mode") != mode:
+            logger.info("labels are %s: recompiling with the matching loss", mode)
+            self.compile(**{**self._compile_args, "label_mode": mode})
+
+    def _recompile_if_needed(self) -> None:
+        if self.model is not None and self._compile_args and tasks.is_stale(self.model):
+            logger.info("trainable weights changed since compile: recompiling")
+            self.compile(**self._compile_args)

@@ -1,0 +1,180 @@
+"""`freeze`, `unfreeze_last`, the BatchNormalization policy and a trainable report.
+
+Both functions act on the base: a bare base, or the base nested in a full model
+(the head is never touched). BatchNormalization layers stay frozen unless
+`train_bn=True`; even then the base runs in inference mode inside a model made
+by `add_head`, so its moving statistics never drift on small batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import keras
+
+from finetunekit import structure
+from finetunekit.errors import ConfigError
+
+__all__ = ["freeze", "unfreeze_last", "trainable_report", "TrainableReport"]
+
+logger = logging.getLogger("finetunekit")
+
+Unit = Literal["layer", "block"]
+
+
+def freeze(model: keras.Model, *, train_bn: bool = False) -> keras.Model:
+    """Freezes the whole base of a model.
+
+    Args:
+        model: a bare base, or a full model with the base nested in it (its head stays
+            trainable).
+        train_bn: keep the BatchNormalization scale and offset trainable.
+
+    Returns:
+        `model`, modified in place.
+
+    Raises:
+        ArgumentTypeError: `model` is not a keras.Model.
+        ModelStructureError: the model's graph cannot be read.
+
+    Example:
+
+    >>> base = load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
+    >>> freeze(base).trainable_weights
+    []
+    """
+    base = structure.find_base(model)
+    chosen = {id(layer) for layer in structure.leaf_layers(base) if structure.is_batch_norm(layer)}
+    _apply(base, chosen if train_bn else set())
+    _warn_if_compiled(model)
+    return model
+
+
+def unfreeze_last(
+    model: keras.Model, n: int, *, unit: Unit = "layer", train_bn: bool = False
+) -> keras.Model:
+    """Makes exactly the last `n` layers or blocks of the base trainable.
+
+    Everything earlier in the base is frozen; the head is never touched. With
+    `unit="layer"` only layers that hold weights count (BatchNormalization
+    counts only with `train_bn=True`), so `n=4` means four layers that will
+    really train. With `unit="block"` the base is cut where the graph allows
+    (see `finetunekit.structure`), so a residual block is never split.
+
+    Args:
+        model: a bare base, or a full model with the base nested in it.
+        n: how many layers or blocks, counted from the end of the base; at least 1.
+        unit: `"layer"` or `"block"`.
+        train_bn: also train the BatchNormalization layers inside the unfrozen part.
+
+    Returns:
+        `model`, modified in place. Recompile (`compile_for`) before the next `fit`.
+
+    Raises:
+        ConfigError: `n` is not a positive int, is larger than what the base has, or
+            `unit` is unknown.
+
+    Example:
+
+    >>> unfreeze_last(model, 2, unit="block")
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive int (how many {unit}s); received {n!r}.")
+    if unit not in ("layer", "block"):
+        raise ConfigError(f"unit must be 'layer' or 'block'; received {unit!r}.")
+    base = structure.find_base(model)
+    if unit == "layer":
+        candidates = [
+            layer
+            for layer in structure.leaf_layers(base)
+            if structure.trainable_capable(layer)
+            and (train_bn or not structure.is_batch_norm(layer))
+        ]
+        what = "layers with weights" + ("" if train_bn else " (BatchNormalization not counted)")
+        if n > len(candidates):
+            raise ConfigError(
+                f"n={n} but the base {base.name!r} has only {len(candidates)} {what}. Use "
+                f"n <= {len(candidates)}, or freeze(model) then train the whole base."
+            )
+        chosen = candidates[-n:]
+    else:
+        blocks = structure.blocks(base)
+        if n > len(blocks):
+            raise ConfigError(
+                f"n={n} but the base {base.name!r} has only {len(blocks)} blocks; use "
+                f"n <= {len(blocks)} (see finetunekit.structure.blocks(model))."
+            )
+        chosen = [layer for block in blocks[-n:] for layer in block.weighted(train_bn=train_bn)]
+    _apply(base, {id(layer) for layer in chosen})
+    _warn_if_compiled(model)
+    return model
+
+
+def _apply(base: keras.Model, trainable_ids: set[int]) -> None:
+    """Makes exactly the leaf layers in `trainable_ids` trainable within `base`."""
+    if not trainable_ids:
+        base.trainable = False
+        return
+    base.trainable = True  # propagates to every sublayer; then switch off the rest
+    for layer in structure.leaf_layers(base):
+        layer.trainable = id(layer) in trainable_ids
+
+
+def _warn_if_compiled(model: keras.Model) -> None:
+    if getattr(model, "compiled", False):
+        logger.warning(
+            "%s was compiled before this trainable change; call compile_for(...) again before "
+            "the next fit, or Keras keeps training the old set of weights.",
+            model.name,
+        )
+
+
+@dataclass(frozen=True)
+class TrainableReport:
+    """What trains in a model.
+
+    Attributes:
+        trainable_params: parameters that receive gradients.
+        frozen_params: all other parameters (frozen weights and statistics).
+        base_trainable_layers: names of the base's leaf layers with trainable weights.
+        trainable_blocks: names of the base's blocks that hold any trainable weight.
+        batchnorm: `"frozen (inference mode)"` or `"training scale/offset"`.
+    """
+
+    trainable_params: int
+    frozen_params: int
+    base_trainable_layers: tuple[str, ...]
+    trainable_blocks: tuple[str, ...]
+    batchnorm: str
+
+
+def _count(variables: list[Any]) -> int:
+    return int(sum(int(v.numpy().size) for v in variables))
+
+
+def trainable_report(model: keras.Model) -> TrainableReport:
+    """Summarises what trains in `model` (parameters, base layers and blocks, BN mode)."""
+    base = structure.find_base(model)
+    trainable_ids = {id(v) for v in model.trainable_variables}
+    layers = [
+        layer
+        for layer in structure.leaf_layers(base)
+        if any(id(v) in trainable_ids for v in layer.weights)
+    ]
+    layer_ids = {id(layer) for layer in layers}
+    blocks = tuple(
+        block.name
+        for block in structure.blocks(base)
+        if any(id(layer) in layer_ids for layer in block.weighted(train_bn=True))
+    )
+    bn_training = any(structure.is_batch_norm(layer) for layer in layers)
+    trainable = _count(model.trainable_variables)
+    return TrainableReport(
+        trainable_params=trainable,
+        frozen_params=_count(model.weights) - trainable,
+        base_trainable_layers=tuple(layer.name for layer in layers),
+        trainable_blocks=blocks,
+        batchnorm="training scale/offset" if bn_training else "frozen (inference mode)",
+    )

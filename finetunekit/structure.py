@@ -1,0 +1,291 @@
+"""Reading a Functional graph: the base inside a full model, cut points and blocks.
+
+A *cut point* is a boundary in the topological order of the graph where
+exactly one tensor is alive: everything before it reaches everything after it
+through that single tensor. The runs between cut points are atomic (a residual
+block, an Inception module, a squeeze-and-excite block are never split), and
+neighbouring runs are grouped into *blocks* so that a convolution always stays
+with its normalization and activation:
+
+- a run without any kernel layer (normalization, activation, pooling, padding,
+  dropout) joins the block before it;
+- a run whose first kernel layer's name has the same *stem* as the current
+  block's joins it. The stem is the name up to its last token holding a digit
+  (`block_16_expand` -> `block_16`, `block1a_dwconv` -> `block1a`), or the name
+  less its last token when no token has a digit (`expanded_conv_project` ->
+  `expanded_conv`).
+
+Nothing here knows the names of architectures; the rules read the graph and
+the naming habits all Keras applications share.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+from finetunekit.errors import ArgumentTypeError, ModelStructureError
+
+__all__ = [
+    "PREPROCESS_PREFIX",
+    "HEAD_PREFIX",
+    "Block",
+    "find_base",
+    "blocks",
+    "cut_points",
+    "leaf_layers",
+    "weighted_layers",
+    "trainable_capable",
+]
+
+#: Name prefix of the preprocessing layers `load_base` puts in front of a base.
+PREPROCESS_PREFIX = "ftk_preprocess"
+#: Name prefix of every layer `add_head` creates.
+HEAD_PREFIX = "head_"
+
+_NORMALIZATION = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.Normalization,
+)
+
+
+def is_preprocessing(layer: Any) -> bool:
+    return str(getattr(layer, "name", "")).startswith(PREPROCESS_PREFIX)
+
+
+def is_batch_norm(layer: Any) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def trainable_capable(layer: Any) -> bool:
+    """Whether a leaf layer owns variables that train when it is trainable."""
+    return bool(getattr(layer, "_trainable_variables", None)) and not is_preprocessing(layer)
+
+
+def _check_model(model: Any, what: str = "model") -> None:
+    if not isinstance(model, keras.Model):
+        raise ArgumentTypeError(
+            f"Expected a keras.Model as {what}; received {type(model).__name__}. Build one with "
+            "finetunekit.load_base(...) or keras.Model(inputs, outputs)."
+        )
+    if not (_is_functional(model) or isinstance(model, keras.Sequential)):
+        raise ModelStructureError(
+            f"{model.name!r} is a subclassed keras.Model; finetunekit reads the layer graph, so "
+            "it needs a Functional model (keras.Model(inputs, outputs)) or a Sequential."
+        )
+    if isinstance(model, keras.Sequential) and not model.built:
+        raise ModelStructureError(
+            f"Sequential model {model.name!r} is not built; start it with keras.Input(shape=...) "
+            "so its input shape is known."
+        )
+
+
+def _is_functional(model: Any) -> bool:
+    return hasattr(model, "_nodes_by_depth") and hasattr(model, "_nodes")
+
+
+def find_base(model: keras.Model) -> keras.Model:
+    """Returns the base of `model`: its only nested sub-model, or `model` itself.
+
+    A model with exactly one nested model is a full model (base + head); a model with
+    none, or with several nested parts and no head, is a base.
+
+    Args:
+        model: a bare base, or a full model in which the base is nested as one layer.
+
+    Returns:
+        The base model.
+
+    Raises:
+        ArgumentTypeError: `model` is not a keras.Model.
+        ModelStructureError: the model is subclassed, or holds several nested models.
+    """
+    _check_model(model)
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) == 1:
+        _check_model(nested[0], "base")
+        return nested[0]
+    if len(nested) > 1 and any(layer.name.startswith(HEAD_PREFIX) for layer in model.layers):
+        names = ", ".join(repr(m.name) for m in nested)
+        raise ModelStructureError(
+            f"{model.name!r} holds {len(nested)} nested models ({names}) besides its head; "
+            "finetunekit cannot tell which is the base. Pass the base itself."
+        )
+    # No nested model, or several parts of one base (ConvNeXt nests its stem): the base itself.
+    return model
+
+
+def _ordered_nodes(model: keras.Model) -> list[Any]:
+    """The model's own call nodes, in topological order."""
+    by_depth = model._nodes_by_depth
+    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def _graph_ops(model: keras.Model) -> tuple[list[Any], list[int]]:
+    """Operations in topological order and the cut points after each.
+
+    Returns `(ops, cuts)` where `cuts` holds every index `i` such that exactly one
+    tensor is alive between `ops[i]` and `ops[i + 1]`.
+    """
+    if isinstance(model, keras.Sequential):
+        ops = [layer for layer in model.layers]
+        return ops, list(range(len(ops) - 1))
+    nodes = _ordered_nodes(model)
+    produced: dict[int, int] = {}
+    last_use: dict[int, int] = {}
+    for position, node in enumerate(nodes):
+        for tensor in node.input_tensors:
+            last_use[id(tensor)] = position
+        for tensor in node.outputs:
+            produced.setdefault(id(tensor), position)
+    for tensor in keras.tree.flatten(model.outputs):
+        last_use[id(tensor)] = len(nodes)
+    # alive[i]: tensors produced at or before i and used after i.
+    delta = [0] * (len(nodes) + 1)
+    for key, start in produced.items():
+        end = last_use.get(key, start)
+        if end > start:
+            delta[start] += 1
+            delta[end] -= 1
+    cuts, alive = [], 0
+    for position in range(len(nodes) - 1):
+        alive += delta[position]
+        if alive == 1:
+            cuts.append(position)
+    return [node.operation for node in nodes], cuts
+
+
+def cut_points(model: keras.Model) -> list[str]:
+    """Names of the layers after which exactly one tensor is alive.
+
+    Args:
+        model: a Functional or Sequential model (a full model is read as is).
+
+    Returns:
+        Layer names, in graph order.
+    """
+    _check_model(model)
+    ops, cuts = _graph_ops(model)
+    return [ops[i].name for i in cuts]
+
+
+def _stem(name: str) -> str:
+    tokens = name.split("_")
+    digit = [i for i, token in enumerate(tokens) if re.search(r"\d", token)]
+    if digit:
+        return "_".join(tokens[: digit[-1] + 1])
+    return "_".join(tokens[:-1]) if len(tokens) > 1 else name
+
+
+def _same_stem(a: str, b: str) -> bool:
+    """Equal stems, or one extends the other by words (`block4a` / `block4a_dwconv2`).
+
+    An extension by a bare number is a sibling, not a part (`conv2d` / `conv2d_1`).
+    """
+    short, long = sorted((a.split("_"), b.split("_")), key=len)
+    return long[: len(short)] == short and not any(t.isdigit() for t in long[len(short) :])
+
+
+def _is_kernel(layer: Any) -> bool:
+    if isinstance(layer, keras.Model):
+        return bool(layer.weights)
+    return trainable_capable(layer) and not isinstance(layer, _NORMALIZATION)
+
+
+@dataclass
+class Block:
+    """A run of layers of the base that is frozen or unfrozen together.
+
+    Attributes:
+        name: the stem of the block's first kernel layer (e.g. `"block_16"`).
+        layers: the base's top-level layers in the block, in graph order.
+    """
+
+    name: str
+    layers: list[Any] = field(default_factory=list)
+
+    def weighted(self, *, train_bn: bool = False) -> list[Any]:
+        """The leaf layers of the block that hold trainable weights."""
+        return [
+            layer
+            for layer in _leaves(self.layers)
+            if trainable_capable(layer) and (train_bn or not is_batch_norm(layer))
+        ]
+
+    @property
+    def param_count(self) -> int:
+        return sum(
+            int(sum(v.numpy().size for v in layer.weights))
+            for layer in _leaves(self.layers)
+            if not is_preprocessing(layer)
+        )
+
+
+def blocks(model: keras.Model) -> list[Block]:
+    """Splits the base of `model` into blocks (see the module docstring).
+
+    Args:
+        model: a bare base or a full model with the base nested in it.
+
+    Returns:
+        The blocks in graph order; the first one holds the input and preprocessing.
+
+    Example:
+
+    >>> base = finetunekit.load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
+    >>> [b.name for b in blocks(base)[-2:]]
+    ['block_16', 'Conv_1']
+    """
+    base = find_base(model)
+    ops, cuts = _graph_ops(base)
+    runs: list[list[Any]] = []
+    start = 0
+    for cut in [*cuts, len(ops) - 1]:
+        runs.append(
+            [op for op in ops[start : cut + 1] if not isinstance(op, keras.layers.InputLayer)]
+        )
+        start = cut + 1
+    result: list[Block] = []
+    current: Block | None = None
+    current_stem: str | None = None
+    for run in runs:
+        kernel = next((op for op in run if _is_kernel(op)), None)
+        stem = _stem(kernel.name) if kernel is not None else None
+        joins = current is not None and (
+            stem is None or current_stem is None or _same_stem(stem, current_stem)
+        )
+        if joins and current is not None:
+            current.layers.extend(run)
+            if current_stem is None and stem is not None:
+                current.name, current_stem = stem, stem
+        else:
+            current = Block(stem or (run[0].name if run else "input"), list(run))
+            current_stem = stem
+            result.append(current)
+    return [block for block in result if block.layers]
+
+
+def _leaves(layers: Sequence[Any]) -> Iterator[Any]:
+    for layer in layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaves(layer.layers)
+        else:
+            yield layer
+
+
+def leaf_layers(model: keras.Model) -> list[Any]:
+    """Every non-model layer of `model`, nested models flattened, in `model.layers` order."""
+    return [
+        layer for layer in _leaves(model.layers) if not isinstance(layer, keras.layers.InputLayer)
+    ]
+
+
+def weighted_layers(model: keras.Model) -> list[Any]:
+    """Leaf layers that hold any weights (trainable or statistics), preprocessing excluded."""
+    return [layer for layer in leaf_layers(model) if layer.weights and not is_preprocessing(layer)]
