@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from finetunekit import bases, data, freezing, heads, structure, tasks
+from finetunekit import bases, caching, data, freezing, heads, structure, tasks
 from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
 
 __all__ = ["FineTuner", "FineTuneHistory", "PhasePlan", "Plan"]
@@ -138,6 +138,16 @@ class FineTuner:
         weights: `"imagenet"`, None, or a weights path (see `load_base`).
         input_shape: `(height, width, 3)`; the base's native size when None.
         strategy: a `tf.distribute.Strategy` to build, compile and train under.
+        augment: `"default"` for `finetunekit.data.augmentation()`, a Keras layer of random
+            transforms, or None. Applied to training batches only, never to validation data
+            or at inference.
+        cache: run the frozen prefix of each phase once and train the rest on its stored
+            outputs. `"auto"` does so unless augmentation or a random layer precedes the cut,
+            a strategy is set, or you pass callbacks (they would see the model that trains on
+            the stored features); the log says why. True forces it, False never caches.
+        cache_budget: bytes of stored features kept in memory; beyond, they spill to a
+            temporary file that is removed after the phase.
+        seed: seed of the shuffles and of the validation split.
         **base_kwargs: passed to the Keras constructor, e.g. `alpha=0.35`.
 
     Attributes:
@@ -158,9 +168,24 @@ class FineTuner:
         weights: str | os.PathLike[str] | None = "imagenet",
         input_shape: tuple[int, int, int] | None = None,
         strategy: tf.distribute.Strategy | None = None,
+        augment: str | keras.layers.Layer | None = None,
+        cache: bool | str = "auto",
+        cache_budget: int = caching.DEFAULT_BUDGET,
+        seed: int | None = None,
         **base_kwargs: Any,
     ) -> None:
         tasks.get_task(task)
+        if cache not in ("auto", True, False):
+            raise ConfigError(f"cache must be 'auto', True or False; received {cache!r}.")
+        if cache is True and augment is not None:
+            raise ConfigError(
+                "cache=True cannot be combined with augment: the frozen layers would see each "
+                "image once, unaugmented. Use cache='auto' (turns caching off) or augment=None."
+            )
+        if isinstance(cache_budget, bool) or not isinstance(cache_budget, int) or cache_budget < 0:
+            raise ConfigError(
+                f"cache_budget must be a number of bytes >= 0; received {cache_budget!r}."
+            )
         if num_classes is not None:
             tasks.output_units(task, num_classes)
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
@@ -177,9 +202,15 @@ class FineTuner:
         self.base_kwargs = base_kwargs
         self.base: keras.Model | None = None
         self.model: keras.Model | None = None
+        self.augment = _augmentation(augment)
+        self.cache = cache
+        self.cache_budget = cache_budget
+        self.seed = seed
         self._compile_args: dict[str, Any] = {}
         self._label_mode: str | None = None
         self._epochs_done = 0
+        #: How the last phase ran: cached or not, where the cut was, and why.
+        self.last_phase: dict[str, Any] = {}
 
     # -- the six steps -------------------------------------------------------------------
 
@@ -284,10 +315,34 @@ class FineTuner:
             StepOrderError: no model yet (call `add_head`).
             DataError: data or labels that do not fit the task.
         """
-        model = self._need_model()
+        self._need_model()
         _check_epochs("epochs", epochs)
         train_ds, val_ds = self._datasets(data_or_x, y, validation_data, batch_size)
         self._match_labels(train_ds)
+        return self._run_phase(
+            train_ds,
+            val_ds,
+            epochs=epochs,
+            phase=phase,
+            early_stopping=early_stopping,
+            patience=patience,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+
+    def _run_phase(
+        self,
+        train_ds: tf.data.Dataset,
+        val_ds: tf.data.Dataset | None,
+        *,
+        epochs: int,
+        phase: str,
+        early_stopping: bool,
+        patience: int,
+        callbacks: list[keras.callbacks.Callback] | None,
+        verbose: Any,
+    ) -> keras.callbacks.History:
+        model = self._need_model()
         if not self._compile_args:
             self.compile()
         self._recompile_if_needed()
@@ -298,18 +353,85 @@ class FineTuner:
                     monitor="val_loss", patience=patience, restore_best_weights=True
                 )
             )
-        logger.info("%s phase: %d epochs", phase, epochs)
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
+        fit_args = dict(
             epochs=self._epochs_done + epochs,
             initial_epoch=self._epochs_done,
             callbacks=all_callbacks,
             verbose=verbose,
             shuffle=False,  # datasets are reshuffled by tf.data itself
         )
+        split = self._cache_split(model, bool(callbacks), phase)
+        if split is None:
+            if self.augment is not None:
+                augment = self.augment
+                train_ds = train_ds.map(
+                    lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+                )
+            history = model.fit(
+                train_ds.prefetch(tf.data.AUTOTUNE), validation_data=val_ds, **fit_args
+            )
+        else:
+            with contextlib.ExitStack() as stack:
+                train_cache = stack.enter_context(
+                    caching.FeatureCache(split.prefix, train_ds, budget=self.cache_budget)
+                )
+                val_cache = (
+                    stack.enter_context(
+                        caching.FeatureCache(split.prefix, val_ds, budget=self.cache_budget)
+                    )
+                    if val_ds is not None
+                    else None
+                )
+                self.last_phase["spilled"] = train_cache.spilled
+                with self._scope():
+                    tasks.compile_for(split.trainer, self.task, **self._compile_args)
+                history = split.trainer.fit(
+                    train_cache.dataset(shuffle=True, seed=self.seed),
+                    validation_data=val_cache.dataset(shuffle=False) if val_cache else None,
+                    **fit_args,
+                )
+            history.set_model(model)
         self._epochs_done += len(history.epoch)
         return history
+
+    def _cache_split(
+        self, model: keras.Model, user_callbacks: bool, phase: str
+    ) -> caching.Split | None:
+        """The split to train on cached features, or None (and why, in the log)."""
+        why = None
+        if self.cache is False:
+            why = "cache=False"
+        elif self.cache == "auto" and self.augment is not None:
+            why = "augmentation runs before the frozen layers"
+        elif self.cache == "auto" and self.strategy is not None:
+            why = "a distribution strategy is set"
+        elif self.cache == "auto" and user_callbacks:
+            why = "callbacks were passed (pass cache=True to cache anyway)"
+        split = None
+        if why is None:
+            split = caching.split_frozen_prefix(model)
+            if split is None:
+                why = "the first block of the base trains: no frozen prefix"
+            elif self.cache == "auto" and caching.random_layers_before(model, split):
+                names = caching.random_layers_before(model, split)
+                why = f"random layers precede the cut ({', '.join(names[:3])})"
+                split = None
+        self.last_phase = {
+            "phase": phase,
+            "cached": split is not None,
+            "cut": split.cut if split else None,
+            "why_not": why,
+        }
+        if split is None:
+            logger.info("%s phase: no feature cache (%s)", phase, why)
+        else:
+            logger.info(
+                "%s phase: frozen layers up to %r run once; training the rest on "
+                "their stored outputs",
+                phase,
+                split.cut,
+            )
+        return split
 
     def unfreeze(
         self,
@@ -342,6 +464,7 @@ class FineTuner:
         y: Any = None,
         *,
         validation_data: Any = None,
+        validation_split: float = 0.2,
         head_epochs: int = 5,
         finetune_epochs: int = 5,
         unfreeze: int = 2,
@@ -363,6 +486,10 @@ class FineTuner:
             train: training data (see `train`).
             y: labels when `train` is an image array.
             validation_data: validation data; enables early stopping with best weights.
+            validation_split: without `validation_data` and with `early_stopping`, this
+                fraction of the training images is held out for early stopping. Images are
+                assigned by their content, so the split is the same in every epoch and
+                phase even when the dataset reshuffles. 0 disables it.
             head_epochs: epochs with the whole base frozen (0 to skip).
             finetune_epochs: epochs after unfreezing (0 to skip).
             unfreeze: how many blocks (or layers, see `unit`) of the base to unfreeze.
@@ -393,33 +520,40 @@ class FineTuner:
         _check_epochs("head_epochs", head_epochs)
         _check_epochs("finetune_epochs", finetune_epochs)
         _check_epochs("unfreeze", unfreeze)
+        if isinstance(validation_split, bool) or not 0 <= validation_split < 1:
+            raise ConfigError(f"validation_split must be in [0, 1); received {validation_split!r}.")
         train_ds, val_ds = self._datasets(train, y, validation_data, batch_size)
         if self.base is None:
             self.load_base()
         self._infer_num_classes(train_ds, train)
+        self._match_labels(train_ds)
+        if val_ds is None and early_stopping and validation_split:
+            train_ds, val_ds = _split_by_content(train_ds, validation_split)
         self.freeze()
         if self.model is None:
             self.add_head(hidden=hidden, dropout=dropout)
         self._epochs_done = 0
-        self._match_labels(train_ds)
         self.compile(head_learning_rate)
         history = FineTuneHistory()
-        common = dict(
-            validation_data=val_ds,
+        common: dict[str, Any] = dict(
             early_stopping=early_stopping,
             patience=patience,
             callbacks=callbacks,
             verbose=verbose,
         )
         if head_epochs:
-            history.extend(HEAD, self.train(train_ds, epochs=head_epochs, phase=HEAD, **common))
+            history.extend(
+                HEAD, self._run_phase(train_ds, val_ds, epochs=head_epochs, phase=HEAD, **common)
+            )
         if finetune_epochs and unfreeze:
             self.unfreeze(
                 unfreeze, unit=unit, train_bn=train_bn, learning_rate=finetune_learning_rate
             )
             history.extend(
-                FINETUNE, self.train(train_ds, epochs=finetune_epochs, phase=FINETUNE, **common)
+                FINETUNE,
+                self._run_phase(train_ds, val_ds, epochs=finetune_epochs, phase=FINETUNE, **common),
             )
+        history.set_model(self._need_model())
         return history
 
     # -- inspection and saving -----------------------------------------------------------
@@ -572,3 +706,39 @@ class FineTuner:
         if self.model is not None and self._compile_args and tasks.is_stale(self.model):
             logger.info("trainable weights changed since compile: recompiling")
             self.compile(**self._compile_args)
+
+
+def _augmentation(augment: str | keras.layers.Layer | None) -> keras.layers.Layer | None:
+    if augment is None or isinstance(augment, keras.layers.Layer):
+        return augment
+    if augment == "default":
+        return data.augmentation()
+    raise ConfigError(
+        f"augment must be None, 'default' or a keras.layers.Layer; received {augment!r}."
+    )
+
+
+def _split_by_content(
+    dataset: tf.data.Dataset, fraction: float
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Holds out images by a fingerprint of their pixels, not by position.
+
+    Position-based splits (`take`/`skip`) leak when the dataset reshuffles every
+    epoch; a content fingerprint puts each image on the same side every time.
+    """
+    threshold = int(round(fraction * 1000))
+
+    def held_out(images: tf.Tensor) -> tf.Tensor:
+        total = tf.reduce_sum(tf.cast(images, tf.float64), axis=[1, 2, 3])
+        bucket = tf.math.floormod(tf.cast(tf.floor(total * 0.6180339887498949), tf.int64), 1000)
+        return bucket < threshold
+
+    def pick(keep_held_out: bool) -> tf.data.Dataset:
+        def select(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            mask = held_out(images)
+            mask = mask if keep_held_out else tf.logical_not(mask)
+            return tf.boolean_mask(images, mask), tf.boolean_mask(labels, mask)
+
+        return dataset.map(select).filter(lambda images, _labels: tf.shape(images)[0] > 0)
+
+    return pick(False), pick(True)

@@ -1,0 +1,245 @@
+"""Fine-tuning recipes side by side on the flowers photos, in one process.
+
+Runs, on ../shared/data/flowers with the real MobileNetV2-alpha0.35 ImageNet weights:
+
+- seed:        the seed document's recipe (flat head on base.output, every base layer
+               frozen by a loop, `model.layers[-4:]` unfrozen), with `preprocess_input` added;
+- keras-guide: the Keras transfer-learning guide's recipe (base called with
+               training=False, last 20 base layers unfrozen with BatchNormalization frozen,
+               Adam 1e-5);
+- finetunekit: `FineTuner` at the same epochs (frozen layers cached), and again with
+               `cache=False`;
+- floor:       one forward pass of each phase's frozen prefix plus the training of the
+               unfrozen part on stored arrays, timed with plain Keras;
+- defaults:    `FineTuner("mobilenet_v2", num_classes=5, weights=..., alpha=0.35).fit(train)`
+               at the base's own 224 px, nothing else given (with --defaults).
+
+For each it prints wall time, peak extra resident memory during the run, and test accuracy.
+
+    python benchmarks/bench_flowers.py                 # 160 px, 5 + 5 epochs
+    python benchmarks/bench_flowers.py --defaults      # also the no-argument run at 224 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import finetunekit as ftk  # noqa: E402
+from finetunekit import caching  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FINETUNEKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+WEIGHTS = DATA / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+FLOWERS = DATA / "flowers"
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Samples resident memory in a thread; `.peak` is the most above the start."""
+
+    def __init__(self) -> None:
+        self.start = rss_bytes()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes() - self.start)
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def load(size: int, seed: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    train = keras.utils.image_dataset_from_directory(
+        FLOWERS / "train", image_size=(size, size), batch_size=32, seed=seed, verbose=False
+    )
+    test = keras.utils.image_dataset_from_directory(
+        FLOWERS / "test", image_size=(size, size), batch_size=32, shuffle=False, verbose=False
+    )
+    return train, test
+
+
+def accuracy(model: keras.Model, test: tf.data.Dataset, preprocess: Callable[..., Any] | None) -> float:
+    correct = total = 0
+    for x, y in test:
+        if preprocess is not None:
+            x = preprocess(x)
+        pred = np.argmax(model.predict_on_batch(x), axis=-1)
+        correct += int(np.sum(pred == y.numpy()))
+        total += len(y)
+    return correct / total
+
+
+def mobilenet(size: int) -> keras.Model:
+    return keras.applications.MobileNetV2(
+        input_shape=(size, size, 3), alpha=0.35, include_top=False, weights=str(WEIGHTS)
+    )
+
+
+def seed_recipe(train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> float:
+    def pre(x: tf.Tensor) -> tf.Tensor:
+        # keras.applications.mobilenet_v2.preprocess_input ("tf" mode), written out because
+        # the Keras function does not trace inside tf.data.Dataset.map.
+        return x / 127.5 - 1.0
+
+    train_p = train.map(lambda x, y: (pre(x), y))
+    base = mobilenet(size)
+    for layer in base.layers:  # step 2
+        layer.trainable = False
+    x = keras.layers.GlobalAveragePooling2D()(base.output)  # step 3
+    x = keras.layers.Dense(1024, activation="relu")(x)
+    out = keras.layers.Dense(5, activation="softmax")(x)
+    model = keras.Model(base.input, out)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])  # step 4
+    model.fit(train_p, epochs=epochs[0], verbose=0)  # step 5
+    for layer in model.layers[-4:]:  # step 6
+        layer.trainable = True
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train_p, epochs=sum(epochs), initial_epoch=epochs[0], verbose=0)
+    return accuracy(model, test, pre)
+
+
+def keras_guide_recipe(
+    train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tuple[int, int]
+) -> float:
+    base = mobilenet(size)
+    base.trainable = False
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)  # mobilenet_v2 preprocessing
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
+    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train, epochs=epochs[0], verbose=0)
+    base.trainable = True
+    for layer in base.layers[:-20]:
+        layer.trainable = False
+    for layer in base.layers[-20:]:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train, epochs=sum(epochs), initial_epoch=epochs[0], verbose=0)
+    return accuracy(model, test, None)
+
+
+def finetunekit_recipe(
+    train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tuple[int, int], cache: bool
+) -> float:
+    tuner = ftk.FineTuner(
+        "mobilenet_v2", num_classes=5, weights=WEIGHTS, input_shape=(size, size, 3),
+        alpha=0.35, cache=cache, seed=0,
+    )
+    tuner.fit(train, head_epochs=epochs[0], finetune_epochs=epochs[1], early_stopping=False,
+              verbose=0)
+    return accuracy(tuner._need_model(), test, None)
+
+
+def floor(train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> float:
+    """One forward pass of each phase's frozen prefix + training the rest on stored arrays."""
+    base = ftk.load_base("mobilenet_v2", weights=WEIGHTS, input_shape=(size, size, 3), alpha=0.35)
+    ftk.freeze(base)
+    model = ftk.add_head(base, 5)
+    for phase in range(2):
+        if phase == 1:
+            ftk.unfreeze_last(model, 2, unit="block")
+        split = caching.split_frozen_prefix(model)
+        assert split is not None
+        feats, labels = [], []
+        for x, y in train:
+            feats.append(split.prefix.predict_on_batch(x))
+            labels.append(y.numpy())
+        ftk.compile_for(split.trainer, learning_rate=1e-3 if phase == 0 else 1e-4)
+        split.trainer.fit(np.concatenate(feats), np.concatenate(labels), batch_size=32,
+                          epochs=epochs[phase], verbose=0)
+    return accuracy(model, test, None)
+
+
+def defaults_run(size_ignored: int) -> float:
+    train, test = load(224)
+    tuner = ftk.FineTuner("mobilenet_v2", num_classes=5, weights=WEIGHTS, alpha=0.35)
+    tuner.fit(train, verbose=0)
+    return accuracy(tuner._need_model(), test, None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--head-epochs", type=int, default=5)
+    parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--defaults", action="store_true", help="also the no-argument run")
+    parser.add_argument("--only", nargs="*", help="run only these recipes")
+    args = parser.parse_args()
+    if not WEIGHTS.exists() or not (FLOWERS / "train").is_dir():
+        raise SystemExit(f"needs {WEIGHTS} and {FLOWERS} (../shared/data)")
+    epochs = (args.head_epochs, args.finetune_epochs)
+    train, test = load(args.size)
+    for x, _ in train.take(1):  # warm up tf.data and the JPEG decoder
+        pass
+    recipes: dict[str, Callable[[], float]] = {
+        "seed+preprocess": lambda: seed_recipe(train, test, args.size, epochs),
+        "keras-guide": lambda: keras_guide_recipe(train, test, args.size, epochs),
+        "finetunekit": lambda: finetunekit_recipe(train, test, args.size, epochs, cache=True),
+        "finetunekit cache=False": lambda: finetunekit_recipe(
+            train, test, args.size, epochs, cache=False
+        ),
+        "floor": lambda: floor(train, test, args.size, epochs),
+    }
+    if args.defaults:
+        recipes["defaults @224 (fit(train))"] = lambda: defaults_run(224)
+    if args.only:
+        recipes = {k: v for k, v in recipes.items() if k in args.only}
+    results: dict[str, tuple[float, float, float]] = {}
+    print(f"flowers: 350 train / 150 test images, {args.size} px, {epochs[0]}+{epochs[1]} epochs,"
+          f" {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}")
+    for name, run in recipes.items():
+        keras.utils.set_random_seed(0)
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            acc = run()
+            wall = time.perf_counter() - start
+        results[name] = (wall, mem.peak / 2**20, acc)
+        print(f"  {name:28s} {wall:7.1f} s  {mem.peak / 2**20:7.0f} MiB  acc {acc:.3f}", flush=True)
+        keras.backend.clear_session()
+    print()
+    print(f"| recipe | wall s | peak extra MiB | test acc |")
+    print(f"|---|---:|---:|---:|")
+    for name, (wall, mem_mib, acc) in results.items():
+        print(f"| {name} | {wall:.1f} | {mem_mib:.0f} | {acc:.3f} |")
+    if "finetunekit" in results:
+        ft = results["finetunekit"][0]
+        if "keras-guide" in results:
+            print(f"\nkeras-guide / finetunekit: {results['keras-guide'][0] / ft:.2f}x")
+        if "floor" in results:
+            print(f"finetunekit / floor: {ft / results['floor'][0]:.2f}x")
+    if "finetunekit cache=False" in results and "keras-guide" in results:
+        ratio = results["finetunekit cache=False"][0] / results["keras-guide"][0]
+        print(f"finetunekit cache=False / keras-guide: {ratio:.3f}x")
+
+
+if __name__ == "__main__":
+    main()

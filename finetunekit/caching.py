@@ -1,0 +1,269 @@
+"""Running a frozen prefix once and training the rest on its outputs.
+
+In a phase where the start of the base is frozen, every epoch pushes every
+image through the same frozen layers and gets the same numbers back. Here the
+frozen prefix runs once over the data; the layers after the cut train on the
+stored outputs. The trainer model is built from the model's own layers
+(shared, not copied), so training it trains the full model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from finetunekit import structure
+
+__all__ = ["Split", "split_frozen_prefix", "FeatureCache", "random_layers_before"]
+
+logger = logging.getLogger("finetunekit")
+
+#: Default in-memory budget of a feature cache, in bytes; beyond it, features spill to disk.
+DEFAULT_BUDGET = 1 << 30
+
+
+@dataclass
+class Split:
+    """A model cut after its frozen prefix.
+
+    Attributes:
+        prefix: raw images -> features at the cut; frozen, run once.
+        trainer: features -> the model's outputs, made of the model's own layers.
+        cut: name of the last layer of the prefix.
+    """
+
+    prefix: keras.Model
+    trainer: keras.Model
+    cut: str
+
+
+def _base_node(model: keras.Model, base: keras.Model) -> Any:
+    for node in structure._ordered_nodes(model):
+        if node.operation is base:
+            return node
+    raise ValueError(f"{base.name!r} is not called in {model.name!r}")  # pragma: no cover
+
+
+def _replay(model: keras.Model, tensors: dict[int, Any]) -> dict[int, Any]:
+    """Re-calls the model's layers on new tensors, from the mapped ones onwards.
+
+    `tensors` maps `id(original KerasTensor)` to its replacement; nodes whose inputs
+    are all mapped are called again (same layer objects, so weights are shared).
+    """
+    for node in structure._ordered_nodes(model):
+        if node.is_input or not node.input_tensors:
+            continue
+        if any(id(t) in tensors for t in node.outputs):
+            continue
+        if any(id(t) not in tensors for t in node.input_tensors):
+            continue
+        args, kwargs = node.arguments.fill_in(tensors)
+        outputs = node.operation(*args, **kwargs)
+        for original, new in zip(node.outputs, keras.tree.flatten(outputs), strict=True):
+            tensors[id(original)] = new
+    return tensors
+
+
+def _frozen_cut(base: keras.Model, trainable_ids: set[int]) -> tuple[int, Any] | None:
+    """The last cut of `base` before its first trainable layer: (position, alive tensor).
+
+    Returns `(len(nodes) - 1, base.output)` when nothing in the base trains, and None
+    when the first block already trains (no frozen prefix to cache).
+    """
+    nodes = structure._ordered_nodes(base)
+    ops = [node.operation for node in nodes]
+
+    def trains(op: Any) -> bool:
+        layers = structure.leaf_layers(op) if isinstance(op, keras.Model) else [op]
+        return any(id(v) in trainable_ids for layer in layers for v in layer.weights)
+
+    first = next((i for i, op in enumerate(ops) if trains(op)), None)
+    if first is None:
+        return len(nodes) - 1, base.output
+    _, cuts = structure._graph_ops(base)
+    before = [c for c in cuts if c < first]
+    if not before:
+        return None
+    position = before[-1]
+    produced = {id(t) for node in nodes[: position + 1] for t in node.outputs}
+    alive = [t for node in nodes[position + 1 :] for t in node.input_tensors if id(t) in produced]
+    return position, alive[0]
+
+
+def random_layers_before(model: keras.Model, split: Split) -> list[str]:
+    """Names of layers in the prefix that draw random numbers (dropout, noise, augmentation)."""
+    return [
+        layer.name
+        for layer in structure.leaf_layers(split.prefix)
+        if getattr(layer, "_seed_generators", None)
+    ]
+
+
+def split_frozen_prefix(model: keras.Model) -> Split | None:
+    """Cuts a full model after the frozen prefix of its base.
+
+    Args:
+        model: a full model (base nested in it, called with `training=False`).
+
+    Returns:
+        The `Split`, or None when the base's first block trains (nothing to cache) or the
+        model has no nested base.
+    """
+    base = structure.find_base(model)
+    if base is model or not isinstance(model.output, keras.KerasTensor):
+        return None
+    trainable_ids = {id(v) for v in model.trainable_variables}
+    found = _frozen_cut(base, trainable_ids)
+    if found is None:
+        return None
+    position, cut_tensor = found
+    features = keras.Input(
+        shape=tuple(cut_tensor.shape[1:]), dtype=cut_tensor.dtype, name="cached_features"
+    )
+    if cut_tensor is base.output:
+        prefix, after_base = base, features
+        cut_name = base.name
+    else:
+        prefix = keras.Model(base.input, cut_tensor, name=f"{base.name}_frozen_prefix")
+        inner = keras.Input(shape=tuple(cut_tensor.shape[1:]), dtype=cut_tensor.dtype)
+        suffix_out = _replay(base, {id(cut_tensor): inner})[id(base.output)]
+        suffix = keras.Model(inner, suffix_out, name=f"{base.name}_trainable_part")
+        after_base = suffix(features, training=False)  # as in the full model: inference mode
+        cut_name = structure._ordered_nodes(base)[position].operation.name
+    base_out = _base_node(model, base).outputs[0]
+    outputs = _replay(model, {id(base_out): after_base})[id(model.output)]
+    trainer = keras.Model(features, outputs, name=f"{model.name}_on_cached_features")
+    return Split(prefix=prefix, trainer=trainer, cut=cut_name)
+
+
+class FeatureCache:
+    """Outputs of a frozen prefix over a dataset, in memory up to a budget, else on disk.
+
+    Use as a context manager so a spilled file is always removed:
+
+    ```python
+    with FeatureCache(split.prefix, train_ds) as cache:
+        trainer.fit(cache.dataset(shuffle=True, seed=0), epochs=5)
+    ```
+
+    Args:
+        prefix: the frozen model to run once.
+        dataset: batched `(images, labels)`.
+        budget: bytes kept in memory before spilling to a temporary file.
+        directory: where a spilled file goes (default: the system temp folder).
+    """
+
+    def __init__(
+        self,
+        prefix: keras.Model,
+        dataset: tf.data.Dataset,
+        *,
+        budget: int = DEFAULT_BUDGET,
+        directory: str | None = None,
+    ) -> None:
+        self.path: str | None = None
+        self.batch_size = 0
+        run = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)
+        chunks: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        in_memory = 0
+        total = 0
+        handle = None
+        try:
+            for images, batch_labels in dataset:
+                out = run(images).numpy()
+                self.batch_size = max(self.batch_size, len(out))
+                labels.append(np.asarray(batch_labels))
+                total += len(out)
+                if handle is None and in_memory + out.nbytes > budget:
+                    fd, self.path = tempfile.mkstemp(suffix=".features", dir=directory)
+                    handle = os.fdopen(fd, "wb")
+                    for chunk in chunks:
+                        handle.write(chunk.tobytes())
+                    chunks = []
+                    logger.info("feature cache over %d bytes: spilling to %s", budget, self.path)
+                if handle is not None:
+                    handle.write(out.tobytes())
+                else:
+                    chunks.append(out)
+                    in_memory += out.nbytes
+                self._shape, self._dtype = out.shape[1:], out.dtype
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            self.close()
+            raise
+        if total == 0:
+            raise ValueError("cannot cache an empty dataset")  # pragma: no cover
+        self.labels = np.concatenate(labels)
+        if handle is not None:
+            handle.close()
+            assert self.path is not None
+            self.features: np.ndarray = np.memmap(
+                self.path, dtype=self._dtype, mode="r", shape=(total, *self._shape)
+            )
+        else:
+            self.features = np.concatenate(chunks)
+        logger.info(
+            "cached %d feature maps of shape %s (%s)",
+            total,
+            self._shape,
+            "on disk" if self.path else "in memory",
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def spilled(self) -> bool:
+        return self.path is not None
+
+    def dataset(self, *, shuffle: bool, seed: int | None = None) -> tf.data.Dataset:
+        """Batches of `(features, labels)`, reshuffled every epoch when `shuffle`."""
+        n = len(self)
+        if not self.spilled:
+            ds = tf.data.Dataset.from_tensor_slices((self.features, self.labels))
+            if shuffle:
+                ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+            return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+        features, labels = self.features, self.labels
+
+        def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            index = np.sort(index)  # sequential reads from the file
+            return np.asarray(features[index]), labels[index]
+
+        def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            x, y = tf.numpy_function(
+                gather, [index], [tf.as_dtype(self._dtype), tf.as_dtype(labels.dtype)]
+            )
+            x.set_shape((None, *self._shape))
+            y.set_shape((None, *labels.shape[1:]))
+            return x, y
+
+        ds = tf.data.Dataset.range(n)
+        if shuffle:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(self.batch_size).map(load).prefetch(tf.data.AUTOTUNE)
+
+    def close(self) -> None:
+        """Removes the spilled file, if any."""
+        if self.path is not None:
+            self.features = np.empty((0,))
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
