@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -103,9 +103,9 @@ def _specs() -> Iterator[BaseSpec]:
     for depth in (50, 101, 152):
         yield BaseSpec(f"resnet{depth}", f"ResNet{depth}", "caffe", module="resnet")
         yield BaseSpec(f"resnet{depth}_v2", f"ResNet{depth}V2", "tf", module="resnet_v2")
-    for variant in ("tiny", "small", "base", "large", "xlarge"):
+    for variant in ("Tiny", "Small", "Base", "Large", "XLarge"):
         yield BaseSpec(
-            f"convnext_{variant}", f"ConvNeXt{variant.capitalize()}", "none", module="convnext"
+            f"convnext_{variant.lower()}", f"ConvNeXt{variant}", "none", module="convnext"
         )
     for depth in (121, 169, 201):
         yield BaseSpec(f"densenet{depth}", f"DenseNet{depth}", "torch", module="densenet")
@@ -137,10 +137,9 @@ def list_bases(pattern: str | None = None) -> list[str]:
     Returns:
         The matching canonical names, sorted.
 
-    Example:
-
-    >>> list_bases("mobilenet*")
-    ['mobilenet', 'mobilenet_v2', 'mobilenet_v3_large', 'mobilenet_v3_small']
+    Examples:
+        >>> list_bases("mobilenet*")
+        ['mobilenet', 'mobilenet_v2', 'mobilenet_v3_large', 'mobilenet_v3_small']
     """
     if pattern is None:
         return sorted(REGISTRY)
@@ -208,11 +207,10 @@ def load_base(
         WeightsMismatchError: a weights file does not fit the architecture.
         ConfigError: a constructor argument is rejected by Keras or belongs to another step.
 
-    Example:
-
-    >>> base = load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3), alpha=0.35)
-    >>> base.output_shape
-    (None, 3, 3, 1280)
+    Examples:
+        >>> base = load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3), alpha=0.35)
+        >>> base.output_shape
+        (None, 3, 3, 1280)
     """
     if isinstance(base, keras.Model):
         return _from_model(base, weights=weights, input_shape=input_shape, kwargs=kwargs)
@@ -234,9 +232,29 @@ def load_base(
     for key, why in _REJECTED_KWARGS.items():
         if key in kwargs:
             raise ConfigError(f"load_base does not take {key}={kwargs[key]!r}: {why}")
+    # Keras weight files are matched to layers in graph order. The tf/torch preprocessing
+    # layers hold no weights, so those files load straight into the base built on top of
+    # them (one construction); the caffe channel swap holds weights, so caffe bases load
+    # into a plain copy first and the weights are copied over.
+    direct = spec.preprocessing != "caffe"
+    if weights == "imagenet" and direct:
+        return _imagenet(lambda: _construct(spec, shape, kwargs, weights="imagenet"))
     model = _construct(spec, shape, kwargs)
-    if weights is not None:
-        source = _weights_source(spec, shape, weights, kwargs)
+    if weights == "imagenet":
+        source = _imagenet(
+            lambda: _call_constructor(spec, weights="imagenet", input_shape=shape, **kwargs)
+        )
+    elif weights is not None:
+        legacy_h5 = str(weights).endswith(".h5") and not str(weights).endswith(".weights.h5")
+        reference = (
+            model
+            if direct and legacy_h5
+            else _call_constructor(spec, weights=None, input_shape=shape, **kwargs)
+        )
+        source = _weights_file_model(weights, reference=reference)
+    else:
+        return model
+    if source is not model:
         copy_weights(source, model, origin=_describe_weights(weights))
     return model
 
@@ -374,36 +392,31 @@ def _public_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def _construct(
-    spec: BaseSpec, shape: tuple[int | None, int | None, int], kwargs: dict[str, Any]
+    spec: BaseSpec,
+    shape: tuple[int | None, int | None, int],
+    kwargs: dict[str, Any],
+    weights: str | None = None,
 ) -> keras.Model:
     inputs = keras.Input(shape=shape, name="image")
     features = _preprocessing(spec.preprocessing, inputs)
     model = _call_constructor(
-        spec, weights=None, input_shape=shape, input_tensor=features, **kwargs
+        spec, weights=weights, input_shape=shape, input_tensor=features, **kwargs
     )
     # With `input_tensor`, Keras gives the model a one-element input list; rewrap the same
     # layers with a single input so the base is called like any model.
     return keras.Model(inputs, model.output, name=model.name)
 
 
-def _weights_source(
-    spec: BaseSpec,
-    shape: tuple[int | None, int | None, int],
-    weights: str | os.PathLike[str],
-    kwargs: dict[str, Any],
-) -> keras.Model:
-    """A model holding the requested weights, to copy into the base built with preprocessing."""
-    if weights == "imagenet":
-        try:
-            return _call_constructor(spec, weights="imagenet", input_shape=shape, **kwargs)
-        except ConfigError:
-            raise
-        except Exception as exc:  # Keras raises a bare Exception on "URL fetch failure"
-            if "URL fetch failure" in str(exc) or isinstance(exc, OSError):
-                raise _download_error(exc) from exc
-            raise
-    reference = _call_constructor(spec, weights=None, input_shape=shape, **kwargs)
-    return _weights_file_model(weights, reference=reference)
+def _imagenet(build: Callable[[], keras.Model]) -> keras.Model:
+    """Runs a constructor that downloads ImageNet weights; explains a failed download."""
+    try:
+        return build()
+    except ConfigError:
+        raise
+    except Exception as exc:  # Keras raises a bare Exception on "URL fetch failure"
+        if "URL fetch failure" in str(exc) or isinstance(exc, OSError):
+            raise _download_error(exc) from exc
+        raise
 
 
 def _weights_file_model(weights: str | os.PathLike[str], reference: keras.Model) -> keras.Model:

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from finetunekit import structure
 
-__all__ = ["Split", "split_frozen_prefix", "FeatureCache", "random_layers_before"]
+__all__ = ["Split", "split_frozen_prefix", "joint_prefix", "FeatureCache", "random_layers_before"]
 
 logger = logging.getLogger("finetunekit")
 
@@ -143,10 +143,21 @@ def split_frozen_prefix(model: keras.Model) -> Split | None:
     return Split(prefix=prefix, trainer=trainer, cut=cut_name)
 
 
+def joint_prefix(first: Split, second: Split) -> keras.Model:
+    """One model computing both splits' features in a single pass over the images.
+
+    `second`'s cut must lie in `first`'s prefix (true when `first` freezes the whole base
+    and `second` freezes its start): both outputs then come from the same frozen layers.
+    """
+    return keras.Model(first.prefix.input, [first.prefix.output, second.prefix.output])
+
+
 class FeatureCache:
     """Outputs of a frozen prefix over a dataset, in memory up to a budget, else on disk.
 
-    Use as a context manager so a spilled file is always removed:
+    The prefix may have several outputs (e.g. the features of two phases' cuts, computed
+    in one pass); `dataset(output=i)` serves the i-th. Use as a context manager so a
+    spilled file is always removed:
 
     ```python
     with FeatureCache(split.prefix, train_ds) as cache:
@@ -156,8 +167,8 @@ class FeatureCache:
     Args:
         prefix: the frozen model to run once.
         dataset: batched `(images, labels)`.
-        budget: bytes kept in memory before spilling to a temporary file.
-        directory: where a spilled file goes (default: the system temp folder).
+        budget: bytes kept in memory before spilling to temporary files.
+        directory: where spilled files go (default: the system temp folder).
     """
 
     def __init__(
@@ -168,72 +179,86 @@ class FeatureCache:
         budget: int = DEFAULT_BUDGET,
         directory: str | None = None,
     ) -> None:
-        self.path: str | None = None
+        self.paths: list[str] = []
         self.batch_size = 0
         run = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)
-        chunks: list[np.ndarray] = []
+        n_out = len(prefix.outputs)
+        chunks: list[list[np.ndarray]] = [[] for _ in range(n_out)]
+        handles: list[Any] = []
         labels: list[np.ndarray] = []
-        in_memory = 0
-        total = 0
-        handle = None
+        in_memory = total = 0
         try:
-            for images, batch_labels in dataset:
-                out = run(images).numpy()
-                self.batch_size = max(self.batch_size, len(out))
+            for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
+                outs = [np.asarray(o) for o in keras.tree.flatten(run(images))]
+                self.batch_size = max(self.batch_size, len(outs[0]))
                 labels.append(np.asarray(batch_labels))
-                total += len(out)
-                if handle is None and in_memory + out.nbytes > budget:
-                    fd, self.path = tempfile.mkstemp(suffix=".features", dir=directory)
-                    handle = os.fdopen(fd, "wb")
-                    for chunk in chunks:
-                        handle.write(chunk.tobytes())
-                    chunks = []
-                    logger.info("feature cache over %d bytes: spilling to %s", budget, self.path)
-                if handle is not None:
-                    handle.write(out.tobytes())
-                else:
-                    chunks.append(out)
-                    in_memory += out.nbytes
-                self._shape, self._dtype = out.shape[1:], out.dtype
+                total += len(outs[0])
+                size = sum(o.nbytes for o in outs)
+                if not handles and in_memory + size > budget:
+                    handles = self._spill(chunks, directory)
+                    logger.info("feature cache over %d bytes: spilling to %s", budget, self.paths)
+                for i, out in enumerate(outs):
+                    if handles:
+                        handles[i].write(out.tobytes())
+                    else:
+                        chunks[i].append(out)
+                in_memory += 0 if handles else size
+                self._specs = [(o.shape[1:], o.dtype) for o in outs]
         except BaseException:
-            if handle is not None:
+            for handle in handles:
                 handle.close()
             self.close()
             raise
-        if total == 0:
-            raise ValueError("cannot cache an empty dataset")  # pragma: no cover
-        self.labels = np.concatenate(labels)
-        if handle is not None:
+        for handle in handles:
             handle.close()
-            assert self.path is not None
-            self.features: np.ndarray = np.memmap(
-                self.path, dtype=self._dtype, mode="r", shape=(total, *self._shape)
-            )
+        if total == 0:
+            raise ValueError("cannot cache an empty dataset")
+        self.labels = np.concatenate(labels)
+        if handles:
+            self.features: list[np.ndarray] = [
+                np.memmap(path, dtype=dtype, mode="r", shape=(total, *shape))
+                for path, (shape, dtype) in zip(self.paths, self._specs, strict=True)
+            ]
         else:
-            self.features = np.concatenate(chunks)
+            self.features = [np.concatenate(c) for c in chunks]
         logger.info(
-            "cached %d feature maps of shape %s (%s)",
+            "cached %d examples, features %s (%s)",
             total,
-            self._shape,
-            "on disk" if self.path else "in memory",
+            [tuple(shape) for shape, _ in self._specs],
+            "on disk" if self.paths else "in memory",
         )
+
+    def _spill(self, chunks: list[list[np.ndarray]], directory: str | None) -> list[Any]:
+        handles = []
+        for i, pending in enumerate(chunks):
+            fd, path = tempfile.mkstemp(suffix=".features", dir=directory)
+            self.paths.append(path)
+            handle = os.fdopen(fd, "wb")
+            for chunk in pending:
+                handle.write(chunk.tobytes())
+            chunks[i] = []
+            handles.append(handle)
+        return handles
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
     def spilled(self) -> bool:
-        return self.path is not None
+        return bool(self.paths)
 
-    def dataset(self, *, shuffle: bool, seed: int | None = None) -> tf.data.Dataset:
+    def dataset(
+        self, *, shuffle: bool, seed: int | None = None, output: int = 0
+    ) -> tf.data.Dataset:
         """Batches of `(features, labels)`, reshuffled every epoch when `shuffle`."""
         n = len(self)
+        features, labels = self.features[output], self.labels
         if not self.spilled:
-            ds = tf.data.Dataset.from_tensor_slices((self.features, self.labels))
+            ds = tf.data.Dataset.from_tensor_slices((features, labels))
             if shuffle:
                 ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
             return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
-        features, labels = self.features, self.labels
+        shape, dtype = self._specs[output]
 
         def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             index = np.sort(index)  # sequential reads from the file
@@ -241,9 +266,9 @@ class FeatureCache:
 
         def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             x, y = tf.numpy_function(
-                gather, [index], [tf.as_dtype(self._dtype), tf.as_dtype(labels.dtype)]
+                gather, [index], [tf.as_dtype(dtype), tf.as_dtype(labels.dtype)]
             )
-            x.set_shape((None, *self._shape))
+            x.set_shape((None, *shape))
             y.set_shape((None, *labels.shape[1:]))
             return x, y
 
@@ -253,14 +278,14 @@ class FeatureCache:
         return ds.batch(self.batch_size).map(load).prefetch(tf.data.AUTOTUNE)
 
     def close(self) -> None:
-        """Removes the spilled file, if any."""
-        if self.path is not None:
-            self.features = np.empty((0,))
+        """Removes the spilled files, if any."""
+        self.features = []
+        for path in self.paths:
             try:
-                os.remove(self.path)
+                os.remove(path)
             except FileNotFoundError:
                 pass
-            self.path = None
+        self.paths = []
 
     def __enter__(self) -> FeatureCache:
         return self

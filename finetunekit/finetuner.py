@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,29 @@ __all__ = ["FineTuner", "FineTuneHistory", "PhasePlan", "Plan"]
 logger = logging.getLogger("finetunekit")
 
 HEAD, FINETUNE = "head", "finetune"
+
+
+@dataclass
+class _Cached:
+    """Stored features for one phase: the split, its caches and which prefix output."""
+
+    split: caching.Split
+    train: caching.FeatureCache
+    val: caching.FeatureCache | None
+    output: int
+
+
+@contextlib.contextmanager
+def _trial_trainable(base: keras.Model) -> Iterator[None]:
+    """Restores every trainable flag of `base` on exit, whatever happened inside."""
+    saved = [(layer, layer.trainable) for layer in structure.leaf_layers(base)]
+    saved_base = base.trainable
+    try:
+        yield
+    finally:
+        base.trainable = saved_base
+        for layer, flag in saved:
+            layer.trainable = flag
 
 
 class FineTuneHistory(keras.callbacks.History):
@@ -330,6 +353,37 @@ class FineTuner:
             verbose=verbose,
         )
 
+    def _plan_caches(
+        self,
+        stack: contextlib.ExitStack,
+        train_ds: tf.data.Dataset,
+        val_ds: tf.data.Dataset | None,
+        user_callbacks: bool,
+        head: bool,
+        finetune: bool,
+        unfreeze_args: tuple[int, freezing.Unit, bool],
+    ) -> tuple[_Cached | None, _Cached | None]:
+        """Features for both phases from ONE pass over the data, when both can be cached.
+
+        The fine-tune phase's frozen prefix lies inside the head phase's (the whole base),
+        so one forward pass gives the inputs of both trainers.
+        """
+        if not (head and finetune) or self._cache_blocker(user_callbacks) is not None:
+            return None, None
+        model = self._need_model()
+        head_split = caching.split_frozen_prefix(model)
+        n, unit, train_bn = unfreeze_args
+        with _trial_trainable(self._need_base()):
+            freezing.unfreeze_last(self._need_base(), n, unit=unit, train_bn=train_bn)
+            tune_split = caching.split_frozen_prefix(model)
+        if head_split is None or tune_split is None:
+            return None, None
+        if self.cache == "auto" and caching.random_layers_before(model, head_split):
+            return None, None
+        prefix = caching.joint_prefix(head_split, tune_split)
+        head_cache = self._fill_cache(stack, prefix, head_split, train_ds, val_ds, 0)
+        return head_cache, _Cached(tune_split, head_cache.train, head_cache.val, 1)
+
     def _run_phase(
         self,
         train_ds: tf.data.Dataset,
@@ -341,7 +395,12 @@ class FineTuner:
         patience: int,
         callbacks: list[keras.callbacks.Callback] | None,
         verbose: Any,
+        cached: _Cached | None = None,
     ) -> keras.callbacks.History:
+        """Trains one phase, on stored features when the frozen prefix can be cached.
+
+        `cached` carries features computed ahead (by `fit`, for both phases in one pass).
+        """
         model = self._need_model()
         if not self._compile_args:
             self.compile()
@@ -360,53 +419,73 @@ class FineTuner:
             verbose=verbose,
             shuffle=False,  # datasets are reshuffled by tf.data itself
         )
-        split = self._cache_split(model, bool(callbacks), phase)
-        if split is None:
-            if self.augment is not None:
-                augment = self.augment
-                train_ds = train_ds.map(
-                    lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
-                )
-            history = model.fit(
-                train_ds.prefetch(tf.data.AUTOTUNE), validation_data=val_ds, **fit_args
-            )
-        else:
-            with contextlib.ExitStack() as stack:
-                train_cache = stack.enter_context(
-                    caching.FeatureCache(split.prefix, train_ds, budget=self.cache_budget)
-                )
-                val_cache = (
-                    stack.enter_context(
-                        caching.FeatureCache(split.prefix, val_ds, budget=self.cache_budget)
+        with contextlib.ExitStack() as stack:
+            if cached is None:
+                split = self._cache_split(model, bool(callbacks), phase)
+                if split is not None:
+                    cached = self._fill_cache(stack, split.prefix, split, train_ds, val_ds, 0)
+            else:
+                self._log_cached(phase, cached.split)
+            if cached is None:
+                if self.augment is not None:
+                    augment = self.augment
+                    train_ds = train_ds.map(
+                        lambda x, y: (augment(x, training=True), y),
+                        num_parallel_calls=tf.data.AUTOTUNE,
                     )
-                    if val_ds is not None
-                    else None
+                history = model.fit(
+                    train_ds.prefetch(tf.data.AUTOTUNE), validation_data=val_ds, **fit_args
                 )
-                self.last_phase["spilled"] = train_cache.spilled
+            else:
                 with self._scope():
-                    tasks.compile_for(split.trainer, self.task, **self._compile_args)
-                history = split.trainer.fit(
-                    train_cache.dataset(shuffle=True, seed=self.seed),
-                    validation_data=val_cache.dataset(shuffle=False) if val_cache else None,
+                    tasks.compile_for(cached.split.trainer, self.task, **self._compile_args)
+                val = cached.val
+                history = cached.split.trainer.fit(
+                    cached.train.dataset(shuffle=True, seed=self.seed, output=cached.output),
+                    validation_data=(
+                        val.dataset(shuffle=False, output=cached.output) if val else None
+                    ),
                     **fit_args,
                 )
-            history.set_model(model)
+                history.set_model(model)
         self._epochs_done += len(history.epoch)
         return history
+
+    def _fill_cache(
+        self,
+        stack: contextlib.ExitStack,
+        prefix: keras.Model,
+        split: caching.Split,
+        train_ds: tf.data.Dataset,
+        val_ds: tf.data.Dataset | None,
+        output: int,
+    ) -> _Cached:
+        """Runs `prefix` once over the data; the caches close with `stack`."""
+        budget = self.cache_budget
+        train = stack.enter_context(caching.FeatureCache(prefix, train_ds, budget=budget))
+        val = None
+        if val_ds is not None:
+            val = stack.enter_context(caching.FeatureCache(prefix, val_ds, budget=budget))
+        self.last_phase["spilled"] = train.spilled
+        return _Cached(split, train, val, output)
+
+    def _cache_blocker(self, user_callbacks: bool) -> str | None:
+        """Why the features cannot be cached, or None when they can."""
+        if self.cache is False:
+            return "cache=False"
+        if self.cache == "auto" and self.augment is not None:
+            return "augmentation runs before the frozen layers"
+        if self.cache == "auto" and self.strategy is not None:
+            return "a distribution strategy is set"
+        if self.cache == "auto" and user_callbacks:
+            return "callbacks were passed (pass cache=True to cache anyway)"
+        return None
 
     def _cache_split(
         self, model: keras.Model, user_callbacks: bool, phase: str
     ) -> caching.Split | None:
         """The split to train on cached features, or None (and why, in the log)."""
-        why = None
-        if self.cache is False:
-            why = "cache=False"
-        elif self.cache == "auto" and self.augment is not None:
-            why = "augmentation runs before the frozen layers"
-        elif self.cache == "auto" and self.strategy is not None:
-            why = "a distribution strategy is set"
-        elif self.cache == "auto" and user_callbacks:
-            why = "callbacks were passed (pass cache=True to cache anyway)"
+        why = self._cache_blocker(user_callbacks)
         split = None
         if why is None:
             split = caching.split_frozen_prefix(model)
@@ -416,22 +495,20 @@ class FineTuner:
                 names = caching.random_layers_before(model, split)
                 why = f"random layers precede the cut ({', '.join(names[:3])})"
                 split = None
-        self.last_phase = {
-            "phase": phase,
-            "cached": split is not None,
-            "cut": split.cut if split else None,
-            "why_not": why,
-        }
         if split is None:
+            self.last_phase = {"phase": phase, "cached": False, "cut": None, "why_not": why}
             logger.info("%s phase: no feature cache (%s)", phase, why)
         else:
-            logger.info(
-                "%s phase: frozen layers up to %r run once; training the rest on "
-                "their stored outputs",
-                phase,
-                split.cut,
-            )
+            self._log_cached(phase, split)
         return split
+
+    def _log_cached(self, phase: str, split: caching.Split) -> None:
+        self.last_phase = {"phase": phase, "cached": True, "cut": split.cut, "why_not": None}
+        logger.info(
+            "%s phase: frozen layers up to %r run once; the rest trains on their stored outputs",
+            phase,
+            split.cut,
+        )
 
     def unfreeze(
         self,
@@ -541,18 +618,44 @@ class FineTuner:
             callbacks=callbacks,
             verbose=verbose,
         )
-        if head_epochs:
-            history.extend(
-                HEAD, self._run_phase(train_ds, val_ds, epochs=head_epochs, phase=HEAD, **common)
+        finetune = bool(finetune_epochs and unfreeze)
+        with contextlib.ExitStack() as stack:
+            head_cache, tune_cache = self._plan_caches(
+                stack,
+                train_ds,
+                val_ds,
+                bool(callbacks),
+                head_epochs > 0,
+                finetune,
+                (unfreeze, unit, train_bn),
             )
-        if finetune_epochs and unfreeze:
-            self.unfreeze(
-                unfreeze, unit=unit, train_bn=train_bn, learning_rate=finetune_learning_rate
-            )
-            history.extend(
-                FINETUNE,
-                self._run_phase(train_ds, val_ds, epochs=finetune_epochs, phase=FINETUNE, **common),
-            )
+            if head_epochs:
+                history.extend(
+                    HEAD,
+                    self._run_phase(
+                        train_ds,
+                        val_ds,
+                        epochs=head_epochs,
+                        phase=HEAD,
+                        cached=head_cache,
+                        **common,
+                    ),
+                )
+            if finetune:
+                self.unfreeze(
+                    unfreeze, unit=unit, train_bn=train_bn, learning_rate=finetune_learning_rate
+                )
+                history.extend(
+                    FINETUNE,
+                    self._run_phase(
+                        train_ds,
+                        val_ds,
+                        epochs=finetune_epochs,
+                        phase=FINETUNE,
+                        cached=tune_cache,
+                        **common,
+                    ),
+                )
         history.set_model(self._need_model())
         return history
 
@@ -586,9 +689,7 @@ class FineTuner:
             self.add_head()
         model = self._need_model()
         base = self._need_base()
-        saved = [(layer, layer.trainable) for layer in structure.leaf_layers(base)]
-        saved_base = base.trainable
-        try:
+        with _trial_trainable(base):
             freezing.freeze(base, train_bn=False)
             head = freezing.trainable_report(model)
             phases = [self._phase_plan(HEAD, head_epochs, head_learning_rate, head, early_stopping)]
@@ -600,10 +701,6 @@ class FineTuner:
                         FINETUNE, finetune_epochs, finetune_learning_rate, tuned, early_stopping
                     )
                 )
-        finally:
-            base.trainable = saved_base
-            for layer, flag in saved:
-                layer.trainable = flag
         return Plan(phases)
 
     @staticmethod
@@ -643,6 +740,11 @@ class FineTuner:
                 f"such as {str(target.with_suffix('.keras'))!r}."
             )
         target.parent.mkdir(parents=True, exist_ok=True)
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            # Trained on cached features, the full model's own optimizer never ran; build it so
+            # the file's optimizer state matches what load_model rebuilds (no warning there).
+            optimizer.build(model.trainable_variables)
         model.save(target)
         logger.info("saved %s to %s", model.name, target)
         return target
@@ -695,7 +797,7 @@ class FineTuner:
 
     def _match_labels(self, train_ds: tf.data.Dataset) -> None:
         """Checks the labels and switches the loss between indices and one-hot if needed."""
-        info = data.inspect_labels(train_ds, max_batches=16)
+        info = data.inspect_labels(train_ds, max_batches=4)
         mode = data.check_labels(info, self.task, self.num_classes)
         self._label_mode = mode
         if self._compile_args and self._compile_args.get("label_mode") != mode:
