@@ -89,12 +89,22 @@ def _frozen_cut(base: keras.Model, trainable_ids: set[int]) -> tuple[int, Any] |
         return len(nodes) - 1, base.output
     _, cuts = structure._graph_ops(base)
     before = [c for c in cuts if c < first]
-    if not before:
+    # A prefix without weights (input, preprocessing) is cheap to recompute: not worth storing.
+    if not before or not any(_weighted(ops[: before[-1] + 1])):
         return None
     position = before[-1]
     produced = {id(t) for node in nodes[: position + 1] for t in node.outputs}
     alive = [t for node in nodes[position + 1 :] for t in node.input_tensors if id(t) in produced]
     return position, alive[0]
+
+
+def _weighted(ops: list[Any]) -> list[Any]:
+    return [
+        layer
+        for op in ops
+        for layer in (structure.leaf_layers(op) if isinstance(op, keras.Model) else [op])
+        if getattr(layer, "weights", None) and not structure.is_preprocessing(layer)
+    ]
 
 
 def random_layers_before(model: keras.Model, split: Split) -> list[str]:
@@ -181,7 +191,6 @@ class FeatureCache:
     ) -> None:
         self.paths: list[str] = []
         self.batch_size = 0
-        run = tf.function(lambda x: prefix(x, training=False), reduce_retracing=True)
         n_out = len(prefix.outputs)
         chunks: list[list[np.ndarray]] = [[] for _ in range(n_out)]
         handles: list[Any] = []
@@ -189,7 +198,7 @@ class FeatureCache:
         in_memory = total = 0
         try:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
-                outs = [np.asarray(o) for o in keras.tree.flatten(run(images))]
+                outs = [np.asarray(o) for o in keras.tree.flatten(prefix.predict_on_batch(images))]
                 self.batch_size = max(self.batch_size, len(outs[0]))
                 labels.append(np.asarray(batch_labels))
                 total += len(outs[0])

@@ -424,8 +424,8 @@ class FineTuner:
                 split = self._cache_split(model, bool(callbacks), phase)
                 if split is not None:
                     cached = self._fill_cache(stack, split.prefix, split, train_ds, val_ds, 0)
-            else:
-                self._log_cached(phase, cached.split)
+            if cached is not None:
+                self._log_cached(phase, cached)
             if cached is None:
                 if self.augment is not None:
                     augment = self.augment
@@ -466,7 +466,6 @@ class FineTuner:
         val = None
         if val_ds is not None:
             val = stack.enter_context(caching.FeatureCache(prefix, val_ds, budget=budget))
-        self.last_phase["spilled"] = train.spilled
         return _Cached(split, train, val, output)
 
     def _cache_blocker(self, user_callbacks: bool) -> str | None:
@@ -498,16 +497,20 @@ class FineTuner:
         if split is None:
             self.last_phase = {"phase": phase, "cached": False, "cut": None, "why_not": why}
             logger.info("%s phase: no feature cache (%s)", phase, why)
-        else:
-            self._log_cached(phase, split)
         return split
 
-    def _log_cached(self, phase: str, split: caching.Split) -> None:
-        self.last_phase = {"phase": phase, "cached": True, "cut": split.cut, "why_not": None}
+    def _log_cached(self, phase: str, cached: _Cached) -> None:
+        self.last_phase = {
+            "phase": phase,
+            "cached": True,
+            "cut": cached.split.cut,
+            "why_not": None,
+            "spilled": cached.train.spilled,
+        }
         logger.info(
             "%s phase: frozen layers up to %r run once; the rest trains on their stored outputs",
             phase,
-            split.cut,
+            cached.split.cut,
         )
 
     def unfreeze(
@@ -772,7 +775,7 @@ class FineTuner:
     def _datasets(
         self, train: Any, y: Any, validation_data: Any, batch_size: int
     ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-        train_ds = data.as_dataset(train, y, batch_size=batch_size, shuffle=True)
+        train_ds = data.as_dataset(train, y, batch_size=batch_size, shuffle=True, seed=self.seed)
         val_ds = None
         if validation_data is not None:
             val_ds = data.as_dataset(

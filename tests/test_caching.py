@@ -1,0 +1,181 @@
+"""Caching the frozen prefix: the split is exact, shares the model's layers, and trains the same."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import finetunekit as ftk
+from finetunekit import caching
+
+SHAPE = (32, 32, 3)
+
+
+def _model(unit: str | None = None, n: int = 0) -> keras.Model:
+    base = ftk.load_base("mobilenet_v2", weights=None, input_shape=SHAPE, alpha=0.35)
+    ftk.freeze(base)
+    model = ftk.add_head(base, 3, dropout=0.0)
+    if unit is not None:
+        ftk.unfreeze_last(model, n, unit=unit)
+    return model
+
+
+def _images(n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, *SHAPE)).astype("float32"), rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize(
+    ("unit", "n", "cut"),
+    [(None, 0, None), ("block", 2, "block_15_add"), ("layer", 4, "block_15_add"),
+     ("block", 5, "block_12_add")],
+)
+def test_split_reproduces_the_full_model(unit: str | None, n: int, cut: str | None) -> None:
+    model = _model(unit, n)
+    split = caching.split_frozen_prefix(model)
+    assert split is not None
+    base = model.layers[1]
+    assert split.cut == (cut or base.name)
+    x, _ = _images(4)
+    np.testing.assert_allclose(split.trainer(split.prefix(x)), model(x), atol=1e-6)
+
+
+def test_trainer_shares_the_models_variables() -> None:
+    model = _model("block", 2)
+    split = caching.split_frozen_prefix(model)
+    assert split is not None
+    assert {id(v) for v in split.trainer.trainable_variables} == {
+        id(v) for v in model.trainable_variables
+    }
+    assert not split.prefix.trainable_variables  # everything before the cut is frozen
+
+
+def test_no_split_when_the_first_block_trains() -> None:
+    model = _model()
+    ftk.unfreeze_last(model, len(ftk.structure.blocks(model)), unit="block")
+    assert caching.split_frozen_prefix(model) is None
+
+
+def test_residual_blocks_are_not_cut() -> None:
+    base = ftk.load_base("resnet50", weights=None, input_shape=SHAPE)
+    model = ftk.add_head(base, 3)
+    ftk.freeze(model)
+    ftk.unfreeze_last(model, 5, unit="layer")  # lands inside conv5_block2/3
+    split = caching.split_frozen_prefix(model)
+    assert split is not None
+    assert split.cut.endswith("_out")  # a residual block's output, never inside one
+    x, _ = _images(2)
+    np.testing.assert_allclose(split.trainer(split.prefix(x)), model(x), atol=1e-5)
+
+
+def _fit(cache: bool | str, x: np.ndarray, y: np.ndarray, **kwargs: object) -> ftk.FineTuner:
+    keras.utils.set_random_seed(0)
+    tuner = ftk.FineTuner(
+        "mobilenet_v2", num_classes=3, weights=None, input_shape=SHAPE, alpha=0.35,
+        cache=cache, seed=0,
+    )
+    tuner.fit(x, y, head_epochs=3, finetune_epochs=3, unfreeze=2, dropout=0.0,
+              batch_size=len(x), early_stopping=False, verbose=0, **kwargs)
+    return tuner
+
+
+def test_cached_and_uncached_training_end_with_the_same_weights() -> None:
+    x, y = _images(16)
+    cached = _fit(True, x, y)
+    plain = _fit(False, x, y)
+    assert cached.last_phase["cached"] and not plain.last_phase["cached"]
+    before = _fit(True, x, y)  # the same run again, to show training moved the weights at all
+    for a, b, c in zip(cached.model.weights, plain.model.weights, before.model.weights,
+                       strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4, err_msg=a.path)
+        np.testing.assert_allclose(a.numpy(), c.numpy(), atol=1e-6)
+    fresh = ftk.add_head(ftk.load_base("mobilenet_v2", weights=None, input_shape=SHAPE,
+                                       alpha=0.35), 3)
+    head_kernel = cached.model.get_layer("head_output").kernel.numpy()
+    assert not np.allclose(head_kernel, fresh.get_layer("head_output").kernel.numpy())
+
+
+def test_both_phases_come_from_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    passes: list[int] = []
+    original = caching.FeatureCache.__init__
+
+    def counting(self: caching.FeatureCache, prefix: keras.Model, *args: object,
+                 **kwargs: object) -> None:
+        passes.append(len(prefix.outputs))
+        original(self, prefix, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(caching.FeatureCache, "__init__", counting)
+    x, y = _images(12)
+    tuner = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=SHAPE,
+                          alpha=0.35)
+    history = tuner.fit(x, y, validation_data=_images(6, seed=1), head_epochs=1,
+                        finetune_epochs=1, verbose=0)
+    assert history.phases == ["head", "finetune"]
+    assert passes == [2, 2]  # training and validation data, each once, two cuts at a time
+
+
+def test_spill_to_disk_trains_and_cleans_up(tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    x, y = _images(16)
+    in_memory = _fit(True, x, y)
+    with caplog.at_level(logging.INFO, logger="finetunekit"):
+        keras.utils.set_random_seed(0)
+        spilled = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=SHAPE,
+                                alpha=0.35, cache=True, cache_budget=0, seed=0)
+        spilled.fit(x, y, head_epochs=3, finetune_epochs=3, dropout=0.0, batch_size=len(x),
+                    early_stopping=False, verbose=0)
+    assert spilled.last_phase["spilled"] is True
+    assert "spilling to" in caplog.text
+    leftovers = [f for f in os.listdir(str(tmp_path)) if f.endswith(".features")]
+    assert leftovers == []  # the spilled feature files are gone
+    for a, b in zip(in_memory.model.weights, spilled.model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+def test_feature_cache_reshuffles_every_epoch() -> None:
+    x, y = _images(64)
+    prefix = keras.Sequential([keras.Input(SHAPE), keras.layers.GlobalAveragePooling2D()])
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(64))).batch(8)
+    with caching.FeatureCache(prefix, dataset) as cache:
+        ds = cache.dataset(shuffle=True, seed=0)
+        first = np.concatenate([b.numpy() for _, b in ds])
+        second = np.concatenate([b.numpy() for _, b in ds])
+        np.testing.assert_allclose(cache.features[0], x.mean(axis=(1, 2)), rtol=1e-5)
+    assert sorted(first) == sorted(second) == list(range(64))
+    assert list(first) != list(second)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fit_kwargs", "reason"),
+    [
+        ({"augment": keras.layers.RandomFlip("horizontal")}, {}, "augmentation"),
+        ({}, {"callbacks": [keras.callbacks.History()]}, "callbacks were passed"),
+        ({"cache": False}, {}, "cache=False"),
+    ],
+)
+def test_auto_turns_itself_off_and_says_why(
+    kwargs: dict, fit_kwargs: dict, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    x, y = _images(8)
+    tuner = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=SHAPE,
+                          alpha=0.35, **kwargs)
+    with caplog.at_level(logging.INFO, logger="finetunekit"):
+        tuner.fit(x, y, head_epochs=1, finetune_epochs=0, early_stopping=False, verbose=0,
+                  **fit_kwargs)
+    assert tuner.last_phase["cached"] is False
+    assert reason in tuner.last_phase["why_not"]
+    assert reason in caplog.text
+
+
+def test_cache_true_with_augmentation_is_refused() -> None:
+    with pytest.raises(ftk.FinetuneKitError, match="cache=True cannot be combined with augment"):
+        ftk.FineTuner("mobilenet_v2", weights=None, cache=True, augment="default")
+    with pytest.raises(ValueError, match="cache must be"):
+        ftk.FineTuner("mobilenet_v2", weights=None, cache="yes")
