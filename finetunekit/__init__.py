@@ -16,6 +16,7 @@ The six steps, each usable alone on plain Keras models::
 or chained: ``ftk.FineTuner("mobilenet_v2", num_classes=5).fit(train)``.
 """
 
+from finetunekit import data, datasets
 from finetunekit._version import __version__
 from finetunekit.bases import list_bases, load_base
 from finetunekit.errors import FinetuneKitError
@@ -30,6 +31,8 @@ __all__ = [
     "FinetuneKitError",
     "add_head",
     "compile_for",
+    "data",
+    "datasets",
     "freeze",
     "list_bases",
     "load_base",

@@ -1,6 +1,6 @@
 """Exception types raised by finetunekit.
 
-Every exception derives from :class:`FinetuneKitError` and from the builtin a
+Every exception derives from `FinetuneKitError` and from the builtin a
 Python user would catch anyway (`ValueError`, `TypeError`, `FileNotFoundError`,
 ...), so both `except finetunekit.FinetuneKitError` and `except ValueError`
 work. Messages say what was expected, what was received and how to fix it.
@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ArgumentTypeError",
     "DataError",
+    "DataNotFoundError",
     "StepOrderError",
 ]
 
@@ -61,6 +62,10 @@ class ModelStructureError(ConfigError):
 
 class DataError(ConfigError):
     """Training or validation data is malformed (shapes, labels, element structure)."""
+
+
+class DataNotFoundError(FinetuneKitError, FileNotFoundError):
+    """A data path (an image folder) does not exist."""
 
 
 class StepOrderError(FinetuneKitError, RuntimeError):

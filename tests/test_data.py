@@ -1,0 +1,274 @@
+"""finetunekit.data: image folders (each bad-data case), arrays, augmentation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import finetunekit as ftk
+from finetunekit import data
+from finetunekit.errors import ConfigError, DataError, DataNotFoundError, FinetuneKitError
+
+
+def _pixels(seed: int, size: int = 20, channels: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, channels), dtype=np.uint8)
+
+
+def write_image(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".png":
+        encoded = tf.io.encode_png(pixels)
+    else:
+        encoded = tf.io.encode_jpeg(pixels, quality=95)
+    path.write_bytes(encoded.numpy())
+    return path
+
+
+def make_folder(root: Path, counts: dict[str, int], suffix: str = ".png") -> Path:
+    seed = 0
+    for name, count in counts.items():
+        for i in range(count):
+            write_image(root / name / f"{i:02d}{suffix}", _pixels(seed))
+            seed += 1
+    return root
+
+
+def _all(dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*dataset.as_numpy_iterator(), strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+# -- from_directory: the good path -------------------------------------------------------
+
+
+def test_from_directory_reads_classes_labels_and_sizes(tmp_path):
+    root = make_folder(tmp_path / "pics", {"cats": 3, "dogs": 4})
+    train, validation, names = data.from_directory(root, image_size=16, batch_size=2, seed=0)
+    assert names == ("cats", "dogs")
+    assert validation is None
+    x, y = _all(train)
+    assert x.shape == (7, 16, 16, 3) and x.dtype == np.float32
+    assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1, 1]
+    assert 0 <= x.min() and x.max() <= 255 and x.max() > 1  # raw pixels, not rescaled
+    assert train.class_names == ["cats", "dogs"]  # FineTuner infers num_classes from it
+    assert len(train.file_paths) == 7
+
+
+def test_validation_split_is_disjoint_and_seeded(tmp_path):
+    root = make_folder(tmp_path, {"a": 5, "b": 5})
+    first = data.from_directory(root, image_size=8, validation_split=0.2, seed=3)
+    again = data.from_directory(root, image_size=8, validation_split=0.2, seed=3)
+    assert first.validation is not None and again.validation is not None
+    assert len(first.train.file_paths) == 8 and len(first.validation.file_paths) == 2
+    assert not set(first.train.file_paths) & set(first.validation.file_paths)
+    assert first.validation.file_paths == again.validation.file_paths
+
+
+def test_categorical_labels(tmp_path):
+    root = make_folder(tmp_path, {"a": 2, "b": 2, "c": 2})
+    train, _, _ = data.from_directory(root, image_size=8, label_mode="categorical")
+    _, y = _all(train)
+    assert y.shape == (6, 3) and (y.sum(axis=1) == 1).all()
+
+
+def test_image_size_follows_the_base(tmp_path):
+    root = make_folder(tmp_path, {"a": 2, "b": 2})
+    model = keras.Sequential([keras.Input((24, 40, 3)), keras.layers.Conv2D(2, 3)])
+    loaded = data.from_directory(root, base=model)
+    assert tuple(loaded.train.element_spec[0].shape[1:]) == (24, 40, 3)
+
+    sized = ftk.FineTuner("mobilenet_v2", input_shape=(48, 48, 3), weights=None)
+    assert data.from_directory(root, base=sized).train.element_spec[0].shape[1:3] == (48, 48)
+    native = ftk.FineTuner("efficientnet_b1", weights=None)
+    assert data.from_directory(root, base=native).train.element_spec[0].shape[1:3] == (240, 240)
+    assert native.base is None  # read from the registry, nothing loaded
+
+    default = data.from_directory(root)
+    assert tuple(default.train.element_spec[0].shape[1:3]) == data.DEFAULT_IMAGE_SIZE
+
+
+def test_grayscale_jpeg_and_rgba_png_become_rgb(tmp_path):
+    gray = _pixels(1, channels=1)
+    rgba = np.concatenate([_pixels(2), np.full((20, 20, 1), 9, np.uint8)], axis=-1)
+    write_image(tmp_path / "gray" / "g.jpg", gray)
+    write_image(tmp_path / "rgba" / "r.png", rgba)
+    train, _, _ = data.from_directory(tmp_path, image_size=20, batch_size=4, seed=0)
+    x, y = _all(train)
+    assert x.shape == (2, 20, 20, 3)
+    g, r = x[y == 0][0], x[y == 1][0]
+    assert np.allclose(g[..., 0], g[..., 1]) and np.allclose(g[..., 1], g[..., 2])
+    np.testing.assert_allclose(r, rgba[..., :3].astype("float32"))  # alpha dropped, RGB kept
+
+
+def test_real_flowers_folder(flowers):
+    train, validation, names = data.from_directory(
+        flowers / "train", image_size=64, validation_split=0.2, seed=0
+    )
+    assert names == ("daisy", "dandelion", "roses", "sunflowers", "tulips")
+    assert validation is not None
+    assert len(train.file_paths) + len(validation.file_paths) == 350
+
+
+# -- from_directory: each bad-data case --------------------------------------------------
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DataNotFoundError, match="No image folder at .*nowhere") as info:
+        data.from_directory(tmp_path / "nowhere")
+    assert isinstance(info.value, FileNotFoundError)
+    assert isinstance(info.value, FinetuneKitError)
+
+
+def test_a_file_instead_of_a_folder(tmp_path):
+    path = write_image(tmp_path / "one.png", _pixels(0))
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        data.from_directory(path)
+
+
+def test_empty_folder_has_no_class_folders(tmp_path):
+    with pytest.raises(DataError, match="has no class folders \\(nothing to read\\)"):
+        data.from_directory(tmp_path)
+
+
+def test_loose_images_without_class_folders(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", _pixels(i))
+    with pytest.raises(DataError, match="no class folders \\(3 images directly in it\\)"):
+        data.from_directory(tmp_path)
+
+
+def test_fewer_than_two_classes(tmp_path):
+    make_folder(tmp_path, {"only": 3})
+    with pytest.raises(DataError, match="only one class folder \\('only'\\).*at least two"):
+        data.from_directory(tmp_path)
+
+
+def test_class_folder_without_images_is_named(tmp_path):
+    make_folder(tmp_path, {"a": 2, "b": 2})
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not an image")
+    with pytest.raises(DataError) as info:
+        data.from_directory(tmp_path)
+    message = str(info.value)
+    assert "'empty', 'notes'" in message and "hold no images" in message
+    assert "readme.txt" in message  # says what it found instead
+
+
+def test_corrupt_files_are_named(tmp_path):
+    make_folder(tmp_path, {"a": 3, "b": 3})
+    (tmp_path / "a" / "broken.jpg").write_bytes(np.random.default_rng(0).bytes(300))
+    good = tf.io.encode_jpeg(_pixels(9)).numpy()
+    (tmp_path / "b" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError) as info:
+        data.from_directory(tmp_path, image_size=8)
+    message = str(info.value)
+    assert "2 image files" in message
+    assert "a/broken.jpg" in message and "b/truncated.jpg" in message
+    assert "on_bad_image='skip'" in message
+
+
+def test_skip_leaves_corrupt_files_out_with_a_warning(tmp_path, caplog):
+    make_folder(tmp_path, {"a": 3, "b": 3})
+    (tmp_path / "a" / "broken.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        loaded = data.from_directory(
+            tmp_path, image_size=8, on_bad_image="skip", validation_split=0.5, seed=1
+        )
+    assert "broken.png" in caplog.text
+    assert loaded.validation is not None
+    x_train, _ = _all(loaded.train)
+    x_val, _ = _all(loaded.validation)
+    assert len(x_train) + len(x_val) == 6  # every readable image, iterated without error
+    assert not any("broken" in p for p in loaded.train.file_paths + loaded.validation.file_paths)
+
+
+def test_skip_that_empties_a_class_still_fails(tmp_path):
+    make_folder(tmp_path, {"a": 2})
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="'b'.*no images once the unreadable files are left out"):
+        data.from_directory(tmp_path, on_bad_image="skip")
+
+
+def test_split_that_leaves_no_validation_images(tmp_path):
+    make_folder(tmp_path, {"a": 2, "b": 2})
+    with pytest.raises(DataError, match="leaves no validation images"):
+        data.from_directory(tmp_path, validation_split=0.1)
+
+
+def test_binary_label_mode_needs_two_classes(tmp_path):
+    make_folder(tmp_path, {"a": 1, "b": 1, "c": 1})
+    with pytest.raises(DataError, match="exactly 2 class folders"):
+        data.from_directory(tmp_path, label_mode="binary")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"on_bad_image": "ignore"}, "on_bad_image must be one of"),
+        ({"image_size": (0, 3)}, "image_size must be"),
+        ({"label_mode": "sparse"}, "label_mode must be one of"),
+        ({"validation_split": 1.5}, "validation_split must be a fraction"),
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    make_folder(tmp_path, {"a": 2, "b": 2})
+    with pytest.raises(ConfigError, match=match):
+        data.from_directory(tmp_path, **kwargs)
+
+
+# -- from_arrays -------------------------------------------------------------------------
+
+
+def test_from_arrays_checks_labels_against_num_classes(tiny_images):
+    x, y = tiny_images
+    dataset = data.from_arrays(x, y, batch_size=8, num_classes=3)
+    assert sum(len(b[1]) for b in dataset.as_numpy_iterator()) == 24
+    with pytest.raises(DataError, match="Label 2 is out of range for 2 classes"):
+        data.from_arrays(x, y, num_classes=2)
+    with pytest.raises(DataError, match="expects integer class indices"):
+        data.from_arrays(x, y - 1, num_classes=3)
+    with pytest.raises(DataError, match="one-hot with 3 columns but the model has 4"):
+        data.from_arrays(x, np.eye(3)[y], num_classes=4)
+    with pytest.raises(DataError, match="at least two classes"):
+        data.from_arrays(x, np.zeros_like(y), num_classes=1)
+
+
+# -- augmentation ------------------------------------------------------------------------
+
+
+def test_augmentation_changes_training_batches_only():
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    augment = data.augmentation(seed=0)
+    assert isinstance(augment, keras.Sequential)
+    assert [layer.name for layer in augment.layers] == [
+        "augment_flip",
+        "augment_rotation",
+        "augment_zoom",
+    ]
+    trained = np.asarray(augment(images, training=True))
+    assert trained.shape == images.shape
+    assert not np.allclose(trained, images)
+    assert trained.min() >= -1e-3 and trained.max() <= 255 + 1e-3  # still raw pixels
+    np.testing.assert_allclose(np.asarray(augment(images, training=False)), images)
+
+
+def test_augmentation_runs_in_a_tf_data_pipeline():
+    images = np.random.default_rng(1).uniform(0, 255, (6, 24, 24, 3)).astype("float32")
+    augment = data.augmentation("strong", seed=1)
+    dataset = data.from_arrays(images, np.arange(6) % 2, batch_size=3, shuffle=False)
+    mapped = dataset.map(lambda x, y: (augment(x, training=True), y))
+    x, _ = _all(mapped)
+    assert x.shape == images.shape and not np.allclose(x, images)
+
+
+def test_unknown_augmentation_preset():
+    with pytest.raises(ConfigError, match="Unknown augmentation preset 'wild'"):
+        data.augmentation("wild")
