@@ -608,7 +608,7 @@ class FineTuner:
         self._infer_num_classes(train_ds, train)
         self._match_labels(train_ds)
         if val_ds is None and early_stopping and validation_split:
-            train_ds, val_ds = _split_by_content(train_ds, validation_split)
+            train_ds, val_ds = data.split_by_content(train_ds, validation_split, batch_size)
         self.freeze()
         if self.model is None:
             self.add_head(hidden=hidden, dropout=dropout)
@@ -821,29 +821,3 @@ def _augmentation(augment: str | keras.layers.Layer | None) -> keras.layers.Laye
     raise ConfigError(
         f"augment must be None, 'default' or a keras.layers.Layer; received {augment!r}."
     )
-
-
-def _split_by_content(
-    dataset: tf.data.Dataset, fraction: float
-) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Holds out images by a fingerprint of their pixels, not by position.
-
-    Position-based splits (`take`/`skip`) leak when the dataset reshuffles every
-    epoch; a content fingerprint puts each image on the same side every time.
-    """
-    threshold = int(round(fraction * 1000))
-
-    def held_out(images: tf.Tensor) -> tf.Tensor:
-        total = tf.reduce_sum(tf.cast(images, tf.float64), axis=[1, 2, 3])
-        bucket = tf.math.floormod(tf.cast(tf.floor(total * 0.6180339887498949), tf.int64), 1000)
-        return bucket < threshold
-
-    def pick(keep_held_out: bool) -> tf.data.Dataset:
-        def select(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            mask = held_out(images)
-            mask = mask if keep_held_out else tf.logical_not(mask)
-            return tf.boolean_mask(images, mask), tf.boolean_mask(labels, mask)
-
-        return dataset.map(select).filter(lambda images, _labels: tf.shape(images)[0] > 0)
-
-    return pick(False), pick(True)

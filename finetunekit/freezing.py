@@ -2,13 +2,17 @@
 
 Both functions act on the base: a bare base, or the base nested in a full model
 (the head is never touched). BatchNormalization layers stay frozen unless
-`train_bn=True`; even then the base runs in inference mode inside a model made
-by `add_head`, so its moving statistics never drift on small batches.
+`train_bn=True`. A frozen BatchNormalization layer runs in inference mode (its
+moving statistics never drift on small batches). With `train_bn=True` it trains
+as Keras 3 trains it: batch statistics, moving statistics updated, because
+`fit` passes `training=True` down to every layer, overriding the `training=False`
+the base was called with in `add_head`.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,7 +34,8 @@ def freeze(model: keras.Model, *, train_bn: bool = False) -> keras.Model:
     Args:
         model: a bare base, or a full model with the base nested in it (its head stays
             trainable).
-        train_bn: keep the BatchNormalization scale and offset trainable.
+        train_bn: keep the BatchNormalization layers trainable (they then train on batch
+            statistics and update their moving statistics; see the module docstring).
 
     Returns:
         `model`, modified in place.
@@ -39,11 +44,10 @@ def freeze(model: keras.Model, *, train_bn: bool = False) -> keras.Model:
         ArgumentTypeError: `model` is not a keras.Model.
         ModelStructureError: the model's graph cannot be read.
 
-    Example:
-
-    >>> base = load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
-    >>> freeze(base).trainable_weights
-    []
+    Examples:
+        >>> base = load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
+        >>> freeze(base).trainable_weights
+        []
     """
     base = structure.find_base(model)
     chosen = {id(layer) for layer in structure.leaf_layers(base) if structure.is_batch_norm(layer)}
@@ -76,12 +80,12 @@ def unfreeze_last(
         ConfigError: `n` is not a positive int, is larger than what the base has, or
             `unit` is unknown.
 
-    Example:
-
-    >>> unfreeze_last(model, 2, unit="block")
+    Examples:
+        >>> unfreeze_last(model, 2, unit="block")
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ConfigError(f"n must be a positive int (how many {unit}s); received {n!r}.")
+    n = int(n)  # numpy integers are welcome
     if unit not in ("layer", "block"):
         raise ConfigError(f"unit must be 'layer' or 'block'; received {unit!r}.")
     base = structure.find_base(model)
@@ -123,10 +127,12 @@ def _apply(base: keras.Model, trainable_ids: set[int]) -> None:
 
 
 def _warn_if_compiled(model: keras.Model) -> None:
+    # Info, not a warning: the correct recipe recompiles right after, and a model compiled
+    # by compile_for refuses to fit a stale trainable set anyway (tasks._guard_fit).
     if getattr(model, "compiled", False):
-        logger.warning(
+        logger.info(
             "%s was compiled before this trainable change; call compile_for(...) again before "
-            "the next fit, or Keras keeps training the old set of weights.",
+            "the next fit.",
             model.name,
         )
 

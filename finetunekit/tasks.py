@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -37,7 +39,8 @@ class Task:
 TASKS: dict[str, Task] = {
     "multiclass": Task("multiclass", "softmax", ("int", "categorical")),
     "binary": Task("binary", "sigmoid", ("int", "binary")),
-    "multilabel": Task("multilabel", "sigmoid", ("binary", "categorical")),
+    # "int" too: multi-hot rows of integers, and compile_for's default must work for every task.
+    "multilabel": Task("multilabel", "sigmoid", ("int", "binary", "categorical")),
     "regression": Task("regression", "linear", ("int", "binary", "categorical")),
 }
 
@@ -68,9 +71,13 @@ def output_units(task: str, num_classes: int | None) -> int:
     """
     spec = get_task(task)
     if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 1
     ):
         raise ConfigError(f"num_classes must be a positive int; received {num_classes!r}.")
+    if num_classes is not None:
+        num_classes = int(num_classes)  # numpy integers (e.g. labels.max() + 1) are welcome
     if spec.name == "multiclass":
         if num_classes is None or num_classes < 2:
             raise ConfigError(
@@ -167,9 +174,8 @@ def compile_for(
             or an output layer that does not fit the task.
         ArgumentTypeError: `model` is not a keras.Model.
 
-    Example:
-
-    >>> compile_for(model, task="multiclass", learning_rate=1e-3)
+    Examples:
+        >>> compile_for(model, task="multiclass", learning_rate=1e-3)
     """
     if not isinstance(model, keras.Model):
         raise ArgumentTypeError(
@@ -185,10 +191,13 @@ def compile_for(
         )
     if (
         isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, (int, float))
-        or not learning_rate > 0
+        or not isinstance(learning_rate, numbers.Real)
+        or not 0 < learning_rate < math.inf
     ):
-        raise ConfigError(f"learning_rate must be a positive number; received {learning_rate!r}.")
+        raise ConfigError(
+            f"learning_rate must be a positive finite number, e.g. 1e-3; received "
+            f"{learning_rate!r}."
+        )
     units = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
     activation = _output_activation(model)
     _check_output(spec, units, activation)
@@ -201,6 +210,7 @@ def compile_for(
         metrics=default_metrics if metrics is None else metrics,
     )
     _COMPILED_WITH[model] = _trainable_signature(model)
+    _guard_fit(model)
     logger.info(
         "compiled %s for %s (label_mode=%s, learning_rate=%g, %d trainable weights)",
         model.name,
@@ -235,6 +245,29 @@ def _check_output(spec: Task, units: int | None, activation: str | None) -> None
             "task='multiclass' needs a softmax output, the model ends in sigmoid. Use "
             "task='multilabel' or rebuild the head with add_head(task='multiclass')."
         )
+
+
+def _guard_fit(model: keras.Model) -> None:
+    """Makes `model.fit` refuse to train a trainable set it was not compiled for.
+
+    Keras builds the training step once per compile, with the trainable variables of that
+    moment: after a `freeze`/`unfreeze_last` without recompiling, `fit` would silently keep
+    training the old set. The check runs where Keras builds or reuses that step.
+    """
+    optimizer = model.optimizer
+    build_step = type(model).make_train_function
+
+    def make_train_function(force: bool = False) -> Any:
+        # A model recompiled by hand (model.compile) has a new optimizer: trust it.
+        if model.optimizer is optimizer and is_stale(model):
+            raise StepOrderError(
+                f"What is trainable in {model.name!r} changed since compile_for compiled it; "
+                "Keras would keep training the old set of weights. Call "
+                "finetunekit.compile_for(model, ...) again before fit()."
+            )
+        return build_step(model, force)
+
+    model.make_train_function = make_train_function
 
 
 def is_stale(model: keras.Model) -> bool:
