@@ -83,7 +83,9 @@ def load(size: int, seed: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     return train, test
 
 
-def accuracy(model: keras.Model, test: tf.data.Dataset, preprocess: Callable[..., Any] | None) -> float:
+def accuracy(
+    model: keras.Model, test: tf.data.Dataset, preprocess: Callable[..., Any] | None
+) -> float:
     correct = total = 0
     for x, y in test:
         if preprocess is not None:
@@ -100,7 +102,9 @@ def mobilenet(size: int) -> keras.Model:
     )
 
 
-def seed_recipe(train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> float:
+def seed_recipe(
+    train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tuple[int, int]
+) -> float:
     def pre(x: tf.Tensor) -> tf.Tensor:
         # keras.applications.mobilenet_v2.preprocess_input ("tf" mode), written out because
         # the Keras function does not trace inside tf.data.Dataset.map.
@@ -114,11 +118,17 @@ def seed_recipe(train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs
     x = keras.layers.Dense(1024, activation="relu")(x)
     out = keras.layers.Dense(5, activation="softmax")(x)
     model = keras.Model(base.input, out)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])  # step 4
+    model.compile(
+        optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )  # step 4
     model.fit(train_p, epochs=epochs[0], verbose=0)  # step 5
     for layer in model.layers[-4:]:  # step 6
         layer.trainable = True
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     model.fit(train_p, epochs=sum(epochs), initial_epoch=epochs[0], verbose=0)
     return accuracy(model, test, pre)
 
@@ -134,7 +144,11 @@ def keras_guide_recipe(
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
     model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
-    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     model.fit(train, epochs=epochs[0], verbose=0)
     base.trainable = True
     for layer in base.layers[:-20]:
@@ -142,7 +156,11 @@ def keras_guide_recipe(
     for layer in base.layers[-20:]:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-5),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     model.fit(train, epochs=sum(epochs), initial_epoch=epochs[0], verbose=0)
     return accuracy(model, test, None)
 
@@ -151,15 +169,23 @@ def finetunekit_recipe(
     train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tuple[int, int], cache: bool
 ) -> float:
     tuner = ftk.FineTuner(
-        "mobilenet_v2", num_classes=5, weights=WEIGHTS, input_shape=(size, size, 3),
-        alpha=0.35, cache=cache, seed=0,
+        "mobilenet_v2",
+        num_classes=5,
+        weights=WEIGHTS,
+        input_shape=(size, size, 3),
+        alpha=0.35,
+        cache=cache,
+        seed=0,
     )
-    tuner.fit(train, head_epochs=epochs[0], finetune_epochs=epochs[1], early_stopping=False,
-              verbose=0)
+    tuner.fit(
+        train, head_epochs=epochs[0], finetune_epochs=epochs[1], early_stopping=False, verbose=0
+    )
     return accuracy(tuner._need_model(), test, None)
 
 
-def floor(train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> float:
+def floor(
+    train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tuple[int, int]
+) -> float:
     """One forward pass of each phase's frozen prefix + training the rest on stored arrays."""
     base = ftk.load_base("mobilenet_v2", weights=WEIGHTS, input_shape=(size, size, 3), alpha=0.35)
     ftk.freeze(base)
@@ -174,13 +200,17 @@ def floor(train: tf.data.Dataset, test: tf.data.Dataset, size: int, epochs: tupl
             feats.append(split.prefix.predict_on_batch(x))
             labels.append(y.numpy())
         ftk.compile_for(split.trainer, learning_rate=1e-3 if phase == 0 else 1e-4)
-        split.trainer.fit(np.concatenate(feats), np.concatenate(labels), batch_size=32,
-                          epochs=epochs[phase], verbose=0)
+        split.trainer.fit(
+            np.concatenate(feats),
+            np.concatenate(labels),
+            batch_size=32,
+            epochs=epochs[phase],
+            verbose=0,
+        )
     return accuracy(model, test, None)
 
 
-def defaults_run(size_ignored: int) -> float:
-    train, test = load(224)
+def defaults_run(train: tf.data.Dataset, test: tf.data.Dataset) -> float:
     tuner = ftk.FineTuner("mobilenet_v2", num_classes=5, weights=WEIGHTS, alpha=0.35)
     tuner.fit(train, verbose=0)
     return accuracy(tuner._need_model(), test, None)
@@ -198,7 +228,7 @@ def main() -> None:
         raise SystemExit(f"needs {WEIGHTS} and {FLOWERS} (../shared/data)")
     epochs = (args.head_epochs, args.finetune_epochs)
     train, test = load(args.size)
-    for x, _ in train.take(1):  # warm up tf.data and the JPEG decoder
+    for _x, _ in train.take(1):  # warm up tf.data and the JPEG decoder
         pass
     recipes: dict[str, Callable[[], float]] = {
         "seed+preprocess": lambda: seed_recipe(train, test, args.size, epochs),
@@ -210,12 +240,17 @@ def main() -> None:
         "floor": lambda: floor(train, test, args.size, epochs),
     }
     if args.defaults:
-        recipes["defaults @224 (fit(train))"] = lambda: defaults_run(224)
+        train224, test224 = load(224)
+        recipes["seed+preprocess @224"] = lambda: seed_recipe(train224, test224, 224, epochs)
+        recipes["keras-guide @224"] = lambda: keras_guide_recipe(train224, test224, 224, epochs)
+        recipes["defaults @224 (fit(train))"] = lambda: defaults_run(train224, test224)
     if args.only:
         recipes = {k: v for k, v in recipes.items() if k in args.only}
     results: dict[str, tuple[float, float, float]] = {}
-    print(f"flowers: 350 train / 150 test images, {args.size} px, {epochs[0]}+{epochs[1]} epochs,"
-          f" {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}")
+    print(
+        f"flowers: 350 train / 150 test images, {args.size} px, {epochs[0]}+{epochs[1]} epochs,"
+        f" {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}"
+    )
     for name, run in recipes.items():
         keras.utils.set_random_seed(0)
         with PeakMemory() as mem:
@@ -226,8 +261,8 @@ def main() -> None:
         print(f"  {name:28s} {wall:7.1f} s  {mem.peak / 2**20:7.0f} MiB  acc {acc:.3f}", flush=True)
         keras.backend.clear_session()
     print()
-    print(f"| recipe | wall s | peak extra MiB | test acc |")
-    print(f"|---|---:|---:|---:|")
+    print("| recipe | wall s | peak extra MiB | test acc |")
+    print("|---|---:|---:|---:|")
     for name, (wall, mem_mib, acc) in results.items():
         print(f"| {name} | {wall:.1f} | {mem_mib:.0f} | {acc:.3f} |")
     if "finetunekit" in results:

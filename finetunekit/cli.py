@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from finetunekit._defaults import DEFAULTS as D
 from finetunekit._version import __version__
 
 __all__ = ["main", "build_parser"]
@@ -131,10 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("data_dir", metavar="DATA_DIR", help="folder with one subfolder per class")
     _add_base_arguments(train, base_default="mobilenet_v2")
-    train.add_argument("--head-epochs", type=_count, default=5, metavar="N", help="(default 5)")
-    train.add_argument("--finetune-epochs", type=_count, default=5, metavar="N", help="(default 5)")
     train.add_argument(
-        "--unfreeze", type=_count, default=2, metavar="N", help="blocks to unfreeze (default 2)"
+        "--head-epochs",
+        type=_count,
+        default=D.head_epochs,
+        metavar="N",
+        help=f"most epochs with the base frozen (default {D.head_epochs})",
+    )
+    train.add_argument(
+        "--finetune-epochs",
+        type=_count,
+        default=D.finetune_epochs,
+        metavar="N",
+        help=f"most epochs after unfreezing (default {D.finetune_epochs})",
+    )
+    train.add_argument(
+        "--unfreeze",
+        type=_count,
+        default=D.unfreeze,
+        metavar="N",
+        help=f"blocks to unfreeze (default {D.unfreeze})",
     )
     train.add_argument(
         "--unit", choices=("block", "layer"), default="block", help="what --unfreeze counts"
@@ -147,11 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="fraction held out for validation and early stopping; 0 for none (default 0.2)",
     )
-    train.add_argument("--head-lr", type=float, default=1e-3, metavar="LR", help="(default 1e-3)")
     train.add_argument(
-        "--finetune-lr", type=float, default=1e-4, metavar="LR", help="(default 1e-4)"
+        "--head-lr",
+        type=float,
+        default=D.head_learning_rate,
+        metavar="LR",
+        help=f"(default {D.head_learning_rate:g})",
     )
-    train.add_argument("--patience", type=_positive, default=3, metavar="N", help="(default 3)")
+    train.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=D.finetune_learning_rate,
+        metavar="LR",
+        help=f"(default {D.finetune_learning_rate:g})",
+    )
+    train.add_argument(
+        "--patience",
+        type=_positive,
+        default=D.patience,
+        metavar="N",
+        help=f"(default {D.patience})",
+    )
     train.add_argument(
         "--on-bad-image",
         choices=("raise", "skip"),

@@ -14,9 +14,10 @@ import keras
 import tensorflow as tf
 
 from finetunekit import bases, caching, data, freezing, heads, structure, tasks
+from finetunekit._defaults import DEFAULTS, Defaults
 from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
 
-__all__ = ["FineTuner", "FineTuneHistory", "PhasePlan", "Plan"]
+__all__ = ["FineTuner", "FineTuneHistory", "PhasePlan", "Plan", "DEFAULTS", "Defaults"]
 
 logger = logging.getLogger("finetunekit")
 
@@ -255,7 +256,11 @@ class FineTuner:
         return self
 
     def add_head(
-        self, *, hidden: Sequence[int] = (), dropout: float = 0.2, pooling: str | None = "avg"
+        self,
+        *,
+        hidden: Sequence[int] = (),
+        dropout: float = DEFAULTS.dropout,
+        pooling: str | None = "avg",
     ) -> FineTuner:
         """Step 3: puts a head on the base (see `finetunekit.add_head`)."""
         base = self._need_base()
@@ -310,7 +315,7 @@ class FineTuner:
         validation_data: Any = None,
         batch_size: int = 32,
         early_stopping: bool = True,
-        patience: int = 3,
+        patience: int = DEFAULTS.patience,
         callbacks: list[keras.callbacks.Callback] | None = None,
         verbose: Any = "auto",
         phase: str = "train",
@@ -527,12 +532,13 @@ class FineTuner:
             n: how many blocks or layers of the base, counted from its end.
             unit: `"block"` or `"layer"` (see `finetunekit.unfreeze_last`).
             train_bn: also train BatchNormalization scale/offset in the unfrozen part.
-            learning_rate: the fine-tuning learning rate; default a tenth of the current one.
+            learning_rate: the fine-tuning learning rate (default
+                `DEFAULTS.finetune_learning_rate`, as in `fit`).
         """
         freezing.unfreeze_last(self._need_base(), n, unit=unit, train_bn=train_bn)
         if self.model is not None:
-            current = self._compile_args.get("learning_rate", 1e-3)
-            args = {**self._compile_args, "learning_rate": learning_rate or current / 10}
+            rate = DEFAULTS.finetune_learning_rate if learning_rate is None else learning_rate
+            args = {**self._compile_args, "learning_rate": rate}
             self.compile(**args)
         return self
 
@@ -544,19 +550,19 @@ class FineTuner:
         y: Any = None,
         *,
         validation_data: Any = None,
-        validation_split: float = 0.2,
-        head_epochs: int = 5,
-        finetune_epochs: int = 5,
-        unfreeze: int = 2,
+        validation_split: float = DEFAULTS.validation_split,
+        head_epochs: int = DEFAULTS.head_epochs,
+        finetune_epochs: int = DEFAULTS.finetune_epochs,
+        unfreeze: int = DEFAULTS.unfreeze,
         unit: freezing.Unit = "block",
-        head_learning_rate: float = 1e-3,
-        finetune_learning_rate: float = 1e-4,
+        head_learning_rate: float = DEFAULTS.head_learning_rate,
+        finetune_learning_rate: float = DEFAULTS.finetune_learning_rate,
         train_bn: bool = False,
         hidden: Sequence[int] = (),
-        dropout: float = 0.2,
+        dropout: float = DEFAULTS.dropout,
         batch_size: int = 32,
         early_stopping: bool = True,
-        patience: int = 3,
+        patience: int = DEFAULTS.patience,
         callbacks: list[keras.callbacks.Callback] | None = None,
         verbose: Any = "auto",
     ) -> FineTuneHistory:
@@ -667,12 +673,12 @@ class FineTuner:
     def plan(
         self,
         *,
-        head_epochs: int = 5,
-        finetune_epochs: int = 5,
-        unfreeze: int = 2,
+        head_epochs: int = DEFAULTS.head_epochs,
+        finetune_epochs: int = DEFAULTS.finetune_epochs,
+        unfreeze: int = DEFAULTS.unfreeze,
         unit: freezing.Unit = "block",
-        head_learning_rate: float = 1e-3,
-        finetune_learning_rate: float = 1e-4,
+        head_learning_rate: float = DEFAULTS.head_learning_rate,
+        finetune_learning_rate: float = DEFAULTS.finetune_learning_rate,
         train_bn: bool = False,
         early_stopping: bool = True,
     ) -> Plan:
@@ -816,8 +822,9 @@ class FineTuner:
 def _augmentation(augment: str | keras.layers.Layer | None) -> keras.layers.Layer | None:
     if augment is None or isinstance(augment, keras.layers.Layer):
         return augment
-    if augment == "default":
-        return data.augmentation()
+    if isinstance(augment, str) and augment in data.AUGMENTATION_PRESETS:
+        return data.augmentation(augment)
     raise ConfigError(
-        f"augment must be None, 'default' or a keras.layers.Layer; received {augment!r}."
+        f"augment must be None, a preset name {sorted(data.AUGMENTATION_PRESETS)} or a "
+        f"keras.layers.Layer; received {augment!r}."
     )
