@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetunekit import structure
+from finetunekit.errors import DataError
 
 __all__ = ["Split", "split_frozen_prefix", "joint_prefix", "FeatureCache", "random_layers_before"]
 
@@ -153,6 +154,15 @@ def split_frozen_prefix(model: keras.Model) -> Split | None:
     return Split(prefix=prefix, trainer=trainer, cut=cut_name)
 
 
+def _batch_size(dataset: tf.data.Dataset) -> int:
+    """The dataset's batch size: static when known, else the size of its first batch."""
+    size = dataset.element_spec[0].shape[0]
+    if size is None:
+        first = next(iter(dataset.take(1)), None)
+        size = 0 if first is None else int(tf.shape(first[0])[0])
+    return int(size)
+
+
 def joint_prefix(first: Split, second: Split) -> keras.Model:
     """One model computing both splits' features in a single pass over the images.
 
@@ -190,7 +200,7 @@ class FeatureCache:
         directory: str | None = None,
     ) -> None:
         self.paths: list[str] = []
-        self.batch_size = 0
+        self.batch_size = _batch_size(dataset)
         n_out = len(prefix.outputs)
         chunks: list[list[np.ndarray]] = [[] for _ in range(n_out)]
         handles: list[Any] = []
@@ -199,7 +209,6 @@ class FeatureCache:
         try:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
                 outs = [np.asarray(o) for o in keras.tree.flatten(prefix.predict_on_batch(images))]
-                self.batch_size = max(self.batch_size, len(outs[0]))
                 labels.append(np.asarray(batch_labels))
                 total += len(outs[0])
                 size = sum(o.nbytes for o in outs)
@@ -221,7 +230,7 @@ class FeatureCache:
         for handle in handles:
             handle.close()
         if total == 0:
-            raise ValueError("cannot cache an empty dataset")
+            raise DataError("The dataset is empty; there is nothing to train on.")
         self.labels = np.concatenate(labels)
         if handles:
             self.features: list[np.ndarray] = [

@@ -22,6 +22,7 @@ __all__ = ["FineTuner", "FineTuneHistory", "PhasePlan", "Plan", "DEFAULTS", "Def
 logger = logging.getLogger("finetunekit")
 
 HEAD, FINETUNE = "head", "finetune"
+_STEPS_PER_CALL = 16
 
 
 @dataclass
@@ -444,6 +445,9 @@ class FineTuner:
             else:
                 with self._scope():
                     tasks.compile_for(cached.split.trainer, self.task, **self._compile_args)
+                # Steps on stored features are tiny: run several per call to cut the
+                # per-step overhead (the updates are the same, one batch per step).
+                cached.split.trainer.steps_per_execution = _STEPS_PER_CALL
                 val = cached.val
                 history = cached.split.trainer.fit(
                     cached.train.dataset(shuffle=True, seed=self.seed, output=cached.output),
