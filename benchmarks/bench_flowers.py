@@ -257,7 +257,8 @@ def main() -> None:
         recipes = {k: v for k, v in recipes.items() if k in args.only}
     results: dict[str, tuple[float, float, float]] = {}
     print(
-        f"flowers: {350 * args.repeat} train / 150 test images, {args.size} px, {epochs[0]}+{epochs[1]} epochs,"
+        f"flowers: {350 * args.repeat} train / 150 test images, {args.size} px, "
+        f"{epochs[0]}+{epochs[1]} epochs,"
         f" {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}"
     )
     for name, run in recipes.items():
