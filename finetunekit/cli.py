@@ -160,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--validation-split",
         type=float,
-        default=0.2,
+        default=D.validation_split,
         metavar="F",
-        help="fraction held out for validation and early stopping; 0 for none (default 0.2)",
+        help="fraction held out for validation and early stopping; 0 for none "
+        f"(default {D.validation_split:g})",
     )
     train.add_argument(
         "--head-lr",
