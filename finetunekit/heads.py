@@ -1,7 +1,8 @@
-"""`add_head`: a new top on a base, with the base nested in inference mode."""
+"""`add_head`: a new top on a base, with the base nested as one layer."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +28,12 @@ def add_head(
 ) -> keras.Model:
     """Puts a new classification or regression head on a base.
 
-    The base becomes one layer of the new model, called with `training=False`
-    so its BatchNormalization layers stay in inference mode even after they are
-    unfrozen. Head layers are named `head_*`. The output layer computes in
-    float32, so the model's output stays float32 under a mixed-precision policy.
+    The base becomes one layer of the new model, called with `training=False`.
+    Keras 3's `fit` overrides that with `training=True`, so what keeps
+    BatchNormalization in inference mode is that it is frozen (see
+    `finetunekit.freeze`). Head layers are named `head_*`. The output layer
+    computes in float32, so the model's output stays float32 under a
+    mixed-precision policy.
 
     Args:
         base: the base, e.g. from `load_base`.
@@ -51,9 +54,8 @@ def add_head(
         ConfigError: a bad task, `num_classes`, `hidden`, `dropout` or `pooling`.
         ModelStructureError: `base` already has a head.
 
-    Example:
-
-    >>> model = add_head(base, num_classes=5, hidden=(128,), dropout=0.2)
+    Examples:
+        >>> model = add_head(base, num_classes=5, hidden=(128,), dropout=0.2)
     """
     structure.find_base(base)  # validates the type and the graph
     if any(layer.name.startswith(structure.HEAD_PREFIX) for layer in base.layers):
@@ -65,17 +67,12 @@ def add_head(
     units = output_units(task, num_classes)
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling must be one of {list(POOLINGS)}; received {pooling!r}.")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
         raise ConfigError(f"dropout must be a rate in [0, 1); received {dropout!r}.")
-    if isinstance(hidden, (int, str)) or not all(
-        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
-    ):
-        raise ConfigError(
-            f"hidden must be a sequence of positive layer sizes, e.g. (128,) or (); "
-            f"received {hidden!r}."
-        )
+    hidden = _hidden_sizes(hidden)
 
-    inputs = keras.Input(shape=base.input_shape[1:], name="image", dtype=base.input.dtype)
+    # `base.inputs`, not `base.input`: a Sequential base has no input node of its own.
+    inputs = keras.Input(shape=base.input_shape[1:], name="image", dtype=base.inputs[0].dtype)
     x = base(inputs, training=False)
     x = _pool(x, pooling)
     for i, size in enumerate(hidden, start=1):
@@ -88,6 +85,26 @@ def add_head(
         units, activation=spec.activation, dtype="float32", name="head_output"
     )(x)
     return keras.Model(inputs, outputs, name=f"{base.name}_{spec.name}")
+
+
+def _hidden_sizes(hidden: Any) -> tuple[int, ...]:
+    """`hidden` as a tuple of positive ints; None means no hidden layer."""
+    if hidden is None:
+        return ()
+    sizes: tuple[Any, ...] | None = None
+    if not isinstance(hidden, (str, bytes)):
+        try:
+            sizes = tuple(hidden)
+        except TypeError:  # an int or another non-iterable
+            pass
+    if sizes is None or not all(
+        isinstance(h, numbers.Integral) and not isinstance(h, bool) and int(h) > 0 for h in sizes
+    ):
+        raise ConfigError(
+            f"hidden must be a sequence of positive layer sizes, e.g. (128,) or (); "
+            f"received {hidden!r}."
+        )
+    return tuple(int(h) for h in sizes)
 
 
 def _pool(x: Any, pooling: str | None) -> Any:
@@ -108,4 +125,9 @@ def _pool(x: Any, pooling: str | None) -> Any:
         return keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     if pooling == "max":
         return keras.layers.GlobalMaxPooling2D(name="head_pool")(x)
+    if None in tuple(x.shape[1:]):
+        raise ConfigError(
+            f"pooling='flatten' needs a fixed image size, but the base outputs {tuple(x.shape)}. "
+            "Use pooling='avg' (or 'max'), or load the base with a fixed input_shape."
+        )
     return keras.layers.Flatten(name="head_flatten")(x)

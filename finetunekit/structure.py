@@ -236,11 +236,10 @@ def blocks(model: keras.Model) -> list[Block]:
     Returns:
         The blocks in graph order; the first one holds the input and preprocessing.
 
-    Example:
-
-    >>> base = finetunekit.load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
-    >>> [b.name for b in blocks(base)[-2:]]
-    ['block_16', 'Conv_1']
+    Examples:
+        >>> base = finetunekit.load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
+        >>> [b.name for b in blocks(base)[-2:]]
+        ['block_16', 'Conv_1']
     """
     base = find_base(model)
     ops, cuts = _graph_ops(base)

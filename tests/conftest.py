@@ -14,14 +14,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FINETUNEKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 WEIGHTS_DIR = SHARED_DATA / "weights"
-MOBILENET_V2_035 = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+MOBILENET_V2_035 = (
+    WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+)
 FLOWERS = SHARED_DATA / "flowers"
 
 
 @pytest.fixture
 def weights_035() -> Path:
     if not MOBILENET_V2_035.exists():
-        pytest.skip(f"real ImageNet weights not found at {MOBILENET_V2_035} (../shared/data absent)")
+        pytest.skip(
+            f"real ImageNet weights not found at {MOBILENET_V2_035} (../shared/data absent)"
+        )
     return MOBILENET_V2_035
 
 
@@ -36,7 +40,7 @@ def flowers() -> Path:
 def _fresh_keras_state():
     keras.utils.set_random_seed(0)
     yield
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
 
 
 @pytest.fixture

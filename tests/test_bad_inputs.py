@@ -1,0 +1,785 @@
+"""Every bad input finetunekit handles: one case per row of docs/bad-inputs.md.
+
+Each case runs its documented example and checks that the exception is the
+finetunekit class, is also the builtin a user would catch, and that the message
+names the problem and the fix. No raw TensorFlow/Keras exception may escape.
+
+The table is generated from CASES, with the messages the library really gives:
+
+    .venv/bin/python tests/test_bad_inputs.py > docs/bad-inputs.md
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import finetunekit as ftk
+from finetunekit import errors
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+WEIGHTS_05 = (
+    Path(
+        os.environ.get(
+            "FINETUNEKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+        )
+    )
+    / "weights"
+    / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
+)
+OFFLINE = (
+    "URL fetch failure on https://storage.googleapis.com/tensorflow/keras-applications/"
+    "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5: "
+    "None -- [Errno -3] Temporary failure in name resolution"
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: what it is, a call that shows it, and what the user gets."""
+
+    id: str
+    what: str
+    example: str  # run with exec() in the namespace described in the doc
+    exc: type[Exception]
+    builtin: type[Exception]
+    says: tuple[str, ...]  # phrases the message must contain: the problem and the fix
+    needs: str = ""  # "offline": downloads fail; "weights": the real 0.5 weights file
+
+
+E = errors
+CASES = [
+    # -- load_base ----------------------------------------------------------------------
+    Case(
+        "unknown-name",
+        "unknown base name",
+        'ftk.load_base("mobilenet_v5")',
+        E.UnknownBaseError,
+        ValueError,
+        ("Unknown base 'mobilenet_v5'", "Did you mean 'mobilenet_v2'"),
+    ),
+    Case(
+        "base-type",
+        "base of the wrong type",
+        "ftk.load_base(42)",
+        E.ArgumentTypeError,
+        TypeError,
+        ("expected a base name", "received int"),
+    ),
+    Case(
+        "missing-saved-model",
+        "saved model path that does not exist",
+        'ftk.load_base("models/missing.keras")',
+        E.WeightsNotFoundError,
+        FileNotFoundError,
+        ("No saved model at 'models/missing.keras'", "list_bases"),
+    ),
+    Case(
+        "unreadable-saved-model",
+        "file that is not a Keras model",
+        'ftk.load_base(tmp / "notes.keras")',
+        E.ConfigError,
+        ValueError,
+        ("Could not read a Keras model", "model.save('name.keras')"),
+    ),
+    Case(
+        "missing-weights-file",
+        "weights file that does not exist",
+        'ftk.load_base("mobilenet_v2", weights="missing/w.h5", input_shape=(32, 32, 3))',
+        E.WeightsNotFoundError,
+        FileNotFoundError,
+        ("No weights file at 'missing/w.h5'", "weights='imagenet' or weights=None"),
+    ),
+    Case(
+        "weights-value",
+        "weights neither 'imagenet', None nor a path",
+        'ftk.load_base("mobilenet_v2", weights="imagenet21k", input_shape=(32, 32, 3))',
+        E.ConfigError,
+        ValueError,
+        ("weights must be 'imagenet', None, or a path", "received 'imagenet21k'"),
+    ),
+    Case(
+        "weights-type",
+        "weights of the wrong type",
+        'ftk.load_base("mobilenet_v2", weights=3, input_shape=(32, 32, 3), alpha=0.35)',
+        E.ArgumentTypeError,
+        TypeError,
+        ("weights must be 'imagenet', None or a path", "received int"),
+    ),
+    Case(
+        "weights-mismatch",
+        "weights file of another architecture (alpha 0.5 file, alpha 0.35 base)",
+        'ftk.load_base("mobilenet_v2", weights=weights_05, alpha=0.35, input_shape=(32, 32, 3))',
+        E.WeightsMismatchError,
+        ValueError,
+        ("do not fit", "same alpha"),
+        needs="weights",
+    ),
+    Case(
+        "download-failure",
+        "ImageNet download fails (offline, proxy)",
+        'ftk.load_base("mobilenet_v2", alpha=0.35, input_shape=(96, 96, 3))',
+        E.WeightsUnavailableError,
+        OSError,
+        (
+            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5",
+            "Keras cache folder",
+            "weights=PATH",
+        ),
+        needs="offline",
+    ),
+    Case(
+        "one-channel",
+        "input_shape with 1 channel",
+        'ftk.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 1))',
+        E.InputShapeError,
+        ValueError,
+        ("must end with 3 channels", "Convert grayscale"),
+    ),
+    Case(
+        "too-small",
+        "input_shape too small for the family",
+        'ftk.load_base("inception_v3", weights=None, input_shape=(64, 64, 3))',
+        E.InputShapeError,
+        ValueError,
+        ("at least 75x75", "Resize your images"),
+    ),
+    Case(
+        "malformed-shape",
+        "input_shape not (height, width, channels)",
+        'ftk.load_base("mobilenet_v2", weights=None, input_shape=(224, 224))',
+        E.InputShapeError,
+        ValueError,
+        ("(height, width, channels)", "received (224, 224)"),
+    ),
+    Case(
+        "include-top",
+        "constructor argument that belongs to the head: include_top",
+        'ftk.load_base("mobilenet_v2", weights=None, include_top=True)',
+        E.ConfigError,
+        ValueError,
+        ("does not take include_top=True", "add_head()"),
+    ),
+    Case(
+        "pooling-kwarg",
+        "constructor argument that belongs to the head: pooling",
+        'ftk.load_base("mobilenet_v2", weights=None, pooling="avg")',
+        E.ConfigError,
+        ValueError,
+        ("does not take pooling='avg'", "add_head(base, pooling=...)"),
+    ),
+    Case(
+        "misspelled-kwarg",
+        "misspelled constructor argument",
+        'ftk.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpah=0.35)',
+        E.ConfigError,
+        ValueError,
+        ("alpah", "Check the spelling"),
+    ),
+    Case(
+        "kwarg-value",
+        "constructor argument Keras rejects (alpha with ImageNet weights)",
+        'ftk.load_base("mobilenet_v2", alpha=0.3, input_shape=(96, 96, 3))',
+        E.ConfigError,
+        ValueError,
+        ("rejected the arguments", "alpha"),
+        needs="offline",
+    ),
+    Case(
+        "kwargs-with-model",
+        "constructor arguments with a keras.Model base",
+        "ftk.load_base(base, alpha=0.35)",
+        E.ConfigError,
+        ValueError,
+        ("only apply to a base name", "used as it is"),
+    ),
+    Case(
+        "shape-vs-model",
+        "input_shape that contradicts a keras.Model base",
+        "ftk.load_base(base, input_shape=(64, 64, 3))",
+        E.InputShapeError,
+        ValueError,
+        ("does not match the model's input shape", "leave input_shape out"),
+    ),
+    Case(
+        "subclassed",
+        "subclassed keras.Model",
+        "ftk.load_base(subclassed)",
+        E.ModelStructureError,
+        ValueError,
+        ("subclassed keras.Model", "Functional model"),
+    ),
+    Case(
+        "unbuilt-sequential",
+        "Sequential without an input shape",
+        "ftk.load_base(unbuilt)",
+        E.ModelStructureError,
+        ValueError,
+        ("is not built", "keras.Input(shape=...)"),
+    ),
+    Case(
+        "list-bases-pattern",
+        "list_bases pattern that is not a string",
+        "ftk.list_bases(3)",
+        E.ArgumentTypeError,
+        TypeError,
+        ("glob pattern string", "received int"),
+    ),
+    # -- freeze / unfreeze_last -------------------------------------------------------------
+    Case(
+        "freeze-not-a-model",
+        "freeze on something that is not a model",
+        'ftk.freeze("model")',
+        E.ArgumentTypeError,
+        TypeError,
+        ("Expected a keras.Model", "received str"),
+    ),
+    Case(
+        "n-below-one",
+        "unfreeze_last with n < 1",
+        "ftk.unfreeze_last(model, 0)",
+        E.ConfigError,
+        ValueError,
+        ("n must be a positive int", "received 0"),
+    ),
+    Case(
+        "n-too-large",
+        "unfreeze_last with more layers than the base has",
+        "ftk.unfreeze_last(model, 1000)",
+        E.ConfigError,
+        ValueError,
+        ("has only 52 layers with weights", "Use n <= 52"),
+    ),
+    Case(
+        "n-blocks-too-large",
+        "unfreeze_last with more blocks than the base has",
+        'ftk.unfreeze_last(model, 100, unit="block")',
+        E.ConfigError,
+        ValueError,
+        ("has only 19 blocks", "n <= 19"),
+    ),
+    Case(
+        "bad-unit",
+        "unknown unit",
+        'ftk.unfreeze_last(model, 2, unit="blocks")',
+        E.ConfigError,
+        ValueError,
+        ("unit must be 'layer' or 'block'", "received 'blocks'"),
+    ),
+    # -- add_head ---------------------------------------------------------------------------
+    Case(
+        "head-twice",
+        "add_head on a model that already has a head",
+        "ftk.add_head(model, 3)",
+        E.ModelStructureError,
+        ValueError,
+        ("already has a head", "find_base(model)"),
+    ),
+    Case(
+        "num-classes-missing",
+        "multiclass without num_classes",
+        "ftk.add_head(base)",
+        E.ConfigError,
+        ValueError,
+        ("needs num_classes >= 2", "received None"),
+    ),
+    Case(
+        "num-classes-one",
+        "multiclass with one class",
+        "ftk.add_head(base, 1)",
+        E.ConfigError,
+        ValueError,
+        ("needs num_classes >= 2", "use task='binary'"),
+    ),
+    Case(
+        "num-classes-type",
+        "num_classes that is not a positive int",
+        'ftk.add_head(base, "5")',
+        E.ConfigError,
+        ValueError,
+        ("num_classes must be a positive int", "received '5'"),
+    ),
+    Case(
+        "binary-many-classes",
+        "binary task with 3 classes",
+        'ftk.add_head(base, 3, task="binary")',
+        E.ConfigError,
+        ValueError,
+        ("one sigmoid output", "use task='multiclass'"),
+    ),
+    Case(
+        "multilabel-no-classes",
+        "multilabel without the number of labels",
+        'ftk.add_head(base, task="multilabel")',
+        E.ConfigError,
+        ValueError,
+        ("task='multilabel' needs num_classes",),
+    ),
+    Case(
+        "head-task",
+        "unknown task",
+        'ftk.add_head(base, 3, task="detection")',
+        E.ConfigError,
+        ValueError,
+        ("task must be one of", "'multiclass'", "received 'detection'"),
+    ),
+    Case(
+        "head-pooling",
+        "unknown pooling",
+        'ftk.add_head(base, 3, pooling="mean")',
+        E.ConfigError,
+        ValueError,
+        ("pooling must be one of", "'avg'", "received 'mean'"),
+    ),
+    Case(
+        "pooling-none",
+        "pooling=None on a base that outputs feature maps",
+        "ftk.add_head(base, 3, pooling=None)",
+        E.ConfigError,
+        ValueError,
+        ("outputs feature maps", "pass pooling='avg'"),
+    ),
+    Case(
+        "flatten-any-size",
+        "pooling='flatten' on a base without a fixed image size",
+        'ftk.add_head(any_size_base, 3, pooling="flatten")',
+        E.ConfigError,
+        ValueError,
+        ("needs a fixed image size", "Use pooling='avg'"),
+    ),
+    Case(
+        "dropout",
+        "dropout outside [0, 1)",
+        "ftk.add_head(base, 3, dropout=1.5)",
+        E.ConfigError,
+        ValueError,
+        ("dropout must be a rate in [0, 1)", "received 1.5"),
+    ),
+    Case(
+        "hidden",
+        "hidden that is not a sequence of sizes",
+        "ftk.add_head(base, 3, hidden=128)",
+        E.ConfigError,
+        ValueError,
+        ("hidden must be a sequence of positive layer sizes", "(128,)"),
+    ),
+    # -- compile_for ------------------------------------------------------------------------
+    Case(
+        "compile-not-a-model",
+        "compile_for on something that is not a model",
+        'ftk.compile_for("model")',
+        E.ArgumentTypeError,
+        TypeError,
+        ("expected a keras.Model", "received str"),
+    ),
+    Case(
+        "compile-task",
+        "compile_for with an unknown task",
+        'ftk.compile_for(model, "segmentation")',
+        E.ConfigError,
+        ValueError,
+        ("task must be one of", "received 'segmentation'"),
+    ),
+    Case(
+        "optimizer",
+        "unknown optimizer",
+        'ftk.compile_for(model, optimizer="adamax2")',
+        E.ConfigError,
+        ValueError,
+        ("optimizer must be one of", "keras.optimizers.Optimizer"),
+    ),
+    Case(
+        "learning-rate",
+        "learning rate that is not a positive number",
+        "ftk.compile_for(model, learning_rate=0)",
+        E.ConfigError,
+        ValueError,
+        ("learning_rate must be a positive", "received 0"),
+    ),
+    Case(
+        "label-mode",
+        "unknown label mode",
+        'ftk.compile_for(model, label_mode="onehot")',
+        E.ConfigError,
+        ValueError,
+        ("label_mode for task='multiclass' must be one of", "'categorical'"),
+    ),
+    Case(
+        "output-vs-task",
+        "output layer that does not fit the task (binary task, 3-unit softmax)",
+        'ftk.compile_for(model, "binary")',
+        E.ConfigError,
+        ValueError,
+        ("needs one sigmoid output unit", "the model has 3"),
+    ),
+    Case(
+        "stale-compile",
+        "fit after a trainable change without recompiling",
+        "ftk.compile_for(model); ftk.unfreeze_last(model, 2); model.fit(x, y, verbose=0)",
+        E.StepOrderError,
+        RuntimeError,
+        ("changed since compile_for compiled it", "compile_for(model, ...) again"),
+    ),
+    # -- FineTuner --------------------------------------------------------------------------
+    Case(
+        "strategy-type",
+        "strategy that is not a tf.distribute.Strategy",
+        'ftk.FineTuner(strategy="mirrored")',
+        E.ArgumentTypeError,
+        TypeError,
+        ("strategy must be a tf.distribute.Strategy", "received str"),
+    ),
+    Case(
+        "tuner-task",
+        "FineTuner with an unknown task",
+        'ftk.FineTuner(task="ranking")',
+        E.ConfigError,
+        ValueError,
+        ("task must be one of", "received 'ranking'"),
+    ),
+    Case(
+        "tuner-num-classes",
+        "FineTuner with one class",
+        "ftk.FineTuner(num_classes=1)",
+        E.ConfigError,
+        ValueError,
+        ("needs num_classes >= 2", "use task='binary'"),
+    ),
+    Case(
+        "negative-epochs",
+        "negative epochs",
+        "tuner.fit(x, y, head_epochs=-1)",
+        E.ConfigError,
+        ValueError,
+        ("head_epochs must be an int >= 0", "received -1"),
+    ),
+    Case(
+        "head-before-base",
+        "add_head before load_base",
+        "tuner.add_head()",
+        E.StepOrderError,
+        RuntimeError,
+        ("No base yet", "call load_base() first"),
+    ),
+    Case(
+        "train-before-head",
+        "train before add_head",
+        "tuner.train(x, y)",
+        E.StepOrderError,
+        RuntimeError,
+        ("No model yet", "add_head()"),
+    ),
+    Case(
+        "save-before-model",
+        "save before there is a model",
+        'tuner.save("tuned.keras")',
+        E.StepOrderError,
+        RuntimeError,
+        ("No model yet",),
+    ),
+    Case(
+        "save-suffix",
+        "save path without .keras",
+        'tuner.load_base().add_head().save(tmp / "tuned.h5")',
+        E.ConfigError,
+        ValueError,
+        ("writes a Keras 3 '.keras' file", "tuned.keras"),
+    ),
+    Case(
+        "plan-without-classes",
+        "plan before num_classes is known",
+        'ftk.FineTuner("mobilenet_v2", weights=None, input_shape=(32, 32, 3)).plan()',
+        E.StepOrderError,
+        RuntimeError,
+        ("num_classes is unknown", "num_classes=N"),
+    ),
+    # -- data -----------------------------------------------------------------------------
+    Case(
+        "image-rank",
+        "images without a channel axis",
+        "tuner.fit(x[..., 0], y)",
+        E.DataError,
+        ValueError,
+        ("(batch, height, width, channels)", "x[..., None]"),
+    ),
+    Case(
+        "image-channels",
+        "images with 2 channels",
+        "tuner.fit(x[..., :2], y)",
+        E.DataError,
+        ValueError,
+        ("1 (grayscale), 3 (RGB) or 4 (RGBA) channels", "channels-last"),
+    ),
+    Case(
+        "length-mismatch",
+        "x and y of different lengths",
+        "tuner.fit(x, y[:10])",
+        E.DataError,
+        ValueError,
+        ("same number of examples", "24 images and 10 labels"),
+    ),
+    Case(
+        "label-range",
+        "class index out of range",
+        "tuner.fit(x, y + 3)",
+        E.DataError,
+        ValueError,
+        ("out of range for 3 classes", "expected 0..2"),
+    ),
+    Case(
+        "one-hot-width",
+        "one-hot labels of the wrong width",
+        "tuner.fit(x, np.eye(4)[y])",
+        E.DataError,
+        ValueError,
+        ("one-hot with 4 columns", "one-hot rows with 3 columns"),
+    ),
+    Case(
+        "negative-labels",
+        "negative class indices",
+        "tuner.fit(x, y - 1)",
+        E.DataError,
+        ValueError,
+        ("expects integer class indices", "Encode classes as integers"),
+    ),
+    Case(
+        "binary-labels",
+        "binary task with labels other than 0 and 1",
+        "binary_tuner.fit(x, y + 1)",
+        E.DataError,
+        ValueError,
+        ("expects labels of 0 and 1", "received values from 1 to 3"),
+    ),
+    Case(
+        "string-labels",
+        "labels that are strings",
+        'tuner.fit(x, np.array(["cat"] * 24))',
+        E.DataError,
+        ValueError,
+        ("must be numeric", "Encode class names as integers"),
+    ),
+    Case(
+        "labels-missing",
+        "images without labels",
+        "tuner.fit(x)",
+        E.DataError,
+        ValueError,
+        ("labels are missing", "(images, labels)"),
+    ),
+    Case(
+        "labels-twice",
+        "labels passed next to a dataset",
+        "tuner.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), y)",
+        E.DataError,
+        ValueError,
+        ("pass labels inside the dataset",),
+    ),
+    Case(
+        "dataset-elements",
+        "dataset of images only",
+        "tuner.fit(tf.data.Dataset.from_tensor_slices(x).batch(8))",
+        E.DataError,
+        ValueError,
+        ("(images, labels) tuples", "ds.map("),
+    ),
+    Case(
+        "nan-pixels",
+        "images holding NaN",
+        "tuner.fit(np.full_like(x, np.nan), y)",
+        E.DataError,
+        ValueError,
+        ("NaN or infinite pixel values",),
+    ),
+    Case(
+        "empty-data",
+        "no images at all",
+        "tuner.fit(x[:0], y[:0])",
+        E.DataError,
+        ValueError,
+        ("empty", "nothing to train on"),
+    ),
+    Case(
+        "batch-size",
+        "batch size below 1",
+        "tuner.fit(x, y, batch_size=0)",
+        E.DataError,
+        ValueError,
+        ("batch_size must be a positive int", "received 0"),
+    ),
+]
+
+
+class Subclassed(keras.Model):
+    def __init__(self) -> None:
+        super().__init__(name="my_model")
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+_SHARED: dict[str, Any] = {}
+
+
+def _shared(name: str) -> Any:
+    """Bases are built once (and lazily: most cases need none)."""
+    if name not in _SHARED:
+        shape = (32, 32, 3) if name == "base" else (None, None, 3)
+        _SHARED[name] = ftk.load_base("mobilenet_v2", weights=None, input_shape=shape, alpha=0.35)
+    return _SHARED[name]
+
+
+def namespace(example: str, tmp: Path) -> dict[str, Any]:
+    """The names the examples use (described at the top of docs/bad-inputs.md)."""
+    rng = np.random.default_rng(0)
+    tiny = dict(weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    ns: dict[str, Any] = dict(ftk=ftk, np=np, tf=tf, keras=keras, tmp=tmp, weights_05=WEIGHTS_05)
+    ns["x"] = rng.uniform(0, 255, size=(24, 32, 32, 3)).astype("float32")
+    ns["y"] = np.arange(24) % 3
+    ns["tuner"] = ftk.FineTuner("mobilenet_v2", num_classes=3, **tiny)
+    ns["binary_tuner"] = ftk.FineTuner("mobilenet_v2", task="binary", **tiny)
+    ns["subclassed"] = Subclassed()
+    ns["unbuilt"] = keras.Sequential([keras.layers.Dense(2)])
+    (tmp / "notes.keras").write_text("not a model")
+    if re.search(r"\bbase\b|\bmodel\b", example):
+        ns["base"] = _shared("base")
+        ns["model"] = ftk.add_head(ns["base"], 3)  # a fresh head: fully trainable, uncompiled
+        ns["base"].trainable = True
+    if "any_size_base" in example:
+        ns["any_size_base"] = _shared("any_size_base")
+    return ns
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """Keras' download fails the way it does without network."""
+    from keras.src.utils import file_utils
+
+    def refuse(*args: Any, **kwargs: Any) -> str:
+        raise Exception(OFFLINE)
+
+    saved = file_utils.get_file
+    file_utils.get_file = refuse
+    try:
+        yield
+    finally:
+        file_utils.get_file = saved
+
+
+def run_case(case: Case, tmp: Path) -> Exception:
+    ns = namespace(case.example, tmp)
+    context = offline() if case.needs == "offline" else contextlib.nullcontext()
+    try:
+        with context:
+            exec(case.example, ns)
+    except Exception as exc:  # the test decides what is acceptable
+        return exc
+    raise AssertionError(f"{case.example} raised nothing")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input(case: Case, tmp_path: Path, monkeypatch) -> None:
+    if case.needs == "weights" and not WEIGHTS_05.exists():
+        pytest.skip(f"{WEIGHTS_05} not found (../shared/data absent)")
+    monkeypatch.chdir(tmp_path)  # relative paths in the examples stay in tmp_path
+    exc = run_case(case, tmp_path)
+    assert isinstance(exc, ftk.FinetuneKitError), (
+        f"a raw {type(exc).__module__}.{type(exc).__name__} escaped: {exc}"
+    )
+    assert type(exc) is case.exc, f"{type(exc).__name__} instead of {case.exc.__name__}"
+    assert isinstance(exc, case.builtin)
+    for phrase in case.says:
+        assert phrase in str(exc), f"{phrase!r} not in: {exc}"
+
+
+def test_every_exception_type_derives_from_the_base_and_a_builtin():
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert issubclass(cls, ftk.FinetuneKitError)
+        if cls is not ftk.FinetuneKitError:
+            builtins_ = [c for c in cls.__mro__ if c.__module__ == "builtins"]
+            assert set(builtins_) - {Exception, BaseException, object}, name
+
+
+def test_the_table_has_one_row_per_case():
+    assert len(CASES) >= 20
+    assert len({case.id for case in CASES}) == len(CASES)
+    rows = [line for line in DOC.read_text().splitlines() if line.startswith("| ")]
+    for case in CASES:
+        example = f"`{case.example}`"
+        matching = [row for row in rows if example in row]
+        assert len(matching) == 1, f"docs/bad-inputs.md has no row for {case.id}: {example}"
+        cells = [cell.strip() for cell in matching[0].strip("|").split(" | ")]
+        assert cells[2] == f"`{case.exc.__name__}`", case.id
+        assert cells[3] == f"`{case.builtin.__name__}`", case.id
+
+
+# -- the table ----------------------------------------------------------------------------
+
+HEADER = """# Bad inputs
+
+Every bad input finetunekit recognises, the exception it raises and what the
+message says. Every exception derives from `finetunekit.FinetuneKitError` and
+also from the builtin in the fourth column, so both
+`except finetunekit.FinetuneKitError` and, say, `except ValueError` catch it.
+No raw TensorFlow or Keras exception escapes for these inputs:
+`tests/test_bad_inputs.py` runs every example below and checks the class, the
+builtin and the message.
+
+In the examples, `ftk` is `finetunekit`;
+`tuner = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3),
+alpha=0.35)` (and `binary_tuner` the same with `task="binary"`);
+`base = ftk.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpha=0.35)`,
+`any_size_base` the same with `input_shape=(None, None, 3)`, and
+`model = ftk.add_head(base, 3)`; `x` holds 24 random 32x32 RGB images and
+`y = np.arange(24) % 3`; `tmp` is a folder holding `notes.keras`, a text file;
+`weights_05` is the MobileNetV2 alpha 0.5 ImageNet weights file; `subclassed` is
+an instance of a `keras.Model` subclass and `unbuilt` is
+`keras.Sequential([keras.layers.Dense(2)])`. The download failure is shown with
+Keras' download made to fail as it does offline.
+
+Generated by `python tests/test_bad_inputs.py > docs/bad-inputs.md`.
+
+| bad input | example | exception (class) | builtin it also is | message says |
+|---|---|---|---|---|
+"""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table() -> str:
+    lines = [HEADER.rstrip("\n")]
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            for case in CASES:
+                exc = run_case(case, tmp)
+                message = str(exc).replace(str(tmp), "tmp").replace(str(WEIGHTS_05), "weights_05")
+                lines.append(
+                    f"| {_cell(case.what)} | `{case.example}` | `{type(exc).__name__}` "
+                    f"| `{case.builtin.__name__}` | {_cell(message)} |"
+                )
+        finally:
+            os.chdir(cwd)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stdout.write(table())

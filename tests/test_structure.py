@@ -1,0 +1,308 @@
+"""structure: the base inside a full model, cut points and blocks read from the graph."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import keras
+import pytest
+
+import finetunekit as ftk
+from finetunekit import structure
+from finetunekit.errors import ArgumentTypeError, ModelStructureError
+
+KERNELS = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.Dense,
+)
+FOLLOWERS = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.ReLU)
+
+
+@pytest.fixture(scope="module")
+def mobilenet_v2():
+    return ftk.load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3), alpha=0.35)
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    return ftk.load_base("resnet50", weights=None, input_shape=(32, 32, 3))
+
+
+def block_of(blocks) -> dict[int, int]:
+    """id(layer) -> index of its block."""
+    return {id(layer): i for i, block in enumerate(blocks) for layer in block.layers}
+
+
+def consumers(layer) -> list:
+    return [node.operation for node in layer._outbound_nodes]
+
+
+def assert_partition(model, blocks) -> None:
+    """Every layer of the base but the input is in exactly one block."""
+    in_blocks = [id(layer) for block in blocks for layer in block.layers]
+    expected = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    assert len(in_blocks) == len(set(in_blocks)) == len(expected)
+    assert set(in_blocks) == {id(x) for x in expected}
+    assert all(block.layers for block in blocks)
+
+
+def assert_kernels_keep_their_followers(model, blocks) -> None:
+    """A conv/dense layer is in the block of the BN and activation that follow it."""
+    where = block_of(blocks)
+    checked = 0
+    for layer in model.layers:
+        if not isinstance(layer, KERNELS):
+            continue
+        chain = [layer]
+        while len(consumers(chain[-1])) == 1 and isinstance(consumers(chain[-1])[0], FOLLOWERS):
+            chain.append(consumers(chain[-1])[0])
+        names = [x.name for x in chain]
+        assert len({where[id(x)] for x in chain}) == 1, f"{names} split across blocks"
+        checked += len(chain) > 1
+    assert checked > 0  # the property was really exercised
+
+
+def assert_groups_intact(blocks, pattern: str) -> int:
+    """Layers whose names share the group of `pattern` all sit in one block."""
+    groups: dict[str, set[int]] = defaultdict(set)
+    for i, block in enumerate(blocks):
+        for layer in block.layers:
+            match = re.match(pattern, layer.name)
+            if match:
+                groups[match.group(1)].add(i)
+    split = {name: sorted(where) for name, where in groups.items() if len(where) > 1}
+    assert not split, f"groups split across blocks: {split}"
+    return len(groups)
+
+
+# -- MobileNetV2 ---------------------------------------------------------------------------
+
+
+def test_mobilenet_v2_last_two_blocks(mobilenet_v2):
+    blocks = structure.blocks(mobilenet_v2)
+    assert [b.name for b in blocks[-2:]] == ["block_16", "Conv_1"]
+    assert [layer.name for layer in blocks[-1].layers] == ["Conv_1", "Conv_1_bn", "out_relu"]
+    assert {layer.name for layer in blocks[-2].layers} == {
+        layer.name for layer in mobilenet_v2.layers if layer.name.startswith("block_16_")
+    }
+
+
+def test_mobilenet_v2_blocks_are_its_inverted_residuals(mobilenet_v2):
+    blocks = structure.blocks(mobilenet_v2)
+    assert_partition(mobilenet_v2, blocks)
+    assert [b.name for b in blocks] == [
+        "Conv1",
+        "expanded_conv",
+        *[f"block_{i}" for i in range(1, 17)],
+        "Conv_1",
+    ]
+    # block_N_* (expand, depthwise, project, add) are never split
+    assert assert_groups_intact(blocks, r"(block_\d+)_") == 16
+    assert blocks[0].layers[0].name == "ftk_preprocess_tf"  # input side joins the first block
+
+
+def test_mobilenet_v2_conv_never_separated_from_bn_and_activation(mobilenet_v2):
+    assert_kernels_keep_their_followers(mobilenet_v2, structure.blocks(mobilenet_v2))
+
+
+def test_block_weighted_layers(mobilenet_v2):
+    last = structure.blocks(mobilenet_v2)[-1]
+    assert [x.name for x in last.weighted()] == ["Conv_1"]
+    assert [x.name for x in last.weighted(train_bn=True)] == ["Conv_1", "Conv_1_bn"]
+    # Conv_1: 1x1 kernel 112 -> 1280, no bias; BN: 4 x 1280
+    assert last.param_count == 112 * 1280 + 4 * 1280
+
+
+# -- ResNet50 -------------------------------------------------------------------------------
+
+
+def test_resnet50_no_boundary_inside_a_residual_block(resnet50):
+    blocks = structure.blocks(resnet50)
+    assert_partition(resnet50, blocks)
+    # conv{2..5}_block{M}_* including the shortcut (_0_), _add and _out
+    assert assert_groups_intact(blocks, r"(conv\d_block\d+)_") == 16
+    assert len(blocks) == 17  # the stem and 3 + 4 + 6 + 3 residual blocks
+    for block in blocks[1:]:
+        names = {layer.name for layer in block.layers}
+        prefix = re.match(r"conv\d_block\d+", block.layers[0].name)
+        assert prefix is not None
+        assert f"{prefix.group(0)}_add" in names and f"{prefix.group(0)}_out" in names
+
+
+def test_resnet50_cut_points_fall_between_residual_blocks(resnet50):
+    cuts = structure.cut_points(resnet50)
+    assert "conv2_block1_out" in cuts and "conv5_block2_out" in cuts
+    assert not any(re.match(r"conv\d_block\d+_\d_", name) for name in cuts)
+    # after every residual block but the last, whose output is the model's output
+    assert len([name for name in cuts if name.endswith("_out")]) == 15
+
+
+def test_resnet50_conv_never_separated_from_bn_and_activation(resnet50):
+    assert_kernels_keep_their_followers(resnet50, structure.blocks(resnet50))
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "group"),
+    [
+        ("efficientnet_b0", 32, r"(block\d[a-z])"),
+        ("inception_v3", 75, None),
+    ],
+)
+def test_other_families_keep_units_together(name, size, group):
+    base = ftk.load_base(name, weights=None, input_shape=(size, size, 3))
+    blocks = structure.blocks(base)
+    assert_partition(base, blocks)
+    assert_kernels_keep_their_followers(base, blocks)
+    if group:
+        assert assert_groups_intact(blocks, group) > 10
+    # every merge (add, multiply, concatenate) closes a run: it is never the start of a block
+    for block in blocks:
+        assert not isinstance(block.layers[0], keras.layers.Add | keras.layers.Concatenate)
+
+
+# -- plain chains --------------------------------------------------------------------------
+
+
+def _chain_layers():
+    return [
+        keras.layers.Conv2D(4, 3),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.Conv2D(4, 3),
+        keras.layers.ReLU(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(8),
+        keras.layers.Activation("relu"),
+        keras.layers.Dense(2),
+    ]
+
+
+def sequential_chain():
+    return keras.Sequential([keras.Input((12, 12, 3)), *_chain_layers()])
+
+
+def functional_chain():
+    inputs = keras.Input((12, 12, 3))
+    x = inputs
+    for layer in _chain_layers():
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("build", [sequential_chain, functional_chain])
+def test_plain_chain_gives_one_block_per_kernel_layer(build):
+    model = build()  # default names: conv2d, conv2d_1, dense, dense_1 ...
+    blocks = structure.blocks(model)
+    assert_partition(model, blocks)
+    assert_kernels_keep_their_followers(model, blocks)
+    kinds = [[type(layer).__name__ for layer in block.layers] for block in blocks]
+    assert kinds == [
+        ["Conv2D", "BatchNormalization", "ReLU"],
+        ["Conv2D", "ReLU", "Flatten"],
+        ["Dense", "Activation"],
+        ["Dense"],
+    ]
+    assert [b.name for b in blocks] == [b.layers[0].name for b in blocks]
+
+
+def test_plain_chain_cut_points_are_every_boundary():
+    model = functional_chain()
+    names = [layer.name for layer in model.layers]
+    # after the input and after every layer but the last
+    assert structure.cut_points(model) == names[:-1]
+
+
+def test_unfreeze_by_block_on_a_plain_chain():
+    model = sequential_chain()
+    ftk.unfreeze_last(model, 2, unit="block")
+    trainable = [layer.name for layer in model.layers if layer.trainable_weights]
+    assert [type(model.get_layer(n)).__name__ for n in trainable] == ["Dense", "Dense"]
+
+
+# -- cut points on a residual graph --------------------------------------------------------
+
+
+def residual_model():
+    inputs = keras.Input((6,), name="x")
+    a = keras.layers.Dense(6, name="pre")(inputs)
+    b = keras.layers.Dense(6, name="branch_1")(a)
+    b = keras.layers.ReLU(name="branch_act")(b)
+    b = keras.layers.Dense(6, name="branch_2")(b)
+    c = keras.layers.Add(name="merge")([a, b])
+    d = keras.layers.Dense(2, name="post")(c)
+    return keras.Model(inputs, d)
+
+
+def test_cut_points_on_a_residual_graph():
+    model = residual_model()
+    cuts = structure.cut_points(model)
+    assert "pre" in cuts  # before the branch: only `a` is alive
+    assert "merge" in cuts  # after the add: only its output is alive
+    assert not {"branch_1", "branch_act", "branch_2"} & set(cuts)  # `a` and the branch alive
+    assert "post" not in cuts  # the output is not a boundary
+
+
+def test_blocks_of_a_residual_graph_keep_the_branch_with_its_merge():
+    blocks = structure.blocks(residual_model())
+    names = [[layer.name for layer in block.layers] for block in blocks]
+    assert ["branch_1", "branch_act", "branch_2", "merge"] in names
+
+
+def test_two_branches_from_the_input_are_one_run():
+    inputs = keras.Input((4,))
+    left = keras.layers.Dense(3, name="left")(inputs)
+    right = keras.layers.Dense(3, name="right")(inputs)
+    out = keras.layers.Concatenate(name="cat")([left, right])
+    model = keras.Model(inputs, out)
+    assert structure.cut_points(model) == [model.layers[0].name]
+    blocks = structure.blocks(model)
+    assert len(blocks) == 1
+    assert {layer.name for layer in blocks[0].layers} == {"left", "right", "cat"}
+
+
+# -- find_base -------------------------------------------------------------------------------
+
+
+def test_find_base_on_full_model_returns_the_nested_base(mobilenet_v2):
+    model = ftk.add_head(mobilenet_v2, num_classes=3)
+    assert structure.find_base(model) is mobilenet_v2
+    assert structure.find_base(mobilenet_v2) is mobilenet_v2
+    assert [b.name for b in structure.blocks(model)] == [
+        b.name for b in structure.blocks(mobilenet_v2)
+    ]
+
+
+def test_find_base_on_sequential():
+    model = sequential_chain()
+    assert structure.find_base(model) is model
+
+
+def test_find_base_rejects_a_model_with_two_nested_models_and_a_head():
+    def part(name):
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(4)(inputs), name=name)
+
+    inputs = keras.Input((4,))
+    x = part("one")(inputs)
+    x = part("two")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head_output")(x))
+    with pytest.raises(ModelStructureError, match="cannot tell which is the base"):
+        structure.find_base(model)
+
+
+def test_find_base_rejects_what_is_not_a_model():
+    with pytest.raises(ArgumentTypeError, match="keras.Model"):
+        structure.find_base([1, 2])
+
+
+def test_leaf_and_weighted_layers(mobilenet_v2):
+    model = ftk.add_head(mobilenet_v2, num_classes=3)
+    leaves = structure.leaf_layers(model)
+    assert not any(isinstance(x, keras.Model | keras.layers.InputLayer) for x in leaves)
+    assert {"Conv1", "Conv_1_bn", "head_output"} <= {x.name for x in leaves}
+    weighted = structure.weighted_layers(mobilenet_v2)
+    assert all(x.weights for x in weighted)
+    assert not any(structure.is_preprocessing(x) for x in weighted)
