@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from finetunekit import bases, caching, data, freezing, heads, structure, tasks
 from finetunekit._defaults import DEFAULTS, Defaults
-from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
+from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, StepOrderError
 
 __all__ = ["FineTuner", "FineTuneHistory", "PhasePlan", "Plan", "DEFAULTS", "Defaults"]
 
@@ -338,17 +338,19 @@ class FineTuner:
             phase: a name for this run's epochs in logs.
 
         Returns:
-            The Keras `History` of this run.
+            The tuner, so steps chain; the Keras `History` of this run is `tuner.history`.
 
         Raises:
             StepOrderError: no model yet (call `add_head`).
             DataError: data or labels that do not fit the task.
         """
-        self._need_model()
+        model = self._need_model()
         _check_epochs("epochs", epochs)
         train_ds, val_ds = self._datasets(data_or_x, y, validation_data, batch_size)
-        self._match_labels(train_ds)
-        return self._run_phase(
+        self._check_image_size(train_ds, model)
+        self._match_labels(train_ds, val_ds)
+        best = _BestWeights(model) if early_stopping and val_ds is not None else None
+        self.history = self._run_phase(
             train_ds,
             val_ds,
             epochs=epochs,
@@ -357,7 +359,9 @@ class FineTuner:
             patience=patience,
             callbacks=callbacks,
             verbose=verbose,
+            best=best,
         )
+        return self
 
     def _plan_caches(
         self,
@@ -402,6 +406,7 @@ class FineTuner:
         callbacks: list[keras.callbacks.Callback] | None,
         verbose: Any,
         cached: _Cached | None = None,
+        best: _BestWeights | None = None,
     ) -> keras.callbacks.History:
         """Trains one phase, on stored features when the frozen prefix can be cached.
 
@@ -413,11 +418,13 @@ class FineTuner:
         self._recompile_if_needed()
         all_callbacks = list(callbacks or [])
         if early_stopping and val_ds is not None:
+            # Keras' own restore_best_weights restores only when it stops early, and only
+            # within one fit() call; _BestWeights restores always, and across phases.
             all_callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=patience, restore_best_weights=True
-                )
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
             )
+            if best is not None:
+                all_callbacks.append(best)
         fit_args = dict(
             epochs=self._epochs_done + epochs,
             initial_epoch=self._epochs_done,
@@ -458,6 +465,8 @@ class FineTuner:
                 )
                 history.set_model(model)
         self._epochs_done += len(history.epoch)
+        if best is not None:
+            best.restore()
         return history
 
     def _fill_cache(
@@ -603,9 +612,8 @@ class FineTuner:
             ConfigError: bad epochs, `unfreeze` or learning rates.
             DataError: data or labels that do not fit the task.
 
-        Example:
-
-        >>> history = FineTuner("mobilenet_v2", num_classes=5).fit(train, validation_data=val)
+        Examples:
+            >>> history = FineTuner("mobilenet_v2", num_classes=5).fit(train, validation_data=val)
         """
         _check_epochs("head_epochs", head_epochs)
         _check_epochs("finetune_epochs", finetune_epochs)
@@ -614,22 +622,28 @@ class FineTuner:
             raise ConfigError(f"validation_split must be in [0, 1); received {validation_split!r}.")
         train_ds, val_ds = self._datasets(train, y, validation_data, batch_size)
         if self.base is None:
+            if self.input_shape is None and not isinstance(self._base_arg, keras.Model):
+                self.input_shape = _image_shape(train_ds)
             self.load_base()
+        self._check_image_size(train_ds, self._need_base())
         self._infer_num_classes(train_ds, train)
-        self._match_labels(train_ds)
+        self._match_labels(train_ds, val_ds)
         if val_ds is None and early_stopping and validation_split:
-            train_ds, val_ds = data.split_by_content(train_ds, validation_split, batch_size)
+            train_ds, val_ds = self._split(train_ds, validation_split, batch_size)
         self.freeze()
         if self.model is None:
             self.add_head(hidden=hidden, dropout=dropout)
         self._epochs_done = 0
         self.compile(head_learning_rate)
         history = FineTuneHistory()
+        model = self._need_model()
         common: dict[str, Any] = dict(
             early_stopping=early_stopping,
             patience=patience,
             callbacks=callbacks,
             verbose=verbose,
+            # One tracker for both phases: fit ends with the best weights of either.
+            best=_BestWeights(model) if early_stopping and val_ds is not None else None,
         )
         finetune = bool(finetune_epochs and unfreeze)
         with contextlib.ExitStack() as stack:
@@ -698,10 +712,16 @@ class FineTuner:
         """
         if self.base is None:
             self.load_base()
-        if self.model is None:
-            self.add_head()
-        model = self._need_model()
         base = self._need_base()
+        # Without a model yet, describe a default head without keeping it: a later
+        # fit(hidden=..., dropout=...) must still build the head it asks for.
+        model = self.model
+        if model is None:
+            if self.num_classes is None and self.task in ("multiclass", "multilabel"):
+                raise StepOrderError(
+                    "num_classes is unknown: pass FineTuner(..., num_classes=N) to plan before fit."
+                )
+            model = heads.add_head(base, self.num_classes, task=self.task)
         with _trial_trainable(base):
             freezing.freeze(base, train_bn=False)
             head = freezing.trainable_report(model)
@@ -793,8 +813,42 @@ class FineTuner:
             )
         return train_ds, val_ds
 
+    def _split(
+        self, train_ds: tf.data.Dataset, fraction: float, batch_size: int
+    ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+        """Holds out `fraction` of the training images, unless that leaves a side empty."""
+        kept, held_out = data.split_by_content(train_ds, fraction, batch_size)
+        n_held = _count(held_out)
+        n_kept = _count(kept)
+        if n_held == 0 or n_kept == 0:
+            logger.warning(
+                "validation_split=%g held out %d of %d images: training on all of them without "
+                "early stopping. Pass validation_data, or more images.",
+                fraction,
+                n_held,
+                n_held + n_kept,
+            )
+            return train_ds, None
+        logger.info("held out %d of %d training images for early stopping", n_held, n_held + n_kept)
+        return kept, held_out
+
+    def _check_image_size(self, dataset: tf.data.Dataset, model: keras.Model) -> None:
+        expected = tuple(model.input_shape[1:3])
+        received = tuple(dataset.element_spec[0].shape[1:3])
+        if None in expected or None in received or expected == received:
+            return
+        raise DataError(
+            f"The images are {received[0]}x{received[1]} pixels but the model takes "
+            f"{expected[0]}x{expected[1]}. Resize them when loading (e.g. "
+            f"finetunekit.data.from_directory(..., image_size={expected[0]})), or build the "
+            f"tuner with input_shape=({received[0]}, {received[1]}, 3)."
+        )
+
     def _infer_num_classes(self, train_ds: tf.data.Dataset, original: Any) -> None:
         if self.num_classes is not None or self.task in ("binary",):
+            return
+        if self.task == "regression":
+            self.num_classes = data.inspect_labels(train_ds, max_batches=1).width
             return
         names = getattr(original, "class_names", None)
         if names:
@@ -808,10 +862,19 @@ class FineTuner:
         logger.info("num_classes inferred from the labels: %d", self.num_classes)
         tasks.output_units(self.task, self.num_classes)
 
-    def _match_labels(self, train_ds: tf.data.Dataset) -> None:
+    def _match_labels(self, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset | None) -> None:
         """Checks the labels and switches the loss between indices and one-hot if needed."""
         info = data.inspect_labels(train_ds, max_batches=4)
         mode = data.check_labels(info, self.task, self.num_classes)
+        if val_ds is not None:
+            val_mode = data.check_labels(
+                data.inspect_labels(val_ds, max_batches=4), self.task, self.num_classes
+            )
+            if val_mode != mode:
+                raise DataError(
+                    f"Training labels are {mode} but validation labels are {val_mode}; encode "
+                    "both the same way (class indices, or one-hot rows)."
+                )
         self._label_mode = mode
         if self._compile_args and self._compile_args.get("label_mode") != mode:
             logger.info("labels are %s: recompiling with the matching loss", mode)
@@ -832,3 +895,38 @@ def _augmentation(augment: str | keras.layers.Layer | None) -> keras.layers.Laye
         f"augment must be None, a preset name {sorted(data.AUGMENTATION_PRESETS)} or a "
         f"keras.layers.Layer; received {augment!r}."
     )
+
+
+class _BestWeights(keras.callbacks.Callback):
+    """Keeps the full model's weights of the epoch with the lowest `val_loss`.
+
+    Attached to every phase of one `fit`, so the result is the best epoch of either
+    phase: if fine-tuning only makes things worse, the head phase's best weights win.
+    """
+
+    def __init__(self, target: keras.Model) -> None:
+        super().__init__()
+        self.target = target
+        self.best = float("inf")
+        self.weights: list[Any] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and loss < self.best:
+            self.best = float(loss)
+            self.weights = [w.numpy() for w in self.target.weights]
+
+    def restore(self) -> None:
+        if self.weights is not None:
+            for variable, value in zip(self.target.weights, self.weights, strict=True):
+                variable.assign(value)
+
+
+def _count(dataset: tf.data.Dataset) -> int:
+    return int(sum(int(tf.shape(labels)[0]) for _images, labels, *_ in dataset))
+
+
+def _image_shape(dataset: tf.data.Dataset) -> tuple[int, int, int] | None:
+    """The images' static (height, width, 3), when the dataset fixes it."""
+    height, width = tuple(dataset.element_spec[0].shape[1:3])
+    return None if height is None or width is None else (int(height), int(width), 3)

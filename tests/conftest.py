@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny bases, the real data in ../shared/data (skipped with a reason when absent)."""
+"""Shared fixtures: tiny bases and the real data in ../shared/data (skipped when absent)."""
 
 from __future__ import annotations
 

@@ -68,12 +68,6 @@ def test_step_methods_return_the_tuner(tiny_images):
     assert tuner.model is not None and structure.find_base(tuner.model) is tuner.base
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="finetuner.py: FineTuner.train returns the Keras History, not the tuner, so "
-    "`tuner.train(...).unfreeze(2)` breaks the chain DESIGN.md promises for step methods",
-)
 def test_train_returns_the_tuner_so_steps_chain(tiny_images):
     x, y = tiny_images
     tuner = make_tuner().load_base().freeze().add_head().compile()
@@ -153,13 +147,6 @@ def test_early_stopping_restores_the_best_weights():
     assert final < losses[-1]  # the last epoch was not the best: weights were restored
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="finetuner.py: early stopping restores the best weights of each phase, not of the "
-    "whole fit: when fine-tuning only makes the validation loss worse, fit() ends with the "
-    "best fine-tune epoch instead of the better head-phase weights",
-)
 def test_fit_ends_with_the_best_weights_of_both_phases():
     x, y = noise(24, 4)
     val = noise(12, 5)
@@ -231,12 +218,6 @@ def test_plan_without_finetuning_has_one_phase():
     assert [p.phase for p in plan] == ["head"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="finetuner.py: plan() builds the default head, and a later fit(hidden=...) keeps "
-    "that head, silently ignoring hidden and dropout",
-)
 def test_fit_after_plan_still_builds_the_requested_head(tiny_images):
     x, y = tiny_images
     tuner = make_tuner()
@@ -279,13 +260,6 @@ def test_save_reloads_with_plain_keras_and_identical_predictions(fitted, tmp_pat
 # -- data forms and labels ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="finetuner.py: with 4 images the default validation_split holds out none, and fit "
-    "fails with DataError 'The dataset is empty; there is nothing to train on.' although "
-    "4 training images were given: the empty part is the held-out validation split",
-)
 def test_few_images_with_the_default_validation_split():
     x, y = noise(4, 0)  # by their content, none of these 4 images is held out
     try:
@@ -332,12 +306,6 @@ def test_one_hot_of_the_wrong_width_names_what_was_expected(tiny_images):
         make_tuner().fit(x, np.eye(4)[y], head_epochs=1, finetune_epochs=0, verbose=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=tf.errors.InvalidArgumentError,
-    reason="finetuner.py: validation labels are never checked; out-of-range validation "
-    "labels end in a raw tensorflow InvalidArgumentError from the loss",
-)
 def test_validation_labels_are_checked_too(tiny_images):
     x, y = tiny_images
     with pytest.raises(DataError):
@@ -346,13 +314,6 @@ def test_validation_labels_are_checked_too(tiny_images):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=tf.errors.InvalidArgumentError,
-    reason="finetuner.py: _infer_num_classes treats regression targets as class indices "
-    "(num_classes = max target + 1), so a regression head gets 11 outputs for targets in "
-    "[0, 10] and fit fails with a raw InvalidArgumentError",
-)
 def test_regression_on_scalar_targets_gets_one_output(tiny_images):
     x, _ = tiny_images
     targets = np.linspace(0, 10, len(x)).astype("float32")
@@ -361,13 +322,6 @@ def test_regression_on_scalar_targets_gets_one_output(tiny_images):
     assert tuner.model.output_shape == (None, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="finetuner.py: images whose size differs from the model's input_shape are not "
-    "checked; Keras fails inside fit with its own error instead of a DataError that names "
-    "both sizes",
-)
 def test_images_of_another_size_are_a_data_error():
     x, y = noise(12, 6)
     bigger = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)  # 64 x 64
