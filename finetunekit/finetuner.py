@@ -830,7 +830,12 @@ class FineTuner:
             )
             return train_ds, None
         logger.info("held out %d of %d training images for early stopping", n_held, n_held + n_kept)
-        return kept, held_out
+        # Known lengths: Keras then neither guesses the epoch length nor warns that the
+        # filtered data "ran out" at the end of the first epoch.
+        return (
+            kept.apply(tf.data.experimental.assert_cardinality(-(-n_kept // batch_size))),
+            held_out.apply(tf.data.experimental.assert_cardinality(-(-n_held // batch_size))),
+        )
 
     def _check_image_size(self, dataset: tf.data.Dataset, model: keras.Model) -> None:
         expected = tuple(model.input_shape[1:3])
