@@ -146,7 +146,7 @@ class FineTuner:
     tuner = FineTuner("mobilenet_v2", num_classes=5, input_shape=(160, 160, 3))
     tuner.load_base().freeze().add_head().compile(learning_rate=1e-3)
     tuner.train(train, epochs=5, validation_data=val)
-    tuner.unfreeze(2).train(train, epochs=5, validation_data=val)  # recompiled at 1e-4
+    tuner.unfreeze(2).train(train, epochs=5, validation_data=val)  # recompiled at 1e-5
     ```
 
     or in one call: `history = tuner.fit(train, validation_data=val)`.
@@ -178,6 +178,9 @@ class FineTuner:
     Attributes:
         base: the base model (after `load_base`).
         model: the full model (after `add_head`); after `fit`, the trained model.
+        history: the Keras `History` of the last `train`, or the `FineTuneHistory` of the
+            last `fit`.
+        last_phase: how the last phase ran (`cached`, the `cut`, `why_not` cached).
 
     Raises:
         ConfigError: bad `task` or `num_classes`.
@@ -236,6 +239,8 @@ class FineTuner:
         self._epochs_done = 0
         #: How the last phase ran: cached or not, where the cut was, and why.
         self.last_phase: dict[str, Any] = {}
+        #: The History of the last `train` (or the `FineTuneHistory` of the last `fit`).
+        self.history: keras.callbacks.History | None = None
 
     # -- the six steps -------------------------------------------------------------------
 
@@ -684,6 +689,7 @@ class FineTuner:
                     ),
                 )
         history.set_model(self._need_model())
+        self.history = history
         return history
 
     # -- inspection and saving -----------------------------------------------------------
