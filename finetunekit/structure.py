@@ -267,7 +267,27 @@ def blocks(model: keras.Model) -> list[Block]:
             current = Block(stem or (run[0].name if run else "input"), list(run))
             current_stem = stem
             result.append(current)
-    return [block for block in result if block.layers]
+    kept = [block for block in result if block.layers]
+    for block in kept:
+        block.name = _common_name(block) or block.name
+    return kept
+
+
+def _common_name(block: Block) -> str | None:
+    """The words all kernel layers of a block share (`conv2_block1` for `conv2_block1_*_conv`).
+
+    Only for blocks of several kernels, and only when that is at least two words: `conv2d`
+    alone would name many Inception blocks.
+    """
+    names = [op.name.split("_") for op in block.layers if _is_kernel(op)]
+    if len(names) < 2:
+        return None  # one kernel: its stem already names the block
+    common: list[str] = []
+    for words in zip(*names, strict=False):
+        if len(set(words)) != 1:
+            break
+        common.append(words[0])
+    return "_".join(common) if len(common) >= 2 else None
 
 
 def _leaves(layers: Sequence[Any]) -> Iterator[Any]:
