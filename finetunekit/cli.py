@@ -132,60 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("data_dir", metavar="DATA_DIR", help="folder with one subfolder per class")
     _add_base_arguments(train, base_default="mobilenet_v2")
-    train.add_argument(
-        "--head-epochs",
-        type=_count,
-        default=D.head_epochs,
-        metavar="N",
-        help=f"most epochs with the base frozen (default {D.head_epochs})",
-    )
-    train.add_argument(
-        "--finetune-epochs",
-        type=_count,
-        default=D.finetune_epochs,
-        metavar="N",
-        help=f"most epochs after unfreezing (default {D.finetune_epochs})",
-    )
-    train.add_argument(
-        "--unfreeze",
-        type=_count,
-        default=D.unfreeze,
-        metavar="N",
-        help=f"blocks to unfreeze (default {D.unfreeze})",
-    )
+    # Options whose defaults are the library's (finetunekit.finetuner.DEFAULTS).
+    for flag, kind, key, metavar, what in (
+        ("--head-epochs", _count, "head_epochs", "N", "most epochs with the base frozen"),
+        ("--finetune-epochs", _count, "finetune_epochs", "N", "most epochs after unfreezing"),
+        ("--unfreeze", _count, "unfreeze", "N", "blocks to unfreeze"),
+        (
+            "--validation-split",
+            float,
+            "validation_split",
+            "F",
+            "fraction held out for validation and early stopping; 0 for none",
+        ),
+        ("--head-lr", float, "head_learning_rate", "LR", "learning rate of the head phase"),
+        ("--finetune-lr", float, "finetune_learning_rate", "LR", "learning rate after unfreezing"),
+        ("--patience", _positive, "patience", "N", "epochs without improvement before stopping"),
+    ):
+        default = getattr(D, key)
+        train.add_argument(
+            flag, type=kind, default=default, metavar=metavar, help=f"{what} (default {default:g})"
+        )
     train.add_argument(
         "--unit", choices=("block", "layer"), default="block", help="what --unfreeze counts"
     )
     train.add_argument("--batch-size", type=_positive, default=32, metavar="N")
-    train.add_argument(
-        "--validation-split",
-        type=float,
-        default=D.validation_split,
-        metavar="F",
-        help="fraction held out for validation and early stopping; 0 for none "
-        f"(default {D.validation_split:g})",
-    )
-    train.add_argument(
-        "--head-lr",
-        type=float,
-        default=D.head_learning_rate,
-        metavar="LR",
-        help=f"(default {D.head_learning_rate:g})",
-    )
-    train.add_argument(
-        "--finetune-lr",
-        type=float,
-        default=D.finetune_learning_rate,
-        metavar="LR",
-        help=f"(default {D.finetune_learning_rate:g})",
-    )
-    train.add_argument(
-        "--patience",
-        type=_positive,
-        default=D.patience,
-        metavar="N",
-        help=f"(default {D.patience})",
-    )
     train.add_argument(
         "--on-bad-image",
         choices=("raise", "skip"),
