@@ -108,7 +108,7 @@ def _weighted(ops: list[Any]) -> list[Any]:
     ]
 
 
-def random_layers_before(model: keras.Model, split: Split) -> list[str]:
+def random_layers_before(split: Split) -> list[str]:
     """Names of layers in the prefix that draw random numbers (dropout, noise, augmentation)."""
     return [
         layer.name

@@ -769,7 +769,8 @@ def split_by_content(
             batches as the first).
 
     Returns:
-        `(train, held_out)` batched datasets.
+        `(train, held_out)` batched datasets of known length (0 batches when a side
+        is empty).
 
     Raises:
         DataError: `fraction` is not in (0, 1).
@@ -787,5 +788,17 @@ def split_by_content(
         return bucket < threshold
 
     items = dataset.unbatch()
-    train = items.filter(lambda *item: tf.logical_not(held_out(*item)))
-    return train.batch(batch_size), items.filter(held_out).batch(batch_size)
+    # One pass counts both sides (the same per-image test the filters use), so both
+    # results carry their length: Keras then neither guesses the epoch length nor warns
+    # that the filtered data "ran out", and callers see an empty side as 0 batches.
+    held, total = items.map(lambda *item: tf.cast(held_out(*item), tf.int64)).reduce(
+        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+        lambda acc, h: (acc[0] + h, acc[1] + 1),
+    )
+    n_held, n_kept = int(held), int(total - held)
+    train = items.filter(lambda *item: tf.logical_not(held_out(*item))).batch(batch_size)
+    validation = items.filter(held_out).batch(batch_size)
+    return (
+        train.apply(tf.data.experimental.assert_cardinality(-(-n_kept // batch_size))),
+        validation.apply(tf.data.experimental.assert_cardinality(-(-n_held // batch_size))),
+    )

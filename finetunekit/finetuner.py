@@ -393,7 +393,7 @@ class FineTuner:
             tune_split = caching.split_frozen_prefix(model)
         if head_split is None or tune_split is None:
             return None, None
-        if self.cache == "auto" and caching.random_layers_before(model, head_split):
+        if self.cache == "auto" and caching.random_layers_before(head_split):
             return None, None
         prefix = caching.joint_prefix(head_split, tune_split)
         head_cache = self._fill_cache(stack, prefix, head_split, train_ds, val_ds, 0)
@@ -513,8 +513,7 @@ class FineTuner:
             split = caching.split_frozen_prefix(model)
             if split is None:
                 why = "the first block of the base trains: no frozen prefix"
-            elif self.cache == "auto" and caching.random_layers_before(model, split):
-                names = caching.random_layers_before(model, split)
+            elif self.cache == "auto" and (names := caching.random_layers_before(split)):
                 why = f"random layers precede the cut ({', '.join(names[:3])})"
                 split = None
         if split is None:
@@ -824,24 +823,20 @@ class FineTuner:
     ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
         """Holds out `fraction` of the training images, unless that leaves a side empty."""
         kept, held_out = data.split_by_content(train_ds, fraction, batch_size)
-        n_held = _count(held_out)
-        n_kept = _count(kept)
-        if n_held == 0 or n_kept == 0:
+        if int(held_out.cardinality()) == 0 or int(kept.cardinality()) == 0:
             logger.warning(
-                "validation_split=%g held out %d of %d images: training on all of them without "
-                "early stopping. Pass validation_data, or more images.",
+                "validation_split=%g leaves one side empty (by content, with these few "
+                "images): training on all of them without early stopping. Pass "
+                "validation_data, or more images.",
                 fraction,
-                n_held,
-                n_held + n_kept,
             )
             return train_ds, None
-        logger.info("held out %d of %d training images for early stopping", n_held, n_held + n_kept)
-        # Known lengths: Keras then neither guesses the epoch length nor warns that the
-        # filtered data "ran out" at the end of the first epoch.
-        return (
-            kept.apply(tf.data.experimental.assert_cardinality(-(-n_kept // batch_size))),
-            held_out.apply(tf.data.experimental.assert_cardinality(-(-n_held // batch_size))),
+        logger.info(
+            "held out about %g of the training images (%d batches) for early stopping",
+            fraction,
+            int(held_out.cardinality()),
         )
+        return kept, held_out
 
     def _check_image_size(self, dataset: tf.data.Dataset, model: keras.Model) -> None:
         expected = tuple(model.input_shape[1:3])
@@ -931,10 +926,6 @@ class _BestWeights(keras.callbacks.Callback):
         if self.weights is not None:
             for variable, value in zip(self.target.weights, self.weights, strict=True):
                 variable.assign(value)
-
-
-def _count(dataset: tf.data.Dataset) -> int:
-    return int(sum(int(tf.shape(labels)[0]) for _images, labels, *_ in dataset))
 
 
 def _image_shape(dataset: tf.data.Dataset) -> tuple[int, int, int] | None:
