@@ -193,6 +193,23 @@ def _batch_size(dataset: tf.data.Dataset) -> int:
     return int(size)
 
 
+def _inference_function(prefix: keras.Model, dataset: tf.data.Dataset) -> Any:
+    """`prefix` in inference mode as ONE traced function for every batch size.
+
+    `predict_on_batch` traces once for the full batches and again for a smaller last
+    batch; tracing a whole base costs about as much as running it over a few hundred
+    small images, so the batch dimension is left open from the start.
+    """
+    spec = dataset.element_spec[0]
+    signature = tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)
+
+    @tf.function(input_signature=[signature], autograph=False)
+    def run(images: tf.Tensor) -> Any:
+        return prefix(images, training=False)
+
+    return run
+
+
 def joint_prefix(first: Split, second: Split) -> keras.Model:
     """One model computing both splits' features in a single pass over the images.
 
@@ -236,9 +253,10 @@ class FeatureCache:
         handles: list[Any] = []
         labels: list[np.ndarray] = []
         in_memory = total = 0
+        run = _inference_function(prefix, dataset)
         try:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
-                outs = [np.asarray(o) for o in keras.tree.flatten(prefix.predict_on_batch(images))]
+                outs = [np.asarray(o) for o in keras.tree.flatten(run(images))]
                 labels.append(np.asarray(batch_labels))
                 total += len(outs[0])
                 size = sum(o.nbytes for o in outs)

@@ -161,6 +161,33 @@ def test_feature_cache_reshuffles_every_epoch() -> None:
     assert list(first) != list(second)
 
 
+class _CountTraces(keras.layers.Layer):
+    """Identity that counts how often its Python `call` runs (once per trace in graph mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        self.calls += 1
+        return inputs
+
+
+def test_feature_cache_traces_the_prefix_once_for_every_batch_size() -> None:
+    # 70 images in batches of 32: two full batches and a last one of 6. Tracing a whole
+    # base costs about as much as running it over a few hundred small images.
+    x, _ = _images(70)
+    counter = _CountTraces()
+    inputs = keras.Input(SHAPE)
+    prefix = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(counter(inputs)))
+    counter.calls = 0  # the symbolic call that built the model
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(70))).batch(32)
+    with caching.FeatureCache(prefix, dataset) as cache:
+        assert len(cache) == 70
+        np.testing.assert_allclose(cache.features[0], x.mean(axis=(1, 2)), rtol=1e-5)
+    assert counter.calls == 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fit_kwargs", "reason"),
     [
