@@ -267,8 +267,13 @@ class FineTuner:
         hidden: Sequence[int] = (),
         dropout: float = DEFAULTS.dropout,
         pooling: str | None = "avg",
+        normalize: bool | None = None,
     ) -> FineTuner:
-        """Step 3: puts a head on the base (see `finetunekit.add_head`)."""
+        """Step 3: puts a head on the base (see `finetunekit.add_head`).
+
+        `normalize=None` means True for classification and False for regression (unit
+        length would drop the size of the features, which a regression may need).
+        """
         base = self._need_base()
         if self.num_classes is None and self.task in ("multiclass", "multilabel"):
             raise StepOrderError(
@@ -283,6 +288,7 @@ class FineTuner:
                 hidden=hidden,
                 dropout=dropout,
                 pooling=pooling,
+                normalize=self._normalize_default() if normalize is None else normalize,
             )
         self._compile_args = {}
         return self
@@ -577,6 +583,7 @@ class FineTuner:
         train_bn: bool = False,
         hidden: Sequence[int] = (),
         dropout: float = DEFAULTS.dropout,
+        normalize: bool | None = None,
         batch_size: int = 32,
         early_stopping: bool = True,
         patience: int = DEFAULTS.patience,
@@ -603,6 +610,8 @@ class FineTuner:
             train_bn: train BatchNormalization scale/offset in the unfrozen part.
             hidden: hidden layer sizes of the head.
             dropout: dropout of the head.
+            normalize: unit-length pooled features in the head (see `add_head`); None
+                means True for classification, False for regression.
             batch_size: batch size for arrays.
             early_stopping: early stopping on `val_loss` with the best weights restored.
             patience: epochs without improvement before stopping.
@@ -636,7 +645,7 @@ class FineTuner:
             train_ds, val_ds = self._split(train_ds, validation_split, batch_size)
         self.freeze()
         if self.model is None:
-            self.add_head(hidden=hidden, dropout=dropout)
+            self.add_head(hidden=hidden, dropout=dropout, normalize=normalize)
         self._epochs_done = 0
         self.compile(head_learning_rate)
         history = FineTuneHistory()
@@ -726,7 +735,9 @@ class FineTuner:
                 raise StepOrderError(
                     "num_classes is unknown: pass FineTuner(..., num_classes=N) to plan before fit."
                 )
-            model = heads.add_head(base, self.num_classes, task=self.task)
+            model = heads.add_head(
+                base, self.num_classes, task=self.task, normalize=self._normalize_default()
+            )
         with _trial_trainable(base):
             freezing.freeze(base, train_bn=False)
             head = freezing.trainable_report(model)
@@ -801,6 +812,10 @@ class FineTuner:
         if self.model is None:
             raise StepOrderError("No model yet: call load_base() and add_head() first (or fit()).")
         return self.model
+
+    def _normalize_default(self) -> bool:
+        # Unit-length features suit a classifier; a regression may need their size.
+        return DEFAULTS.normalize and self.task != "regression"
 
     def _default_label_mode(self) -> str:
         return {"multiclass": "int", "binary": "binary", "multilabel": "binary"}.get(

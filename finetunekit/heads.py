@@ -25,6 +25,7 @@ def add_head(
     hidden: Sequence[int] = (),
     dropout: float = 0.2,
     pooling: str | None = "avg",
+    normalize: bool = False,
 ) -> keras.Model:
     """Puts a new classification or regression head on a base.
 
@@ -46,6 +47,10 @@ def add_head(
             none; 0 for no dropout.
         pooling: `"avg"`, `"max"`, `"flatten"`, or `None` when the base already outputs
             vectors.
+        normalize: scale the pooled features to unit length (`UnitNormalization`) before
+            the Dense layers, so the head learns from their direction, not their size.
+            `FineTuner` does so by default for classification: on small data it generalised
+            better (see the benchmarks page).
 
     Returns:
         A new Functional model `inputs -> base -> head`.
@@ -70,11 +75,15 @@ def add_head(
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
         raise ConfigError(f"dropout must be a rate in [0, 1); received {dropout!r}.")
     hidden = _hidden_sizes(hidden)
+    if not isinstance(normalize, bool):
+        raise ConfigError(f"normalize must be True or False; received {normalize!r}.")
 
     # `base.inputs`, not `base.input`: a Sequential base has no input node of its own.
     inputs = keras.Input(shape=base.input_shape[1:], name="image", dtype=base.inputs[0].dtype)
     x = base(inputs, training=False)
     x = _pool(x, pooling)
+    if normalize:
+        x = keras.layers.UnitNormalization(name="head_normalize")(x)
     for i, size in enumerate(hidden, start=1):
         x = keras.layers.Dense(size, activation="relu", name=f"head_dense_{i}")(x)
         if dropout:

@@ -368,6 +368,14 @@ CASES = [
         ("dropout must be a rate in [0, 1)", "received 1.5"),
     ),
     Case(
+        "normalize",
+        "normalize that is not a bool",
+        'ftk.add_head(base, 3, normalize="yes")',
+        E.ConfigError,
+        ValueError,
+        ("normalize must be True or False", "received 'yes'"),
+    ),
+    Case(
         "hidden",
         "hidden that is not a sequence of sizes",
         "ftk.add_head(base, 3, hidden=128)",

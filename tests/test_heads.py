@@ -119,6 +119,38 @@ def test_default_head_is_pool_dropout_output(base):
     assert [layer.name for layer in no_dropout.layers[2:]] == ["head_pool", "head_output"]
 
 
+def test_normalize_gives_the_head_unit_length_features(base):
+    model = ftk.add_head(base, num_classes=3, normalize=True)
+    assert [layer.name for layer in model.layers[2:]] == [
+        "head_pool",
+        "head_normalize",
+        "head_dropout",
+        "head_output",
+    ]
+    features = keras.Model(model.input, model.get_layer("head_normalize").output)
+    norms = np.linalg.norm(features.predict(images(), verbose=0), axis=-1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("task", "num_classes", "expected"),
+    [
+        ("multiclass", 3, True),
+        ("multilabel", 3, True),
+        ("binary", None, True),
+        ("regression", 1, False),
+    ],
+)
+def test_finetuner_normalizes_features_for_classification_only(task, num_classes, expected):
+    tuner = ftk.FineTuner(
+        "mobilenet_v2", num_classes, task=task, weights=None, input_shape=(32, 32, 3), alpha=0.35
+    )
+    names = [layer.name for layer in tuner.load_base().add_head().model.layers]
+    assert ("head_normalize" in names) is expected
+    explicit = [layer.name for layer in tuner.add_head(normalize=not expected).model.layers]
+    assert ("head_normalize" in explicit) is (not expected)
+
+
 @pytest.mark.parametrize(
     ("task", "num_classes", "units", "activation"),
     [
