@@ -21,6 +21,7 @@ part of any recipe.
 
     python benchmarks/bench_flowers.py                 # 160 px, 5 + 5 epochs
     python benchmarks/bench_flowers.py --defaults      # also the no-argument run at 224 px
+    python benchmarks/bench_flowers.py --runs 3        # medians of 3 runs of every recipe
 """
 
 from __future__ import annotations
@@ -89,14 +90,10 @@ def load(size: int, seed: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
 def accuracy(
     model: keras.Model, test: tf.data.Dataset, preprocess: Callable[..., Any] | None
 ) -> float:
-    correct = total = 0
-    for x, y in test:
-        if preprocess is not None:
-            x = preprocess(x)
-        pred = np.argmax(model.predict_on_batch(x), axis=-1)
-        correct += int(np.sum(pred == y.numpy()))
-        total += len(y)
-    return correct / total
+    images = test.map(lambda x, y: preprocess(x) if preprocess is not None else x)
+    labels = np.concatenate([y.numpy() for _, y in test])
+    pred = np.argmax(model.predict(images, verbose=0), axis=-1)
+    return float(np.mean(pred == labels))
 
 
 def mobilenet(size: int) -> keras.Model:
@@ -231,6 +228,13 @@ def main() -> None:
         help="use the training images this many times per epoch (a larger dataset: fixed "
         "costs such as TF tracing weigh less, per-epoch work more)",
     )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="run every recipe this many times, in turn, and report the medians (the machine "
+        "is shared: one run can be off by 15%%)",
+    )
     args = parser.parse_args()
     if not WEIGHTS.exists() or not (FLOWERS / "train").is_dir():
         raise SystemExit(f"needs {WEIGHTS} and {FLOWERS} (../shared/data)")
@@ -257,37 +261,51 @@ def main() -> None:
         recipes["defaults @224 (fit(train))"] = (lambda: defaults_run(train224), test224)
     if args.only:
         recipes = {k: v for k, v in recipes.items() if k in args.only}
-    results: dict[str, tuple[float, float, float]] = {}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in recipes}
     print(
         f"flowers: {350 * args.repeat} train / 150 test images, {args.size} px, "
         f"{epochs[0]}+{epochs[1]} epochs,"
         f" {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}"
     )
-    for name, (run, test_ds) in recipes.items():
-        keras.utils.set_random_seed(0)
-        with PeakMemory() as mem:
-            start = time.perf_counter()
-            model, preprocess = run()
-            wall = time.perf_counter() - start
-        acc = accuracy(model, test_ds, preprocess)  # after the clock: the same for every recipe
-        results[name] = (wall, mem.peak / 2**20, acc)
-        print(f"  {name:28s} {wall:7.1f} s  {mem.peak / 2**20:7.0f} MiB  acc {acc:.3f}", flush=True)
-        del model
-        keras.backend.clear_session()
+    for round_ in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"run {round_} of {args.runs}")
+        for name, (run, test_ds) in recipes.items():
+            keras.utils.set_random_seed(0)
+            with PeakMemory() as mem:
+                start = time.perf_counter()
+                model, preprocess = run()
+                wall = time.perf_counter() - start
+            acc = accuracy(model, test_ds, preprocess)  # after the clock: same for every recipe
+            results[name].append((wall, mem.peak / 2**20, acc))
+            print(
+                f"  {name:28s} {wall:7.1f} s  {mem.peak / 2**20:7.0f} MiB  acc {acc:.3f}",
+                flush=True,
+            )
+            del model
+            keras.backend.clear_session()
+    median = {name: tuple(np.median(np.array(runs), axis=0)) for name, runs in results.items()}
     print()
+    if args.runs > 1:
+        print(f"medians of {args.runs} runs (each run has every recipe once, in turn):")
     print("| recipe | wall s | peak extra MiB | test acc |")
     print("|---|---:|---:|---:|")
-    for name, (wall, mem_mib, acc) in results.items():
+    for name, (wall, mem_mib, acc) in median.items():
         print(f"| {name} | {wall:.1f} | {mem_mib:.0f} | {acc:.3f} |")
-    if "finetunekit" in results:
-        ft = results["finetunekit"][0]
-        if "keras-guide" in results:
-            print(f"\nkeras-guide / finetunekit: {results['keras-guide'][0] / ft:.2f}x")
-        if "floor" in results:
-            print(f"finetunekit / floor: {ft / results['floor'][0]:.2f}x")
-    if "finetunekit cache=False" in results and "keras-guide" in results:
-        ratio = results["finetunekit cache=False"][0] / results["keras-guide"][0]
+    if "finetunekit" in median:
+        ft = median["finetunekit"][0]
+        if "keras-guide" in median:
+            print(f"\nkeras-guide / finetunekit: {median['keras-guide'][0] / ft:.2f}x")
+        if "floor" in median:
+            print(f"finetunekit / floor: {ft / median['floor'][0]:.2f}x")
+    if "finetunekit cache=False" in median and "keras-guide" in median:
+        ratio = median["finetunekit cache=False"][0] / median["keras-guide"][0]
         print(f"finetunekit cache=False / keras-guide: {ratio:.3f}x")
+    if args.runs > 1:
+        for a, b in (("keras-guide", "finetunekit"), ("finetunekit cache=False", "keras-guide")):
+            if a in results and b in results:
+                each = [x[0] / y[0] for x, y in zip(results[a], results[b], strict=True)]
+                print(f"{a} / {b}, run by run: " + ", ".join(f"{r:.2f}x" for r in each))
 
 
 if __name__ == "__main__":
