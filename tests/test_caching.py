@@ -144,8 +144,11 @@ def test_spill_to_disk_trains_and_cleans_up(tmp_path: object, monkeypatch: pytes
     assert "spilling to" in caplog.text
     leftovers = [f for f in os.listdir(str(tmp_path)) if f.endswith(".features")]
     assert leftovers == []  # the spilled feature files are gone
+    # Same batches, but a spilled batch is read in file order: sums in another order, and
+    # the head's unit normalization passes such float noise on. A batch out of place or a
+    # label paired with the wrong features moves the weights by 1e-2 and more.
     for a, b in zip(in_memory.model.weights, spilled.model.weights, strict=True):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=5e-5, rtol=1e-4, err_msg=a.path)
 
 
 def test_feature_cache_reshuffles_every_epoch() -> None:
