@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
+from bench_flowers import FLOWERS, WEIGHTS, accuracy, load  # noqa: E402  (this folder)
 
 import finetunekit as ftk  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FINETUNEKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
-WEIGHTS = DATA / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-FLOWERS = DATA / "flowers"
 
 #: name -> (add_head arguments, fit arguments); "current" is the library's defaults.
 SETTINGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -44,20 +39,12 @@ def run(setting: str, seed: int) -> tuple[float, int]:
     """Test accuracy and number of epochs of one `fit` with these defaults and seed."""
     head_args, fit_args = SETTINGS[setting]
     keras.utils.set_random_seed(seed)
-    train = keras.utils.image_dataset_from_directory(
-        FLOWERS / "train", image_size=(224, 224), batch_size=32, seed=seed, verbose=False
-    )
-    test = keras.utils.image_dataset_from_directory(
-        FLOWERS / "test", image_size=(224, 224), batch_size=32, shuffle=False, verbose=False
-    )
+    train, test = load(224, seed=seed)
     tuner = ftk.FineTuner("mobilenet_v2", num_classes=5, weights=WEIGHTS, alpha=0.35, seed=seed)
     tuner.load_base().freeze().add_head(**head_args)
     history = tuner.fit(train, verbose=0, **fit_args)
-    model = tuner.model
-    assert model is not None
-    labels = np.concatenate([y.numpy() for _, y in test])
-    predicted = np.argmax(model.predict(test.map(lambda x, y: x), verbose=0), axis=-1)
-    return float(np.mean(predicted == labels)), len(history.epoch)
+    assert tuner.model is not None
+    return accuracy(tuner.model, test, None), len(history.epoch)
 
 
 def main() -> None:
@@ -81,7 +68,7 @@ def main() -> None:
     print("|---|---:|" + "---:|" * len(args.seeds))
     for name, values in accuracies.items():
         cells = " | ".join(f"{v:.3f}" for v in values)
-        print(f"| {name} | {np.mean(values):.3f} | {cells} |")
+        print(f"| {name} | {statistics.mean(values):.3f} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,21 +194,34 @@ def _batch_size(dataset: tf.data.Dataset) -> int:
     return int(size)
 
 
+#: Traced inference functions per prefix and input signature: the training and validation
+#: caches of one phase (or of both phases) run the same prefix, so they share one trace.
+_TRACED: weakref.WeakKeyDictionary[keras.Model, dict[tf.TensorSpec, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _inference_function(prefix: keras.Model, dataset: tf.data.Dataset) -> Any:
     """`prefix` in inference mode as ONE traced function for every batch size.
 
     `predict_on_batch` traces once for the full batches and again for a smaller last
     batch; tracing a whole base costs about as much as running it over a few hundred
-    small images, so the batch dimension is left open from the start.
+    small images, so the batch dimension is left open from the start, and the function
+    is kept for the next dataset run through the same prefix.
     """
     spec = dataset.element_spec[0]
-    signature = tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)
+    shape = None if spec.shape.rank is None else (None, *spec.shape[1:])
+    signature = tf.TensorSpec(shape, spec.dtype)
+    traced = _TRACED.setdefault(prefix, {})
+    if signature not in traced:
+        model = weakref.ref(prefix)  # the cache must not keep the prefix alive
 
-    @tf.function(input_signature=[signature], autograph=False)
-    def run(images: tf.Tensor) -> Any:
-        return prefix(images, training=False)
+        @tf.function(input_signature=[signature], autograph=False)
+        def run(images: tf.Tensor) -> Any:
+            return model()(images, training=False)  # type: ignore[misc]
 
-    return run
+        traced[signature] = run
+    return traced[signature]
 
 
 def joint_prefix(first: Split, second: Split) -> keras.Model:

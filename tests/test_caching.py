@@ -189,6 +189,11 @@ def test_feature_cache_traces_the_prefix_once_for_every_batch_size() -> None:
         assert len(cache) == 70
         np.testing.assert_allclose(cache.features[0], x.mean(axis=(1, 2)), rtol=1e-5)
     assert counter.calls == 1
+    # A second dataset through the same prefix (the validation data) reuses the trace.
+    validation = tf.data.Dataset.from_tensor_slices((x[:10], np.zeros(10))).batch(4)
+    with caching.FeatureCache(prefix, validation) as cache:
+        np.testing.assert_allclose(cache.features[0], x[:10].mean(axis=(1, 2)), rtol=1e-5)
+    assert counter.calls == 1
 
 
 @pytest.mark.parametrize(
