@@ -114,6 +114,41 @@ def test_cached_and_uncached_training_end_with_the_same_weights() -> None:
     assert not any(m for m, n in zip(moved, names, strict=True) if "_bn/" in n)
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_every_phase_traces_its_training_step_once(
+    cache: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keras builds the optimizer inside the first trace of the step; TensorFlow then sees
+    # new variables and traces the whole step again. fit builds it ahead: one trace each.
+    traced: list[str] = []
+    original = keras.Model.train_step
+
+    def counting(self: keras.Model, data: object) -> object:
+        traced.append(self.name)
+        return original(self, data)
+
+    monkeypatch.setattr(keras.Model, "train_step", counting)
+    x, y = _images(16)
+    tuner = _fit(cache, x, y)
+    assert tuner.last_phase["cached"] is cache
+    assert len(traced) == 2, traced  # the head phase, then the fine-tune phase
+
+
+def test_building_the_optimizer_ahead_trains_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetunekit import finetuner
+
+    x, y = _images(16)
+    ahead = _fit(False, x, y)
+    monkeypatch.setattr(finetuner, "_build_optimizer", lambda model, scope: None)
+    in_trace = _fit(False, x, y)  # as Keras does it: inside the first trace
+    for a, b in zip(ahead.model.weights, in_trace.model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    keras.utils.set_random_seed(0)
+    untrained = _small_base().get_layer("block3_conv").kernel.numpy()
+    trained = ahead.model.layers[1].get_layer("block3_conv").kernel.numpy()
+    assert not np.allclose(trained, untrained)  # both phases trained: the test compares work
+
+
 def test_both_phases_come_from_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     passes: list[int] = []
     original = caching.FeatureCache.__init__
