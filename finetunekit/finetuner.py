@@ -301,7 +301,13 @@ class FineTuner:
         label_mode: str | None = None,
         metrics: list[Any] | None = None,
     ) -> FineTuner:
-        """Step 4: compiles for the task with a fresh optimizer (see `compile_for`)."""
+        """Step 4: compiles for the task with a fresh optimizer (see `compile_for`).
+
+        An optimizer instance is a template: every compile (this one, and the ones after
+        `unfreeze`) gets a new optimizer with its settings, because Keras ties an
+        optimizer to the variables it first trained. `unfreeze` sets the template's
+        learning rate to the fine-tuning rate.
+        """
         model = self._need_model()
         mode = label_mode or self._label_mode or self._default_label_mode()
         with self._scope():
@@ -309,7 +315,7 @@ class FineTuner:
                 model,
                 self.task,
                 learning_rate=learning_rate,
-                optimizer=optimizer,
+                optimizer=_fresh(optimizer),
                 label_mode=mode,
                 metrics=metrics,
             )
@@ -462,8 +468,10 @@ class FineTuner:
                     train_ds.prefetch(tf.data.AUTOTUNE), validation_data=val_ds, **fit_args
                 )
             else:
+                args = {**self._compile_args}
+                args["optimizer"] = _fresh(args.get("optimizer", "adam"))
                 with self._scope():
-                    tasks.compile_for(cached.split.trainer, self.task, **self._compile_args)
+                    tasks.compile_for(cached.split.trainer, self.task, **args)
                 _build_optimizer(cached.split.trainer, self._scope())
                 # Steps on stored features are tiny: run several per call to cut the
                 # per-step overhead (the updates are the same, one batch per step).
@@ -564,6 +572,7 @@ class FineTuner:
         if self.model is not None:
             rate = DEFAULTS.finetune_learning_rate if learning_rate is None else learning_rate
             args = {**self._compile_args, "learning_rate": rate}
+            args["optimizer"] = _fresh(args.get("optimizer", "adam"), learning_rate=rate)
             self.compile(**args)
         return self
 
@@ -907,6 +916,21 @@ class FineTuner:
         if self.model is not None and self._compile_args and tasks.is_stale(self.model):
             logger.info("trainable weights changed since compile: recompiling")
             self.compile(**self._compile_args)
+
+
+def _fresh(optimizer: Any, learning_rate: float | None = None) -> Any:
+    """A new optimizer with the settings of `optimizer` (a name is returned as is).
+
+    Keras ties an optimizer to the variables it first trains; reusing one for another set
+    (after `unfreeze`, or for the trainer on cached features) fails with "Unknown
+    variable". `learning_rate`, when given, replaces the optimizer's own.
+    """
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        return optimizer
+    config = optimizer.get_config()
+    if learning_rate is not None and "learning_rate" in config:
+        config["learning_rate"] = learning_rate
+    return type(optimizer).from_config(config)
 
 
 def _build_optimizer(

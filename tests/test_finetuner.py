@@ -74,6 +74,25 @@ def test_train_returns_the_tuner_so_steps_chain(tiny_images):
     assert tuner.train(x, y, epochs=1, verbose=0) is tuner
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_an_optimizer_instance_is_a_template_for_every_phase(cache: bool) -> None:
+    # Keras ties an optimizer to the variables it first trained: the same instance
+    # again after unfreeze failed with "Unknown variable" in the second phase.
+    mine = keras.optimizers.AdamW(learning_rate=2e-3, weight_decay=0.01)
+    x, y = noise(16, 0)
+    tuner = make_tuner(cache=cache).load_base().freeze().add_head()
+    tuner.compile(optimizer=mine).train(x, y, epochs=1, verbose=0)
+    before = kernel(tuner, "Conv_1")
+    tuner.unfreeze(2, learning_rate=1e-4).train(x, y, epochs=1, verbose=0)
+    assert tuner.last_phase["cached"] is cache
+    assert not np.allclose(kernel(tuner, "Conv_1"), before)  # the unfrozen block trained
+    optimizer = tuner.model.optimizer
+    assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer is not mine
+    assert optimizer.weight_decay == pytest.approx(0.01)
+    assert float(optimizer.learning_rate) == pytest.approx(1e-4)  # unfreeze's rate
+    assert not mine.built and float(mine.learning_rate) == pytest.approx(2e-3)  # untouched
+
+
 def test_the_tuner_recompiles_after_every_trainable_change(tiny_images):
     x, y = tiny_images
     tuner = make_tuner().load_base().freeze().add_head().compile(learning_rate=1e-3)
