@@ -161,7 +161,8 @@ def compile_for(
         learning_rate: learning rate of the new optimizer; lower (1e-5..1e-4) when
             fine-tuning unfrozen base layers.
         optimizer: `"adam"`, `"adamw"`, `"sgd"`, `"rmsprop"`, `"nadam"`, or an optimizer
-            instance (used as is; `learning_rate` is then ignored).
+            instance (used as is; `learning_rate` is then ignored). An instance already
+            built for other variables (e.g. reused after unfreezing) is refused.
         label_mode: `"int"` (class indices) or `"categorical"` (one-hot) for multiclass;
             `"int"`/`"binary"` (0/1) for binary; `"binary"` (multi-hot) for multilabel.
         metrics: metrics to use instead of the task's defaults (`accuracy`, `auc`, `mae`).
@@ -171,7 +172,8 @@ def compile_for(
 
     Raises:
         ConfigError: unknown task, optimizer or label mode, a non-positive learning rate,
-            or an output layer that does not fit the task.
+            an optimizer instance built for other variables, or an output layer that does
+            not fit the task.
         ArgumentTypeError: `model` is not a keras.Model.
 
     Examples:
@@ -204,6 +206,7 @@ def compile_for(
     loss, default_metrics = _loss_and_metrics(
         spec, label_mode, from_logits=activation == "linear" and spec.name != "regression"
     )
+    _check_optimizer_fits(optimizer, model)
     model.compile(
         optimizer=_optimizer(optimizer, float(learning_rate)),
         loss=loss,
@@ -220,6 +223,30 @@ def compile_for(
         len(model.trainable_variables),
     )
     return model
+
+
+def _check_optimizer_fits(optimizer: Any, model: keras.Model) -> None:
+    """Refuses an optimizer instance built for other variables than those that train now.
+
+    Keras ties an optimizer to the variables it was built for (on its first step), and
+    fails with "Unknown variable" inside `fit` when it meets others: typically the same
+    instance passed again after `unfreeze_last`. Said here, before any training.
+    """
+    if not isinstance(optimizer, keras.optimizers.Optimizer) or not optimizer.built:
+        return
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    known = getattr(inner, "_trainable_variables", None)
+    if known is None:  # pragma: no cover - another Keras: leave the check to Keras
+        return
+    known_ids = {id(v) for v in known}
+    unknown = [v for v in model.trainable_variables if id(v) not in known_ids]
+    if unknown:
+        raise ConfigError(
+            f"This {type(optimizer).__name__} instance was already built for other "
+            f"variables, and Keras ties an optimizer to the variables it first trained: "
+            f"{len(unknown)} of the model's trainable weights are unknown to it (e.g. "
+            f"{unknown[0].path!r}). Pass a new optimizer instance, or a name such as 'adam'."
+        )
 
 
 def _check_output(spec: Task, units: int | None, activation: str | None) -> None:

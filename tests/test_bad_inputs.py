@@ -409,6 +409,15 @@ CASES = [
         ("optimizer must be one of", "keras.optimizers.Optimizer"),
     ),
     Case(
+        "optimizer-reused",
+        "optimizer instance already built for other variables (reused after unfreezing)",
+        "opt = keras.optimizers.Adam(); opt.build(model.trainable_variables[-2:]); "
+        "ftk.compile_for(model, optimizer=opt)",
+        E.ConfigError,
+        ValueError,
+        ("already built for other variables", "Pass a new optimizer instance"),
+    ),
+    Case(
         "learning-rate",
         "learning rate that is not a positive number",
         "ftk.compile_for(model, learning_rate=0)",

@@ -138,6 +138,22 @@ def test_optimizer_and_learning_rate():
     assert model.optimizer is mine
 
 
+def test_an_optimizer_built_for_the_same_variables_can_be_passed_again():
+    model = tiny_model()
+    ftk.freeze(model)  # the base: only the head trains
+    mine = keras.optimizers.Adam(1e-3)
+    ftk.compile_for(model, optimizer=mine)
+    model.fit(X, Y_INT, epochs=1, verbose=0)  # builds `mine` for these variables
+    assert mine.built
+    ftk.compile_for(model, optimizer=mine, metrics=["accuracy"])  # e.g. to change metrics
+    model.fit(X, Y_INT, epochs=1, verbose=0)
+    assert int(mine.iterations) == 2  # one step per fit (6 images, one batch), same state
+    # After unfreezing, the same instance meets weights it does not know: refused at once.
+    ftk.unfreeze_last(model, 1, unit="layer")
+    with pytest.raises(ConfigError, match="already built for other variables"):
+        ftk.compile_for(model, optimizer=mine)
+
+
 def test_custom_metrics_replace_the_defaults():
     model = tiny_model()
     ftk.compile_for(model, metrics=[keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2")])
