@@ -202,7 +202,7 @@ def floor(train: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> Trained
     ftk.unfreeze_last(model, DEFAULTS.unfreeze, unit="block")
     tune = caching.split_frozen_prefix(model)
     assert head is not None and tune is not None
-    prefix = keras.Model(head.prefix.input, [head.prefix.output, tune.prefix.output])
+    prefix = caching.joint_prefix(head, tune)  # both phases' inputs from one pass
     spec = tf.TensorSpec((None, size, size, 3), tf.float32)
     run = tf.function(lambda x: prefix(x, training=False), input_signature=[spec])
     outputs: list[list[np.ndarray]] = [[], []]
