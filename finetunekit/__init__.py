@@ -13,27 +13,37 @@ The six steps, each usable alone on plain Keras models::
     ftk.compile_for(model, task="multiclass", learning_rate=1e-5)
     model.fit(train, validation_data=val, epochs=5)
 
-or chained: ``ftk.FineTuner("mobilenet_v2", num_classes=5).fit(train)``.
+or chained: ``ftk.FineTuner("mobilenet_v2", num_classes=5).fit(train)``, which runs
+the phases of a ``Recipe`` (``DEFAULTS`` unless told otherwise).
 """
 
 from finetunekit import data, datasets
 from finetunekit._version import __version__
-from finetunekit.bases import list_bases, load_base
+from finetunekit.bases import input_size, list_bases, load_base
 from finetunekit.errors import FinetuneKitError
 from finetunekit.finetuner import FineTuner
 from finetunekit.freezing import freeze, unfreeze_last
 from finetunekit.heads import add_head
+from finetunekit.recipe import DEFAULTS, Phase, Plan, Recipe
 from finetunekit.tasks import compile_for
+from finetunekit.training import FineTuneHistory, PhaseReport
 
 __all__ = [
     "__version__",
+    "DEFAULTS",
+    "FineTuneHistory",
     "FineTuner",
     "FinetuneKitError",
+    "Phase",
+    "PhaseReport",
+    "Plan",
+    "Recipe",
     "add_head",
     "compile_for",
     "data",
     "datasets",
     "freeze",
+    "input_size",
     "list_bases",
     "load_base",
     "unfreeze_last",

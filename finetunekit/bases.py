@@ -34,7 +34,7 @@ from finetunekit.errors import (
     WeightsUnavailableError,
 )
 
-__all__ = ["BaseSpec", "load_base", "list_bases", "get_spec"]
+__all__ = ["BaseSpec", "load_base", "list_bases", "get_spec", "input_size"]
 
 logger = logging.getLogger("finetunekit")
 
@@ -498,3 +498,40 @@ def copy_weights(source: keras.Model, target: keras.Model, origin: str) -> None:
         )
     for s, d in zip(src, dst, strict=True):
         d.set_weights(s.get_weights())
+
+
+def input_size(
+    base: str | keras.Model | os.PathLike[str],
+    input_shape: tuple[int, int, int] | None = None,
+) -> tuple[int, int]:
+    """The `(height, width)` images must have for a base: what `from_directory` wants.
+
+    Args:
+        base: a base name (its native size), a keras.Model (its input size) or a saved
+            model path (loaded to read it).
+        input_shape: the `input_shape` the base will be loaded with, if any (it wins).
+
+    Returns:
+        `(height, width)`; `finetunekit.data.DEFAULT_IMAGE_SIZE` for a model that takes
+        any size.
+
+    Raises:
+        UnknownBaseError: an unknown base name.
+
+    Example:
+        >>> input_size("mobilenet_v2")
+        (224, 224)
+    """
+    if isinstance(base, str) and not _looks_like_path(base):
+        spec = get_spec(base)
+        height, width, _ = _check_input_shape(spec, input_shape)
+        if height is not None and width is not None:
+            return (int(height), int(width))
+        return (spec.default_size, spec.default_size)
+    if input_shape is not None and all(isinstance(d, (int, np.integer)) for d in input_shape[:2]):
+        return (int(input_shape[0]), int(input_shape[1]))
+    model = base if isinstance(base, keras.Model) else load_base(base, weights=None)
+    shape = tuple(model.input_shape[1:3]) if model.input_shape else ()
+    if len(shape) == 2 and all(isinstance(d, int) for d in shape):
+        return (int(shape[0]), int(shape[1]))
+    return (224, 224)

@@ -13,17 +13,27 @@ import logging
 import os
 import tempfile
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import structure
+from finetunekit import data, structure
 from finetunekit.errors import DataError
 
-__all__ = ["Split", "split_frozen_prefix", "joint_prefix", "FeatureCache", "random_layers_before"]
+__all__ = [
+    "Split",
+    "split_frozen_prefix",
+    "joint_prefix",
+    "FeatureCache",
+    "fit_on_features",
+    "random_layers_before",
+    "DEFAULT_BUDGET",
+    "STEPS_PER_CALL",
+]
 
 logger = logging.getLogger("finetunekit")
 
@@ -46,75 +56,12 @@ class Split:
     cut: str
 
 
-def _base_node(model: keras.Model, base: keras.Model) -> Any:
-    for node in structure._ordered_nodes(model):
-        if node.operation is base:
-            return node
-    raise ValueError(f"{base.name!r} is not called in {model.name!r}")  # pragma: no cover
-
-
-def _replay(model: keras.Model, tensors: dict[int, Any]) -> dict[int, Any]:
-    """Re-calls the model's layers on new tensors, from the mapped ones onwards.
-
-    `tensors` maps `id(original KerasTensor)` to its replacement; nodes whose inputs
-    are all mapped are called again (same layer objects, so weights are shared).
-    """
-    for node in structure._ordered_nodes(model):
-        if node.is_input or not node.input_tensors:
-            continue
-        if any(id(t) in tensors for t in node.outputs):
-            continue
-        if any(id(t) not in tensors for t in node.input_tensors):
-            continue
-        args, kwargs = node.arguments.fill_in(tensors)
-        outputs = node.operation(*args, **kwargs)
-        for original, new in zip(node.outputs, keras.tree.flatten(outputs), strict=True):
-            tensors[id(original)] = new
-    return tensors
-
-
-def _frozen_cut(base: keras.Model, trainable_ids: set[int]) -> tuple[int, Any] | None:
-    """The last cut of `base` before its first trainable layer: (position, alive tensor).
-
-    Returns `(len(nodes) - 1, base.output)` when nothing in the base trains, and None
-    when the first block already trains (no frozen prefix to cache).
-    """
-    nodes = structure._ordered_nodes(base)
-    ops = [node.operation for node in nodes]
-
-    def trains(op: Any) -> bool:
-        layers = structure.leaf_layers(op) if isinstance(op, keras.Model) else [op]
-        return any(id(v) in trainable_ids for layer in layers for v in layer.weights)
-
-    first = next((i for i, op in enumerate(ops) if trains(op)), None)
-    if first is None:
-        return len(nodes) - 1, base.output
-    _, cuts = structure._graph_ops(base)
-    before = [c for c in cuts if c < first]
-    # A prefix without weights (input, preprocessing) is cheap to recompute: not worth storing.
-    if not before or not any(_weighted(ops[: before[-1] + 1])):
-        return None
-    position = before[-1]
-    produced = {id(t) for node in nodes[: position + 1] for t in node.outputs}
-    alive = [t for node in nodes[position + 1 :] for t in node.input_tensors if id(t) in produced]
-    return position, alive[0]
-
-
-def _weighted(ops: list[Any]) -> list[Any]:
-    return [
-        layer
-        for op in ops
-        for layer in (structure.leaf_layers(op) if isinstance(op, keras.Model) else [op])
-        if getattr(layer, "weights", None) and not structure.is_preprocessing(layer)
-    ]
-
-
 def random_layers_before(split: Split) -> list[str]:
     """Names of layers in the prefix that draw random numbers (dropout, noise, augmentation)."""
     return [
         layer.name
         for layer in structure.leaf_layers(split.prefix)
-        if getattr(layer, "_seed_generators", None)
+        if structure.draws_random_numbers(layer)
     ]
 
 
@@ -132,11 +79,11 @@ def split_frozen_prefix(model: keras.Model) -> Split | None:
     if base is model or not isinstance(model.output, keras.KerasTensor):
         return None
     trainable_ids = {id(v) for v in model.trainable_variables}
-    found = _frozen_cut(base, trainable_ids)
+    found = structure.frozen_cut(base, trainable_ids)
     if found is None:
         return None
-    position, cut_tensor = found
-    base_out = _base_node(model, base).outputs[0]
+    cut_name, cut_tensor = found
+    base_out = structure.output_of(model, base)
     if cut_tensor is base.output:
         pooled = _pooled_split(model, base, base_out)
         if pooled is not None:
@@ -146,15 +93,13 @@ def split_frozen_prefix(model: keras.Model) -> Split | None:
     )
     if cut_tensor is base.output:
         prefix, after_base = base, features
-        cut_name = base.name
     else:
         prefix = keras.Model(base.input, cut_tensor, name=f"{base.name}_frozen_prefix")
         inner = keras.Input(shape=tuple(cut_tensor.shape[1:]), dtype=cut_tensor.dtype)
-        suffix_out = _replay(base, {id(cut_tensor): inner})[id(base.output)]
+        suffix_out = structure.replay(base, {id(cut_tensor): inner})[id(base.output)]
         suffix = keras.Model(inner, suffix_out, name=f"{base.name}_trainable_part")
         after_base = suffix(features, training=False)  # as in the full model: inference mode
-        cut_name = structure._ordered_nodes(base)[position].operation.name
-    outputs = _replay(model, {id(base_out): after_base})[id(model.output)]
+    outputs = structure.replay(model, {id(base_out): after_base})[id(model.output)]
     trainer = keras.Model(features, outputs, name=f"{model.name}_on_cached_features")
     return Split(prefix=prefix, trainer=trainer, cut=cut_name)
 
@@ -168,19 +113,17 @@ def _pooled_split(model: keras.Model, base: keras.Model, base_out: Any) -> Split
     Pooling holds no weights and draws no random numbers, so its output can be stored
     instead of the feature maps: h*w times less memory (25x for 5x5 maps), same result.
     """
-    consumers = [n for n in structure._ordered_nodes(model) if base_out in n.input_tensors]
-    if len(consumers) != 1 or not isinstance(consumers[0].operation, _POOLINGS):
+    after = structure.consumers(model, base_out)
+    if len(after) != 1 or not isinstance(after[0][0], _POOLINGS):
         return None
-    node = consumers[0]
-    pool = node.operation
+    pool, original = after[0]
     # A copy of the pooling layer (no weights), so the model's own layer gets no new call.
     pooled = pool.__class__.from_config(pool.get_config())(base.output)
     prefix = keras.Model(base.input, pooled, name=f"{base.name}_pooled")
-    original = node.outputs[0]
     features = keras.Input(
         shape=tuple(original.shape[1:]), dtype=original.dtype, name="cached_features"
     )
-    outputs = _replay(model, {id(original): features})[id(model.output)]
+    outputs = structure.replay(model, {id(original): features})[id(model.output)]
     trainer = keras.Model(features, outputs, name=f"{model.name}_on_cached_features")
     return Split(prefix=prefix, trainer=trainer, cut=pool.name)
 
@@ -195,54 +138,63 @@ def _batch_size(dataset: tf.data.Dataset) -> int:
 
 
 #: Traced inference functions per prefix and input signature: the training and validation
-#: caches of one phase (or of both phases) run the same prefix, so they share one trace.
-_TRACED: weakref.WeakKeyDictionary[keras.Model, dict[tf.TensorSpec, Any]] = (
-    weakref.WeakKeyDictionary()
-)
+#: caches of one fit (every phase of it) run the same prefix, so they share one trace.
+_TRACED: weakref.WeakKeyDictionary[keras.Model, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
-def _inference_function(prefix: keras.Model, dataset: tf.data.Dataset) -> Any:
-    """`prefix` in inference mode as ONE traced function for every batch size.
+def _inference_function(prefix: keras.Model, dataset: tf.data.Dataset, holdout: float) -> Any:
+    """`prefix` in inference mode (and the held-out flags) as ONE traced function.
 
     `predict_on_batch` traces once for the full batches and again for a smaller last
     batch; tracing a whole base costs about as much as running it over a few hundred
     small images, so the batch dimension is left open from the start, and the function
-    is kept for the next dataset run through the same prefix.
+    is kept for the next dataset run through the same prefix. The held-out flags of
+    the content split come from the same pass, so the split reads no image twice.
     """
     spec = dataset.element_spec[0]
     shape = None if spec.shape.rank is None else (None, *spec.shape[1:])
     signature = tf.TensorSpec(shape, spec.dtype)
     traced = _TRACED.setdefault(prefix, {})
-    if signature not in traced:
+    key = (signature, holdout)
+    if key not in traced:
         model = weakref.ref(prefix)  # the cache must not keep the prefix alive
 
         @tf.function(input_signature=[signature], autograph=False)
         def run(images: tf.Tensor) -> Any:
-            return model()(images, training=False)  # type: ignore[misc]
+            outputs = keras.tree.flatten(model()(images, training=False))  # type: ignore[misc]
+            held = data.held_out(images, holdout) if holdout else tf.zeros((0,), tf.bool)
+            return outputs, held
 
-        traced[signature] = run
-    return traced[signature]
+        traced[key] = run
+    return traced[key]
 
 
-def joint_prefix(first: Split, second: Split) -> keras.Model:
-    """One model computing both splits' features in a single pass over the images.
+def joint_prefix(*splits: Split) -> keras.Model:
+    """One model computing every split's features in a single pass over the images.
 
-    `second`'s cut must lie in `first`'s prefix (true when `first` freezes the whole base
-    and `second` freezes its start): both outputs then come from the same frozen layers.
+    Every cut must lie in the same frozen base (true for the phases of one fine-tune:
+    each phase freezes a start of the base), so all outputs come from the same layers.
     """
-    return keras.Model(first.prefix.input, [first.prefix.output, second.prefix.output])
+    first = splits[0].prefix
+    return keras.Model(first.input, [split.prefix.output for split in splits])
+
+
+#: Names of the parts of a `FeatureCache`: all examples, the kept ones, the held-out ones.
+Part = Literal["all", "train", "held_out"]
 
 
 class FeatureCache:
     """Outputs of a frozen prefix over a dataset, in memory up to a budget, else on disk.
 
-    The prefix may have several outputs (e.g. the features of two phases' cuts, computed
-    in one pass); `dataset(output=i)` serves the i-th. Use as a context manager so a
-    spilled file is always removed:
+    The prefix may have several outputs (e.g. the features of every phase's cut,
+    computed in one pass); `dataset(output=i)` serves the i-th. With `holdout`, each
+    image is assigned to the held-out part by its content, by the same rule as
+    `finetunekit.data.split_by_content`, in the same pass. Use as a context manager so
+    a spilled file is always removed:
 
     ```python
     with FeatureCache(split.prefix, train_ds) as cache:
-        trainer.fit(cache.dataset(shuffle=True, seed=0), epochs=5)
+        fit_on_features(split.trainer, cache.dataset(shuffle=True, seed=0), epochs=5)
     ```
 
     Args:
@@ -250,6 +202,7 @@ class FeatureCache:
         dataset: batched `(images, labels)`.
         budget: bytes kept in memory before spilling to temporary files.
         directory: where spilled files go (default: the system temp folder).
+        holdout: fraction of the images to hold out by content (0: none).
     """
 
     def __init__(
@@ -259,31 +212,34 @@ class FeatureCache:
         *,
         budget: int = DEFAULT_BUDGET,
         directory: str | None = None,
+        holdout: float = 0.0,
     ) -> None:
         self.paths: list[str] = []
         self.batch_size = _batch_size(dataset)
         n_out = len(prefix.outputs)
-        chunks: list[list[np.ndarray]] = [[] for _ in range(n_out)]
+        chunks: list[list[Any]] = [[] for _ in range(n_out)]
         handles: list[Any] = []
         labels: list[np.ndarray] = []
+        held: list[np.ndarray] = []
         in_memory = total = 0
-        run = _inference_function(prefix, dataset)
+        run = _inference_function(prefix, dataset, holdout)
         try:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
-                outs = [np.asarray(o) for o in keras.tree.flatten(run(images))]
+                outs, flags = run(images)
                 labels.append(np.asarray(batch_labels))
-                total += len(outs[0])
-                size = sum(o.nbytes for o in outs)
+                held.append(flags.numpy())
+                total += int(outs[0].shape[0])
+                size = sum(int(o.shape.num_elements()) * o.dtype.size for o in outs)
                 if not handles and in_memory + size > budget:
                     handles = self._spill(chunks, directory)
                     logger.info("feature cache over %d bytes: spilling to %s", budget, self.paths)
                 for i, out in enumerate(outs):
                     if handles:
-                        handles[i].write(out.tobytes())
+                        handles[i].write(out.numpy().tobytes())
                     else:
-                        chunks[i].append(out)
+                        chunks[i].append(out)  # kept as tensors: no copy until the end
                 in_memory += 0 if handles else size
-                self._specs = [(o.shape[1:], o.dtype) for o in outs]
+                self._specs = [(tuple(o.shape[1:]), o.dtype.as_numpy_dtype) for o in outs]
         except BaseException:
             for handle in handles:
                 handle.close()
@@ -294,28 +250,37 @@ class FeatureCache:
         if total == 0:
             raise DataError("The dataset is empty; there is nothing to train on.")
         self.labels = np.concatenate(labels)
+        self._tensors: list[tf.Tensor] = []
         if handles:
             self.features: list[np.ndarray] = [
                 np.memmap(path, dtype=dtype, mode="r", shape=(total, *shape))
                 for path, (shape, dtype) in zip(self.paths, self._specs, strict=True)
             ]
         else:
-            self.features = [np.concatenate(c) for c in chunks]
+            self._tensors = [tf.concat(c, axis=0) if len(c) > 1 else c[0] for c in chunks]
+            self.features = [t.numpy() for t in self._tensors]
+        flags = np.concatenate(held) if holdout else np.zeros(total, bool)
+        self._parts: dict[str, np.ndarray] = {
+            "all": np.arange(total),
+            "train": np.flatnonzero(~flags),
+            "held_out": np.flatnonzero(flags),
+        }
         logger.info(
-            "cached %d examples, features %s (%s)",
+            "cached %d examples%s, features %s (%s)",
             total,
+            f" ({self.count('held_out')} held out)" if holdout else "",
             [tuple(shape) for shape, _ in self._specs],
             "on disk" if self.paths else "in memory",
         )
 
-    def _spill(self, chunks: list[list[np.ndarray]], directory: str | None) -> list[Any]:
+    def _spill(self, chunks: list[list[Any]], directory: str | None) -> list[Any]:
         handles = []
         for i, pending in enumerate(chunks):
             fd, path = tempfile.mkstemp(suffix=".features", dir=directory)
             self.paths.append(path)
             handle = os.fdopen(fd, "wb")
             for chunk in pending:
-                handle.write(chunk.tobytes())
+                handle.write(np.asarray(chunk).tobytes())
             chunks[i] = []
             handles.append(handle)
         return handles
@@ -323,43 +288,86 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def count(self, part: Part = "train") -> int:
+        """Examples in a part: `"all"`, `"train"` (not held out) or `"held_out"`."""
+        return len(self._parts[part])
+
     @property
     def spilled(self) -> bool:
         return bool(self.paths)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored features (all outputs)."""
+        return int(sum(f.nbytes for f in self.features))
+
     def dataset(
-        self, *, shuffle: bool, seed: int | None = None, output: int = 0
+        self,
+        *,
+        shuffle: bool,
+        seed: int | None = None,
+        output: int = 0,
+        part: Part = "train",
+        batch_size: int | None = None,
+        replicas: int = 1,
     ) -> tf.data.Dataset:
-        """Batches of `(features, labels)`, reshuffled every epoch when `shuffle`."""
-        n = len(self)
-        features, labels = self.features[output], self.labels
-        if not self.spilled:
-            ds = tf.data.Dataset.from_tensor_slices((features, labels))
-            if shuffle:
-                ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-            return ds.batch(self.batch_size).prefetch(tf.data.AUTOTUNE)
+        """Batches of `(features, labels)` of one part, reshuffled every epoch when `shuffle`.
+
+        Only indices are shuffled; each batch gathers its rows from the stored arrays.
+        `batch_size` defaults to the batch size of the dataset the features came from.
+        With `replicas`, every batch is cut down to a multiple of them (see
+        `training.Settings.for_replicas`).
+        """
+        index = self._parts[part]
+        n = len(index)
+        size = batch_size or self.batch_size
+        ds = tf.data.Dataset.from_tensor_slices(index)
+        if shuffle:
+            ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(size)
+        batches = -(-n // size)
+        if replicas > 1:
+            ds = ds.map(lambda rows: rows[: tf.shape(rows)[0] // replicas * replicas])
+            ds = ds.filter(lambda rows: tf.shape(rows)[0] > 0)
+            batches = n // size + (1 if n % size >= replicas else 0)
+        if self._tensors:
+            features = self._tensors[output]
+            labels = tf.constant(self.labels)
+
+            def take(rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                return tf.gather(features, rows), tf.gather(labels, rows)
+
+            ds = ds.map(take)
+        else:
+            ds = ds.map(self._reader(output))
+        return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(
+            tf.data.AUTOTUNE
+        )
+
+    def _reader(self, output: int) -> Any:
         shape, dtype = self._specs[output]
+        features, labels = self.features[output], self.labels
 
-        def gather(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            index = np.sort(index)  # sequential reads from the file
-            return np.asarray(features[index]), labels[index]
+        def gather(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            order = np.argsort(rows)  # sequential reads from the file, then the batch's order
+            picked = np.empty((len(rows), *shape), dtype)
+            picked[order] = features[rows[order]]
+            return picked, labels[rows]
 
-        def load(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def load(rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             x, y = tf.numpy_function(
-                gather, [index], [tf.as_dtype(dtype), tf.as_dtype(labels.dtype)]
+                gather, [rows], [tf.as_dtype(dtype), tf.as_dtype(labels.dtype)]
             )
             x.set_shape((None, *shape))
             y.set_shape((None, *labels.shape[1:]))
             return x, y
 
-        ds = tf.data.Dataset.range(n)
-        if shuffle:
-            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(self.batch_size).map(load).prefetch(tf.data.AUTOTUNE)
+        return load
 
     def close(self) -> None:
-        """Removes the spilled files, if any."""
+        """Drops the stored features and removes the spilled files, if any."""
         self.features = []
+        self._tensors = []
         for path in self.paths:
             try:
                 os.remove(path)
@@ -372,3 +380,114 @@ class FeatureCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Steps on stored features are tiny; several run per call to cut Keras' per-step overhead
+#: (the updates are the same, one batch per step).
+STEPS_PER_CALL = 16
+
+
+class _Progbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, counting real steps.
+
+    With several steps per call, Keras reports each call's last step as
+    `first + steps_per_execution - 1`, which overshoots a short epoch (`16/13`).
+    """
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.target is not None:
+            batch = min(batch, self.target - 1)
+        super().on_train_batch_end(batch, logs)
+
+
+class _StopForwarder(keras.callbacks.Callback):
+    """Carries `stop_training`, set by a callback on the full model, to the trainer."""
+
+    def __init__(self, watched: keras.Model, trainer: keras.Model) -> None:
+        super().__init__()
+        self.watched, self.trainer = watched, trainer
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.watched.stop_training = False
+
+    def _forward(self) -> None:
+        if self.watched.stop_training:
+            self.trainer.stop_training = True
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._forward()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._forward()
+
+
+def fit_on_features(
+    trainer: keras.Model,
+    train: tf.data.Dataset,
+    *,
+    epochs: int,
+    initial_epoch: int = 0,
+    validation: tf.data.Dataset | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: Any = "auto",
+    model: keras.Model | None = None,
+    steps_per_execution: int = STEPS_PER_CALL,
+) -> keras.callbacks.History:
+    """Trains a split's trainer on stored features, as `model.fit` would train the model.
+
+    The trainer must be compiled (with the full model's optimizer, so that callbacks
+    which change the learning rate reach it). Callbacks see `model` (the full model)
+    when given, not the trainer: `ModelCheckpoint` saves the full model, `EarlyStopping`
+    restores its weights, `ReduceLROnPlateau` changes its optimizer's rate, and a
+    `stop_training` they set stops this fit. Keras' `fit` would hand them the model it
+    trains; it takes a `CallbackList` as given, which is how they get the full model.
+
+    Args:
+        trainer: `Split.trainer`, compiled.
+        train: batches of `(features, labels)` (e.g. `FeatureCache.dataset(...)`).
+        epochs: index of the last epoch + 1, as in `keras.Model.fit`.
+        initial_epoch: the epoch to start at.
+        validation: batches of stored validation features.
+        callbacks: Keras callbacks.
+        verbose: as in `keras.Model.fit` (`"auto"` is 1).
+        model: the model the callbacks see (default: the trainer).
+        steps_per_execution: training steps per call of the traced function.
+
+    Returns:
+        The `History` of the run.
+
+    Example:
+        >>> split = split_frozen_prefix(model)
+        >>> with FeatureCache(split.prefix, train_ds) as cache:
+        ...     compile_for(split.trainer, learning_rate=1e-3)
+        ...     fit_on_features(split.trainer, cache.dataset(shuffle=True), epochs=5)
+    """
+    watched = trainer if model is None else model
+    verbose = 1 if verbose == "auto" else verbose
+    steps = int(train.cardinality())
+    trainer.steps_per_execution = steps_per_execution
+    history = keras.callbacks.History()
+    extra: list[keras.callbacks.Callback] = [history]
+    if verbose:
+        extra.append(_Progbar())
+    if watched is not trainer:
+        extra.append(_StopForwarder(watched, trainer))
+    callback_list = keras.callbacks.CallbackList(
+        [*callbacks, *extra],
+        model=watched,
+        verbose=verbose,
+        epochs=epochs,
+        steps=steps if steps > 0 else None,
+    )
+    trainer.history = history  # Keras' fit returns the trainer's own, which callbacks set
+    trainer.fit(
+        train,
+        validation_data=validation,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        callbacks=callback_list,
+        verbose=verbose,
+        shuffle=False,  # the index dataset reshuffles itself
+    )
+    history.set_model(watched)
+    return history

@@ -21,8 +21,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from finetunekit._defaults import DEFAULTS as D
 from finetunekit._version import __version__
+from finetunekit.recipe import DEFAULTS as D
 
 __all__ = ["main", "build_parser"]
 
@@ -246,11 +246,10 @@ def _train(args: argparse.Namespace) -> int:
     split = args.validation_split or None
     train, validation, class_names = from_directory(
         args.data_dir,
-        image_size=size,
+        image_size=tuner.input_size,
         batch_size=args.batch_size,
         validation_split=split,
         seed=args.seed,
-        base=tuner,
         on_bad_image=args.on_bad_image,
     )
     tuner.num_classes = len(class_names)

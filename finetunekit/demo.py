@@ -594,7 +594,7 @@ def _folder_setup(
     input_shape = None if image_size is None else (image_size, image_size, 3)
     probe = FineTuner(base, weights=weights, input_shape=input_shape, **base_kwargs)
     loaded = ftk_data.from_directory(
-        data, image_size=image_size, base=probe, validation_split=0.2, seed=seed
+        data, image_size=probe.input_size, validation_split=0.2, seed=seed
     )
     size = tuple(loaded.train.element_spec[0].shape[1:3])
     validation = loaded.validation

@@ -11,17 +11,26 @@ the base was called with in `add_head`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import keras
 
 from finetunekit import structure
+from finetunekit._checks import check_choice, check_int
 from finetunekit.errors import ConfigError
 
-__all__ = ["freeze", "unfreeze_last", "trainable_report", "TrainableReport"]
+__all__ = [
+    "freeze",
+    "unfreeze_last",
+    "set_trainable",
+    "restoring",
+    "trainable_report",
+    "TrainableReport",
+]
 
 logger = logging.getLogger("finetunekit")
 
@@ -83,11 +92,8 @@ def unfreeze_last(
     Examples:
         >>> unfreeze_last(model, 2, unit="block")
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ConfigError(f"n must be a positive int (how many {unit}s); received {n!r}.")
-    n = int(n)  # numpy integers are welcome
-    if unit not in ("layer", "block"):
-        raise ConfigError(f"unit must be 'layer' or 'block'; received {unit!r}.")
+    n = check_int("n", n, minimum=1, expected=f"a positive int (how many {unit}s)")
+    check_choice("unit", unit, ("layer", "block"))
     base = structure.find_base(model)
     if unit == "layer":
         candidates = [
@@ -116,6 +122,41 @@ def unfreeze_last(
     return model
 
 
+def set_trainable(
+    model: keras.Model, n: int, *, unit: Unit = "block", train_bn: bool = False
+) -> keras.Model:
+    """Freezes the base, then unfreezes its last `n` blocks or layers (none when `n` is 0).
+
+    The trainable set of one phase of a fine-tune, in one call.
+
+    Returns:
+        `model`, modified in place.
+    """
+    freeze(model)
+    if n:
+        unfreeze_last(model, n, unit=unit, train_bn=train_bn)
+    return model
+
+
+@contextlib.contextmanager
+def restoring(model: keras.Model) -> Iterator[keras.Model]:
+    """Restores every trainable flag of the model's base on exit, whatever happened inside.
+
+    Example:
+        >>> with restoring(model):
+        ...     unfreeze_last(model, 2, unit="block")  # try it; flags come back after
+    """
+    base = structure.find_base(model)
+    saved = [(layer, layer.trainable) for layer in structure.leaf_layers(base)]
+    saved_base = base.trainable
+    try:
+        yield model
+    finally:
+        base.trainable = saved_base
+        for layer, flag in saved:
+            layer.trainable = flag
+
+
 def _apply(base: keras.Model, trainable_ids: set[int]) -> None:
     """Makes exactly the leaf layers in `trainable_ids` trainable within `base`."""
     if not trainable_ids:
@@ -135,6 +176,11 @@ def _warn_if_compiled(model: keras.Model) -> None:
             "the next fit.",
             model.name,
         )
+
+
+def trainable_layers(model: keras.Model) -> list[Any]:
+    """The leaf layers of `model` (base and head) that are trainable now."""
+    return [layer for layer in structure.leaf_layers(model) if layer.trainable]
 
 
 @dataclass(frozen=True)

@@ -308,3 +308,95 @@ def leaf_layers(model: keras.Model) -> list[Any]:
 def weighted_layers(model: keras.Model) -> list[Any]:
     """Leaf layers that hold any weights (trainable or statistics), preprocessing excluded."""
     return [layer for layer in leaf_layers(model) if layer.weights and not is_preprocessing(layer)]
+
+
+# -- graph surgery for caching, and other Keras internals read in this one place -------------
+
+
+def optimizer_variables(optimizer: Any) -> list[Any] | None:
+    """The variables an optimizer was built for, or None when this Keras hides them."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    return getattr(inner, "_trainable_variables", None)
+
+
+def draws_random_numbers(layer: Any) -> bool:
+    """Whether a layer draws random numbers when called (dropout, noise, augmentation)."""
+    return bool(getattr(layer, "_seed_generators", None))
+
+
+def call_node(model: keras.Model, layer: Any) -> Any:
+    """The node where `model` calls `layer` (its first call)."""
+    for node in _ordered_nodes(model):
+        if node.operation is layer:
+            return node
+    raise ValueError(f"{layer.name!r} is not called in {model.name!r}")  # pragma: no cover
+
+
+def consumers(model: keras.Model, tensor: Any) -> list[Any]:
+    """The layers of `model` called on `tensor`, with the tensor each returns."""
+    return [
+        (node.operation, node.outputs[0])
+        for node in _ordered_nodes(model)
+        if any(t is tensor for t in node.input_tensors)
+    ]
+
+
+def output_of(model: keras.Model, layer: Any) -> Any:
+    """The tensor `model`'s call of `layer` returns."""
+    return call_node(model, layer).outputs[0]
+
+
+def replay(model: keras.Model, tensors: dict[int, Any]) -> dict[int, Any]:
+    """Re-calls the model's layers on new tensors, from the mapped ones onwards.
+
+    `tensors` maps `id(original KerasTensor)` to its replacement; nodes whose inputs
+    are all mapped are called again (same layer objects, so weights are shared).
+    """
+    for node in _ordered_nodes(model):
+        if node.is_input or not node.input_tensors:
+            continue
+        if any(id(t) in tensors for t in node.outputs):
+            continue
+        if any(id(t) not in tensors for t in node.input_tensors):
+            continue
+        args, kwargs = node.arguments.fill_in(tensors)
+        outputs = node.operation(*args, **kwargs)
+        for original, new in zip(node.outputs, keras.tree.flatten(outputs), strict=True):
+            tensors[id(original)] = new
+    return tensors
+
+
+def frozen_cut(base: keras.Model, trainable_ids: set[int]) -> tuple[str, Any] | None:
+    """The last cut of `base` before its first trainable layer: (layer name, alive tensor).
+
+    Returns `(base.name, base.output)` when nothing in the base trains, and None when
+    the first block already trains (no frozen prefix worth storing).
+    """
+    nodes = _ordered_nodes(base)
+    ops = [node.operation for node in nodes]
+
+    def trains(op: Any) -> bool:
+        layers = leaf_layers(op) if isinstance(op, keras.Model) else [op]
+        return any(id(v) in trainable_ids for layer in layers for v in layer.weights)
+
+    first = next((i for i, op in enumerate(ops) if trains(op)), None)
+    if first is None:
+        return base.name, base.output
+    _, cuts = _graph_ops(base)
+    before = [c for c in cuts if c < first]
+    # A prefix without weights (input, preprocessing) is cheap to recompute: not worth storing.
+    if not before or not any(_weighted_ops(ops[: before[-1] + 1])):
+        return None
+    position = before[-1]
+    produced = {id(t) for node in nodes[: position + 1] for t in node.outputs}
+    alive = [t for node in nodes[position + 1 :] for t in node.input_tensors if id(t) in produced]
+    return ops[position].name, alive[0]
+
+
+def _weighted_ops(ops: list[Any]) -> list[Any]:
+    return [
+        layer
+        for op in ops
+        for layer in (leaf_layers(op) if isinstance(op, keras.Model) else [op])
+        if getattr(layer, "weights", None) and not is_preprocessing(layer)
+    ]

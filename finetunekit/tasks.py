@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import keras
 
-from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
+from finetunekit import structure
+from finetunekit._checks import check_float, check_int
+from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, StepOrderError
 
-__all__ = ["TASKS", "Task", "compile_for", "check_compiled", "output_units", "LabelMode"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "LabelSummary",
+    "get_task",
+    "compile_for",
+    "check_compiled",
+    "output_units",
+    "LabelMode",
+]
 
 logger = logging.getLogger("finetunekit")
 
@@ -22,26 +32,274 @@ LabelMode = Literal["int", "categorical", "binary"]
 
 
 @dataclass(frozen=True)
+class LabelSummary:
+    """What the labels of some data look like (see `finetunekit.data.inspect_labels`).
+
+    Attributes:
+        label_mode: `"int"` (indices), `"categorical"` (one row per example with k > 1
+            columns) or `"binary"` (0/1 values).
+        width: columns of the labels (1 for indices).
+        max_label: the largest value seen.
+        min_label: the smallest value seen.
+        integral: whether every value seen is a whole number.
+    """
+
+    label_mode: str
+    width: int
+    max_label: float
+    min_label: float
+    integral: bool
+
+
 class Task:
-    """What a task kind means for the head and the loss.
+    """Everything that varies by task kind: output, loss, metrics, labels, defaults.
+
+    One object per kind in `TASKS`; the rest of finetunekit asks the task instead of
+    branching on its name.
 
     Attributes:
         name: `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`.
         activation: the output activation `add_head` uses.
         label_modes: label encodings the task accepts.
+        default_label_mode: the label mode assumed before any label is seen.
+        needs_num_classes: whether the head needs `num_classes` (else it has a default).
+        normalize_features: whether `FineTuner` puts unit-length features in the head by
+            default (a classifier learns from their direction; a regression may need
+            their size).
     """
 
-    name: str
-    activation: str
-    label_modes: tuple[str, ...]
+    name: str = ""
+    activation: str = "linear"
+    label_modes: tuple[str, ...] = ("int", "binary", "categorical")
+    default_label_mode: str = "int"
+    needs_num_classes: bool = False
+    normalize_features: bool = True
+    #: Whether a linear output layer means logits (classifiers) or values (regression).
+    logits_when_linear: bool = True
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r})"
+
+    def label_mode_for(self, label_mode: str) -> str:
+        """`label_mode` as the task's loss reads it; ConfigError when the task has no such mode."""
+        if label_mode not in self.label_modes:
+            raise ConfigError(
+                f"label_mode for task={self.name!r} must be one of {list(self.label_modes)}; "
+                f"received {label_mode!r}."
+            )
+        return label_mode
+
+    def output_units(self, num_classes: int | None) -> int:
+        """Output units for `num_classes` (already checked to be a positive int or None)."""
+        return num_classes or 1
+
+    def infer_num_classes(
+        self, class_names: Sequence[str] | None, labels: Callable[[], LabelSummary]
+    ) -> int | None:
+        """The `num_classes` the data implies when the user gave none (None: not needed).
+
+        `labels` reads every label, so it is called only when the class names do not say.
+        """
+        return labels().width
+
+    def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
+        """Validates labels and returns the label mode the loss must use.
+
+        Raises:
+            DataError: labels that do not fit, naming what was expected.
+        """
+        return "int"
+
+    def loss_and_metrics(
+        self, label_mode: str, from_logits: bool
+    ) -> tuple[keras.losses.Loss, list[Any]]:
+        return keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError(name="mae")]
+
+    def check_output(self, units: int | None, activation: str | None) -> None:
+        """Raises ConfigError when a model's output layer does not fit the task."""
+
+
+class _Multiclass(Task):
+    name = "multiclass"
+    activation = "softmax"
+    label_modes = ("int", "categorical")
+    needs_num_classes = True
+
+    def infer_num_classes(
+        self, class_names: Sequence[str] | None, labels: Callable[[], LabelSummary]
+    ) -> int | None:
+        if class_names:
+            return len(class_names)
+        info = labels()
+        return info.width if info.label_mode == "categorical" else max(int(info.max_label) + 1, 2)
+
+    def label_mode_for(self, label_mode: str) -> str:
+        if label_mode == "binary":
+            label_mode = "categorical"  # image_dataset_from_directory's name for 0/1 vectors
+        return super().label_mode_for(label_mode)
+
+    def output_units(self, num_classes: int | None) -> int:
+        if num_classes is None or num_classes < 2:
+            raise ConfigError(
+                f"task='multiclass' needs num_classes >= 2; received {num_classes!r}. For two "
+                "classes with one sigmoid output use task='binary'."
+            )
+        return num_classes
+
+    def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
+        if info.width > 1:
+            if num_classes is not None and info.width != num_classes:
+                raise DataError(
+                    f"Labels are one-hot with {info.width} columns but the model has "
+                    f"{num_classes} classes. Expected integer class indices (shape (n,)) or "
+                    f"one-hot rows with {num_classes} columns."
+                )
+            return "categorical"
+        if not info.integral or info.min_label < 0:
+            raise DataError(
+                "task='multiclass' expects integer class indices 0..num_classes-1 (or one-hot "
+                f"rows); received labels from {info.min_label:g} to {info.max_label:g}"
+                + ("" if info.integral else " with fractions")
+                + ". Encode classes as integers."
+            )
+        if num_classes is not None and info.max_label >= num_classes:
+            raise DataError(
+                f"Label {info.max_label:g} is out of range for {num_classes} classes (expected "
+                f"0..{num_classes - 1}). Set num_classes to the number of classes."
+            )
+        return "int"
+
+    def loss_and_metrics(
+        self, label_mode: str, from_logits: bool
+    ) -> tuple[keras.losses.Loss, list[Any]]:
+        if label_mode == "int":
+            return (
+                keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+                [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            )
+        return (
+            keras.losses.CategoricalCrossentropy(from_logits=from_logits),
+            [keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+
+    def check_output(self, units: int | None, activation: str | None) -> None:
+        if units is not None and units < 2:
+            raise ConfigError(
+                f"task='multiclass' needs an output with one unit per class; the model has "
+                f"{units}. Use task='binary' for one sigmoid unit, or add_head(num_classes=...)."
+            )
+        if activation == "sigmoid":
+            raise ConfigError(
+                "task='multiclass' needs a softmax output, the model ends in sigmoid. Use "
+                "task='multilabel' or rebuild the head with add_head(task='multiclass')."
+            )
+
+
+class _ZeroOne(Task):
+    """Shared by the tasks whose labels are 0/1 values (binary, multilabel)."""
+
+    activation = "sigmoid"
+    default_label_mode = "binary"
+
+    def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
+        if info.min_label < 0 or info.max_label > 1:
+            raise DataError(
+                f"task={self.name!r} expects labels of 0 and 1; received values from "
+                f"{info.min_label:g} to {info.max_label:g}."
+            )
+        return "binary"
+
+    def loss_and_metrics(
+        self, label_mode: str, from_logits: bool
+    ) -> tuple[keras.losses.Loss, list[Any]]:
+        threshold = 0.0 if from_logits else 0.5
+        metrics: list[Any] = [keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)]
+        if not from_logits:
+            metrics.append(keras.metrics.AUC(name="auc", multi_label=self.name == "multilabel"))
+        return keras.losses.BinaryCrossentropy(from_logits=from_logits), metrics
+
+    def check_output(self, units: int | None, activation: str | None) -> None:
+        if units is not None and activation == "softmax":
+            raise ConfigError(
+                f"task={self.name!r} needs a sigmoid output, the model ends in softmax. Rebuild "
+                f"the head with add_head(task={self.name!r})."
+            )
+
+
+class _Binary(_ZeroOne):
+    name = "binary"
+    label_modes = ("int", "binary")
+
+    def output_units(self, num_classes: int | None) -> int:
+        if num_classes not in (None, 1, 2):
+            raise ConfigError(
+                f"task='binary' has one sigmoid output (num_classes None, 1 or 2); received "
+                f"{num_classes!r}. For more classes use task='multiclass'."
+            )
+        return 1
+
+    def infer_num_classes(
+        self, class_names: Sequence[str] | None, labels: Callable[[], LabelSummary]
+    ) -> int | None:
+        return None  # one sigmoid output, whatever the labels
+
+    def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
+        mode = super().check_labels(info, num_classes)
+        if info.width != 1:
+            raise DataError(
+                f"task='binary' expects one 0/1 label per example; received {info.width} "
+                "columns. Use task='multilabel' (multi-hot) or task='multiclass' (one-hot)."
+            )
+        return mode
+
+    def check_output(self, units: int | None, activation: str | None) -> None:
+        if units is not None and units != 1:
+            raise ConfigError(
+                f"task='binary' needs one sigmoid output unit; the model has {units}. Use "
+                "task='multiclass' for one unit per class."
+            )
+        super().check_output(units, activation)
+
+
+class _Multilabel(_ZeroOne):
+    name = "multilabel"
+    # "int" too: multi-hot rows of integers, and compile_for's default must work for every task.
+    label_modes = ("int", "binary", "categorical")
+    needs_num_classes = True
+
+    def infer_num_classes(
+        self, class_names: Sequence[str] | None, labels: Callable[[], LabelSummary]
+    ) -> int | None:
+        return len(class_names) if class_names else labels().width
+
+    def output_units(self, num_classes: int | None) -> int:
+        if num_classes is None:
+            raise ConfigError("task='multilabel' needs num_classes (the number of labels).")
+        return num_classes
+
+
+    def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
+        mode = super().check_labels(info, num_classes)
+        if num_classes is not None and info.width != num_classes:
+            raise DataError(
+                f"task='multilabel' expects multi-hot rows with {num_classes} columns; "
+                f"received {info.width}."
+            )
+        return mode
+
+
+class _Regression(Task):
+    name = "regression"
+    normalize_features = False
+    logits_when_linear = False
+
+    def label_mode_for(self, label_mode: str) -> str:
+        return label_mode  # targets are read as they are
+
 
 
 TASKS: dict[str, Task] = {
-    "multiclass": Task("multiclass", "softmax", ("int", "categorical")),
-    "binary": Task("binary", "sigmoid", ("int", "binary")),
-    # "int" too: multi-hot rows of integers, and compile_for's default must work for every task.
-    "multilabel": Task("multilabel", "sigmoid", ("int", "binary", "categorical")),
-    "regression": Task("regression", "linear", ("int", "binary", "categorical")),
+    task.name: task for task in (_Multiclass(), _Binary(), _Multilabel(), _Regression())
 }
 
 _OPTIMIZERS = {
@@ -56,45 +314,25 @@ _OPTIMIZERS = {
 _COMPILED_WITH: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDictionary()
 
 
-def get_task(task: str) -> Task:
-    """Returns the Task for a name, or raises ConfigError listing the valid names."""
+def get_task(task: str | Task) -> Task:
+    """Returns the Task for a name (or the Task itself), or raises ConfigError."""
+    if isinstance(task, Task):
+        return task
     if not isinstance(task, str) or task not in TASKS:
         raise ConfigError(f"task must be one of {sorted(TASKS)}; received {task!r}.")
     return TASKS[task]
 
 
-def output_units(task: str, num_classes: int | None) -> int:
+def output_units(task: str | Task, num_classes: int | None) -> int:
     """Number of output units for a task, validating `num_classes`.
 
     Raises:
         ConfigError: `num_classes` does not fit the task.
     """
     spec = get_task(task)
-    if num_classes is not None and (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, numbers.Integral)
-        or num_classes < 1
-    ):
-        raise ConfigError(f"num_classes must be a positive int; received {num_classes!r}.")
     if num_classes is not None:
-        num_classes = int(num_classes)  # numpy integers (e.g. labels.max() + 1) are welcome
-    if spec.name == "multiclass":
-        if num_classes is None or num_classes < 2:
-            raise ConfigError(
-                f"task='multiclass' needs num_classes >= 2; received {num_classes!r}. For two "
-                "classes with one sigmoid output use task='binary'."
-            )
-        return num_classes
-    if spec.name == "binary":
-        if num_classes not in (None, 1, 2):
-            raise ConfigError(
-                f"task='binary' has one sigmoid output (num_classes None, 1 or 2); received "
-                f"{num_classes!r}. For more classes use task='multiclass'."
-            )
-        return 1
-    if spec.name == "multilabel" and num_classes is None:
-        raise ConfigError("task='multilabel' needs num_classes (the number of labels).")
-    return num_classes or 1
+        num_classes = check_int("num_classes", num_classes, minimum=1, expected="a positive int")
+    return spec.output_units(num_classes)
 
 
 def _trainable_signature(model: keras.Model) -> tuple[int, ...]:
@@ -105,28 +343,6 @@ def _output_activation(model: keras.Model) -> str | None:
     last = model.layers[-1] if model.layers else None
     activation = getattr(last, "activation", None)
     return getattr(activation, "__name__", None) if activation is not None else None
-
-
-def _loss_and_metrics(
-    task: Task, label_mode: str, from_logits: bool
-) -> tuple[keras.losses.Loss, list[Any]]:
-    if task.name == "multiclass":
-        if label_mode == "int":
-            return (
-                keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-                [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            )
-        return (
-            keras.losses.CategoricalCrossentropy(from_logits=from_logits),
-            [keras.metrics.CategoricalAccuracy(name="accuracy")],
-        )
-    if task.name in ("binary", "multilabel"):
-        threshold = 0.0 if from_logits else 0.5
-        metrics: list[Any] = [keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)]
-        if not from_logits:
-            metrics.append(keras.metrics.AUC(name="auc", multi_label=task.name == "multilabel"))
-        return keras.losses.BinaryCrossentropy(from_logits=from_logits), metrics
-    return keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError(name="mae")]
 
 
 def _optimizer(optimizer: str | keras.optimizers.Optimizer, learning_rate: float) -> Any:
@@ -142,7 +358,7 @@ def _optimizer(optimizer: str | keras.optimizers.Optimizer, learning_rate: float
 
 def compile_for(
     model: keras.Model,
-    task: str = "multiclass",
+    task: str | Task = "multiclass",
     *,
     learning_rate: float = 1e-3,
     optimizer: str | keras.optimizers.Optimizer = "adam",
@@ -184,27 +400,15 @@ def compile_for(
             f"compile_for expected a keras.Model; received {type(model).__name__}."
         )
     spec = get_task(task)
-    if label_mode == "binary" and spec.name == "multiclass":
-        label_mode = "categorical"  # image_dataset_from_directory's name for 0/1 vectors
-    if label_mode not in spec.label_modes and spec.name != "regression":
-        raise ConfigError(
-            f"label_mode for task={task!r} must be one of {list(spec.label_modes)}; "
-            f"received {label_mode!r}."
-        )
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, numbers.Real)
-        or not 0 < learning_rate < math.inf
-    ):
-        raise ConfigError(
-            f"learning_rate must be a positive finite number, e.g. 1e-3; received "
-            f"{learning_rate!r}."
-        )
+    label_mode = spec.label_mode_for(label_mode)
+    check_float(
+        "learning_rate", learning_rate, low=0, expected="a positive finite number, e.g. 1e-3"
+    )
     units = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
     activation = _output_activation(model)
-    _check_output(spec, units, activation)
-    loss, default_metrics = _loss_and_metrics(
-        spec, label_mode, from_logits=activation == "linear" and spec.name != "regression"
+    spec.check_output(units, activation)
+    loss, default_metrics = spec.loss_and_metrics(
+        label_mode, from_logits=activation == "linear" and spec.logits_when_linear
     )
     _check_optimizer_fits(optimizer, model)
     model.compile(
@@ -217,7 +421,7 @@ def compile_for(
     logger.info(
         "compiled %s for %s (label_mode=%s, learning_rate=%g, %d trainable weights)",
         model.name,
-        task,
+        spec.name,
         label_mode,
         learning_rate,
         len(model.trainable_variables),
@@ -234,8 +438,7 @@ def _check_optimizer_fits(optimizer: Any, model: keras.Model) -> None:
     """
     if not isinstance(optimizer, keras.optimizers.Optimizer) or not optimizer.built:
         return
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-    known = getattr(inner, "_trainable_variables", None)
+    known = structure.optimizer_variables(optimizer)
     if known is None:  # pragma: no cover - another Keras: leave the check to Keras
         return
     known_ids = {id(v) for v in known}
@@ -246,31 +449,6 @@ def _check_optimizer_fits(optimizer: Any, model: keras.Model) -> None:
             f"variables, and Keras ties an optimizer to the variables it first trained: "
             f"{len(unknown)} of the model's trainable weights are unknown to it (e.g. "
             f"{unknown[0].path!r}). Pass a new optimizer instance, or a name such as 'adam'."
-        )
-
-
-def _check_output(spec: Task, units: int | None, activation: str | None) -> None:
-    if units is None:
-        return
-    if spec.name == "multiclass" and units < 2:
-        raise ConfigError(
-            f"task='multiclass' needs an output with one unit per class; the model has {units}. "
-            "Use task='binary' for one sigmoid unit, or add_head(num_classes=...)."
-        )
-    if spec.name == "binary" and units != 1:
-        raise ConfigError(
-            f"task='binary' needs one sigmoid output unit; the model has {units}. Use "
-            "task='multiclass' for one unit per class."
-        )
-    if spec.name in ("binary", "multilabel") and activation == "softmax":
-        raise ConfigError(
-            f"task={spec.name!r} needs a sigmoid output, the model ends in softmax. Rebuild the "
-            f"head with add_head(task={spec.name!r})."
-        )
-    if spec.name == "multiclass" and activation == "sigmoid":
-        raise ConfigError(
-            "task='multiclass' needs a softmax output, the model ends in sigmoid. Use "
-            "task='multilabel' or rebuild the head with add_head(task='multiclass')."
         )
 
 

@@ -631,7 +631,7 @@ CASES = [
         "batch-size",
         "batch size below 1",
         "tuner.fit(x, y, batch_size=0)",
-        E.DataError,
+        E.ConfigError,
         ValueError,
         ("batch_size must be a positive int", "received 0"),
     ),

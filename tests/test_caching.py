@@ -100,8 +100,8 @@ def test_cached_and_uncached_training_end_with_the_same_weights() -> None:
     initial = [w.numpy() for w in _small_base().weights]
     cached = _fit(True, x, y)
     plain = _fit(False, x, y)
-    assert cached.last_phase["cached"] and cached.last_phase["cut"] == "block1_relu"
-    assert not plain.last_phase["cached"]
+    assert cached.last_phase.cached and cached.last_phase.cut == "block1_relu"
+    assert not plain.last_phase.cached
     for a, b in zip(cached.model.weights, plain.model.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=2e-5, rtol=1e-4, err_msg=a.path)
     base = cached.model.layers[1]
@@ -130,16 +130,16 @@ def test_every_phase_traces_its_training_step_once(
     monkeypatch.setattr(keras.Model, "train_step", counting)
     x, y = _images(16)
     tuner = _fit(cache, x, y)
-    assert tuner.last_phase["cached"] is cache
+    assert tuner.last_phase.cached is cache
     assert len(traced) == 2, traced  # the head phase, then the fine-tune phase
 
 
 def test_building_the_optimizer_ahead_trains_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    from finetunekit import finetuner
+    from finetunekit import training
 
     x, y = _images(16)
     ahead = _fit(False, x, y)
-    monkeypatch.setattr(finetuner, "_build_optimizer", lambda model, scope: None)
+    monkeypatch.setattr(training, "build_optimizer", lambda model, settings: None)
     in_trace = _fit(False, x, y)  # as Keras does it: inside the first trace
     for a, b in zip(ahead.model.weights, in_trace.model.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
@@ -175,7 +175,7 @@ def test_spill_to_disk_trains_and_cleans_up(tmp_path: object, monkeypatch: pytes
     in_memory = _fit(True, x, y)
     with caplog.at_level(logging.INFO, logger="finetunekit"):
         spilled = _fit(True, x, y, budget=0)
-    assert spilled.last_phase["spilled"] is True
+    assert spilled.last_phase.spilled is True
     assert "spilling to" in caplog.text
     leftovers = [f for f in os.listdir(str(tmp_path)) if f.endswith(".features")]
     assert leftovers == []  # the spilled feature files are gone
@@ -235,7 +235,6 @@ def test_feature_cache_traces_the_prefix_once_for_every_batch_size() -> None:
     ("kwargs", "fit_kwargs", "reason"),
     [
         ({"augment": keras.layers.RandomFlip("horizontal")}, {}, "augmentation"),
-        ({}, {"callbacks": [keras.callbacks.History()]}, "callbacks were passed"),
         ({"cache": False}, {}, "cache=False"),
     ],
 )
@@ -248,8 +247,8 @@ def test_auto_turns_itself_off_and_says_why(
     with caplog.at_level(logging.INFO, logger="finetunekit"):
         tuner.fit(x, y, head_epochs=1, finetune_epochs=0, early_stopping=False, verbose=0,
                   **fit_kwargs)
-    assert tuner.last_phase["cached"] is False
-    assert reason in tuner.last_phase["why_not"]
+    assert tuner.last_phase.cached is False
+    assert reason in tuner.last_phase.why_not_cached
     assert reason in caplog.text
 
 

@@ -76,20 +76,40 @@ def test_categorical_labels(tmp_path):
     assert y.shape == (6, 3) and (y.sum(axis=1) == 1).all()
 
 
-def test_image_size_follows_the_base(tmp_path):
+def test_image_size_comes_from_the_base_through_input_size(tmp_path):
     root = make_folder(tmp_path, {"a": 2, "b": 2})
     model = keras.Sequential([keras.Input((24, 40, 3)), keras.layers.Conv2D(2, 3)])
-    loaded = data.from_directory(root, base=model)
+    loaded = data.from_directory(root, image_size=ftk.input_size(model))
     assert tuple(loaded.train.element_spec[0].shape[1:]) == (24, 40, 3)
 
     sized = ftk.FineTuner("mobilenet_v2", input_shape=(48, 48, 3), weights=None)
-    assert data.from_directory(root, base=sized).train.element_spec[0].shape[1:3] == (48, 48)
+    assert sized.input_size == (48, 48)
     native = ftk.FineTuner("efficientnet_b1", weights=None)
-    assert data.from_directory(root, base=native).train.element_spec[0].shape[1:3] == (240, 240)
+    resized = data.from_directory(root, image_size=native.input_size)
+    assert resized.train.element_spec[0].shape[1:3] == (240, 240)
     assert native.base is None  # read from the registry, nothing loaded
+    assert ftk.input_size("mobilenet_v2") == (224, 224)
+    assert ftk.input_size("mobilenet_v2", (96, 128, 3)) == (96, 128)
 
-    default = data.from_directory(root)
-    assert tuple(default.train.element_spec[0].shape[1:3]) == data.DEFAULT_IMAGE_SIZE
+
+def test_the_data_package_builds_no_models():
+    # data turns files and arrays into datasets; which size a model wants is the caller's
+    # (ftk.input_size), so nothing in it imports the modules that build or train models.
+    import ast
+
+    package = Path(ftk.__file__).parent / "data"
+    imported = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+    assert len(list(package.glob("*.py"))) >= 5
+    for module in ("bases", "heads", "finetuner", "training", "caching", "freezing"):
+        assert f"finetunekit.{module}" not in imported, sorted(imported)
+
 
 
 def test_grayscale_jpeg_and_rgba_png_become_rgb(tmp_path):

@@ -84,7 +84,7 @@ def test_an_optimizer_instance_is_a_template_for_every_phase(cache: bool) -> Non
     tuner.compile(optimizer=mine).train(x, y, epochs=1, verbose=0)
     before = kernel(tuner, "Conv_1")
     tuner.unfreeze(2, learning_rate=1e-4).train(x, y, epochs=1, verbose=0)
-    assert tuner.last_phase["cached"] is cache
+    assert tuner.last_phase.cached is cache
     assert not np.allclose(kernel(tuner, "Conv_1"), before)  # the unfrozen block trained
     optimizer = tuner.model.optimizer
     assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer is not mine

@@ -1,0 +1,182 @@
+"""Arrays and `tf.data` datasets into batched `(float32 RGB images, labels)`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from finetunekit.data._labels import _label_info, check_labels
+from finetunekit.errors import ArgumentTypeError, DataError
+
+
+def _to_rgb(images: tf.Tensor) -> tf.Tensor:
+    images = tf.cast(images, tf.float32)
+    channels = images.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(images)
+    if channels == 4:
+        return images[..., :3]
+    return images
+
+
+def _check_image_shape(shape: tuple[Any, ...], what: str) -> None:
+    if len(shape) != 4:
+        raise DataError(
+            f"{what} must be a batch of images (batch, height, width, channels); received "
+            f"shape {shape}. Add a channel axis to grayscale arrays, e.g. x[..., None]."
+        )
+    if shape[-1] not in (1, 3, 4, None):
+        raise DataError(
+            f"{what} must have 1 (grayscale), 3 (RGB) or 4 (RGBA) channels in the last axis; "
+            f"received shape {shape}. finetunekit expects channels-last images."
+        )
+
+
+def from_arrays(
+    x: Any,
+    y: Any,
+    *,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    num_classes: int | None = None,
+) -> tf.data.Dataset:
+    """Makes a batched dataset of `(images, labels)` from numpy arrays.
+
+    Args:
+        x: images, shape `(n, height, width, channels)` with 1, 3 or 4 channels, raw pixel
+            values (0-255), any numeric dtype.
+        y: labels: class indices `(n,)`, one-hot or multi-hot `(n, k)`, or targets.
+        batch_size: images per batch.
+        shuffle: reshuffle the examples every epoch.
+        seed: seed of the shuffle.
+        num_classes: when given, `y` must be class indices in `0..num_classes - 1` or
+            one-hot rows of `num_classes` columns, checked here rather than deep inside
+            training.
+
+    Returns:
+        A `tf.data.Dataset` of `(float32 RGB images, labels)` batches.
+
+    Raises:
+        DataError: shapes or lengths that do not fit, non-numeric data, NaN in images,
+            fewer than two classes or labels out of range (with `num_classes`).
+        ArgumentTypeError: `x` or `y` is not array-like.
+
+    Examples:
+        >>> x, y, names = finetunekit.datasets.shapes(20, image_size=32)
+        >>> train = from_arrays(x, y, batch_size=32, seed=0, num_classes=len(names))
+    """
+    x_arr = _as_array(x, "x")
+    y_arr = _as_array(y, "y")
+    _check_image_shape(tuple(x_arr.shape), "x")
+    if len(x_arr) != len(y_arr):
+        raise DataError(
+            f"x and y must hold the same number of examples; received {len(x_arr)} images "
+            f"and {len(y_arr)} labels."
+        )
+    if len(x_arr) == 0:
+        raise DataError("x and y are empty; there is nothing to train on.")
+    if not np.issubdtype(x_arr.dtype, np.number) or not np.issubdtype(y_arr.dtype, np.number):
+        raise DataError(
+            f"x and y must be numeric; received dtypes {x_arr.dtype} and {y_arr.dtype}. "
+            "Encode class names as integers (e.g. with the sorted class list)."
+        )
+    if np.issubdtype(x_arr.dtype, np.floating) and not np.isfinite(x_arr).all():
+        raise DataError("x holds NaN or infinite pixel values; clean the images first.")
+    _check_batch_size(batch_size)
+    if num_classes is not None:
+        _check_num_classes(num_classes)
+        check_labels(_label_info(y_arr), "multiclass", num_classes)
+    dataset = tf.data.Dataset.from_tensor_slices((x_arr, y_arr))
+    if shuffle:
+        dataset = dataset.shuffle(len(x_arr), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).map(
+        lambda images, labels: (_to_rgb(images), labels), num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def _check_num_classes(num_classes: Any) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise DataError(f"num_classes must be an int >= 2; received {num_classes!r}.")
+    if num_classes < 2:
+        raise DataError(
+            f"num_classes={num_classes}: a classifier needs at least two classes. For a yes/no "
+            "task use two classes, or FineTuner(task='binary') with 0/1 labels."
+        )
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive int; received {batch_size!r}.")
+
+
+def _as_array(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, (str, bytes, dict)) or value is None:
+        raise ArgumentTypeError(
+            f"{name} must be a numpy array (or array-like); received {type(value).__name__}."
+        )
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} could not be turned into an array: {exc}") from exc
+
+
+def as_dataset(
+    data: Any,
+    y: Any = None,
+    *,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    what: str = "training data",
+) -> tf.data.Dataset:
+    """Accepts a `tf.data.Dataset` of `(images, labels)`, a tuple `(x, y)` or arrays `x, y`.
+
+    An unbatched dataset is batched; images become float32 RGB.
+
+    Raises:
+        DataError: the data is not made of `(images, labels)` elements of the right shapes.
+        ArgumentTypeError: the data is of a type finetunekit does not read.
+    """
+    if isinstance(data, tf.data.Dataset):
+        if y is not None:
+            raise DataError(
+                f"{what}: pass labels inside the dataset as (images, labels) elements, not as y."
+            )
+        return _standardize_dataset(data, batch_size, what)
+    if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
+        data, y = data
+    if y is None:
+        raise DataError(
+            f"{what}: labels are missing. Pass a tf.data.Dataset of (images, labels), a tuple "
+            "(x, y), or arrays x and y."
+        )
+    if isinstance(data, tf.data.Dataset):
+        raise DataError(f"{what}: a dataset cannot be paired with separate labels.")
+    return from_arrays(data, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+
+def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -> tf.data.Dataset:
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+        raise DataError(
+            f"{what}: dataset elements must be (images, labels) tuples; received elements of "
+            f"{spec}. Map them, e.g. ds.map(lambda d: (d['image'], d['label']))."
+        )
+    image_spec = spec[0]
+    if not isinstance(image_spec, tf.TensorSpec):
+        raise DataError(f"{what}: images must be tensors; received {image_spec}.")
+    if image_spec.shape.rank == 3:
+        _check_batch_size(batch_size)
+        dataset = dataset.batch(batch_size)
+        image_spec = dataset.element_spec[0]
+    _check_image_shape(tuple(image_spec.shape), f"{what}: images")
+    if image_spec.shape[-1] in (3, None) and image_spec.dtype == tf.float32:
+        return dataset
+    return dataset.map(
+        lambda images, *rest: (_to_rgb(images), *rest), num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+

@@ -1,0 +1,162 @@
+"""`prepare`: the data of one fit, converted and checked once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import tensorflow as tf
+
+from finetunekit import tasks
+from finetunekit.data._arrays import as_dataset
+from finetunekit.data._labels import inspect_labels
+from finetunekit.data._split import split_by_content
+from finetunekit.errors import DataError
+
+__all__ = ["Prepared", "prepare"]
+
+logger = logging.getLogger("finetunekit")
+
+#: Batches whose labels are read to check them and infer the label mode.
+_LABEL_BATCHES = 4
+
+
+@dataclass
+class Prepared:
+    """The data of one fit, converted and checked once (see `prepare`).
+
+    Attributes:
+        train: batched `(float32 RGB images, labels)`, reshuffled every epoch: all
+            the training images, before any content split.
+        validation: the caller's validation data, batched, or None.
+        holdout: the fraction of `train` held out by content for early stopping when
+            there is no `validation` (0: none).
+        label_mode: `"int"`, `"categorical"` or `"binary"`, as the loss must read them.
+        num_classes: classes (or outputs) of the task, given or inferred from the labels.
+        class_names: the class names the training data carries, if any.
+        batch_size: images per batch.
+    """
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    holdout: float
+    label_mode: str
+    num_classes: int | None
+    class_names: tuple[str, ...] | None
+    batch_size: int
+    _split: tuple[tf.data.Dataset, tf.data.Dataset | None] | None = field(
+        default=None, repr=False
+    )
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether there is data to validate on (given, or to be held out)."""
+        return self.validation is not None or self.holdout > 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """The images' static (height, width, 3), when the dataset fixes it."""
+        height, width = tuple(self.train.element_spec[0].shape[1:3])
+        return None if height is None or width is None else (int(height), int(width), 3)
+
+    def datasets(self) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+        """`(train, validation)` image datasets, with the content split made once.
+
+        For phases that run the images through the model; cached phases split their
+        stored features by the same rule instead, in the pass that stores them.
+        """
+        if self.holdout <= 0:
+            return self.train, self.validation
+        if self._split is None:
+            kept, held = split_by_content(self.train, self.holdout, self.batch_size)
+            if int(kept.cardinality()) == 0 or int(held.cardinality()) == 0:
+                self.no_holdout()
+                self._split = (self.train, None)
+            else:
+                logger.info(
+                    "held out about %g of the training images (%d batches) for early stopping",
+                    self.holdout,
+                    int(held.cardinality()),
+                )
+                self._split = (kept, held)
+        return self._split
+
+    def no_holdout(self) -> None:
+        """Gives up the content split when a side of it is empty (too few images)."""
+        logger.warning(
+            "validation_split=%g leaves one side empty (by content, with these few images): "
+            "training on all of them without early stopping. Pass validation_data, or more "
+            "images.",
+            self.holdout,
+        )
+        self.holdout = 0.0
+
+
+def prepare(
+    train: Any,
+    y: Any = None,
+    *,
+    task: str | tasks.Task = "multiclass",
+    num_classes: int | None = None,
+    validation_data: Any = None,
+    holdout: float = 0.0,
+    batch_size: int = 32,
+    seed: int | None = None,
+) -> Prepared:
+    """Converts and checks the data of a fit once: datasets, labels, classes.
+
+    Args:
+        train: a `tf.data.Dataset` of `(images, labels)`, a tuple `(x, y)`, or images
+            with labels in `y`.
+        y: labels, when `train` is an image array.
+        task: the task the labels are checked against.
+        num_classes: classes of the task; inferred from the labels (or the dataset's
+            `class_names`) when None.
+        validation_data: the same forms as `train`, or None.
+        holdout: without `validation_data`, the fraction of training images to hold out
+            by content (see `split_by_content`).
+        batch_size: batch size for arrays and unbatched datasets.
+        seed: seed of the shuffle of arrays.
+
+    Returns:
+        A `Prepared`.
+
+    Raises:
+        DataError: data or labels that do not fit the task; validation labels encoded
+            unlike the training labels.
+    """
+    spec = tasks.get_task(task)
+    train_ds = as_dataset(train, y, batch_size=batch_size, shuffle=True, seed=seed)
+    val_ds = None
+    if validation_data is not None:
+        val_ds = as_dataset(
+            validation_data, batch_size=batch_size, shuffle=False, what="validation_data"
+        )
+    names = getattr(train, "class_names", None)
+    info = inspect_labels(train_ds, max_batches=_LABEL_BATCHES)
+    if num_classes is None:
+        # Every label, not a sample, when they are read: the largest class may be rare.
+        num_classes = spec.infer_num_classes(names, lambda: inspect_labels(train_ds))
+        if num_classes is not None:
+            logger.info("num_classes inferred from the data: %d", num_classes)
+            tasks.output_units(spec, num_classes)
+    mode = spec.check_labels(info, num_classes)
+    if val_ds is not None:
+        val_mode = spec.check_labels(
+            inspect_labels(val_ds, max_batches=_LABEL_BATCHES), num_classes
+        )
+        if val_mode != mode:
+            raise DataError(
+                f"Training labels are {mode} but validation labels are {val_mode}; encode "
+                "both the same way (class indices, or one-hot rows)."
+            )
+    return Prepared(
+        train=train_ds,
+        validation=val_ds,
+        holdout=holdout if val_ds is None else 0.0,
+        label_mode=mode,
+        num_classes=num_classes,
+        class_names=tuple(names) if names else None,
+        batch_size=batch_size,
+    )

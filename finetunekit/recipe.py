@@ -1,0 +1,351 @@
+"""What a fine-tune should do: a `Recipe`, and the `Phase`s it turns into.
+
+A fine-tune is a list of phases. `Recipe` holds every setting of `FineTuner.fit`;
+`Recipe.phases()` turns it into a tuple of `Phase`s (the classic schedule: the head
+with the whole base frozen, then the last blocks of the base unfrozen at a lower
+rate); `plan(model, phases)` describes those phases on a model. `FineTuner.fit`
+runs the same phases that `FineTuner.plan` describes, so the two cannot disagree.
+
+This module imports no TensorFlow: the command line reads its defaults from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
+
+from finetunekit._checks import check_bool, check_choice, check_float, check_int
+from finetunekit.errors import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "Recipe",
+    "RecipeSettings",
+    "DEFAULTS",
+    "Phase",
+    "PhasePlan",
+    "Plan",
+    "plan",
+    "HEAD",
+    "FINETUNE",
+]
+
+HEAD, FINETUNE = "head", "finetune"
+Unit = Literal["layer", "block"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a fine-tune: what trains, how fast, for how long.
+
+    Attributes:
+        name: `"head"` or `"finetune"`.
+        epochs: the most epochs the phase runs (early stopping may end it sooner).
+        unfreeze: how many blocks (or layers, see `unit`) at the end of the base train;
+            0 freezes the whole base (only the head trains).
+        unit: `"block"` or `"layer"`.
+        train_bn: whether BatchNormalization in the unfrozen part trains.
+        learning_rate: the learning rate of the phase's (fresh) optimizer.
+        early_stopping: whether early stopping on `val_loss` watches the phase.
+        patience: epochs without improvement before early stopping ends the phase.
+    """
+
+    name: str
+    epochs: int
+    unfreeze: int
+    unit: Unit
+    train_bn: bool
+    learning_rate: float
+    early_stopping: bool
+    patience: int
+
+    @property
+    def trains_base(self) -> bool:
+        return self.unfreeze > 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every setting of `FineTuner.fit`; `DEFAULTS` is the recipe `fit()` uses.
+
+    `NOTES` says, per field, how its default was chosen. Build a variant with
+    `dataclasses.replace(DEFAULTS, head_epochs=5)` or `Recipe(head_epochs=5)`.
+
+    Attributes:
+        head_epochs: epochs with the whole base frozen (0 to skip).
+        finetune_epochs: epochs after unfreezing (0 to skip).
+        unfreeze: how many blocks (or layers, see `unit`) of the base to unfreeze.
+        unit: `"block"` or `"layer"`.
+        head_learning_rate: learning rate of the head phase.
+        finetune_learning_rate: learning rate after unfreezing (kept low so the
+            pretrained features are not destroyed).
+        train_bn: train BatchNormalization scale/offset in the unfrozen part.
+        hidden: hidden layer sizes of the head.
+        dropout: dropout of the head.
+        normalize: unit-length pooled features in the head; None means the task's
+            default (True for classification, False for regression).
+        early_stopping: early stopping on `val_loss`, best weights of the whole fit kept.
+        patience: epochs without improvement before a phase stops.
+        validation_split: without validation data, the fraction of training images held
+            out (by content) for early stopping; 0 disables it.
+        batch_size: batch size for arrays.
+
+    Raises:
+        ConfigError: a setting out of range (checked when the recipe is made, before
+            any image is read).
+    """
+
+    head_epochs: int = 100
+    finetune_epochs: int = 10
+    unfreeze: int = 2
+    unit: Unit = "block"
+    head_learning_rate: float = 1.5e-2
+    finetune_learning_rate: float = 1e-5
+    train_bn: bool = False
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.5
+    normalize: bool | None = None
+    early_stopping: bool = True
+    patience: int = 10
+    validation_split: float = 0.2
+    batch_size: int = 32
+
+    NOTES: ClassVar[dict[str, str]] = {
+        "head_epochs": (
+            "With the frozen layers cached, head epochs cost almost nothing, so the head "
+            "trains until early stopping ends it; unit-length features converge slowly, "
+            "hence a cap of 100."
+        ),
+        "finetune_epochs": "Enough for early stopping to find the best epoch at 1e-5.",
+        "unfreeze": (
+            "2 blocks kept what the head reached on the 350 flowers; 4 and more overfit."
+        ),
+        "head_learning_rate": (
+            "On unit-length features 1.5e-2 beat the plain head at 3e-3 on every seed "
+            "(0-9) but two ties, in cross-validation on the flowers training images."
+        ),
+        "finetune_learning_rate": "1e-4 overfit the 350 images; 1e-5 kept the head's gains.",
+        "dropout": "0.5 gave the best mean accuracy over seeds 0-9.",
+        "normalize": "Unit-length features generalised better on small data.",
+        "patience": "Unit-length features need more epochs between improvements than 5.",
+        "validation_split": "20% held out by content: the same split in every epoch.",
+    }
+
+    def __post_init__(self) -> None:
+        check_int("head_epochs", self.head_epochs, minimum=0)
+        check_int("finetune_epochs", self.finetune_epochs, minimum=0)
+        check_int(
+            "unfreeze",
+            self.unfreeze,
+            minimum=0,
+            hint="It counts blocks (or layers) at the end of the base; 0 trains the head only.",
+        )
+        check_choice("unit", self.unit, ("block", "layer"))
+        for name in ("head_learning_rate", "finetune_learning_rate"):
+            check_float(name, getattr(self, name), low=0, expected="a positive number, e.g. 1e-3")
+        check_bool("train_bn", self.train_bn)
+        object.__setattr__(self, "hidden", _hidden(self.hidden))
+        check_float("dropout", self.dropout, low=0, high=1, include_low=True, expected=(
+            "a rate in [0, 1)"
+        ))
+        if self.normalize is not None:
+            check_bool("normalize", self.normalize)
+        check_bool("early_stopping", self.early_stopping)
+        check_int("patience", self.patience, minimum=0)
+        check_float(
+            "validation_split",
+            self.validation_split,
+            low=0,
+            high=1,
+            include_low=True,
+            expected="in [0, 1)",
+        )
+        check_int("batch_size", self.batch_size, minimum=1, expected="a positive int")
+
+    @classmethod
+    def from_keywords(cls, base: Recipe | None = None, **keywords: Any) -> Recipe:
+        """`base` (default `DEFAULTS`) with the given settings replaced.
+
+        Raises:
+            ConfigError: an unknown setting, or a value out of range.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(keywords) - names)
+        if unknown:
+            raise ConfigError(
+                f"Unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; a "
+                f"Recipe has {', '.join(sorted(names))}."
+            )
+        return dataclasses.replace(base or DEFAULTS, **keywords)
+
+    def phases(self, *, validation: bool = True) -> tuple[Phase, ...]:
+        """The phases a fit with this recipe runs, in order.
+
+        Args:
+            validation: whether there will be validation data (given, or held out);
+                without it no phase can stop early.
+
+        Returns:
+            A tuple of `Phase`: the head phase (when `head_epochs`), then the fine-tune
+            phase (when `finetune_epochs` and `unfreeze`).
+        """
+        stop = self.early_stopping and validation
+        common = dict(unit=self.unit, train_bn=self.train_bn, patience=self.patience)
+        phases = []
+        if self.head_epochs:
+            phases.append(
+                Phase(
+                    HEAD,
+                    self.head_epochs,
+                    unfreeze=0,
+                    learning_rate=self.head_learning_rate,
+                    early_stopping=stop,
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+        if self.finetune_epochs and self.unfreeze:
+            phases.append(
+                Phase(
+                    FINETUNE,
+                    self.finetune_epochs,
+                    unfreeze=self.unfreeze,
+                    learning_rate=self.finetune_learning_rate,
+                    early_stopping=stop,
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+        return tuple(phases)
+
+
+class RecipeSettings(TypedDict, total=False):
+    """The keywords `FineTuner.fit` and `FineTuner.plan` take: the fields of `Recipe`."""
+
+    head_epochs: int
+    finetune_epochs: int
+    unfreeze: int
+    unit: Unit
+    head_learning_rate: float
+    finetune_learning_rate: float
+    train_bn: bool
+    hidden: Sequence[int]
+    dropout: float
+    normalize: bool | None
+    early_stopping: bool
+    patience: int
+    validation_split: float
+    batch_size: int
+
+
+def _hidden(hidden: Any) -> tuple[int, ...]:
+    if hidden is None:
+        return ()
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise ConfigError(
+            f"hidden must be a sequence of positive layer sizes, e.g. (128,) or (); "
+            f"received {hidden!r}."
+        )
+    return tuple(
+        check_int("hidden", h, minimum=1, expected="a sequence of positive layer sizes")
+        for h in hidden
+    )
+
+
+DEFAULTS = Recipe()
+"""The recipe `FineTuner.fit()` runs when given only data (see `Recipe.NOTES`).
+
+Chosen with `benchmarks/bench_flowers.py` and sweeps on the flowers training photos
+(350 images, MobileNetV2 alpha 0.35, 224 px, seeds 0-9): see the benchmarks page.
+"""
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """What trains in one phase, on a given model.
+
+    Attributes:
+        phase: the phase's name (`"head"` or `"finetune"`).
+        epochs: the most epochs the phase runs (early stopping may end it sooner).
+        learning_rate: learning rate of the phase's optimizer.
+        trainable_params: parameters that train.
+        frozen_params: parameters that do not.
+        trainable_blocks: blocks of the base that train (empty in the head phase).
+        batchnorm: BatchNormalization mode in the base.
+        early_stopping: whether early stopping (best weights kept) watches the phase.
+        spec: the `Phase` itself.
+    """
+
+    phase: str
+    epochs: int
+    learning_rate: float
+    trainable_params: int
+    frozen_params: int
+    trainable_blocks: tuple[str, ...]
+    batchnorm: str
+    early_stopping: bool
+    spec: Phase
+
+
+class Plan(tuple[PhasePlan, ...]):
+    """The phases of a fit on a model; `str(plan)` is a readable table."""
+
+    def __str__(self) -> str:
+        rows = [("phase", "epochs", "lr", "trainable", "frozen", "blocks trained", "BN", "stops")]
+        for p in self:
+            blocks = ", ".join(p.trainable_blocks) or "- (head only)"
+            rows.append(
+                (
+                    p.phase,
+                    str(p.epochs),
+                    f"{p.learning_rate:g}",
+                    f"{p.trainable_params:,}",
+                    f"{p.frozen_params:,}",
+                    blocks,
+                    p.batchnorm,
+                    "early" if p.early_stopping else "-",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        )
+
+
+def plan(model: keras.Model, phases: Sequence[Phase]) -> Plan:
+    """Describes `phases` on `model`; leaves what is trainable as it was.
+
+    Args:
+        model: a full model (base nested in it, with its head).
+        phases: e.g. `recipe.phases()`.
+
+    Returns:
+        A `Plan`, one `PhasePlan` per phase.
+
+    Raises:
+        ConfigError: a phase unfreezes more blocks (or layers) than the base has.
+    """
+    from finetunekit import freezing  # TensorFlow, only when a model is described
+
+    rows = []
+    with freezing.restoring(model):
+        for phase in phases:
+            freezing.set_trainable(model, phase.unfreeze, unit=phase.unit, train_bn=phase.train_bn)
+            report = freezing.trainable_report(model)
+            rows.append(
+                PhasePlan(
+                    phase=phase.name,
+                    epochs=phase.epochs,
+                    learning_rate=phase.learning_rate,
+                    trainable_params=report.trainable_params,
+                    frozen_params=report.frozen_params,
+                    trainable_blocks=report.trainable_blocks,
+                    batchnorm=report.batchnorm,
+                    early_stopping=phase.early_stopping,
+                    spec=phase,
+                )
+            )
+    return Plan(rows)
+

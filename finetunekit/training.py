@@ -1,0 +1,609 @@
+"""Running the phases of a fine-tune: one runner, cached or not.
+
+`run_phases` runs a schedule (`Recipe.phases()`) on a full model: it computes, in
+ONE pass over the data, the stored features every cacheable phase needs (the
+frozen layers up to each phase's cut), then runs each phase with `run_phase`:
+set what trains, compile a fresh optimizer at the phase's rate, train (on stored
+features above the cut, or on images), keep the best weights across phases.
+The history of every epoch and a `PhaseReport` per phase come back on one
+`FineTuneHistory`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from finetunekit import caching, freezing, tasks
+from finetunekit.data import Prepared
+from finetunekit.errors import ArgumentTypeError
+from finetunekit.recipe import FINETUNE, Phase, Plan
+
+__all__ = [
+    "FineTuneHistory",
+    "PhaseReport",
+    "Settings",
+    "run_phases",
+    "run_phase",
+    "compile_phase",
+    "fresh_optimizer",
+    "new_run",
+]
+
+logger = logging.getLogger("finetunekit")
+
+
+@dataclass(frozen=True)
+class PhaseReport:
+    """How one phase ran.
+
+    Attributes:
+        phase: the phase's name.
+        cached: whether it trained on stored features.
+        cut: the last layer of the stored prefix (None when not cached).
+        why_not_cached: why it was not cached (None when it was).
+        spilled: whether the stored features spilled to disk.
+        epochs_run: epochs it ran (early stopping may end it before its epochs).
+        seconds: wall time of the phase, its share of the feature pass included.
+    """
+
+    phase: str
+    cached: bool
+    cut: str | None
+    why_not_cached: str | None
+    spilled: bool
+    epochs_run: int
+    seconds: float
+
+
+class FineTuneHistory(keras.callbacks.History):
+    """A `History` covering every phase of a `FineTuner.fit`.
+
+    Attributes:
+        history: metric name -> one value per epoch, all phases in order.
+        epoch: the epoch indices.
+        phases: the phase of every epoch (`"head"` or `"finetune"`).
+        unfreeze_epoch: index of the first fine-tune epoch (None when there was none).
+        plan: the `Plan` that ran (the same `FineTuner.plan` gives for the same keywords).
+        reports: a `PhaseReport` per phase, in order.
+        best_epoch: the epoch whose weights the model ends with (None without early
+            stopping).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: dict[str, list[Any]] = {}
+        self.epoch: list[int] = []
+        self.phases: list[str] = []
+        self.plan: Plan | None = None
+        self.reports: list[PhaseReport] = []
+        self.best_epoch: int | None = None
+
+    @property
+    def unfreeze_epoch(self) -> int | None:
+        return self.phases.index(FINETUNE) if FINETUNE in self.phases else None
+
+    def extend(self, phase: str, other: keras.callbacks.History) -> None:
+        """Appends the epochs of one phase."""
+        done = len(self.phases)
+        count = len(other.epoch)
+        for key, values in other.history.items():
+            self.history.setdefault(key, [float("nan")] * done).extend(values)
+        for values in self.history.values():
+            values.extend([float("nan")] * (done + count - len(values)))
+        self.epoch.extend(range(done, done + count))
+        self.phases.extend([phase] * count)
+        self.params = other.params
+        if other.model is not None:
+            self.set_model(other.model)
+
+
+@dataclass
+class Settings:
+    """What every phase of one fit shares (the tuner's settings).
+
+    Attributes:
+        task: the task (loss, metrics, label checks).
+        label_mode: how the loss reads the labels.
+        optimizer: an optimizer name or an instance used as a template: every phase
+            gets a new optimizer with its settings at the phase's rate.
+        metrics: metrics instead of the task's defaults.
+        cache: `"auto"`, True or False (see `FineTuner`).
+        cache_budget: bytes of stored features kept in memory.
+        seed: seed of the shuffles.
+        strategy: a `tf.distribute.Strategy`, or None.
+        augment: random transforms applied to training images, or None.
+        callbacks: the caller's Keras callbacks; they see the full model in every phase.
+        verbose: as in `keras.Model.fit`.
+    """
+
+    task: tasks.Task
+    label_mode: str = "int"
+    optimizer: str | keras.optimizers.Optimizer = "adam"
+    metrics: list[Any] | None = None
+    cache: bool | str = "auto"
+    cache_budget: int = caching.DEFAULT_BUDGET
+    seed: int | None = None
+    strategy: tf.distribute.Strategy | None = None
+    augment: keras.layers.Layer | None = None
+    callbacks: Sequence[keras.callbacks.Callback] = ()
+    verbose: Any = "auto"
+
+    def scope(self) -> contextlib.AbstractContextManager[Any]:
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    @property
+    def printing(self) -> bool:
+        return self.verbose not in (0, False)
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync if self.strategy is not None else 1
+
+    def batch_size(self, size: int) -> int:
+        """`size` rounded up to a multiple of the replicas in sync (as is, without them)."""
+        return -(-size // self.replicas) * self.replicas
+
+    def for_replicas(self, dataset: tf.data.Dataset | None) -> tf.data.Dataset | None:
+        """Batches that every replica gets an equal, non-empty share of.
+
+        Keras builds a distributed model from the mean of the first batch's per-replica
+        parts, which fails when they differ in size (a batch of 5 on 2 replicas), and a
+        replica handed an empty part fails in BatchNormalization. So batches are made
+        a multiple of the replicas, and the last one is cut down to one: with data
+        reshuffled every epoch, a different handful of fewer than `replicas` examples
+        sits out each epoch (the usual `drop_remainder` of distributed training).
+        """
+        if dataset is None or self.replicas == 1:
+            return dataset
+        size = dataset.element_spec[0].shape[0]
+        if size is None:
+            size = int(next(iter(dataset.take(1)))[0].shape[0])
+        return trim_for_replicas(dataset.unbatch().batch(self.batch_size(size)), self.replicas)
+
+
+def trim_for_replicas(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Each batch cut down to a multiple of `replicas`; batches left empty are dropped."""
+
+    def trim(*batch: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        keep = tf.shape(batch[0])[0] // replicas * replicas
+        return tuple(tf.nest.map_structure(lambda t: t[:keep], batch))
+
+    return dataset.map(trim).filter(lambda *batch: tf.shape(batch[0])[0] > 0)
+
+
+def check_callbacks(callbacks: Any) -> list[keras.callbacks.Callback]:
+    """The callbacks as a list, each one a `keras.callbacks.Callback`."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, keras.callbacks.Callback):
+        callbacks = [callbacks]
+    items = list(callbacks) if isinstance(callbacks, (list, tuple)) else None
+    bad = [c for c in items or [] if not isinstance(c, keras.callbacks.Callback)]
+    if items is None or bad:
+        what = type(bad[0] if bad else callbacks).__name__
+        raise ArgumentTypeError(
+            f"callbacks must be a list of keras.callbacks.Callback; received {what}. Pass "
+            "e.g. callbacks=[keras.callbacks.CSVLogger('log.csv')]."
+        )
+    return items
+
+
+def fresh_optimizer(optimizer: Any, learning_rate: float | None = None) -> Any:
+    """A new optimizer with the settings of `optimizer` (a name is returned as is).
+
+    Keras ties an optimizer to the variables it first trains; reusing one for another set
+    (after unfreezing, or for the trainer on stored features) fails with "Unknown
+    variable". `learning_rate`, when given, replaces the optimizer's own.
+    """
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        return optimizer
+    config = optimizer.get_config()
+    if learning_rate is not None and "learning_rate" in config:
+        config["learning_rate"] = learning_rate
+    return type(optimizer).from_config(config)
+
+
+def build_optimizer(model: keras.Model, settings: Settings) -> None:
+    """Creates the optimizer's variables for what trains now, before `fit` traces.
+
+    Without a distribution strategy, Keras (TensorFlow backend) leaves this to the first
+    trace of the training step. The optimizer then creates variables inside the trace,
+    and TensorFlow traces the whole step a second time, which costs as much as the first
+    trace (about 0.5 s for the last blocks of a MobileNetV2). Keras builds the optimizer
+    for the same variables either way, so training is unchanged.
+    """
+    optimizer = model.optimizer
+    if optimizer is not None and not optimizer.built:
+        with settings.scope():
+            optimizer.build(model.trainable_variables)
+
+
+def compile_phase(model: keras.Model, phase: Phase, settings: Settings) -> None:
+    """Sets what trains in `phase` and compiles a fresh optimizer at its rate."""
+    freezing.set_trainable(model, phase.unfreeze, unit=phase.unit, train_bn=phase.train_bn)
+    with settings.scope():
+        tasks.compile_for(
+            model,
+            settings.task,
+            learning_rate=phase.learning_rate,
+            optimizer=fresh_optimizer(settings.optimizer, phase.learning_rate),
+            label_mode=settings.label_mode,
+            metrics=settings.metrics,
+        )
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the model's weights of the epoch with the lowest `val_loss`, across phases.
+
+    Attached to every phase of one fit, so the result is the best epoch of any phase:
+    if fine-tuning only makes things worse, the head phase's best weights win. Keras'
+    own `restore_best_weights` restores only when it stops early, and within one
+    `fit()` call. Copying every weight at every improvement costs more than a cached
+    epoch, so the first improvement of a phase copies all of them and later ones only
+    what the phase can change (its trainable weights and the statistics of trainable
+    layers): the rest has not moved since.
+    """
+
+    def __init__(self, target: keras.Model) -> None:
+        super().__init__()
+        self.target = target
+        self.best = float("inf")
+        self.best_epoch: int | None = None
+        self._values: dict[int, Any] = {}
+        self._changing: list[Any] | None = None
+
+    def begin_phase(self) -> None:
+        self._changing = None  # the next improvement copies everything
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("val_loss")
+        if loss is None or not loss < self.best:
+            return
+        self.best, self.best_epoch = float(loss), epoch
+        if self._changing is None:
+            variables = list(self.target.weights)
+            self._changing = self.target.trainable_variables + [
+                v
+                for layer in freezing.trainable_layers(self.target)
+                for v in layer.non_trainable_weights
+            ]
+        else:
+            variables = self._changing
+        for variable in variables:
+            self._values[id(variable)] = variable.numpy()
+
+    def restore(self) -> None:
+        if not self._values:
+            return
+        for variable in self.target.weights:
+            value = self._values.get(id(variable))
+            if value is not None:
+                variable.assign(value)
+
+
+@dataclass
+class _Stored:
+    """Where a cached phase finds its inputs: a split, the caches, which output."""
+
+    split: caching.Split
+    train: caching.FeatureCache
+    validation: caching.FeatureCache | None
+    output: int
+
+
+@dataclass
+class _Run:
+    """The state one fit carries from phase to phase."""
+
+    epochs_done: int = 0
+    best: BestWeights | None = None
+    stored: dict[int, _Stored] = field(default_factory=dict)
+    why_not: dict[int, str] = field(default_factory=dict)
+    fill_seconds: float = 0.0
+
+
+def new_run(model: keras.Model, phase: Phase) -> _Run:
+    """The state of a run of one phase on its own (`FineTuner.train`)."""
+    return _Run(best=BestWeights(model) if phase.early_stopping else None)
+
+
+def _why_not_cached(model: keras.Model, settings: Settings) -> tuple[caching.Split | None, str]:
+    """The split to train on stored features now, or None and why not."""
+    if settings.cache is False:
+        return None, "cache=False"
+    if settings.cache == "auto" and settings.augment is not None:
+        return None, "augmentation runs before the frozen layers"
+    split = caching.split_frozen_prefix(model)
+    if split is None:
+        return None, "the first block of the base trains: no frozen prefix"
+    if settings.cache == "auto" and (names := caching.random_layers_before(split)):
+        return None, f"random layers precede the cut ({', '.join(names[:3])})"
+    return split, ""
+
+
+def _fill(
+    stack: contextlib.ExitStack,
+    model: keras.Model,
+    phases: Sequence[Phase | None],
+    data: Prepared,
+    settings: Settings,
+    run: _Run,
+) -> None:
+    """One pass over the data stores the features of every phase that can be cached.
+
+    Each phase's split is found with its trainable set applied in a trial; the splits
+    share the model's layers, so each trainer trains the right weights once its phase
+    sets them. All cuts lie in the same frozen base, so one multi-output prefix gives
+    every phase its inputs. A phase given as None trains what is trainable now.
+    """
+    splits: dict[int, caching.Split] = {}
+    with freezing.restoring(model), settings.scope():
+        for i, phase in enumerate(phases):
+            if phase is not None:
+                freezing.set_trainable(
+                    model, phase.unfreeze, unit=phase.unit, train_bn=phase.train_bn
+                )
+            split, why = _why_not_cached(model, settings)
+            if split is None:
+                run.why_not[i] = why
+            else:
+                splits[i] = split
+    if not splits:
+        return
+    start = time.perf_counter()
+    unique: dict[int, int] = {}  # id(prefix output) -> output index
+    order: list[caching.Split] = []
+    for split in splits.values():
+        if id(split.prefix.output) not in unique:
+            unique[id(split.prefix.output)] = len(order)
+            order.append(split)
+    prefix = caching.joint_prefix(*order)
+    budget = settings.cache_budget
+    holdout = data.holdout if data.validation is None else 0.0
+    train = stack.enter_context(
+        caching.FeatureCache(prefix, data.train, budget=budget, holdout=holdout)
+    )
+    validation = None
+    if data.validation is not None:
+        validation = stack.enter_context(
+            caching.FeatureCache(prefix, data.validation, budget=budget)
+        )
+    elif holdout and (train.count("held_out") == 0 or train.count("train") == 0):
+        data.no_holdout()
+    for i, split in splits.items():
+        run.stored[i] = _Stored(split, train, validation, unique[id(split.prefix.output)])
+    run.fill_seconds = time.perf_counter() - start
+
+
+def run_phases(
+    model: keras.Model,
+    phases: Sequence[Phase],
+    data: Prepared,
+    settings: Settings,
+    *,
+    plan: Plan | None = None,
+) -> FineTuneHistory:
+    """Runs a schedule of phases on a full model; the model ends with the best weights.
+
+    Args:
+        model: the full model (base nested, with its head).
+        phases: e.g. `recipe.phases(validation=data.has_validation)`.
+        data: the prepared data.
+        settings: what the phases share.
+        plan: the plan of `phases` on `model`, kept on the history.
+
+    Returns:
+        A `FineTuneHistory` of every epoch, with a `PhaseReport` per phase.
+    """
+    history = FineTuneHistory()
+    history.plan = plan
+    run = _Run()
+    with contextlib.ExitStack() as stack:
+        _fill(stack, model, phases, data, settings, run)
+        if not data.has_validation:
+            phases = [dataclasses.replace(p, early_stopping=False) for p in phases]
+        if any(p.early_stopping for p in phases):
+            run.best = BestWeights(model)
+        for i, phase in enumerate(phases):
+            compile_phase(model, phase, settings)
+            report, phase_history = run_phase(model, phase, data, settings, run=run, index=i)
+            history.extend(phase.name, phase_history)
+            history.reports.append(report)
+    history.set_model(model)
+    history.best_epoch = run.best.best_epoch if run.best is not None else None
+    if plan is not None and not data.has_validation:
+        history.plan = Plan(
+            dataclasses.replace(
+                row, early_stopping=False, spec=dataclasses.replace(row.spec, early_stopping=False)
+            )
+            for row in plan
+        )
+    if settings.printing:
+        _say(_summary(history))
+    return history
+
+
+def run_phase(
+    model: keras.Model,
+    phase: Phase,
+    data: Prepared,
+    settings: Settings,
+    *,
+    run: _Run | None = None,
+    index: int = 0,
+) -> tuple[PhaseReport, keras.callbacks.History]:
+    """Trains one phase of `model` as it is compiled now, on stored features or images.
+
+    The model must be compiled for the phase (see `compile_phase`; `FineTuner.train`
+    compiles by itself). Without features stored ahead by `run_phases`, a cacheable
+    phase stores its own in one pass.
+
+    Returns:
+        The phase's `PhaseReport` and its Keras `History`.
+    """
+    run = run if run is not None else _Run()
+    start = time.perf_counter()
+    callbacks = list(settings.callbacks)
+    validating = data.has_validation
+    if phase.early_stopping and validating:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=phase.patience))
+    if run.best is not None and validating:
+        run.best.begin_phase()
+        callbacks.append(run.best)
+    fit_args = dict(
+        epochs=run.epochs_done + phase.epochs,
+        initial_epoch=run.epochs_done,
+        callbacks=callbacks,
+        verbose=settings.verbose,
+    )
+    build_optimizer(model, settings)
+    with contextlib.ExitStack() as stack:
+        stored = run.stored.get(index)
+        why = run.why_not.get(index)
+        if stored is None and why is None:  # a phase on its own (FineTuner.train)
+            _fill(stack, model, [None], data, settings, run)
+            stored, why = run.stored.get(0), run.why_not.get(0)
+        if settings.printing:
+            _say(_banner(phase, model, stored, why))
+        if stored is not None:
+            history = _fit_stored(model, stored, data, settings, fit_args)
+        else:
+            history = _fit_images(model, data, settings, fit_args)
+    run.epochs_done += len(history.epoch)
+    if run.best is not None:
+        run.best.restore()
+    report = PhaseReport(
+        phase=phase.name,
+        cached=stored is not None,
+        cut=stored.split.cut if stored is not None else None,
+        why_not_cached=None if stored is not None else why,
+        spilled=stored.train.spilled if stored is not None else False,
+        epochs_run=len(history.epoch),
+        seconds=time.perf_counter() - start + (run.fill_seconds if index == 0 else 0.0),
+    )
+    logger.info(
+        "%s phase: %s, %d epochs in %.1f s",
+        phase.name,
+        f"frozen layers up to {report.cut!r} ran once" if report.cached else "not cached "
+        f"({report.why_not_cached})",
+        report.epochs_run,
+        report.seconds,
+    )
+    return report, history
+
+
+def _fit_images(
+    model: keras.Model, data: Prepared, settings: Settings, fit_args: dict[str, Any]
+) -> keras.callbacks.History:
+    images, held = data.datasets()
+    train, validation = settings.for_replicas(images), settings.for_replicas(held)
+    assert train is not None
+    if settings.augment is not None:
+        augment = settings.augment
+        train = train.map(
+            lambda x, y, *rest: (augment(x, training=True), y, *rest),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    with settings.scope():
+        return model.fit(
+            train.prefetch(tf.data.AUTOTUNE),
+            validation_data=validation,
+            shuffle=False,  # datasets are reshuffled by tf.data itself
+            **fit_args,
+        )
+
+
+def _fit_stored(
+    model: keras.Model,
+    stored: _Stored,
+    data: Prepared,
+    settings: Settings,
+    fit_args: dict[str, Any],
+) -> keras.callbacks.History:
+    trainer = stored.split.trainer
+    with settings.scope():
+        # The full model's optimizer itself: callbacks that change its rate reach the
+        # trainer, and the saved model's optimizer state is the one that trained.
+        tasks.compile_for(
+            trainer,
+            settings.task,
+            optimizer=model.optimizer,
+            label_mode=settings.label_mode,
+            metrics=settings.metrics,
+        )
+    part: caching.Part = "train" if data.holdout > 0 else "all"
+    batching = dict(
+        output=stored.output,
+        batch_size=settings.batch_size(stored.train.batch_size),
+        replicas=settings.replicas,
+    )
+    train = stored.train.dataset(shuffle=True, seed=settings.seed, part=part, **batching)
+    if stored.validation is not None:
+        validation = stored.validation.dataset(shuffle=False, part="all", **batching)
+    elif data.holdout > 0:
+        validation = stored.train.dataset(shuffle=False, part="held_out", **batching)
+    else:
+        validation = None
+    with settings.scope():
+        return caching.fit_on_features(
+            trainer,
+            train,
+            validation=validation,
+            model=model,
+            # Keras' loop of several steps per call fails under a distribution strategy
+            # here (a placeholder inside its while loop is never fed): one step per call.
+            steps_per_execution=caching.STEPS_PER_CALL if settings.strategy is None else 1,
+            **fit_args,
+        )
+
+
+def _say(message: str) -> None:
+    """Prints the way Keras prints its progress: to stdout, or to the log when Keras'
+    interactive logging is off."""
+    if keras.config.is_interactive_logging_enabled():
+        print(message, flush=True)
+    else:
+        logger.info(message)
+
+
+def _banner(
+    phase: Phase, model: keras.Model, stored: _Stored | None, why: str | None
+) -> str:
+    trains = (
+        "the head"
+        if not phase.trains_base
+        else f"the head and the last {phase.unfreeze} {phase.unit}s of the base"
+    )
+    how = (
+        f"frozen layers up to {stored.split.cut!r} run once, cached"
+        if stored is not None
+        else f"not cached: {why}"
+    )
+    stop = f", early stopping (patience {phase.patience})" if phase.early_stopping else ""
+    return (
+        f"{phase.name} phase: trains {trains} at lr {phase.learning_rate:g}, up to "
+        f"{phase.epochs} epochs{stop}; {how}"
+    )
+
+
+def _summary(history: FineTuneHistory) -> str:
+    parts = [f"{r.phase} {r.epochs_run} epochs ({r.seconds:.1f} s)" for r in history.reports]
+    line = "fit done: " + ", ".join(parts)
+    best = history.best_epoch
+    if best is not None and best < len(history.phases):
+        metrics = ", ".join(
+            f"{k} {history.history[k][best]:.4g}"
+            for k in history.history
+            if k.startswith("val_")
+        )
+        line += f"; weights of epoch {best + 1} ({history.phases[best]} phase) kept: {metrics}"
+    return line
