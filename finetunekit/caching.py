@@ -137,6 +137,21 @@ def _batch_size(dataset: tf.data.Dataset) -> int:
     return int(size)
 
 
+class _OwnRetracing(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning about `_inference_function`.
+
+    Every prefix gets its own traced function, traced once, on purpose; TensorFlow counts
+    traces by the Python code they come from, so after a few fits in one process (a
+    notebook) it warns that this one function "retraces", and blames the caller.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("retracing" in message and "_inference_function" in message)
+
+
+logging.getLogger("tensorflow").addFilter(_OwnRetracing())
+
 #: Traced inference functions per prefix and input signature: the training and validation
 #: caches of one fit (every phase of it) run the same prefix, so they share one trace.
 _TRACED: weakref.WeakKeyDictionary[keras.Model, dict[Any, Any]] = weakref.WeakKeyDictionary()
@@ -387,17 +402,77 @@ class FeatureCache:
 STEPS_PER_CALL = 16
 
 
-class _Progbar(keras.callbacks.ProgbarLogger):
-    """Keras' progress bar, counting real steps.
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, counting real steps, redrawn only where that shows.
 
     With several steps per call, Keras reports each call's last step as
-    `first + steps_per_execution - 1`, which overshoots a short epoch (`16/13`).
+    `first + steps_per_execution - 1`, which overshoots a short epoch (`16/13`). And
+    Keras redraws its bar with backspaces on any POSIX system, so a log file or CI
+    gets every update of every epoch. This bar (built on the public
+    `keras.utils.Progbar`) redraws on a terminal or in a notebook, and elsewhere
+    writes one line per epoch. A subclass of `ProgbarLogger`, so Keras adds no other.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._bar: keras.utils.Progbar | None = None
+        self._redraw = _redraws()
+        self._seen = 0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._bar = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        epochs = self.epochs  # ProgbarLogger.set_params keeps epochs, steps and verbose
+        if self.verbose and epochs > 1:
+            say(f"Epoch {epoch + 1}/{epochs}")  # as Keras' own bar does
+        self._bar = keras.utils.Progbar(target=self.target, verbose=self.verbose, unit_name="step")
+        structure.set_redrawing(self._bar, self._redraw)
+
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.target is not None:
-            batch = min(batch, self.target - 1)
-        super().on_train_batch_end(batch, logs)
+        target = self.target
+        seen = batch + 1 if target is None else min(batch + 1, target)
+        self._seen = seen
+        if self._bar is not None and self._redraw and self.verbose == 1:
+            self._bar.update(seen, list((logs or {}).items()), finalize=False)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._bar is not None:
+            target = self.target or self._seen
+            self._bar.target = target
+            self._bar.update(target, list((logs or {}).items()), finalize=True)
+
+    # Validation inside fit reports through on_epoch_end; nothing else draws a bar here.
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+    def on_predict_end(self, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+
+def say(message: str) -> None:
+    """Prints the way Keras prints its progress: to stdout, or to the log when Keras'
+    interactive logging is off (`keras.utils.disable_interactive_logging()`)."""
+    if keras.utils.is_interactive_logging_enabled():
+        print(message, flush=True)
+    else:
+        logger.info(message)
+
+
+def _redraws() -> bool:
+    import sys
+
+    stdout = sys.stdout
+    return bool(getattr(stdout, "isatty", lambda: False)()) or "ipykernel" in sys.modules
 
 
 class _StopForwarder(keras.callbacks.Callback):
@@ -469,7 +544,7 @@ def fit_on_features(
     history = keras.callbacks.History()
     extra: list[keras.callbacks.Callback] = [history]
     if verbose:
-        extra.append(_Progbar())
+        extra.append(ProgressBar())
     if watched is not trainer:
         extra.append(_StopForwarder(watched, trainer))
     callback_list = keras.callbacks.CallbackList(

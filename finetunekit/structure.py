@@ -400,3 +400,9 @@ def _weighted_ops(ops: list[Any]) -> list[Any]:
         for layer in (leaf_layers(op) if isinstance(op, keras.Model) else [op])
         if getattr(layer, "weights", None) and not is_preprocessing(layer)
     ]
+
+
+def set_redrawing(progbar: Any, redraw: bool) -> None:
+    """Whether a `keras.utils.Progbar` redraws itself in place (Keras decides by platform)."""
+    if hasattr(progbar, "_dynamic_display"):
+        progbar._dynamic_display = redraw

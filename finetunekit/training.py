@@ -428,7 +428,7 @@ def run_phases(
             for row in plan
         )
     if settings.printing:
-        _say(_summary(history))
+        caching.say(_summary(history))
     return history
 
 
@@ -473,7 +473,7 @@ def run_phase(
             _fill(stack, model, [None], data, settings, run)
             stored, why = run.stored.get(0), run.why_not.get(0)
         if settings.printing:
-            _say(_banner(phase, model, stored, why))
+            caching.say(_banner(phase, model, stored, why))
         if stored is not None:
             history = _fit_stored(model, stored, data, settings, fit_args)
         else:
@@ -513,6 +513,8 @@ def _fit_images(
             lambda x, y, *rest: (augment(x, training=True), y, *rest),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    if settings.printing:  # the same bar as on stored features
+        fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], caching.ProgressBar()]}
     with settings.scope():
         return model.fit(
             train.prefetch(tf.data.AUTOTUNE),
@@ -564,15 +566,6 @@ def _fit_stored(
             steps_per_execution=caching.STEPS_PER_CALL if settings.strategy is None else 1,
             **fit_args,
         )
-
-
-def _say(message: str) -> None:
-    """Prints the way Keras prints its progress: to stdout, or to the log when Keras'
-    interactive logging is off."""
-    if keras.config.is_interactive_logging_enabled():
-        print(message, flush=True)
-    else:
-        logger.info(message)
 
 
 def _banner(

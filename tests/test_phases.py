@@ -1,0 +1,286 @@
+"""A fine-tune is a list of phases: Recipe -> phases -> one runner; plan equals what ran."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import finetunekit as ftk
+from finetunekit import caching, data, training
+from finetunekit.errors import ConfigError
+from finetunekit.recipe import DEFAULTS, FINETUNE, HEAD, Recipe
+
+SHAPE = (32, 32, 3)
+
+
+def _tuner(**kwargs: object) -> ftk.FineTuner:
+    arguments: dict = dict(num_classes=3, weights=None, input_shape=SHAPE, alpha=0.35, seed=0)
+    arguments.update(kwargs)
+    return ftk.FineTuner("mobilenet_v2", **arguments)
+
+
+def _images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, *SHAPE)).astype("float32"), rng.integers(0, 3, n)
+
+
+# -- Recipe and phases ---------------------------------------------------------------------
+
+
+def test_defaults_are_a_recipe_and_each_default_says_how_it_was_chosen() -> None:
+    assert isinstance(DEFAULTS, Recipe) and ftk.DEFAULTS is DEFAULTS
+    for name in ("head_epochs", "unfreeze", "head_learning_rate", "finetune_learning_rate"):
+        assert len(Recipe.NOTES[name]) > 20
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULTS.head_epochs = 3  # type: ignore[misc]
+
+
+def test_the_classic_schedule_is_two_phases() -> None:
+    head, tune = Recipe(head_epochs=3, finetune_epochs=4, unfreeze=2).phases()
+    assert (head.name, head.epochs, head.unfreeze, head.learning_rate) == (HEAD, 3, 0, 1.5e-2)
+    assert (tune.name, tune.epochs, tune.unfreeze, tune.learning_rate) == (FINETUNE, 4, 2, 1e-5)
+    assert head.early_stopping and tune.early_stopping
+    assert not any(p.early_stopping for p in Recipe().phases(validation=False))
+    assert [p.name for p in Recipe(finetune_epochs=0).phases()] == [HEAD]
+    assert [p.name for p in Recipe(head_epochs=0).phases()] == [FINETUNE]
+
+
+@pytest.mark.parametrize(
+    ("keywords", "says"),
+    [
+        ({"unfreeze": -1}, "unfreeze must be an int >= 0"),
+        ({"head_epochs": 2.5}, "head_epochs must be an int >= 0"),
+        ({"finetune_learning_rate": 0}, "finetune_learning_rate must be a positive number"),
+        ({"unit": "blocks"}, "unit must be 'block' or 'layer'"),
+        ({"dropout": 1.0}, "dropout must be a rate in [0, 1)"),
+        ({"validation_split": 1}, "validation_split must be in [0, 1)"),
+        ({"hidden": 64}, "hidden must be a sequence of positive layer sizes"),
+        ({"head_epoch": 5}, "Unknown setting head_epoch"),
+    ],
+)
+def test_every_setting_is_checked_before_any_image_is_read(
+    keywords: dict, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data was read before the settings were checked")
+
+    monkeypatch.setattr(data, "prepare", no_reading)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        _tuner().fit(*_images(8), **keywords)
+
+
+def test_unfreezing_more_blocks_than_the_base_has_fails_before_training(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(training, "run_phases", no_training)
+    with pytest.raises(ConfigError, match="has only"):
+        _tuner().fit(*_images(8), unfreeze=1000, head_epochs=1)
+
+
+# -- the plan is what runs -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "keywords",
+    [
+        {"head_epochs": 2, "finetune_epochs": 1},
+        {"head_epochs": 1, "finetune_epochs": 1, "hidden": (64,), "dropout": 0.3},
+        {"head_epochs": 1, "finetune_epochs": 1, "validation_split": 0},  # no validation
+        {"head_epochs": 1, "finetune_epochs": 1, "unfreeze": 4, "unit": "layer",
+         "train_bn": True},
+    ],
+)
+def test_plan_before_fit_equals_the_plan_that_ran(keywords: dict) -> None:
+    x, y = _images(40)
+    tuner = _tuner()
+    before = tuner.plan(**keywords)
+    assert tuner.model is None  # plan kept no head: fit builds the one it asks for
+    history = tuner.fit(x, y, verbose=0, **keywords)
+    assert history.plan == before
+    assert str(history.plan) == str(before)
+    assert [p.phase for p in before] == [HEAD, FINETUNE]
+    trainable = sum(int(np.prod(v.shape)) for v in tuner.model.trainable_variables)
+    assert before[-1].trainable_params == trainable
+    stops = keywords.get("validation_split", 0.2) > 0
+    assert [p.early_stopping for p in before] == [stops, stops]
+
+
+def test_a_custom_head_is_in_the_plan() -> None:
+    plain = _tuner().plan(head_epochs=1)
+    custom = _tuner().plan(head_epochs=1, hidden=(64,), dropout=0.3)
+    assert custom[0].trainable_params == 1280 * 64 + 64 + 64 * 3 + 3
+    assert plain[0].trainable_params == 1280 * 3 + 3
+
+
+def test_reports_say_how_each_phase_ran() -> None:
+    x, y = _images(24)
+    history = _tuner().fit(x, y, validation_data=_images(9, 1), head_epochs=2,
+                           finetune_epochs=1, verbose=0)
+    head, tune = history.reports
+    assert (head.phase, head.cached, head.cut, head.epochs_run) == (HEAD, True, "head_pool", 2)
+    assert (tune.phase, tune.cached, tune.cut, tune.epochs_run) == (
+        FINETUNE, True, "block_15_add", 1
+    )
+    assert head.why_not_cached is None and not head.spilled and head.seconds > 0
+    assert history.phases == [HEAD, HEAD, FINETUNE]
+    assert history.best_epoch in (0, 1, 2)
+
+    plain = _tuner(cache=False).fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0)
+    assert plain.reports[0].cached is False and plain.reports[0].why_not_cached == "cache=False"
+
+
+def test_the_early_stopping_split_reads_the_images_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cached, the held-out flags come from the pass that stores the features: no separate
+    # pass of the content split, and one pass over the training images for both phases.
+    def no_split(*args: object, **kwargs: object) -> None:
+        raise AssertionError("split_by_content ran")
+
+    passes: list[float] = []
+    original = caching.FeatureCache.__init__
+
+    def counting(self: caching.FeatureCache, *args: object, **kwargs: object) -> None:
+        passes.append(float(kwargs.get("holdout", 0.0)))  # type: ignore[arg-type]
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(data._prepare, "split_by_content", no_split)
+    monkeypatch.setattr(caching.FeatureCache, "__init__", counting)
+    x, y = _images(60)
+    history = _tuner().fit(x, y, head_epochs=2, finetune_epochs=1, verbose=0)
+    assert passes == [0.2]
+    assert "val_loss" in history.history and all(r.cached for r in history.reports)
+
+
+def test_held_out_images_are_the_same_cached_or_not() -> None:
+    x, y = _images(50)
+    dataset = data.from_arrays(x, y, batch_size=8, shuffle=True, seed=0)
+    kept, held = data.split_by_content(dataset, 0.3, batch_size=8)
+    held_sums = sorted(float(im.sum()) for b, _ in held for im in b.numpy())
+    prefix = keras.Sequential([keras.Input(SHAPE), keras.layers.Lambda(lambda t: t)])
+    with caching.FeatureCache(prefix, dataset, holdout=0.3) as cache:
+        rows = cache.features[0][cache._parts["held_out"]]
+        assert sorted(float(r.sum()) for r in rows) == pytest.approx(held_sums)
+        assert cache.count("train") + cache.count("held_out") == 50
+
+
+# -- callbacks see the full model, cached ---------------------------------------------------
+
+
+class _Seen(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.models: set[int] = set()
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.models.add(id(self.model))
+        self.epochs.append(epoch)
+
+
+def _fit_with(callbacks: list, **keywords: object) -> tuple[ftk.FineTuner, ftk.FineTuneHistory]:
+    x, y = _images(24)
+    tuner = _tuner()
+    arguments: dict = dict(validation_data=_images(9, 1), head_epochs=2, finetune_epochs=2,
+                           verbose=0)
+    arguments.update(keywords)
+    history = tuner.fit(x, y, callbacks=callbacks, **arguments)
+    assert all(r.cached for r in history.reports), history.reports
+    return tuner, history
+
+
+def test_callbacks_see_the_full_model_while_it_trains_on_stored_features() -> None:
+    seen = _Seen()
+    tuner, history = _fit_with([seen])
+    assert seen.models == {id(tuner.model)}
+    assert seen.epochs == [0, 1, 2, 3]
+
+
+def test_model_checkpoint_writes_a_loadable_full_model(tmp_path: object) -> None:
+    path = f"{tmp_path}/best.keras"
+    # The best epoch by val_loss across both phases: the weights fit ends with.
+    checkpoint = keras.callbacks.ModelCheckpoint(path, monitor="val_loss", save_best_only=True)
+    tuner, _ = _fit_with([checkpoint])
+    loaded = keras.models.load_model(path)
+    x, _ = _images(4, 7)
+    assert loaded.input_shape == tuner.model.input_shape
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), tuner.model.predict(x, verbose=0),
+                               atol=1e-5)
+
+
+def test_csv_logger_and_tensorboard_log_every_epoch(tmp_path: object) -> None:
+    import os
+
+    log = f"{tmp_path}/log.csv"
+    board = f"{tmp_path}/board"
+    _fit_with([keras.callbacks.CSVLogger(log, append=True),
+               keras.callbacks.TensorBoard(board, write_graph=False)])
+    with open(log) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("epoch") not in (None, "epoch")]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert all(float(r["val_loss"]) > 0 for r in rows)
+    events = [n for _, _, names in os.walk(board) for n in names if "tfevents" in n]
+    assert events, "TensorBoard wrote no event file"
+
+
+def test_early_stopping_callback_stops_the_phase() -> None:
+    # min_delta so large that no epoch improves on the first: each phase stops at its second
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1e9)
+    _, history = _fit_with([stop], head_epochs=5, finetune_epochs=5, early_stopping=False)
+    assert [r.epochs_run for r in history.reports] == [2, 2]
+
+
+def test_learning_rate_callbacks_reach_the_optimizer_that_trains() -> None:
+    rates: list[float] = []
+
+    def halve(epoch: int, lr: float) -> float:
+        rates.append(float(lr))
+        return lr * 0.5
+
+    scheduler = keras.callbacks.LearningRateScheduler(halve)
+    tuner, history = _fit_with([scheduler], head_epochs=3, finetune_epochs=0,
+                               early_stopping=False)
+    assert rates == pytest.approx([1.5e-2, 7.5e-3, 3.75e-3])
+    assert history.history["learning_rate"] == pytest.approx([7.5e-3, 3.75e-3, 1.875e-3])
+    assert float(tuner.model.optimizer.learning_rate) == pytest.approx(1.875e-3)
+
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.1, patience=0,
+                                                min_delta=1e9, min_lr=0)
+    tuner, history = _fit_with([plateau], head_epochs=2, finetune_epochs=0,
+                               early_stopping=False)
+    # the first epoch sets the mark, the second misses it: one reduction, x0.1
+    assert float(tuner.model.optimizer.learning_rate) == pytest.approx(1.5e-3, rel=1e-3)
+
+
+def test_bad_callbacks_are_refused() -> None:
+    with pytest.raises(ftk.FinetuneKitError, match="callbacks must be a list of"):
+        _tuner().fit(*_images(8), callbacks=[object()])
+
+
+# -- what is printed -----------------------------------------------------------------------
+
+
+def test_progress_bars_count_real_steps_and_each_phase_has_a_banner(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    x, y = _images(52)  # 13 batches of 4: Keras' 16 steps per call used to show 16/13
+    _tuner().fit(x, y, validation_data=_images(8, 1), batch_size=4, head_epochs=2,
+                 finetune_epochs=1, verbose=1)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # Keras' bold and colours
+    counts = re.findall(r"(\d+)/(\d+) ", out)
+    assert counts and all(int(a) <= int(b) for a, b in counts), counts
+    assert "13/13" in out and "16/13" not in out
+    # Not a terminal: one line per epoch, no bar redrawn over itself with backspaces.
+    assert "\b" not in out and out.count("13/13") == 3
+    assert "head phase: trains the head at lr 0.015" in out
+    assert "finetune phase: trains the head and the last 2 blocks" in out
+    assert re.search(r"fit done: head \d+ epochs .*finetune 1 epochs", out)
+
+    _tuner().fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0)
+    assert capsys.readouterr().out == ""
