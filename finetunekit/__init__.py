@@ -16,14 +16,36 @@ The six steps, each usable alone on plain Keras models::
 or chained: ``ftk.FineTuner("mobilenet_v2", num_classes=5).fit(train)``.
 """
 
-from finetunekit import data, datasets
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from finetunekit._version import __version__
-from finetunekit.bases import list_bases, load_base
 from finetunekit.errors import FinetuneKitError
-from finetunekit.finetuner import FineTuner
-from finetunekit.freezing import freeze, unfreeze_last
-from finetunekit.heads import add_head
-from finetunekit.tasks import compile_for
+
+if TYPE_CHECKING:
+    from finetunekit import data, datasets
+    from finetunekit.bases import list_bases, load_base
+    from finetunekit.finetuner import FineTuner
+    from finetunekit.freezing import freeze, unfreeze_last
+    from finetunekit.heads import add_head
+    from finetunekit.tasks import compile_for
+
+# Public name -> the module that defines it (a module name for a submodule). Importing
+# them waits for first use (PEP 562), so `import finetunekit` and the command's --help
+# do not pay TensorFlow's start-up time.
+_LAZY = {
+    "FineTuner": "finetunekit.finetuner",
+    "add_head": "finetunekit.heads",
+    "compile_for": "finetunekit.tasks",
+    "data": "finetunekit.data",
+    "datasets": "finetunekit.datasets",
+    "freeze": "finetunekit.freezing",
+    "list_bases": "finetunekit.bases",
+    "load_base": "finetunekit.bases",
+    "unfreeze_last": "finetunekit.freezing",
+}
 
 __all__ = [
     "__version__",
@@ -38,3 +60,17 @@ __all__ = [
     "load_base",
     "unfreeze_last",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name == f"finetunekit.{name}" else getattr(module, name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
