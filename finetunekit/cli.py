@@ -259,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --data: epochs after unfreezing",
     )
     demo.add_argument(
+        "--scratch-seconds",
+        type=float,
+        metavar="S",
+        help="time limit of the from-scratch run (default: with --data, the time the full "
+        "fine-tune took; otherwise none, its epochs bound it)",
+    )
+    demo.add_argument(
         "--progress",
         action="store_true",
         help="show Keras progress bars and finetunekit's log for every run",
@@ -471,6 +478,7 @@ def _demo(args: argparse.Namespace) -> int:
         head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs,
         base_kwargs=kwargs or None,
+        scratch_seconds=args.scratch_seconds,
         verbose=1 if args.progress else 0,
         echo=None if args.quiet else print,
     )
