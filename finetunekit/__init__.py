@@ -27,7 +27,7 @@ from finetunekit.errors import FinetuneKitError
 if TYPE_CHECKING:
     from finetunekit import data, datasets
     from finetunekit.bases import list_bases, load_base
-    from finetunekit.finetuner import FineTuner
+    from finetunekit.finetuner import DEFAULTS, FineTuner
     from finetunekit.freezing import freeze, unfreeze_last
     from finetunekit.heads import add_head
     from finetunekit.tasks import compile_for
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 # them waits for first use (PEP 562), so `import finetunekit` and the command's --help
 # do not pay TensorFlow's start-up time.
 _LAZY = {
+    "DEFAULTS": "finetunekit.finetuner",
     "FineTuner": "finetunekit.finetuner",
     "add_head": "finetunekit.heads",
     "compile_for": "finetunekit.tasks",
@@ -49,6 +50,7 @@ _LAZY = {
 
 __all__ = [
     "__version__",
+    "DEFAULTS",
     "FineTuner",
     "FinetuneKitError",
     "add_head",
