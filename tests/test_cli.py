@@ -133,27 +133,7 @@ def test_base_arg_reaches_the_constructor(capsys, tmp_path):
     assert "no_such_argument" in _one_error_line(capsys.readouterr().err)
 
 
-def test_python_m_finetunekit_bases():
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "finetunekit", "bases", "mobilenet*"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.split() == [
-        "mobilenet",
-        "mobilenet_v2",
-        "mobilenet_v3_large",
-        "mobilenet_v3_small",
-    ]
-
-
-def _run_python(code: str, env_extra: dict[str, str] | None = None, **kwargs):
+def _run_python(code: str | list[str], env_extra: dict[str, str] | None = None, **kwargs):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "GRPC"))}
     env.update(env_extra or {})
     return subprocess.run(
@@ -166,6 +146,17 @@ def _run_python(code: str, env_extra: dict[str, str] | None = None, **kwargs):
         check=False,
         **kwargs,
     )
+
+
+def test_python_m_finetunekit_bases():
+    completed = _run_python(["-m", "finetunekit", "bases", "mobilenet*"])
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == [
+        "mobilenet",
+        "mobilenet_v2",
+        "mobilenet_v3_large",
+        "mobilenet_v3_small",
+    ]
 
 
 @pytest.mark.parametrize("flag", ["--help", "--version"])
