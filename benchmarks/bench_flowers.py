@@ -44,7 +44,7 @@ import tensorflow as tf  # noqa: E402
 
 import finetunekit as ftk  # noqa: E402
 from finetunekit import caching  # noqa: E402
-from finetunekit.finetuner import DEFAULTS  # noqa: E402
+from finetunekit.recipe import DEFAULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FINETUNEKIT_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -34,7 +34,15 @@ from finetunekit.errors import (
     WeightsUnavailableError,
 )
 
-__all__ = ["BaseSpec", "load_base", "list_bases", "get_spec", "input_size"]
+__all__ = [
+    "BaseSpec",
+    "BaseDetails",
+    "load_base",
+    "list_bases",
+    "get_spec",
+    "describe_base",
+    "input_size",
+]
 
 logger = logging.getLogger("finetunekit")
 
@@ -171,6 +179,75 @@ def get_spec(name: str) -> BaseSpec:
         f"Unknown base {name!r}. {hint} A keras.Model or a path to a saved .keras model is "
         "accepted too."
     )
+
+
+@dataclass(frozen=True)
+class BaseDetails:
+    """What an offline user needs to know about a base before loading it.
+
+    Attributes:
+        name: canonical name, e.g. `"mobilenet_v2"`.
+        default_size: the native input size in pixels (height = width).
+        parameters: the parameter count of the base without its top.
+        preprocessing: the mode of the family's `preprocess_input` (see `BaseSpec`).
+        weights_file: the file name Keras looks for in `$KERAS_HOME/models` (default
+            `~/.keras/models`) when `weights="imagenet"`, at the native size.
+    """
+
+    name: str
+    default_size: int
+    parameters: int
+    preprocessing: Preprocessing
+    weights_file: str
+
+
+class _WeightsRequest(Exception):
+    def __init__(self, filename: str) -> None:
+        super().__init__(filename)
+        self.filename = filename
+
+
+def describe_base(name: str, **kwargs: Any) -> BaseDetails:
+    """Describes a registered base: native size, parameters, preprocessing, weight file.
+
+    Builds the base twice with no download: once with random weights to count its
+    parameters, and once up to the point where Keras asks for its ImageNet file, which
+    gives the file name (Keras has no function that only names it).
+
+    Args:
+        name: a registered base name (see `list_bases`).
+        **kwargs: constructor arguments that change the architecture, e.g. `alpha=0.35`.
+
+    Returns:
+        A `BaseDetails`.
+
+    Raises:
+        UnknownBaseError: the name is not registered.
+        ConfigError: Keras rejected a constructor argument.
+
+    Examples:
+        >>> describe_base("mobilenet_v2", alpha=0.35).weights_file
+        'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5'
+    """
+    spec = get_spec(name)
+    shape = (spec.default_size, spec.default_size, 3)
+    parameters = _call_constructor(spec, weights=None, input_shape=shape, **kwargs).count_params()
+    from keras.src.utils import file_utils
+
+    def request(fname: str | None = None, origin: str | None = None, **_: Any) -> str:
+        raise _WeightsRequest(fname or str(origin).rstrip("/").rsplit("/", 1)[-1])
+
+    real = file_utils.get_file
+    file_utils.get_file = request  # every keras.applications module calls it via the module
+    try:
+        _call_constructor(spec, weights="imagenet", input_shape=shape, **kwargs)
+        weights_file = "(none: Keras loaded the weights without asking for a file)"
+    except _WeightsRequest as found:
+        weights_file = found.filename
+    finally:
+        file_utils.get_file = real
+        keras.backend.clear_session(free_memory=False)
+    return BaseDetails(spec.name, spec.default_size, parameters, spec.preprocessing, weights_file)
 
 
 def load_base(

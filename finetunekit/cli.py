@@ -7,7 +7,10 @@ finetunekit demo
 ```
 
 Every error finetunekit raises (and every usage error) prints one line,
-`finetunekit: error: ...`, and exits non-zero without a traceback.
+`finetunekit: error: ...`, and exits non-zero without a traceback. The library's
+messages name Python arguments (`weights=PATH`); the command says its flags instead
+(`--weights PATH`). TensorFlow is imported only by the commands that need it, with its
+C++ start-up lines kept off the terminal unless `--verbose`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import argparse
 import ast
 import contextlib
 import logging
+import os
+import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -40,6 +46,17 @@ class _UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; options without one say in their help what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == [] or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -83,14 +100,13 @@ def _add_base_arguments(parser: argparse.ArgumentParser, *, base_default: str) -
     parser.add_argument(
         "--base",
         default=base_default,
-        help=f"base name (see 'finetunekit bases') or a .keras file (default {base_default})",
+        help="base name (see 'finetunekit bases') or a .keras file",
     )
     parser.add_argument(
         "--weights",
         type=_weights,
         default="imagenet",
-        help="'imagenet' (Keras download or cache), a weights file path, or 'none' "
-        "(default imagenet)",
+        help="'imagenet' (Keras download or cache), a weights file path, or 'none'",
     )
     parser.add_argument(
         "--image-size",
@@ -98,14 +114,16 @@ def _add_base_arguments(parser: argparse.ArgumentParser, *, base_default: str) -
         metavar="PX",
         help="resize images to PX x PX (default: the base's native size)",
     )
-    parser.add_argument("--alpha", type=float, help="width multiplier of MobileNet bases")
+    parser.add_argument(
+        "--alpha", type=float, help="width multiplier of MobileNet bases (default: Keras' 1.0)"
+    )
     parser.add_argument(
         "--base-arg",
         type=_key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="another keyword argument of the Keras constructor (repeatable)",
+        help="another keyword argument of the Keras constructor (repeatable; default: none)",
     )
 
 
@@ -113,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `finetunekit` command."""
     parser = _Parser(
         prog=PROG,
+        formatter_class=_HelpFormatter,
         description="Fine-tune pretrained Keras image models: load a base, freeze, add a head, "
         "train, unfreeze, train.",
     )
@@ -120,11 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="only warnings and errors besides the result"
     )
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
     train = commands.add_parser(
         "train",
+        formatter_class=_HelpFormatter,
         help="fine-tune a base on a folder of images (one subfolder per class)",
         description="Fine-tune a base on DATA_DIR (one subfolder of images per class): head "
         "phase with the base frozen, then the last blocks unfrozen, early stopping on a "
@@ -132,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("data_dir", metavar="DATA_DIR", help="folder with one subfolder per class")
     _add_base_arguments(train, base_default="mobilenet_v2")
-    # Options whose defaults are the library's (finetunekit.finetuner.DEFAULTS).
+    # Options whose defaults are the library's (finetunekit.DEFAULTS, a Recipe).
     for flag, kind, key, metavar, what in (
         ("--head-epochs", _count, "head_epochs", "N", "most epochs with the base frozen"),
         ("--finetune-epochs", _count, "finetune_epochs", "N", "most epochs after unfreezing"),
@@ -149,37 +170,60 @@ def build_parser() -> argparse.ArgumentParser:
         ("--patience", _positive, "patience", "N", "epochs without improvement before stopping"),
     ):
         default = getattr(D, key)
-        train.add_argument(
-            flag, type=kind, default=default, metavar=metavar, help=f"{what} (default {default:g})"
-        )
+        train.add_argument(flag, type=kind, default=default, metavar=metavar, help=what)
     train.add_argument(
         "--unit", choices=("block", "layer"), default="block", help="what --unfreeze counts"
     )
-    train.add_argument("--batch-size", type=_positive, default=32, metavar="N")
+    train.add_argument(
+        "--batch-size", type=_positive, default=32, metavar="N", help="images per training step"
+    )
     train.add_argument(
         "--on-bad-image",
         choices=("raise", "skip"),
         default="raise",
-        help="what to do with unreadable image files (default raise)",
+        help="what to do with unreadable image files",
     )
     train.add_argument("--seed", type=int, default=0, help="seed of shuffles and split")
     train.add_argument(
-        "--out", default="model.keras", metavar="PATH", help="where to save (default model.keras)"
+        "--out",
+        default="model.keras",
+        metavar="PATH",
+        help="where to save: a .keras file in a writable folder (checked before training)",
     )
+    _add_verbose(train)
     train.set_defaults(handler=_train)
 
     bases = commands.add_parser(
         "bases",
+        formatter_class=_HelpFormatter,
         help="list the known base names",
-        description="List the base names 'train --base' accepts.",
+        description="List the base names 'train --base' accepts; with --details, what an "
+        "offline user needs to know about each.",
     )
     bases.add_argument(
-        "pattern", nargs="?", metavar="PATTERN", help="glob such as 'mobilenet*' (quote it)"
+        "pattern",
+        nargs="?",
+        metavar="PATTERN",
+        help="glob such as 'mobilenet*' (quote it; default: every base)",
     )
+    bases.add_argument(
+        "--details",
+        action="store_true",
+        help="native size, parameter count, preprocessing and the ImageNet weight file Keras "
+        "looks for in ~/.keras/models (builds each base with random weights: a second or more "
+        "per base, no download)",
+    )
+    bases.add_argument(
+        "--alpha",
+        type=float,
+        help="with --details: the width multiplier of MobileNet bases (default: Keras' 1.0)",
+    )
+    _add_verbose(bases)
     bases.set_defaults(handler=_bases)
 
     demo = commands.add_parser(
         "demo",
+        formatter_class=_HelpFormatter,
         help="offline comparison of fine-tuning and training from scratch",
         description="Pretrain a small CNN on generated shapes, fine-tune it on other shapes "
         "with few labels, and compare with training from scratch (about a minute on a CPU). "
@@ -190,23 +234,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default="finetunekit-demo",
         metavar="DIR",
-        help="where the plot and the pretrained base go (default ./finetunekit-demo)",
+        help="where the plot and the pretrained base go",
     )
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of data, weights and shuffles")
     demo.add_argument(
-        "--data", metavar="DIR", help="a folder of real images, one subfolder per class"
+        "--data",
+        metavar="DIR",
+        help="a folder of real images, one subfolder per class (default: generated shapes)",
     )
-    demo.add_argument("--test", metavar="DIR", help="a test folder with the same classes as --data")
+    demo.add_argument(
+        "--test",
+        metavar="DIR",
+        help="a test folder with the same classes as --data (default: a split of --data)",
+    )
     _add_base_arguments(demo, base_default="mobilenet_v2")
-    demo.add_argument("--head-epochs", type=_count, default=5, metavar="N", help="with --data")
-    demo.add_argument("--finetune-epochs", type=_count, default=5, metavar="N", help="with --data")
+    demo.add_argument(
+        "--head-epochs", type=_count, default=5, metavar="N", help="with --data: head epochs"
+    )
+    demo.add_argument(
+        "--finetune-epochs",
+        type=_count,
+        default=5,
+        metavar="N",
+        help="with --data: epochs after unfreezing",
+    )
+    demo.add_argument(
+        "--scratch-seconds",
+        type=float,
+        metavar="S",
+        help="time limit of the from-scratch run (default: with --data, the time the full "
+        "fine-tune took; otherwise none, its epochs bound it)",
+    )
     demo.add_argument(
         "--progress",
         action="store_true",
         help="show Keras progress bars and finetunekit's log for every run",
     )
+    _add_verbose(demo)
     demo.set_defaults(handler=_demo)
     return parser
+
+
+_VERBOSE_HELP = "also show TensorFlow's own start-up and C++ log lines"
+
+
+def _add_verbose(command: argparse.ArgumentParser) -> None:
+    # Accepted after the command too; SUPPRESS keeps the top-level value when absent.
+    command.add_argument(
+        "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+    )
 
 
 def _base_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -232,7 +308,55 @@ def _logging_to_stderr(quiet: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _check_train_arguments(args: argparse.Namespace) -> None:
+    """Checks what the library would only check after training (--out) or deep inside it."""
+    from finetunekit.errors import ConfigError, DataNotFoundError, WeightsNotFoundError
+
+    if not Path(args.data_dir).is_dir():
+        raise DataNotFoundError(
+            f"No image folder at {args.data_dir!r}: DATA_DIR must be a folder with one "
+            "subfolder of images per class."
+        )
+    _check_weights_path(args.weights, WeightsNotFoundError)
+    if not 0 <= args.validation_split < 1:
+        raise ConfigError(
+            f"--validation-split must be in [0, 1), e.g. 0.2, or 0 for none; received "
+            f"{args.validation_split:g}."
+        )
+    for flag, rate in (("--head-lr", args.head_lr), ("--finetune-lr", args.finetune_lr)):
+        if not rate > 0:
+            raise ConfigError(f"{flag} must be a positive number, e.g. 1e-3; received {rate:g}.")
+    _check_out(args.out)
+
+
+def _check_weights_path(weights: str | None, error: type[Exception]) -> None:
+    if weights is None or weights == "imagenet" or Path(weights).is_file():
+        return
+    raise error(
+        f"--weights {weights!r}: no such file. Pass a weights file path, 'imagenet' or 'none'."
+    )
+
+
+def _check_out(out: str) -> None:
+    from finetunekit.errors import ConfigError
+
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"--out {out!r} is a folder; give a file name such as 'model.keras'.")
+    if path.suffix != ".keras":
+        raise ConfigError(
+            f"--out {out!r}: the model is saved as a Keras 3 '.keras' file; use a name such as "
+            f"{str(path.with_suffix('.keras'))!r}."
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(f"--out {out!r}: no folder {str(folder)!r}; create it first.")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--out {out!r}: the folder {str(folder)!r} is not writable.")
+
+
 def _train(args: argparse.Namespace) -> int:
+    _check_train_arguments(args)
     from finetunekit.data import from_directory
     from finetunekit.finetuner import FineTuner
 
@@ -304,7 +428,7 @@ def _planned(args: argparse.Namespace) -> int:
 
 
 def _bases(args: argparse.Namespace) -> int:
-    from finetunekit.bases import list_bases
+    from finetunekit.bases import describe_base, list_bases
     from finetunekit.errors import ConfigError
 
     names = list_bases(args.pattern)
@@ -312,7 +436,24 @@ def _bases(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"no base matches {args.pattern!r}; run 'finetunekit bases' to list them all."
         )
-    print("\n".join(names))
+    if not args.details:
+        print("\n".join(names))
+        return 0
+    kwargs = {} if args.alpha is None else {"alpha": args.alpha}
+    row = "{:<22} {:>6} {:>12} {:<14} {}"
+    print(row.format("name", "size", "parameters", "preprocessing", "ImageNet weight file"))
+    for name in names:
+        details = describe_base(name, **kwargs)
+        print(
+            row.format(
+                details.name,
+                details.default_size,
+                f"{details.parameters:,}",
+                details.preprocessing,
+                details.weights_file,
+            ),
+            flush=True,
+        )
     return 0
 
 
@@ -336,6 +477,7 @@ def _demo(args: argparse.Namespace) -> int:
         head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs,
         base_kwargs=kwargs or None,
+        scratch_seconds=args.scratch_seconds,
         verbose=1 if args.progress else 0,
         echo=None if args.quiet else print,
     )
@@ -372,8 +514,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from finetunekit.errors import FinetuneKitError
 
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
+        _import_tensorflow(verbose=args.verbose)
         # The demo prints its own progress; its INFO lines only with --progress.
         quiet = args.quiet or (args.command == "demo" and not args.progress)
         with _logging_to_stderr(quiet):
@@ -383,11 +527,81 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except FinetuneKitError as exc:
-        return _fail(str(exc), EXIT_ERROR)
+        return _fail(_in_flag_words(str(exc), args), EXIT_ERROR)
     except OSError as exc:  # e.g. --out in a folder that cannot be written
         return _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+
+
+# The library's messages name Python arguments; on the command line they are flags.
+# Each row: a regular expression and what replaces it (most specific first).
+_FLAG_WORDS: tuple[tuple[str, str], ...] = (
+    (r"input_shape=\((\d+), \1, 3\)", r"--image-size \1"),
+    (r"input_shape=\((\d+), (\d+), 3\)", r"images of \1x\2 pixels"),
+    (r"weights=PATH", "--weights PATH"),
+    (r"weights='imagenet'", "--weights imagenet"),
+    (r"weights=None", "--weights none"),
+    (r"(of )?the keyword arguments you passed to load_base", r"\1--alpha and --base-arg KEY=VALUE"),
+    (r"\bload_base(\(\))? does not take (\w+)=", r"--base-arg does not take \2="),
+    (r"\bsave\(\) writes", "--out must name"),
+    (r"finetunekit\.list_bases\(\)", "'finetunekit bases'"),
+    (r"\bon_bad_image='skip'", "--on-bad-image skip"),
+    (r"\bimage_size=(\d+)", r"--image-size \1"),
+    (r"\bbatch_size=(\d+)", r"--batch-size \1"),
+    (r"\bvalidation_split=", "--validation-split "),
+    (r"\bhead_learning_rate=", "--head-lr "),
+    (r"\bfinetune_learning_rate=", "--finetune-lr "),
+    (r"\bhead_epochs=", "--head-epochs "),
+    (r"\bfinetune_epochs=", "--finetune-epochs "),
+    (r"\bpatience=", "--patience "),
+    (r"\balpha=", "--alpha "),
+)
+# A MobileNet weight file's name carries its alpha: ..._tf_kernels_0.35_224_no_top.h5
+_ALPHA_IN_NAME = re.compile(r"_(\d\.\d+)_\d+_no_top")
+
+
+def _in_flag_words(message: str, args: argparse.Namespace | None) -> str:
+    """Rewrites a library message in the command's words, with a hint where one helps."""
+    for pattern, flag in _FLAG_WORDS:
+        message = re.sub(pattern, flag, message)
+    weights = getattr(args, "weights", None)
+    if weights and getattr(args, "alpha", None) is None and "do not fit" in message:
+        match = _ALPHA_IN_NAME.search(Path(weights).name)
+        if match:
+            message += f" The file name says alpha {match.group(1)}: pass --alpha {match.group(1)}."
+    return message
+
+
+def _import_tensorflow(verbose: bool) -> None:
+    """Imports TensorFlow with its C++ start-up lines kept off the terminal (unless verbose).
+
+    TensorFlow 2.21 prints oneDNN, CUDA and CPU-feature lines and an absl banner while it
+    loads, before TF_CPP_MIN_LOG_LEVEL takes effect, so stderr's file descriptor is sent
+    to /dev/null around the import alone. Python warnings raised meanwhile are replayed.
+    """
+    if verbose or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # later C++ lines (cuInit, ...)
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2 to silence
+        saved = -1
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            if saved >= 0:
+                os.dup2(devnull, 2)
+            import keras  # noqa: F401  (imports tensorflow)
+        finally:
+            if saved >= 0:
+                os.dup2(saved, 2)
+                os.close(saved)
+            os.close(devnull)
+    for item in caught:
+        warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
 
 
 def _fail(message: str, status: int) -> int:

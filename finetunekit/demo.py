@@ -7,11 +7,13 @@ scratch. The table it prints compares test accuracy (improved performance),
 epochs to a set validation accuracy (faster convergence), the train-test gap
 (better generalization) and what early stopping saved (the overfitting risk).
 With `data=` (`--data DIR`) the same comparison runs on a folder of real images
-and a Keras application base.
+and a Keras application base; training from scratch then gets the time the full
+fine-tune took, no more, and the summary says when that cap ended it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -78,6 +80,8 @@ class RunResult:
         seconds: wall time of the run.
         history: metric name -> one value per epoch.
         phases: the phase of every epoch (`"head"`, `"finetune"`, or `"scratch"`).
+        time_limit: the seconds the run was allowed (None: epochs alone bound it).
+        stopped_by_time: the time limit ended the run before its last epoch.
     """
 
     method: str
@@ -90,6 +94,8 @@ class RunResult:
     seconds: float
     history: dict[str, list[float]] = field(repr=False, compare=False)
     phases: tuple[str, ...] = field(repr=False, compare=False)
+    time_limit: float | None = None
+    stopped_by_time: bool = False
 
     @property
     def gap(self) -> float:
@@ -135,6 +141,9 @@ class DemoResult:
         ]
         for r in self.runs:
             reached = str(r.epochs_to_target) if r.epochs_to_target else f"not in {r.epochs_run}"
+            run_max = f"{r.epochs_run}/{r.max_epochs}" + (
+                " (time cap)" if r.stopped_by_time else ""
+            )
             rows.append(
                 (
                     r.method,
@@ -142,7 +151,7 @@ class DemoResult:
                     f"{r.train_accuracy:.3f}",
                     f"{r.gap:+.3f}",
                     reached,
-                    f"{r.epochs_run}/{r.max_epochs}",
+                    run_max,
                     str(r.best_epoch),
                     f"{r.seconds:.0f} s",
                 )
@@ -152,8 +161,25 @@ class DemoResult:
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
+    def winner(self) -> str:
+        """Which method scored best on the test images, in one sentence with the numbers."""
+        ranked = sorted(self.runs, key=lambda r: r.test_accuracy, reverse=True)
+        best = ranked[0]
+        tied = [r.method for r in ranked if r.test_accuracy == best.test_accuracy]
+        others = ", ".join(
+            f"{r.method} {r.test_accuracy:.3f} ({(r.test_accuracy - best.test_accuracy) * 100:+.1f}"
+            " points)"
+            for r in ranked
+            if r.method not in tied
+        )
+        if len(tied) > 1:
+            lead = f"tie on the test images: {' and '.join(tied)} {best.test_accuracy:.3f}"
+        else:
+            lead = f"best on the test images: {best.method}, {best.test_accuracy:.3f}"
+        return f"{lead}; {others}." if others else f"{lead}."
+
     def conclusions(self) -> list[str]:
-        """The advantages and the overfitting risk, as sentences with the measured numbers.
+        """The winner, the advantages and the overfitting risk, with the measured numbers.
 
         Each advantage is labelled "not shown in this run" when the numbers do not bear it out.
         """
@@ -174,18 +200,26 @@ class DemoResult:
             f"{r.method} {r.epochs_run} of {r.max_epochs} epochs, best {r.best_epoch}"
             for r in self.runs
         )
+        capped = [
+            f"{r.method} stopped at its limit of {r.time_limit:.1f} s after {r.epochs_run} of "
+            f"{r.max_epochs} epochs; its accuracy is what that time bought"
+            for r in self.runs
+            if r.stopped_by_time and r.time_limit is not None
+        ]
         return [
+            self.winner(),
             f"{claim('improved performance', tuned.test_accuracy > scratch.test_accuracy)}: "
-            f"test accuracy {tuned.test_accuracy:.3f} fine-tuned, {head.test_accuracy:.3f} "
-            f"head only, {scratch.test_accuracy:.3f} from scratch "
-            f"({(tuned.test_accuracy - scratch.test_accuracy) * 100:+.1f} points).",
+            f"the full fine-tune's test accuracy {tuned.test_accuracy:.3f} against "
+            f"{scratch.test_accuracy:.3f} from scratch "
+            f"({(tuned.test_accuracy - scratch.test_accuracy) * 100:+.1f} points; head only "
+            f"{head.test_accuracy:.3f}).",
             f"{claim('faster convergence', faster)}: {self.target_accuracy:.0%} validation "
             f"accuracy after {epochs(tuned)} fine-tuned, {epochs(scratch)} from scratch.",
             f"{claim('better generalization', generalizes)}: train-test gap {tuned.gap:+.3f} "
             f"fine-tuned, {scratch.gap:+.3f} from scratch.",
             f"overfitting risk: early stopping on validation loss (best weights kept) saved "
             f"{saved} epochs: {stops}.",
-        ]
+        ] + [f"time cap: {line}." for line in capped]
 
     def __str__(self) -> str:
         parts = [self.task, "", self.table(), ""]
@@ -316,6 +350,35 @@ def _result(
     )
 
 
+class _TimeLimit(keras.callbacks.Callback):
+    """Ends `fit` at the first batch past `seconds` (that epoch still validates).
+
+    Keras has epoch and early-stopping limits but no time limit (TF Addons'
+    TimeStopping is gone with Addons), hence this one.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.stopped_at: int | None = None
+        self._started = 0.0
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self._started = time.perf_counter()
+
+    def _past(self) -> bool:
+        return time.perf_counter() - self._started >= self.seconds
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        if self._past():
+            self.model.stop_training = True  # Keras checks it after every step
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if self._past():
+            self.model.stop_training = True
+            self.stopped_at = epoch
+
+
 def _train_scratch(
     make_base: Callable[[], keras.Model],
     task: _Task,
@@ -323,6 +386,7 @@ def _train_scratch(
     target: float,
     seed: int,
     verbose: Any,
+    seconds: float | None = None,
 ) -> RunResult:
     keras.utils.set_random_seed(seed)
     started = time.perf_counter()
@@ -330,18 +394,30 @@ def _train_scratch(
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=budget.patience, restore_best_weights=True
     )
+    callbacks: list[keras.callbacks.Callback] = [stop]
+    limit = None if seconds is None else _TimeLimit(seconds)
+    if limit is not None:
+        callbacks.append(limit)
     history = model.fit(
         **_fit_kwargs(task.train, task.batch_size),
         validation_data=_validation(task.validation),
         epochs=budget.scratch_epochs,
-        callbacks=[stop],
+        callbacks=callbacks,
         verbose=verbose,
         shuffle=task.train[1] is not None,  # a dataset reshuffles by itself
     )
     phases = ["scratch"] * len(history.epoch)
-    return _result(
+    result = _result(
         SCRATCH, history.history, phases, model, task, target, budget.scratch_epochs, started
     )
+    # The cap ended the run only if neither the last epoch nor early stopping did first.
+    by_time = (
+        limit is not None
+        and limit.stopped_at == len(history.epoch) - 1
+        and len(history.epoch) < budget.scratch_epochs
+        and not stop.stopped_epoch
+    )
+    return dataclasses.replace(result, time_limit=seconds, stopped_by_time=by_time)
 
 
 def _fine_tune(
@@ -403,6 +479,7 @@ def run_demo(
     head_epochs: int = 5,
     finetune_epochs: int = 5,
     base_kwargs: dict[str, Any] | None = None,
+    scratch_seconds: float | None = None,
     verbose: Any = 0,
     echo: Callable[[str], None] | None = print,
 ) -> DemoResult:
@@ -416,7 +493,9 @@ def run_demo(
 
     With `data`: the same three runs on a folder of class subfolders (see
     `finetunekit.data.from_directory`, 20 % held out for validation) with the Keras base
-    `base`; `weights` only applies to the two fine-tuning runs.
+    `base`; `weights` only applies to the two fine-tuning runs. Training from scratch
+    runs last and gets the time the full fine-tune took (or `scratch_seconds`): a large
+    base trained from random weights on a small folder learns little in many minutes.
 
     Seeds are fixed, so the numbers repeat on the same machine.
 
@@ -434,6 +513,8 @@ def run_demo(
         head_epochs: most head epochs with `data` (the shapes demo uses its own budget).
         finetune_epochs: most fine-tune epochs with `data`.
         base_kwargs: constructor arguments of the base, e.g. `{"alpha": 0.35}`.
+        scratch_seconds: time limit of the from-scratch run; with `data` it defaults to
+            the full fine-tune's time, without `data` the run is bounded by epochs alone.
         verbose: Keras' progress output for every `fit` (0 silent, 1 bars, 2 lines).
         echo: where progress lines go; None for silence.
 
@@ -452,6 +533,10 @@ def run_demo(
     say = echo or (lambda _line: None)
     if not 0 < target_accuracy <= 1:
         raise ConfigError(f"target_accuracy must be in (0, 1]; received {target_accuracy!r}.")
+    if scratch_seconds is not None and not scratch_seconds > 0:
+        raise ConfigError(
+            f"scratch_seconds must be a positive number of seconds; received {scratch_seconds!r}."
+        )
     out = Path(os.fspath(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -477,19 +562,26 @@ def run_demo(
         )
     task = setup.task
     say(f"Target task: {task.num_classes} classes, three runs with early stopping:")
-    say(f"  [1/3] {SCRATCH} (random weights, every layer training) ...")
-    runs = [_train_scratch(setup.make_base, task, budget, target_accuracy, seed, verbose)]
-    say(f"  [2/3] {HEAD_ONLY} (FineTuner, pretrained base frozen) ...")
+    say(f"  [1/3] {HEAD_ONLY} (FineTuner, pretrained base frozen) ...")
     head, _ = _fine_tune(
         setup.make_tuner, task, budget, target_accuracy, seed, verbose, head_only=True
     )
-    runs.append(head)
-    say(f"  [3/3] {FINE_TUNE} (FineTuner, head phase, then the last 2 blocks unfrozen) ...")
+    say(f"  [2/3] {FINE_TUNE} (FineTuner, head phase, then the last 2 blocks unfrozen) ...")
     tuned, history = _fine_tune(
         setup.make_tuner, task, budget, target_accuracy, seed, verbose, head_only=False
     )
-    runs.append(tuned)
-    plot_path = _plot_or_note(history, out, scratch=runs[0], notes=notes)
+    if scratch_seconds is None and data is not None:
+        scratch_seconds = max(tuned.seconds, 1.0)
+        notes.append(
+            f"{SCRATCH} was given the time the full fine-tune took ({scratch_seconds:.0f} s)."
+        )
+    cap = "" if scratch_seconds is None else f", at most {scratch_seconds:.0f} s"
+    say(f"  [3/3] {SCRATCH} (random weights, every layer training{cap}) ...")
+    scratch = _train_scratch(
+        setup.make_base, task, budget, target_accuracy, seed, verbose, scratch_seconds
+    )
+    runs = [scratch, head, tuned]
+    plot_path = _plot_or_note(history, out, scratch=scratch, notes=notes)
     if setup.base_path is not None:
         notes.append(f"pretrained base saved to {setup.base_path}")
     return DemoResult(

@@ -507,3 +507,20 @@ def test_preprocessing_never_trains(pair):
 def test_load_base_rejects_kwargs_for_other_steps():
     with pytest.raises(ConfigError, match="add_head"):
         ftk.load_base("mobilenet_v2", include_top=True, **TINY)
+
+
+def test_describe_base_names_the_file_keras_looks_for_without_downloading():
+    from conftest import MOBILENET_V2_035
+
+    from finetunekit.bases import describe_base
+
+    details = describe_base("MobileNetV2", alpha=0.35)
+    assert details.name == "mobilenet_v2" and details.default_size == 224
+    assert details.preprocessing == "tf"
+    # The file in ../shared/data/weights is the one Keras would download.
+    assert details.weights_file == MOBILENET_V2_035.name
+    built = ftk.load_base("mobilenet_v2", weights=None, alpha=0.35)
+    assert details.parameters == built.count_params() == 410_208
+    assert describe_base("resnet50").weights_file == (
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    )

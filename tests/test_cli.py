@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 import finetunekit
 from finetunekit import datasets
-from finetunekit.cli import main
+from finetunekit.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,14 +79,14 @@ def test_train_names_a_corrupt_file(capsys, tmp_path):
     (root / "circle" / "bad.jpg").write_bytes(os.urandom(64))
     assert main(["train", str(root), "--weights", "none", "--image-size", "32"]) == 1
     line = _one_error_line(capsys.readouterr().err)
-    assert "circle/bad.jpg" in line and "on_bad_image='skip'" in line
+    assert "circle/bad.jpg" in line and "--on-bad-image skip" in line
 
 
 def test_train_with_a_missing_weights_file(capsys, tmp_path):
     root = shapes_folder(tmp_path / "data", per_class=2)
     argv = ["train", str(root), "--weights", str(tmp_path / "nope.h5"), "--image-size", "32"]
     assert main(argv + ["--alpha", "0.35", "--validation-split", "0"]) == 1
-    assert "No weights file at" in _one_error_line(capsys.readouterr().err)
+    assert "nope.h5': no such file" in _one_error_line(capsys.readouterr().err)
 
 
 def test_train_fits_both_phases_and_saves_a_raw_pixel_model(capsys, tmp_path):
@@ -132,21 +133,212 @@ def test_base_arg_reaches_the_constructor(capsys, tmp_path):
     assert "no_such_argument" in _one_error_line(capsys.readouterr().err)
 
 
-def test_python_m_finetunekit_bases():
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "finetunekit", "bases", "mobilenet*"],
+def _run_python(code: str | list[str], env_extra: dict[str, str] | None = None, **kwargs):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "GRPC"))}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, *code] if isinstance(code, list) else [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env=env,
         timeout=120,
         check=False,
+        **kwargs,
     )
+
+
+def test_python_m_finetunekit_bases():
+    completed = _run_python(["-m", "finetunekit", "bases", "mobilenet*"])
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == [
         "mobilenet",
         "mobilenet_v2",
         "mobilenet_v3_large",
         "mobilenet_v3_small",
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_do_not_import_tensorflow(flag):
+    code = (
+        "import sys\n"
+        "from finetunekit.cli import main\n"
+        f"status = main([{flag!r}])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "print('STATUS', status, 'HEAVY', heavy)\n"
+    )
+    completed = _run_python(code)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines()[-1] == "STATUS 0 HEAVY []"
+    assert completed.stderr == ""
+
+
+def test_the_package_is_lazy_but_every_name_is_there():
+    code = (
+        "import sys\n"
+        "import finetunekit as ftk\n"
+        "print('tensorflow' in sys.modules, sorted(set(ftk.__all__) - set(dir(ftk))))\n"
+        "print(ftk.FineTuner.__module__, ftk.data.__name__, ftk.load_base.__module__)\n"
+        "from finetunekit import unfreeze_last, datasets\n"
+        "print(unfreeze_last.__module__, datasets.__name__)\n"
+        "try:\n"
+        "    ftk.no_such_name\n"
+        "except AttributeError as exc:\n"
+        "    print(exc)\n"
+    )
+    completed = _run_python(code, {"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [
+        "False []",
+        "finetunekit.finetuner finetunekit.data finetunekit.bases",
+        "finetunekit.freezing finetunekit.datasets",
+        "module 'finetunekit' has no attribute 'no_such_name'",
+    ]
+
+
+def test_tensorflow_start_up_lines_stay_off_stderr_unless_verbose():
+    quiet = _run_python(["-m", "finetunekit", "bases", "mobilenet_v2"])
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.split() == ["mobilenet_v2"]
+    assert quiet.stderr == ""
+    loud = _run_python(["-m", "finetunekit", "bases", "mobilenet_v2", "--verbose"])
+    assert loud.returncode == 0 and loud.stdout.split() == ["mobilenet_v2"]
+    # This TensorFlow build announces oneDNN / CUDA / absl while it loads.
+    assert any(word in loud.stderr for word in ("oneDNN", "cuda", "absl")), loud.stderr
+
+
+def test_python_warnings_during_the_quiet_import_still_show(tmp_path):
+    # A stand-in for keras that writes to file descriptor 2 (as TF's C++ code does) and
+    # raises a Python warning: the first is silenced, the second shown.
+    (tmp_path / "keras.py").write_text(
+        "import os, warnings\n"
+        "os.write(2, b'C++ start-up noise\\n')\n"
+        "warnings.warn('a real warning from the import')\n"
+    )
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from finetunekit.cli import _import_tensorflow\n"
+        "_import_tensorflow(verbose=False)\n"
+        "import os; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
+    )
+    completed = _run_python(code)
+    assert completed.returncode == 0, completed.stderr
+    assert "C++ start-up noise" not in completed.stderr
+    assert "UserWarning: a real warning from the import" in completed.stderr
+    assert completed.stdout.strip() == "3"
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    from finetunekit.finetuner import FineTuner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started although an argument was bad")
+
+    monkeypatch.setattr(FineTuner, "fit", refuse)
+
+
+@pytest.mark.parametrize(
+    "out, expected",
+    [
+        ("model.h5", "--out 'OUT/model.h5': the model is saved as a Keras 3 '.keras' file"),
+        ("missing/model.keras", "--out 'OUT/missing/model.keras': no folder 'OUT/missing'"),
+        ("folder.keras", "--out 'OUT/folder.keras' is a folder"),
+    ],
+)
+def test_out_is_checked_before_training(capsys, tmp_path, no_training, out, expected):
+    root = shapes_folder(tmp_path / "data", per_class=2)
+    target = str(tmp_path / out)
+    if out == "folder.keras":
+        (tmp_path / out).mkdir()
+    argv = ["train", str(root), "--weights", "none", "--image-size", "32", "--out", target]
+    assert main(argv) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert expected.replace("OUT", str(tmp_path)) in line
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--validation-split", "1"], "--validation-split must be in [0, 1)"),
+        (["--head-lr", "0"], "--head-lr must be a positive number"),
+        (["--weights", "nope.h5"], "--weights 'nope.h5': no such file"),
+    ],
+)
+def test_other_arguments_are_checked_before_training(
+    capsys, tmp_path, no_training, extra, expected
+):
+    root = shapes_folder(tmp_path / "data", per_class=2)
+    assert main(["train", str(root), "--weights", "none", *extra]) == 1
+    assert expected in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "library, command",
+    [
+        (
+            "received input_shape=(16, 16, 3). Resize your images, e.g. input_shape=(96, 96, 3).",
+            "received --image-size 16. Resize your images, e.g. --image-size 96.",
+        ),
+        (
+            "or pass weights=PATH to a copy of it, or weights=None to start from random weights.",
+            "or pass --weights PATH to a copy of it, or --weights none to start from random "
+            "weights.",
+        ),
+        (
+            "Check the spelling of the keyword arguments you passed to load_base.",
+            "Check the spelling of --alpha and --base-arg KEY=VALUE.",
+        ),
+        ("save() writes a Keras 3 '.keras' file", "--out must name a Keras 3 '.keras' file"),
+        ("See finetunekit.list_bases() for every name.", "See 'finetunekit bases' for every name."),
+        (
+            "or pass on_bad_image='skip' to leave it out",
+            "or pass --on-bad-image skip to leave it out",
+        ),
+        ("batch_size=32 is larger than", "--batch-size 32 is larger than"),
+    ],
+)
+def test_library_words_become_flags(library, command):
+    from finetunekit.cli import _in_flag_words
+
+    assert _in_flag_words(library, None) == command
+
+
+def test_a_weights_file_named_for_alpha_035_hints_at_the_flag(capsys, tmp_path, weights_035):
+    root = shapes_folder(tmp_path / "data", per_class=2)
+    argv = ["train", str(root), "--weights", str(weights_035), "--image-size", "96"]
+    assert main(argv + ["--validation-split", "0"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "do not fit" in line and line.endswith(
+        "The file name says alpha 0.35: pass --alpha 0.35."
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "bases", "demo"])
+def test_help_shows_the_default_of_every_option(command):
+    from finetunekit.cli import _HelpFormatter
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    formatter = _HelpFormatter(prog="finetunekit")
+    for action in sub.choices[command]._actions:
+        if not action.option_strings or action.nargs == 0:  # positional, or a switch
+            continue
+        text = formatter._get_help_string(action) or ""
+        assert "default" in text, (action.option_strings, text)
+    batch = next(a for a in sub.choices["train"]._actions if "--batch-size" in a.option_strings)
+    assert batch.help and "(default: %(default)s)" in formatter._get_help_string(batch)
+
+
+def test_bases_details_names_the_weight_file_keras_looks_for(capsys):
+    assert main(["bases", "mobilenet_v2", "--details", "--alpha", "0.35"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["name", "size", "parameters", "preprocessing"]
+    assert row.split() == [
+        "mobilenet_v2",
+        "224",
+        "410,208",
+        "tf",
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
     ]

@@ -45,9 +45,11 @@ def test_the_printed_table_and_conclusions(quick_demo):
     assert [row.split("  ")[0] for row in rows] == ["from scratch", "head only", "full fine-tune"]
     assert "frame, cross, star, checker, dots, crescent" in text
     conclusions = quick_demo.conclusions()
-    assert conclusions[0].startswith("improved performance: ")  # not "(not shown in this run)"
-    assert conclusions[1].startswith("faster convergence: ")
-    assert "early stopping" in conclusions[3] and "saved" in conclusions[3]
+    assert conclusions[0] == quick_demo.winner()
+    assert conclusions[1].startswith("improved performance: ")  # not "(not shown in this run)"
+    assert conclusions[2].startswith("faster convergence: ")
+    assert "early stopping" in conclusions[4] and "saved" in conclusions[4]
+    assert not any(line.startswith("time cap") for line in conclusions)  # shapes: epochs only
     with pytest.raises(KeyError):
         quick_demo.run("transfer magic")
 
@@ -109,14 +111,61 @@ def test_demo_on_an_image_folder_with_a_saved_base(quick_demo, tmp_path):
         weights=None,
         head_epochs=1,
         finetune_epochs=1,
+        scratch_seconds=1e-6,  # ends after its first epoch
         out_dir=tmp_path / "out",
         echo=None,
     )
     assert [r.method for r in result.runs] == ["from scratch", "head only", "full fine-tune"]
     assert result.run("full fine-tune").phases == ("head", "finetune")
-    assert result.run("from scratch").max_epochs == 2
+    scratch = result.run("from scratch")
+    assert scratch.max_epochs == 2 and scratch.epochs_run == 1
+    assert scratch.stopped_by_time and scratch.time_limit == 1e-6
+    assert not result.run("head only").stopped_by_time
+    assert result.table().splitlines()[2].split("  ")[0] == "from scratch"
+    assert "1/2 (time cap)" in result.table().splitlines()[2]
+    assert result.conclusions()[-1] == (
+        "time cap: from scratch stopped at its limit of 0.0 s after 1 of 2 epochs; its "
+        "accuracy is what that time bought."
+    )
     assert "2 classes (ring, star)" in result.task and "13 training and 3 validation" in result.task
     assert "at 32x32" in result.task
     assert result.base_path is None and result.source_accuracy is None
     if HAS_MATPLOTLIB:
         assert result.plot_path == Path(tmp_path / "out" / "history.png")
+
+
+def _run(method: str, accuracy: float) -> demo.RunResult:
+    return demo.RunResult(method, accuracy, 1.0, None, 3, 5, 3, 1.0, {}, ("head",) * 3)
+
+
+def test_the_summary_says_which_method_won():
+    # The flowers run that read "improved performance" while head only had won.
+    result = demo.DemoResult(
+        "task",
+        0.6,
+        (_run("from scratch", 0.236), _run("head only", 0.773), _run("full fine-tune", 0.753)),
+        None,
+    )
+    assert result.winner() == (
+        "best on the test images: head only, 0.773; full fine-tune 0.753 (-2.0 points), "
+        "from scratch 0.236 (-53.7 points)."
+    )
+    assert str(result).splitlines()[8] == "- " + result.winner()  # first line under the table
+    tie = demo.DemoResult(
+        "task",
+        0.6,
+        (_run("from scratch", 0.2), _run("head only", 0.8), _run("full fine-tune", 0.8)),
+        None,
+    )
+    assert tie.winner() == (
+        "tie on the test images: head only and full fine-tune 0.800; from scratch 0.200 "
+        "(-60.0 points)."
+    )
+
+
+def test_cli_demo_passes_the_scratch_time_limit(quick_demo, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: calls.append(kwargs) or quick_demo)
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--scratch-seconds", "30"]) == 0
+    assert calls[0]["scratch_seconds"] is None and calls[1]["scratch_seconds"] == 30.0
