@@ -9,11 +9,12 @@ stored outputs. The trainer model is built from the model's own layers
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -138,19 +139,38 @@ def _batch_size(dataset: tf.data.Dataset) -> int:
 
 
 class _OwnRetracing(logging.Filter):
-    """Drops TensorFlow's "triggered tf.function retracing" warning about `_inference_function`.
+    """Drops TensorFlow's "triggered tf.function retracing" warning about our own traces.
 
-    Every prefix gets its own traced function, traced once, on purpose; TensorFlow counts
-    traces by the Python code they come from, so after a few fits in one process (a
-    notebook) it warns that this one function "retraces", and blames the caller.
+    Each phase trains a new trainer and each fit runs a new prefix, each traced once,
+    on purpose. TensorFlow counts traces by the Python code they come from (Keras'
+    training loop, the feature pass), so after a few phases in one process (a
+    notebook) it warns that the caller "retraces". Dropped only for those functions,
+    and only while finetunekit trains (see `quiet_retracing`).
     """
 
+    active = 0
+    OURS = ("_inference_function", "multi_step_on_iterator", "one_step_on_iterator")
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if not self.active:
+            return True
         message = record.getMessage()
-        return not ("retracing" in message and "_inference_function" in message)
+        return not ("retracing" in message and any(name in message for name in self.OURS))
 
 
-logging.getLogger("tensorflow").addFilter(_OwnRetracing())
+_RETRACING = _OwnRetracing()
+logging.getLogger("tensorflow").addFilter(_RETRACING)
+
+
+@contextlib.contextmanager
+def quiet_retracing() -> Iterator[None]:
+    """While inside, TensorFlow's retracing warnings about finetunekit's traces are dropped."""
+    _RETRACING.active += 1
+    try:
+        yield
+    finally:
+        _RETRACING.active -= 1
+
 
 #: Traced inference functions per prefix and input signature: the training and validation
 #: caches of one fit (every phase of it) run the same prefix, so they share one trace.
@@ -238,6 +258,8 @@ class FeatureCache:
         held: list[np.ndarray] = []
         in_memory = total = 0
         run = _inference_function(prefix, dataset, holdout)
+        quiet = contextlib.ExitStack()
+        quiet.enter_context(quiet_retracing())
         try:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
                 outs, flags = run(images)
@@ -260,6 +282,8 @@ class FeatureCache:
                 handle.close()
             self.close()
             raise
+        finally:
+            quiet.close()
         for handle in handles:
             handle.close()
         if total == 0:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from finetunekit import caching, freezing, tasks
@@ -167,7 +168,15 @@ class Settings:
         size = dataset.element_spec[0].shape[0]
         if size is None:
             size = int(next(iter(dataset.take(1)))[0].shape[0])
-        return trim_for_replicas(dataset.unbatch().batch(self.batch_size(size)), self.replicas)
+        size = self.batch_size(size)
+        # Counted once (labels only), so the result carries its length: with an unknown
+        # length Keras makes one more, empty call per epoch, which still counts as an
+        # optimizer step and shifts Adam's bias correction.
+        sizes = dataset.map(lambda *batch: tf.shape(batch[1], tf.int64)[0])
+        total = int(sizes.reduce(np.int64(0), lambda n, k: n + k))
+        batches = total // size + (1 if total % size >= self.replicas else 0)
+        trimmed = trim_for_replicas(dataset.unbatch().batch(size), self.replicas)
+        return trimmed.apply(tf.data.experimental.assert_cardinality(batches))
 
 
 def trim_for_replicas(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
@@ -408,6 +417,7 @@ def run_phases(
     history.plan = plan
     run = _Run()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(caching.quiet_retracing())
         _fill(stack, model, phases, data, settings, run)
         if not data.has_validation:
             phases = [dataclasses.replace(p, early_stopping=False) for p in phases]
@@ -467,6 +477,7 @@ def run_phase(
     )
     build_optimizer(model, settings)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(caching.quiet_retracing())
         stored = run.stored.get(index)
         why = run.why_not.get(index)
         if stored is None and why is None:  # a phase on its own (FineTuner.train)

@@ -79,3 +79,87 @@ def test_fit_under_mirrored_strategy_on_two_cpus(tmp_path):
     assert report["phases"] == ["head", "finetune"]
     for value in report["loss"] + report["val_loss"]:
         assert value == value and abs(value) < 1e6  # finite
+
+
+PHASES_SCRIPT = r"""
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras
+import finetunekit as ftk
+
+root = sys.argv[1]
+rng = np.random.default_rng(0)
+for c in range(3):  # a real folder: 7, 8 and 9 PNG files
+    os.makedirs(f"{root}/c{c}", exist_ok=True)
+    for i in range(7 + c):
+        tint = rng.uniform(0, 255, (1, 1, 3)) * (c + 1) / 3
+        image = (rng.uniform(0, 60, (40, 40, 3)) + tint).clip(0, 255).astype("uint8")
+        tf.io.write_file(f"{root}/c{c}/{i}.png", tf.io.encode_png(image))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def tuner(cache):
+    return ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3),
+                         alpha=0.35, strategy=strategy, cache=cache, seed=0)
+
+
+report = {}
+# Batches of 5 do not divide among 2 replicas, and the held-out split has odd sizes too.
+for cache in (True, False):
+    keras.utils.set_random_seed(0)
+    train, _, names = ftk.data.from_directory(root, image_size=32, batch_size=5, seed=0)
+    history = tuner(cache).fit(train, head_epochs=2, finetune_epochs=1, verbose=0)
+    report[f"folder_{cache}"] = {
+        "cached": [r.cached for r in history.reports],
+        "phases": history.phases,
+        "loss": history.history["loss"] + history.history["val_loss"],
+    }
+
+# The same data in one batch per epoch (order cannot matter): cached and uncached agree.
+x = rng.uniform(0, 255, (20, 32, 32, 3)).astype("float32")
+y = rng.integers(0, 3, 20)
+weights = {}
+for cache in (True, False):
+    keras.utils.set_random_seed(0)
+    t = tuner(cache)
+    h = t.fit(x, y, validation_data=(x[:8], y[:8]), head_epochs=2, finetune_epochs=2,
+              batch_size=32, dropout=0.0, early_stopping=False, verbose=0)  # one result
+    initial = tuner(cache).load_base().base.get_layer("Conv_1").kernel.numpy()
+    report[f"moved_{cache}"] = float(np.max(np.abs(
+        t.base.get_layer("Conv_1").kernel.numpy() - initial)))
+    weights[cache] = [w.numpy() for w in t.model.weights]
+    report[f"arrays_{cache}"] = [r.cached for r in h.reports]
+report["max_diff"] = max(
+    float(np.max(np.abs(a - b))) for a, b in zip(weights[True], weights[False], strict=True)
+)
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_phases_under_mirrored_strategy_cached_and_not(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", PHASES_SCRIPT, str(tmp_path / "photos")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("REPORT "))
+    report = json.loads(line[len("REPORT ") :])
+    # A folder whose batches do not divide among the replicas trains, cached or not.
+    assert report["folder_True"]["cached"] == [True, True]
+    assert report["folder_False"]["cached"] == [False, False]
+    for key in ("folder_True", "folder_False"):
+        assert report[key]["phases"] == ["head", "head", "finetune"]
+        assert all(v == v and 0 < v < 1e3 for v in report[key]["loss"])  # finite
+    assert report["arrays_True"] == [True, True] and report["arrays_False"] == [False, False]
+    assert report["max_diff"] < 1e-4, report["max_diff"]
+    assert report["moved_True"] > 1e-6  # the fine-tune phase trained the base: a real check

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import dataclasses
 import re
 
@@ -284,3 +285,15 @@ def test_progress_bars_count_real_steps_and_each_phase_has_a_banner(
 
     _tuner().fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_several_fits_in_one_process_warn_of_no_retracing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A notebook fits again and again: each phase and each fit traces its own functions
+    # once, on purpose, and TensorFlow must not blame the caller for "retracing".
+    x, y = _images(16)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(4):
+            _tuner().fit(x, y, head_epochs=1, finetune_epochs=1, verbose=0)
+    assert "retracing" not in caplog.text
