@@ -19,7 +19,10 @@ or chained: ``ftk.FineTuner("mobilenet_v2", num_classes=5).fit(train)``.
 from finetunekit import data, datasets
 from finetunekit._version import __version__
 from finetunekit.bases import list_bases, load_base
+from finetunekit.classifier import Classifier, Prediction, Predictions, load, save_model
 from finetunekit.errors import FinetuneKitError
+from finetunekit.evaluation import Report, evaluate, plot_history
+from finetunekit.export import ExportReport, export
 from finetunekit.finetuner import FineTuner
 from finetunekit.freezing import freeze, unfreeze_last
 from finetunekit.heads import add_head
@@ -27,14 +30,24 @@ from finetunekit.tasks import compile_for
 
 __all__ = [
     "__version__",
+    "Classifier",
+    "ExportReport",
     "FineTuner",
     "FinetuneKitError",
+    "Prediction",
+    "Predictions",
+    "Report",
     "add_head",
     "compile_for",
     "data",
     "datasets",
+    "evaluate",
+    "export",
     "freeze",
     "list_bases",
+    "load",
     "load_base",
+    "plot_history",
+    "save_model",
     "unfreeze_last",
 ]
