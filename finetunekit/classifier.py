@@ -517,14 +517,14 @@ def image_files(source: str | os.PathLike[str]) -> list[str]:
     """A file, or every image file under a folder (sorted, recursively)."""
     path = Path(os.fspath(source))
     if not path.exists():
-        raise DataNotFoundError(f"No image or folder at {str(path)!r}.")
+        raise DataNotFoundError(f"No image or folder at {str(path)!r}. Check the path.")
     if path.is_file():
         return [str(path)]
     files = [str(p) for p in ftk_data._walk_files(path) if ftk_data._is_image(p.name)]
     if not files:
         raise DataError(
             f"{str(path)!r} holds no images (readable formats: "
-            f"{', '.join(ftk_data.IMAGE_FORMATS)})."
+            f"{', '.join(ftk_data.IMAGE_FORMATS)}). Pass a folder of images, or the files."
         )
     return files
 
