@@ -933,7 +933,9 @@ def _fresh(optimizer: Any, learning_rate: float | None = None) -> Any:
     return type(optimizer).from_config(config)
 
 
-def _build_optimizer(model: keras.Model, scope: contextlib.AbstractContextManager[Any]) -> None:
+def _build_optimizer(
+    model: keras.Model, scope: contextlib.AbstractContextManager[Any]
+) -> None:
     """Creates the optimizer's variables for what trains now, before `fit` traces.
 
     Without a distribution strategy, Keras (TensorFlow backend) leaves this to the first

@@ -33,12 +33,8 @@ def _images(n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize(
     ("unit", "n", "cut"),
-    [
-        (None, 0, None),
-        ("block", 2, "block_15_add"),
-        ("layer", 4, "block_15_add"),
-        ("block", 5, "block_12_add"),
-    ],
+    [(None, 0, None), ("block", 2, "block_15_add"), ("layer", 4, "block_15_add"),
+     ("block", 5, "block_12_add")],
 )
 def test_split_reproduces_the_full_model(unit: str | None, n: int, cut: str | None) -> None:
     model = _model(unit, n)
@@ -88,29 +84,13 @@ def _small_base() -> keras.Model:
     return keras.Model(inputs, x, name="small")
 
 
-def _fit(
-    cache: bool | str,
-    x: np.ndarray,
-    y: np.ndarray,
-    budget: int = caching.DEFAULT_BUDGET,
-    **kwargs: object,
-) -> ftk.FineTuner:
+def _fit(cache: bool | str, x: np.ndarray, y: np.ndarray, budget: int = caching.DEFAULT_BUDGET,
+         **kwargs: object) -> ftk.FineTuner:
     keras.utils.set_random_seed(0)
     tuner = ftk.FineTuner(_small_base(), num_classes=3, cache=cache, seed=0, cache_budget=budget)
-    tuner.fit(
-        x,
-        y,
-        head_epochs=3,
-        finetune_epochs=3,
-        unfreeze=2,
-        dropout=0.0,
-        head_learning_rate=1e-2,
-        finetune_learning_rate=1e-2,
-        batch_size=len(x),
-        early_stopping=False,
-        verbose=0,
-        **kwargs,
-    )
+    tuner.fit(x, y, head_epochs=3, finetune_epochs=3, unfreeze=2, dropout=0.0,
+              head_learning_rate=1e-2, finetune_learning_rate=1e-2,
+              batch_size=len(x), early_stopping=False, verbose=0, **kwargs)
     return tuner
 
 
@@ -173,27 +153,23 @@ def test_both_phases_come_from_one_pass(monkeypatch: pytest.MonkeyPatch) -> None
     passes: list[int] = []
     original = caching.FeatureCache.__init__
 
-    def counting(
-        self: caching.FeatureCache, prefix: keras.Model, *args: object, **kwargs: object
-    ) -> None:
+    def counting(self: caching.FeatureCache, prefix: keras.Model, *args: object,
+                 **kwargs: object) -> None:
         passes.append(len(prefix.outputs))
         original(self, prefix, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(caching.FeatureCache, "__init__", counting)
     x, y = _images(12)
-    tuner = ftk.FineTuner(
-        "mobilenet_v2", num_classes=3, weights=None, input_shape=SHAPE, alpha=0.35
-    )
-    history = tuner.fit(
-        x, y, validation_data=_images(6, seed=1), head_epochs=1, finetune_epochs=1, verbose=0
-    )
+    tuner = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=SHAPE,
+                          alpha=0.35)
+    history = tuner.fit(x, y, validation_data=_images(6, seed=1), head_epochs=1,
+                        finetune_epochs=1, verbose=0)
     assert history.phases == ["head", "finetune"]
     assert passes == [2, 2]  # training and validation data, each once, two cuts at a time
 
 
-def test_spill_to_disk_trains_and_cleans_up(
-    tmp_path: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_spill_to_disk_trains_and_cleans_up(tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     x, y = _images(16)
     in_memory = _fit(True, x, y)
@@ -267,13 +243,11 @@ def test_auto_turns_itself_off_and_says_why(
     kwargs: dict, fit_kwargs: dict, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     x, y = _images(8)
-    tuner = ftk.FineTuner(
-        "mobilenet_v2", num_classes=3, weights=None, input_shape=SHAPE, alpha=0.35, **kwargs
-    )
+    tuner = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=SHAPE,
+                          alpha=0.35, **kwargs)
     with caplog.at_level(logging.INFO, logger="finetunekit"):
-        tuner.fit(
-            x, y, head_epochs=1, finetune_epochs=0, early_stopping=False, verbose=0, **fit_kwargs
-        )
+        tuner.fit(x, y, head_epochs=1, finetune_epochs=0, early_stopping=False, verbose=0,
+                  **fit_kwargs)
     assert tuner.last_phase["cached"] is False
     assert reason in tuner.last_phase["why_not"]
     assert reason in caplog.text
