@@ -259,7 +259,9 @@ def _add_model_commands(commands: Any) -> None:
         "--format", choices=("litert", "saved_model"), default="litert", help="(default litert)"
     )
     export.add_argument(
-        "--quantize", choices=("float16", "int8"), help="LiteRT quantization (default: float32)"
+        "--quantize",
+        choices=("float16", "dynamic", "int8"),
+        help="LiteRT quantization (default: float32)",
     )
     export.add_argument(
         "--calibration",

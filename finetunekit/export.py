@@ -31,7 +31,7 @@ __all__ = ["export", "ExportReport", "FORMATS", "QUANTIZATIONS"]
 logger = logging.getLogger("finetunekit")
 
 FORMATS = ("litert", "saved_model")
-QUANTIZATIONS = (None, "float16", "int8")
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 #: Most images `export` reads from `representative_data` to calibrate int8 and to check.
 MAX_IMAGES = 500
 
@@ -43,7 +43,7 @@ class ExportReport:
     Attributes:
         path: the file (LiteRT) or folder (SavedModel) written.
         format: `"litert"` or `"saved_model"`.
-        quantize: None, `"float16"` or `"int8"`.
+        quantize: None, `"float16"`, `"dynamic"` or `"int8"`.
         size_bytes: size of the file (of every file in the folder, for a SavedModel).
         images: images the parity check ran on (0 when no images were given).
         max_abs_diff: largest |exported - Keras| over all outputs of those images.
@@ -100,8 +100,9 @@ def export(
         format: `"litert"` (a `.tflite` file for phones and microcontrollers) or
             `"saved_model"` (TensorFlow Serving, TF.js converters).
         quantize: LiteRT only. None (float32), `"float16"` (weights in float16, about
-            half the size) or `"int8"` (weights and activations in int8, about a quarter;
-            needs `representative_data` to calibrate the activation ranges).
+            half the size), `"dynamic"` (weights in int8, activations in float: no
+            calibration) or `"int8"` (weights and activations in int8, for integer-only
+            hardware; needs `representative_data` to calibrate the activation ranges).
         representative_data: real images the model will see: a folder, image files,
             arrays, or a `tf.data.Dataset` of images or `(images, labels)`. Calibrates
             int8 and, unless `parity_data` is given, runs the parity check.
@@ -129,7 +130,7 @@ def export(
         raise ConfigError(f"Unknown export format {format!r}; choose one of {list(FORMATS)}.")
     if quantize not in QUANTIZATIONS:
         raise ConfigError(
-            f"Unknown quantize={quantize!r}; choose None (float32), 'float16' or 'int8'."
+            f"Unknown quantize={quantize!r}; choose None (float32), 'float16', 'dynamic' or 'int8'."
         )
     if quantize is not None and format != "litert":
         raise ConfigError(
@@ -139,7 +140,8 @@ def export(
         raise ConfigError(
             "quantize='int8' needs representative_data: a few hundred real images (a folder, "
             "files, arrays or a dataset) to calibrate the activation ranges, e.g. "
-            "representative_data='flowers/train'."
+            "representative_data='flowers/train'. Or quantize='dynamic' (int8 weights, no "
+            "calibration)."
         )
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
         raise ConfigError(f"max_images must be a positive int; received {max_images!r}.")

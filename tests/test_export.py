@@ -49,7 +49,9 @@ def test_quantized_files_are_smaller_and_still_agree(tmp_path, images):
     model = conv_model()
     float32 = ftk.export(model, tmp_path / "f32.tflite", representative_data=images)
     float16 = ftk.export(model, tmp_path / "f16.tflite", quantize="float16", parity_data=images)
+    dynamic = ftk.export(model, tmp_path / "dyn.tflite", quantize="dynamic", parity_data=images)
     int8 = ftk.export(model, tmp_path / "i8.tflite", quantize="int8", representative_data=images)
+    assert dynamic.size_bytes < 0.5 * float32.size_bytes and dynamic.max_abs_diff < 0.1
     assert float32.max_abs_diff < 1e-4 and float32.top1_agreement == 1.0
     assert float16.size_bytes < 0.7 * float32.size_bytes
     assert int8.size_bytes < 0.5 * float32.size_bytes
