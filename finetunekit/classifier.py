@@ -355,7 +355,7 @@ class Prediction:
         return self.top[0][1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Predictions(Sequence[Prediction]):
     """The predictions for a batch of images, in input order.
 

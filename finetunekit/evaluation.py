@@ -59,7 +59,7 @@ class Worst:
     image: np.ndarray = field(repr=False, compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Report:
     """What `evaluate` measured.
 
@@ -174,7 +174,7 @@ class Report:
         shown = self.worst[:k]
         columns = min(3, len(shown)) or 1
         rows = max(1, math.ceil(len(shown) / columns))
-        figure = _figure(figsize=(3.2 * columns, 3.4 * rows))
+        figure = _figure(figsize=(2.1 * columns, 2.7 * rows))
         axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
         for axis in axes:
             axis.axis("off")
@@ -184,8 +184,8 @@ class Report:
             chance = "" if worst.probability is None else f" (p={worst.probability:.2f})"
             axis.set_title(
                 f"true {worst.true}{chance}\npredicted {worst.predicted}\n"
-                f"loss {worst.loss:.2f}  {name}",
-                fontsize=8,
+                f"loss {worst.loss:.2f}\n{name}",
+                fontsize=7,
             )
         if title:
             figure.suptitle(title, fontsize=9)
