@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetunekit import bases
 from finetunekit import data as ftk_data
 from finetunekit._version import __version__
 from finetunekit.errors import (
@@ -304,15 +305,7 @@ def load(path: str | os.PathLike[str]) -> Classifier:
     """
     info = read_info(path)
     source = Path(os.fspath(path))
-    try:
-        model = keras.models.load_model(source, compile=False)
-    except Exception as exc:  # Keras raises many types for unreadable files
-        raise ConfigError(
-            f"Could not read a Keras model from {str(source)!r} ({type(exc).__name__}: {exc}). "
-            "Save models with finetunekit.save_model or model.save('name.keras')."
-        ) from exc
-    if not isinstance(model, keras.Model):
-        raise ConfigError(f"{str(source)!r} does not hold a keras.Model.")
+    model = bases._load_saved(source, otherwise="with finetunekit.save_model")
     if info is None:
         logger.info("%s holds no class names; naming the outputs by index", source)
     return Classifier(model, info=info)
