@@ -58,7 +58,6 @@ def samples(path: Path) -> None:
 
 def history(path: Path) -> None:
     import finetunekit as ftk
-    from finetunekit.demo import plot_history
 
     tuner = ftk.FineTuner(
         "mobilenet_v2",
@@ -68,14 +67,14 @@ def history(path: Path) -> None:
         input_shape=(SIZE, SIZE, 3),
     )
     train, val, _ = ftk.data.from_directory(
-        FLOWERS / "train", image_size=SIZE, validation_split=0.2, seed=0, base=tuner
+        FLOWERS / "train", image_size=tuner.input_size, validation_split=0.2, seed=0
     )
     result = tuner.fit(train, validation_data=val, verbose=0)
     title = (
         f"FineTuner.fit on flowers/train (280 training, 70 validation images), "
         f"MobileNetV2 alpha 0.35 at {SIZE} px, default recipe; {HARDWARE}"
     )
-    plot_history(result, path, title=title)
+    ftk.plot_history(result, path, title=title)
     print(f"history: {len(result.phases)} epochs, unfreeze at epoch {result.unfreeze_epoch}")
 
 

@@ -28,6 +28,9 @@ from finetunekit.errors import FinetuneKitError
 if TYPE_CHECKING:
     from finetunekit import data, datasets
     from finetunekit.bases import input_size, list_bases, load_base
+    from finetunekit.classifier import Classifier, Prediction, Predictions, load, save_model
+    from finetunekit.evaluation import Report, evaluate, plot_history
+    from finetunekit.exporting import ExportReport, export
     from finetunekit.finetuner import FineTuner
     from finetunekit.freezing import freeze, unfreeze_last
     from finetunekit.heads import add_head
@@ -39,42 +42,62 @@ if TYPE_CHECKING:
 # them waits for first use (PEP 562), so `import finetunekit` and the command's --help
 # do not pay TensorFlow's start-up time.
 _LAZY = {
-    "DEFAULTS": "finetunekit.recipe",
-    "FineTuneHistory": "finetunekit.training",
-    "FineTuner": "finetunekit.finetuner",
-    "Phase": "finetunekit.recipe",
-    "PhaseReport": "finetunekit.training",
-    "Plan": "finetunekit.recipe",
-    "Recipe": "finetunekit.recipe",
     "add_head": "finetunekit.heads",
+    "Classifier": "finetunekit.classifier",
     "compile_for": "finetunekit.tasks",
     "data": "finetunekit.data",
     "datasets": "finetunekit.datasets",
+    "DEFAULTS": "finetunekit.recipe",
+    "evaluate": "finetunekit.evaluation",
+    "export": "finetunekit.exporting",
+    "ExportReport": "finetunekit.exporting",
+    "FineTuneHistory": "finetunekit.training",
+    "FineTuner": "finetunekit.finetuner",
     "freeze": "finetunekit.freezing",
     "input_size": "finetunekit.bases",
     "list_bases": "finetunekit.bases",
+    "load": "finetunekit.classifier",
     "load_base": "finetunekit.bases",
+    "Phase": "finetunekit.recipe",
+    "PhaseReport": "finetunekit.training",
+    "Plan": "finetunekit.recipe",
+    "plot_history": "finetunekit.evaluation",
+    "Prediction": "finetunekit.classifier",
+    "Predictions": "finetunekit.classifier",
+    "Recipe": "finetunekit.recipe",
+    "Report": "finetunekit.evaluation",
+    "save_model": "finetunekit.classifier",
     "unfreeze_last": "finetunekit.freezing",
 }
 
 __all__ = [
     "__version__",
     "FinetuneKitError",
-    "DEFAULTS",
-    "FineTuneHistory",
-    "FineTuner",
-    "Phase",
-    "PhaseReport",
-    "Plan",
-    "Recipe",
     "add_head",
+    "Classifier",
     "compile_for",
     "data",
     "datasets",
+    "DEFAULTS",
+    "evaluate",
+    "export",
+    "ExportReport",
+    "FineTuneHistory",
+    "FineTuner",
     "freeze",
     "input_size",
     "list_bases",
+    "load",
     "load_base",
+    "Phase",
+    "PhaseReport",
+    "Plan",
+    "plot_history",
+    "Prediction",
+    "Predictions",
+    "Recipe",
+    "Report",
+    "save_model",
     "unfreeze_last",
 ]
 

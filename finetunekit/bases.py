@@ -340,18 +340,20 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith((".keras", ".h5")) or os.sep in text or os.path.exists(text)
 
 
-def _load_saved(path: Path) -> keras.Model:
+_BASE_NAME_INSTEAD = "pass a base name such as 'mobilenet_v2' (see finetunekit.list_bases())"
+
+
+def _load_saved(path: Path, *, otherwise: str | None = _BASE_NAME_INSTEAD) -> keras.Model:
+    """Loads a `.keras` file without its optimizer; `otherwise` is the alternative offered."""
+    alternative = f", or {otherwise}" if otherwise else ""
     if not path.exists():
-        raise WeightsNotFoundError(
-            f"No saved model at {str(path)!r}. Check the path, or pass a base name such as "
-            "'mobilenet_v2' (see finetunekit.list_bases())."
-        )
+        raise WeightsNotFoundError(f"No saved model at {str(path)!r}. Check the path{alternative}.")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for unreadable files
         raise ConfigError(
             f"Could not read a Keras model from {str(path)!r} ({type(exc).__name__}: {exc}). "
-            "Save it with model.save('name.keras'), or pass a base name."
+            f"Save it with model.save('name.keras'){alternative}."
         ) from exc
     if not isinstance(model, keras.Model):
         raise ConfigError(f"{str(path)!r} does not hold a keras.Model.")

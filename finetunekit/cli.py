@@ -1,7 +1,10 @@
-"""The `finetunekit` command: `train`, `bases`, `demo`.
+"""The `finetunekit` command: `train`, `predict`, `evaluate`, `export`, `bases`, `demo`.
 
 ```
 finetunekit train flowers/ --base mobilenet_v2 --weights imagenet --out flowers.keras
+finetunekit predict flowers.keras photos/ --top 2 --csv predictions.csv
+finetunekit evaluate flowers.keras flowers/test --plots plots/
+finetunekit export flowers.keras flowers.tflite --quantize int8 --calibration flowers/train
 finetunekit bases "efficientnet*"
 finetunekit demo
 ```
@@ -272,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_verbose(demo)
     demo.set_defaults(handler=_demo)
+    _add_model_commands(commands)
     return parser
 
 
@@ -283,6 +287,105 @@ def _add_verbose(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP
     )
+
+
+def _add_model_commands(commands: Any) -> None:
+    """`predict`, `evaluate` and `export`: using a saved model."""
+    predict = commands.add_parser(
+        "predict",
+        help="predict the classes of images with a saved model",
+        description="Predict the classes of image files or of every image in a folder "
+        "(read recursively) with a .keras model; images are resized to the model's input.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="a .keras file")
+    predict.add_argument(
+        "images", metavar="IMAGES", nargs="+", help="image files, or a folder of images"
+    )
+    predict.add_argument(
+        "--top", type=_positive, default=1, metavar="K", help="classes per image (default 1)"
+    )
+    predict.add_argument("--csv", metavar="OUT", help="also write the predictions to a CSV file")
+    predict.add_argument("--batch-size", type=_positive, default=32, metavar="N")
+    predict.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="per-class scores and confusion matrix of a saved model on a labelled folder",
+        description="Evaluate a .keras model on FOLDER (one subfolder of images per class): "
+        "accuracy, per-class precision, recall and F1, the confusion matrix and the images "
+        "with the highest loss.",
+    )
+    evaluate.add_argument("model", metavar="MODEL", help="a .keras file")
+    evaluate.add_argument("folder", metavar="FOLDER", help="folder with one subfolder per class")
+    evaluate.add_argument(
+        "--plots", metavar="DIR", help="write confusion.png and top_losses.png into DIR"
+    )
+    evaluate.add_argument("--batch-size", type=_positive, default=32, metavar="N")
+    evaluate.set_defaults(handler=_evaluate)
+
+    export = commands.add_parser(
+        "export",
+        help="export a saved model to LiteRT (.tflite) or a SavedModel, checked against Keras",
+        description="Export a .keras model for inference outside Keras and report the file "
+        "size and how well the export agrees with the Keras model on real images.",
+    )
+    export.add_argument("model", metavar="MODEL", help="a .keras file")
+    export.add_argument("out", metavar="OUT", help="a .tflite file, or a SavedModel folder")
+    export.add_argument(
+        "--format", choices=("litert", "saved_model"), default="litert", help="(default litert)"
+    )
+    export.add_argument(
+        "--quantize",
+        choices=("float16", "dynamic", "int8"),
+        help="LiteRT quantization (default: float32)",
+    )
+    export.add_argument(
+        "--calibration",
+        metavar="FOLDER",
+        help="real images to calibrate int8 (and to check the export against Keras)",
+    )
+    export.add_argument(
+        "--check", metavar="FOLDER", help="images to check the export on (default: --calibration)"
+    )
+    export.set_defaults(handler=_export)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from finetunekit.classifier import load
+
+    predictions = load(args.model).predict(args.images, top=args.top, batch_size=args.batch_size)
+    print(predictions)
+    if args.csv:
+        print(f"written: {predictions.to_csv(args.csv)}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from finetunekit.evaluation import evaluate
+
+    report = evaluate(args.model, args.folder, batch_size=args.batch_size)
+    print(report)
+    if args.plots:
+        folder = Path(args.plots)
+        written = [report.plot_confusion(folder / "confusion.png")]
+        written.append(report.plot_top_losses(folder / "top_losses.png"))
+        print("written: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from finetunekit.exporting import export
+
+    report = export(
+        args.model,
+        args.out,
+        format=args.format,
+        quantize=args.quantize,
+        representative_data=args.calibration,
+        parity_data=args.check,
+    )
+    print(report)
+    return 0
 
 
 def _base_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from finetunekit import data as ftk_data
 from finetunekit import datasets
 from finetunekit.bases import load_base
 from finetunekit.errors import ConfigError, DataError
+from finetunekit.evaluation import plot_history
 from finetunekit.finetuner import FineTuneHistory, FineTuner
 
 __all__ = ["run_demo", "DemoResult", "RunResult", "shapes_cnn", "plot_history"]
@@ -600,7 +601,13 @@ def _plot_or_note(
 ) -> Path | None:
     """Writes `out/history.png`, or notes why not (matplotlib is an optional extra)."""
     try:
-        path = plot_history(history, out / "history.png", scratch=scratch, title=_PLOT_TITLE)
+        path = plot_history(
+            history,
+            out / "history.png",
+            baseline=None if scratch is None else scratch.history,
+            baseline_label="from scratch",
+            title=_PLOT_TITLE,
+        )
     except ImportError:
         notes.append("plot skipped: matplotlib is not installed (pip install 'finetunekit[plot]').")
         return None
@@ -732,67 +739,3 @@ def _describe(weights: str | os.PathLike[str] | None) -> str:
     if weights is None:
         return "random weights"
     return "ImageNet weights" if weights == "imagenet" else f"weights {os.fspath(weights)}"
-
-
-def plot_history(
-    history: FineTuneHistory,
-    path: str | os.PathLike[str],
-    *,
-    scratch: RunResult | None = None,
-    title: str | None = None,
-) -> Path:
-    """Saves accuracy and loss per epoch of a two-phase `FineTuner.fit` as a PNG.
-
-    The head phase is shaded and the unfreeze point is marked with a dashed line.
-
-    Args:
-        history: what `FineTuner.fit` returned.
-        path: the PNG to write.
-        scratch: a run trained from scratch whose validation accuracy is drawn for
-            comparison.
-        title: a title over both panels.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ImportError: matplotlib is not installed (`pip install 'finetunekit[plot]'`).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = np.arange(1, len(history.phases) + 1)
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, metric in zip(axes, ("accuracy", "loss"), strict=True):
-        for prefix, style in (("", "-"), ("val_", "-o")):
-            values = history.history.get(prefix + metric)
-            if values:
-                label = ("validation " if prefix else "training ") + metric
-                axis.plot(epochs, values, style, markersize=3, label=label)
-        if scratch is not None and f"val_{metric}" in scratch.history:
-            values = scratch.history[f"val_{metric}"]
-            axis.plot(
-                np.arange(1, len(values) + 1),
-                values,
-                ":",
-                color="grey",
-                label=f"validation {metric}, from scratch",
-            )
-        unfreeze = history.unfreeze_epoch
-        head_end = (unfreeze if unfreeze is not None else len(epochs)) + 0.5
-        axis.axvspan(0.5, head_end, color="tab:blue", alpha=0.07, label="head phase (base frozen)")
-        if unfreeze is not None:
-            axis.axvline(unfreeze + 0.5, color="black", linestyle="--", label="unfreeze")
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(metric)
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
-    if title:
-        figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    target = Path(os.fspath(path))
-    figure.savefig(target, dpi=100)
-    plt.close(figure)
-    return target

@@ -21,6 +21,7 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "StepOrderError",
+    "MissingExtraError",
 ]
 
 
@@ -70,3 +71,15 @@ class DataNotFoundError(FinetuneKitError, FileNotFoundError):
 
 class StepOrderError(FinetuneKitError, RuntimeError):
     """A step was called before the step it depends on (e.g. `train` before `add_head`)."""
+
+
+class MissingExtraError(FinetuneKitError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def missing_extra(what: str, package: str, extra: str) -> MissingExtraError:
+    """The error for `what` needing `package`, installed by `pip install 'finetunekit[extra]'`."""
+    return MissingExtraError(
+        f"{what} needs {package}, which is not installed. Install it with "
+        f"pip install 'finetunekit[{extra}]' (or pip install {package})."
+    )

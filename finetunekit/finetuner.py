@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing_extensions import Unpack
 
 from finetunekit import bases, caching, data, freezing, heads, tasks, training
 from finetunekit._checks import check_choice, check_int
+from finetunekit.classifier import save_model
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, StepOrderError
 from finetunekit.recipe import DEFAULTS, Phase, PhasePlan, Plan, Recipe, RecipeSettings
 from finetunekit.recipe import plan as plan_phases
@@ -124,7 +126,10 @@ class FineTuner:
         self._label_mode: str | None = None
         #: The History of the last `train` (or the `FineTuneHistory` of the last `fit`).
         self.history: keras.callbacks.History | None = None
+        #: The class names the training data carries (label i is class_names[i]), if any.
+        self.class_names: tuple[str, ...] | None = None
         self._last_report: PhaseReport | None = None
+        self._recipe: Recipe | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -352,6 +357,7 @@ class FineTuner:
         }
         self.history = history
         self._last_report = history.reports[-1] if history.reports else None
+        self._recipe = chosen
         return history
 
     def plan(
@@ -390,8 +396,10 @@ class FineTuner:
         """Saves the full model as a `.keras` file that `keras.models.load_model` reloads.
 
         The preprocessing is inside the model, so the reloaded model predicts on raw
-        images. The file is written beside the target and renamed over it, so a failed
-        save leaves an existing file as it was.
+        images. The file also holds the class names (from the training data), the task,
+        the base and the recipe of the last `fit`, which `finetunekit.load` returns with
+        the model (see `finetunekit.save_model`). It is written beside the target and
+        renamed over it, so a failed save leaves an existing file as it was.
 
         Returns:
             The path written.
@@ -401,29 +409,20 @@ class FineTuner:
             StepOrderError: there is no model yet.
         """
         model = self._need_model()
-        if not isinstance(path, (str, os.PathLike)):
-            raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
-        target = Path(os.path.expanduser(os.fspath(path)))
-        if target.suffix != ".keras":
-            raise ConfigError(
-                f"save() writes a Keras 3 '.keras' file; received {str(target)!r}. Use a name "
-                f"such as {str(target.with_suffix('.keras'))!r}."
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
         optimizer = getattr(model, "optimizer", None)
         if optimizer is not None and not optimizer.built:
             # Never trained (e.g. compiled, then saved): build it so the file's optimizer
             # state matches what load_model rebuilds (no warning there).
             optimizer.build(model.trainable_variables)
-        partial = target.with_name(f".{target.stem}.{os.getpid()}.partial.keras")
-        try:
-            model.save(partial)
-            os.replace(partial, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-        logger.info("saved %s to %s", model.name, target)
-        return target
+        base = self._base_arg if isinstance(self._base_arg, str) else None
+        return save_model(
+            model,
+            path,
+            class_names=self.class_names,
+            task=self._task.name,
+            base=None if base is None or bases._looks_like_path(base) else base,
+            recipe=dataclasses.asdict(self._recipe) if self._recipe is not None else None,
+        )
 
     # -- internals -----------------------------------------------------------------------
 
@@ -475,6 +474,7 @@ class FineTuner:
             self.load_base()
         self._check_image_size(prepared.train, self._need_base())
         self.num_classes = prepared.num_classes if self.num_classes is None else self.num_classes
+        self.class_names = prepared.class_names or self.class_names
         self._label_mode = prepared.label_mode
         if self._compile_args and self._compile_args.get("label_mode") != prepared.label_mode:
             logger.info("labels are %s: recompiling with the matching loss", prepared.label_mode)

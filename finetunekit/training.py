@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -91,6 +93,22 @@ class FineTuneHistory(keras.callbacks.History):
     @property
     def unfreeze_epoch(self) -> int | None:
         return self.phases.index(FINETUNE) if FINETUNE in self.phases else None
+
+    def plot(self, path: str | os.PathLike[str], **options: Any) -> Path:
+        """Draws loss and the main metric per epoch, each phase shaded, every unfreeze marked.
+
+        Needs matplotlib (`pip install "finetunekit[plot]"`); `options` are those of
+        `finetunekit.plot_history`.
+
+        Returns:
+            The path written (a PNG).
+
+        Example:
+            >>> tuner.fit(train).plot("history.png")
+        """
+        from finetunekit.evaluation import plot_history
+
+        return plot_history(self, path, **options)
 
     def extend(self, phase: str, other: keras.callbacks.History) -> None:
         """Appends the epochs of one phase."""

@@ -362,3 +362,22 @@ def test_own_functional_base():
     )
     assert tuner.base is base
     assert history.phases == ["head", "finetune"]
+
+
+
+def test_save_keeps_the_class_names_and_the_recipe(tmp_path):
+    from _colors import colour_folder
+
+    root = colour_folder(
+        tmp_path / "photos", {"blue": ["blue"] * 4, "green": ["green"] * 4, "red": ["red"] * 4}
+    )
+    train, _, names = ftk.data.from_directory(root, image_size=32, batch_size=4, seed=0)
+    tuner = ftk.FineTuner("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    tuner.fit(train, head_epochs=1, finetune_epochs=1, verbose=0)
+    assert tuner.class_names == names == ("blue", "green", "red")
+    path = tuner.save(tmp_path / "colours.keras")
+    loaded = ftk.load(path)
+    assert loaded.class_names == names
+    assert loaded.info.recipe["head_epochs"] == 1 and loaded.info.base == "mobilenet_v2"
+    plain = keras.models.load_model(path)  # still a plain Keras file
+    assert plain.output_shape == (None, 3)

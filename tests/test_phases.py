@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import logging
 import dataclasses
+import logging
 import re
 
 import keras

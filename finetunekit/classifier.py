@@ -1,0 +1,622 @@
+"""A saved model that knows its classes: `save_model`, `load`, `Classifier.predict`.
+
+`save_model` writes an ordinary Keras `.keras` file and adds one small entry to
+its zip archive, `finetunekit.json`, holding the class names, the task, the base
+and the input size. Keras reads only the entries it knows (`config.json`,
+`metadata.json`, `model.weights.h5`, `assets/`), so `keras.models.load_model`
+still loads the file without finetunekit; `finetunekit.load` reads the entry
+too and returns a `Classifier` that names what it predicts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from finetunekit import bases
+from finetunekit import data as ftk_data
+from finetunekit._version import __version__
+from finetunekit.data import _arrays, _folders
+from finetunekit.errors import (
+    ArgumentTypeError,
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    WeightsNotFoundError,
+)
+
+__all__ = [
+    "save_model",
+    "load",
+    "read_info",
+    "ModelInfo",
+    "Classifier",
+    "Prediction",
+    "Predictions",
+]
+
+logger = logging.getLogger("finetunekit")
+
+#: Name of the entry `save_model` adds to the `.keras` zip archive.
+INFO_ENTRY = "finetunekit.json"
+_INFO_FORMAT = 1
+_TASKS = ("multiclass", "binary", "multilabel", "regression")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a saved model says about itself (the `finetunekit.json` entry).
+
+    Attributes:
+        class_names: name of every output (class `i` is `class_names[i]`); for a binary
+            model, the negative and the positive class.
+        task: `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`.
+        base: the base the model was fine-tuned from (a registry name), when known.
+        input_size: `(height, width)` images are resized to.
+        recipe: the training settings, as plain JSON values, when given.
+        finetunekit_version: the version that wrote the file.
+    """
+
+    class_names: tuple[str, ...]
+    task: str
+    base: str | None = None
+    input_size: tuple[int, int] | None = None
+    recipe: dict[str, Any] | None = None
+    finetunekit_version: str = __version__
+
+    def to_json(self) -> str:
+        values = asdict(self)
+        values["format"] = _INFO_FORMAT
+        return json.dumps(values, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelInfo:
+        values = json.loads(text)
+        size = values.get("input_size")
+        return cls(
+            class_names=tuple(str(n) for n in values.get("class_names") or ()),
+            task=str(values.get("task") or "multiclass"),
+            base=values.get("base"),
+            input_size=None if size is None else (int(size[0]), int(size[1])),
+            recipe=values.get("recipe"),
+            finetunekit_version=str(values.get("finetunekit_version", "")),
+        )
+
+
+def _check_model(model: Any, what: str = "model") -> keras.Model:
+    if not isinstance(model, keras.Model):
+        raise ArgumentTypeError(
+            f"{what} must be a keras.Model, a finetunekit Classifier or a path to a .keras "
+            f"file; received {type(model).__name__}."
+        )
+    return model
+
+
+def infer_task(model: keras.Model) -> str:
+    """The task a model's output layer implies: softmax, sigmoid (1 or more units), linear."""
+    layer = model.layers[-1] if model.layers else None
+    activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    units = _output_units(model)
+    if activation == "softmax":
+        return "multiclass"
+    if activation == "sigmoid":
+        return "binary" if units == 1 else "multilabel"
+    return "regression"
+
+
+def _output_units(model: keras.Model) -> int:
+    shape = model.output_shape
+    if isinstance(shape, list):
+        raise ConfigError(
+            f"{model.name} has {len(shape)} outputs; finetunekit saves and predicts with "
+            "models of one output."
+        )
+    return int(shape[-1])
+
+
+def _model_input_size(model: keras.Model) -> tuple[int, int] | None:
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4:
+        raise ConfigError(
+            f"{model.name} takes inputs of shape {shape}; finetunekit expects one batch of "
+            "images (batch, height, width, channels)."
+        )
+    height, width = shape[1], shape[2]
+    return (int(height), int(width)) if height and width else None
+
+
+def _check_class_names(class_names: Any, task: str, units: int) -> tuple[str, ...]:
+    expected = 2 if task == "binary" else units
+    if class_names is None:
+        names = ("0", "1") if task == "binary" else tuple(str(i) for i in range(units))
+        return names if task != "regression" else tuple(f"output_{i}" for i in range(units))
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Iterable):
+        raise ArgumentTypeError(
+            f"class_names must be a list of strings, e.g. ['cats', 'dogs']; received "
+            f"{type(class_names).__name__}."
+        )
+    names = tuple(str(n) for n in class_names)
+    if len(names) != expected:
+        raise ConfigError(
+            f"class_names has {len(names)} names but the model "
+            + (
+                "is binary (one sigmoid output), which needs 2: the negative class, then "
+                "the positive one."
+                if task == "binary"
+                else f"has {units} outputs; pass one name per output, in label order."
+            )
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"class_names must be different from each other; received {names}.")
+    return names
+
+
+def _keras_path(path: Any, what: str = "path") -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"{what} must be a str or os.PathLike; received {path!r}.")
+    target = Path(os.fspath(path))
+    if target.suffix != ".keras":
+        raise ConfigError(
+            f"finetunekit saves Keras 3 '.keras' files; received {str(target)!r}. Use a name "
+            f"such as {str(target.with_suffix('.keras'))!r}."
+        )
+    return target
+
+
+def save_model(
+    model: keras.Model,
+    path: str | os.PathLike[str],
+    *,
+    class_names: Sequence[str] | None = None,
+    task: str | None = None,
+    base: str | None = None,
+    recipe: dict[str, Any] | None = None,
+) -> Path:
+    """Saves a model as a `.keras` file that also holds its class names.
+
+    The file is written beside the target and renamed over it, so a failed save leaves
+    what was there. `keras.models.load_model` loads it as any `.keras` file;
+    `finetunekit.load` also returns the class names, task, base and input size.
+
+    Args:
+        model: the model (taking raw 0-255 pixels, as `load_base` models do).
+        path: where to write; must end in `.keras`. Missing folders are created.
+        class_names: one name per output in label order (for a binary model: the
+            negative class, then the positive one). Defaults to `"0"`, `"1"`, ...
+        task: `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`; inferred
+            from the output layer when None (softmax, sigmoid, linear).
+        base: the base's registry name, e.g. `"mobilenet_v2"`.
+        recipe: training settings to keep with the model (JSON values).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: `path` does not end in `.keras`; `class_names` do not fit the
+            outputs; an unknown task; `recipe` is not JSON.
+        ArgumentTypeError: `model` is not a keras.Model.
+
+    Example:
+        >>> ftk.save_model(model, "flowers.keras", class_names=["daisy", "roses"])
+        >>> ftk.load("flowers.keras").class_names
+        ('daisy', 'roses')
+    """
+    model = _check_model(model)
+    target = _keras_path(path)
+    task = infer_task(model) if task is None else task
+    if task not in _TASKS:
+        raise ConfigError(f"Unknown task {task!r}; choose one of {list(_TASKS)}.")
+    info = ModelInfo(
+        class_names=_check_class_names(class_names, task, _output_units(model)),
+        task=task,
+        base=base,
+        input_size=_model_input_size(model),
+        recipe=recipe,
+    )
+    try:
+        entry = info.to_json()
+    except TypeError as exc:
+        raise ConfigError(f"recipe must hold JSON values (numbers, strings, lists): {exc}") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Keras needs the '.keras' ending on the temporary name too.
+    handle, temp_name = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=".keras", dir=target.parent
+    )
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        model.save(temp)
+        with zipfile.ZipFile(temp, "a") as archive:
+            archive.writestr(INFO_ENTRY, entry)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    logger.info("saved %s (%d classes) to %s", model.name, len(info.class_names), target)
+    return target
+
+
+def read_info(path: str | os.PathLike[str]) -> ModelInfo | None:
+    """The `ModelInfo` stored in a `.keras` file, or None when it holds none.
+
+    Raises:
+        WeightsNotFoundError: there is no file at `path`.
+        ConfigError: the file is not a `.keras` archive.
+    """
+    source = _existing(path)
+    try:
+        with zipfile.ZipFile(source) as archive:
+            if INFO_ENTRY not in archive.namelist():
+                return None
+            return ModelInfo.from_json(archive.read(INFO_ENTRY).decode("utf-8"))
+    except (zipfile.BadZipFile, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"{str(source)!r} is not a Keras '.keras' file ({exc}). Save models with "
+            "finetunekit.save_model or model.save('name.keras')."
+        ) from exc
+
+
+def _existing(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
+    source = Path(os.fspath(path))
+    if not source.exists():
+        raise WeightsNotFoundError(
+            f"No saved model at {str(source)!r}. Check the path; models are saved with "
+            "finetunekit.save_model (or FineTuner.save) as '.keras' files."
+        )
+    if source.is_dir():
+        raise ConfigError(f"{str(source)!r} is a folder; finetunekit.load reads one '.keras' file.")
+    return source
+
+
+def load(path: str | os.PathLike[str]) -> Classifier:
+    """Loads a `.keras` file as a `Classifier` that names its classes.
+
+    Files written by `save_model` (or `FineTuner.save`) carry their class names; other
+    `.keras` files load too, with the task read from the output layer and classes
+    named `"0"`, `"1"`, ...
+
+    Args:
+        path: a `.keras` file.
+
+    Returns:
+        A `Classifier` (its `.model` is the plain Keras model, loaded without its
+        optimizer).
+
+    Raises:
+        WeightsNotFoundError: there is no file at `path`.
+        ConfigError: the file cannot be read as a Keras model.
+
+    Example:
+        >>> classifier = ftk.load("flowers.keras")
+        >>> classifier.predict("photos/", top=2)[0].label
+        'roses'
+    """
+    info = read_info(path)
+    source = Path(os.fspath(path))
+    model = bases._load_saved(source, otherwise="with finetunekit.save_model")
+    if info is None:
+        logger.info("%s holds no class names; naming the outputs by index", source)
+    return Classifier(model, info=info)
+
+
+def as_classifier(model_or_path: Any, class_names: Sequence[str] | None = None) -> Classifier:
+    """A `Classifier` from a Classifier, a keras.Model or a path to a `.keras` file."""
+    if isinstance(model_or_path, Classifier):
+        classifier = model_or_path
+    elif isinstance(model_or_path, (str, os.PathLike)):
+        classifier = load(model_or_path)
+    else:
+        classifier = Classifier(_check_model(model_or_path, "model_or_path"))
+    if class_names is not None:
+        classifier = Classifier(classifier.model, class_names, task=classifier.task)
+    return classifier
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The prediction for one image.
+
+    Attributes:
+        source: the image file, or None for an array.
+        top: `(class name, probability)` pairs, most probable first (for a regression,
+            `(output name, value)` in output order).
+    """
+
+    source: str | None
+    top: tuple[tuple[str, float], ...]
+
+    @property
+    def label(self) -> str:
+        """The most probable class."""
+        return self.top[0][0]
+
+    @property
+    def score(self) -> float:
+        """Its probability (or the first output of a regression)."""
+        return self.top[0][1]
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions(Sequence[Prediction]):
+    """The predictions for a batch of images, in input order.
+
+    Attributes:
+        rows: one `Prediction` per image.
+        outputs: the model's raw outputs, shape `(images, outputs)`.
+        class_names: the name of every output.
+    """
+
+    rows: tuple[Prediction, ...]
+    outputs: np.ndarray = field(repr=False)
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.rows[index]
+
+    def __str__(self) -> str:
+        width = max([len(_shown(r.source)) for r in self.rows] + [5])
+        lines = [f"{'image':<{width}}  prediction"]
+        for row in self.rows:
+            guesses = ", ".join(f"{name} {score:.3f}" for name, score in row.top)
+            lines.append(f"{_shown(row.source):<{width}}  {guesses}")
+        return "\n".join(lines)
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Writes one row per image: source, then class and probability for each of the top k."""
+        target = Path(os.fspath(path))
+        top = max((len(r.top) for r in self.rows), default=1)
+        header = ["image"] + [f"{kind}_{i + 1}" for i in range(top) for kind in ("class", "p")]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for index, row in enumerate(self.rows):
+                cells = [row.source if row.source is not None else str(index)]
+                for name, score in row.top:
+                    cells += [name, f"{score:.6f}"]
+                writer.writerow(cells)
+        return target
+
+
+def _shown(source: str | None) -> str:
+    return "(array)" if source is None else source
+
+
+class Classifier:
+    """A Keras model with the names of its classes.
+
+    Args:
+        model: a Keras model taking raw 0-255 RGB images.
+        class_names: one name per output (binary: negative, positive); by default those
+            in `info`, else `"0"`, `"1"`, ...
+        task: inferred from the output layer when None.
+        info: what the saved file said (`finetunekit.load` passes it).
+
+    Attributes:
+        model: the Keras model.
+        class_names: the class of every output.
+        task: `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`.
+        input_size: `(height, width)` images are resized to.
+        info: the `ModelInfo` of the file it was loaded from, or None.
+
+    Example:
+        >>> classifier = ftk.Classifier(model, ["cats", "dogs"])
+        >>> for row in classifier.predict("photos/", top=2):
+        ...     print(row.source, row.label, row.score)
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        class_names: Sequence[str] | None = None,
+        *,
+        task: str | None = None,
+        info: ModelInfo | None = None,
+    ) -> None:
+        self.model = _check_model(model)
+        self.info = info
+        self.task = task or (info.task if info is not None else infer_task(self.model))
+        if self.task not in _TASKS:
+            raise ConfigError(f"Unknown task {self.task!r}; choose one of {list(_TASKS)}.")
+        names = class_names if class_names is not None else (info.class_names if info else None)
+        self.class_names = _check_class_names(names, self.task, _output_units(self.model))
+        size = _model_input_size(self.model)
+        if size is None and info is not None:
+            size = info.input_size
+        self.input_size: tuple[int, int] = size or ftk_data.DEFAULT_IMAGE_SIZE
+
+    def __repr__(self) -> str:
+        return (
+            f"Classifier({self.model.name}, task={self.task!r}, classes={list(self.class_names)}, "
+            f"input_size={self.input_size})"
+        )
+
+    def outputs(self, images: Any, *, batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
+        """The model's raw outputs for `images` (see `predict`), and the file of each."""
+        dataset, sources = image_dataset(images, self.input_size, batch_size=batch_size)
+        try:
+            outputs = self.model.predict(dataset, verbose=0)
+        except tf.errors.InvalidArgumentError as exc:
+            # Files are decoded once, while predicting; only a failure reads them again.
+            raise _decode_failure(sources) from exc
+        return np.asarray(outputs, dtype="float32").reshape(len(sources), -1), sources
+
+    def predict(self, images: Any, *, top: int = 1, batch_size: int = 32) -> Predictions:
+        """Predicts the classes of images, files or a folder.
+
+        Images are resized to `input_size` the way `data.from_directory` resizes them
+        (bilinear, aspect ratio not kept); grayscale and RGBA become RGB.
+
+        Args:
+            images: an image file or a folder of them (read recursively, in sorted
+                order), a list of files, one image array `(height, width, channels)`, a
+                batch `(n, height, width, channels)` or a list of arrays of any sizes.
+                Raw pixel values 0-255.
+            top: how many classes to return per image, most probable first (clipped to
+                the number of classes).
+            batch_size: images per batch.
+
+        Returns:
+            `Predictions`, one `Prediction` per image in input order.
+
+        Raises:
+            DataNotFoundError: a file or folder does not exist.
+            DataError: a folder holds no images, an image cannot be decoded, or an array
+                has the wrong shape.
+            ConfigError: `top` is not a positive int.
+        """
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise ConfigError(f"top must be a positive int, e.g. top=3; received {top!r}.")
+        outputs, sources = self.outputs(images, batch_size=batch_size)
+        rows = tuple(
+            Prediction(source, self._top(row, top))
+            for source, row in zip(sources, outputs, strict=True)
+        )
+        return Predictions(rows, outputs, self.class_names)
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """One column per class name: a binary model's sigmoid becomes (1 - p, p)."""
+        if self.task == "binary":
+            return np.concatenate([1.0 - outputs, outputs], axis=1)
+        return outputs
+
+    def _top(self, row: np.ndarray, top: int) -> tuple[tuple[str, float], ...]:
+        if self.task == "regression":
+            return tuple((n, float(v)) for n, v in zip(self.class_names, row, strict=True))
+        scores = self.probabilities(row[None])[0]
+        order = np.argsort(-scores, kind="stable")[:top]
+        return tuple((self.class_names[i], float(scores[i])) for i in order)
+
+
+# -- reading images ----------------------------------------------------------------------
+
+
+def image_files(source: str | os.PathLike[str]) -> list[str]:
+    """A file, or every image file under a folder (sorted, recursively)."""
+    path = Path(os.fspath(source))
+    if not path.exists():
+        raise DataNotFoundError(f"No image or folder at {str(path)!r}. Check the path.")
+    if path.is_file():
+        return [str(path)]
+    files = [str(p) for p in _folders._walk_files(path) if _folders._is_image(p.name)]
+    if not files:
+        raise DataError(
+            f"{str(path)!r} holds no images (readable formats: "
+            f"{', '.join(ftk_data.IMAGE_FORMATS)}). Pass a folder of images, or the files."
+        )
+    return files
+
+
+def _load_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    # The calls Keras' image_dataset_from_directory makes (decode to 3 channels, bilinear
+    # resize), so a file predicts as it trained; Keras keeps that loader private.
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = tf.image.resize(image, size, method="bilinear")
+    image.set_shape((size[0], size[1], 3))
+    return image
+
+
+def _decode_failure(sources: list[str | None]) -> Exception:
+    bad = _folders._find_bad_images([s for s in sources if s is not None])
+    if not bad:
+        return DataError("The images could not be read; see the cause above.")
+    first, reason = next(iter(bad.items()))
+    return DataError(
+        f"{len(bad)} image file(s) could not be decoded: {_folders._names(list(bad))} "
+        f"({first}: {reason}). Remove or re-save them."
+    )
+
+
+def _fit_array(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One image array -> float32 RGB of `size`."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise DataError(
+            f"An image must be (height, width) or (height, width, 1|3|4 channels); received "
+            f"shape {image.shape}."
+        )
+    if not np.issubdtype(image.dtype, np.number) and image.dtype != bool:
+        raise DataError(f"Image arrays must be numeric; received dtype {image.dtype}.")
+    rgb = _arrays._to_rgb(tf.convert_to_tensor(image.astype("float32")))
+    if tuple(image.shape[:2]) != tuple(size):
+        rgb = tf.image.resize(rgb, size, method="bilinear")
+    return rgb.numpy()
+
+
+def image_dataset(
+    images: Any, size: tuple[int, int], *, batch_size: int = 32
+) -> tuple[tf.data.Dataset, list[str | None]]:
+    """Batched float32 RGB images of `size` from files, a folder or arrays, and their files."""
+    _arrays._check_batch_size(batch_size)
+    paths = _as_paths(images)
+    if paths is not None:
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise DataNotFoundError(
+                f"{len(missing)} image file(s) do not exist: {_folders._names(missing)}."
+            )
+        dataset = (
+            tf.data.Dataset.from_tensor_slices(paths)
+            .map(lambda p: _load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        return dataset, list(paths)
+    arrays = _as_arrays(images)
+    batch = np.stack([_fit_array(image, size) for image in arrays])
+    return tf.data.Dataset.from_tensor_slices(batch).batch(batch_size), [None] * len(batch)
+
+
+def _as_paths(images: Any) -> list[str] | None:
+    if isinstance(images, (str, os.PathLike)):
+        return image_files(images)
+    if (
+        isinstance(images, (list, tuple))
+        and images
+        and all(isinstance(i, (str, os.PathLike)) for i in images)
+    ):
+        return [f for item in images for f in image_files(item)]
+    return None
+
+
+def _as_arrays(images: Any) -> list[np.ndarray]:
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise DataError("No images given: the list is empty.")
+        return [np.asarray(i) for i in images]
+    if isinstance(images, (bytes, dict)) or images is None:
+        raise ArgumentTypeError(
+            "images must be a file, a folder, a list of files, or image arrays; received "
+            f"{type(images).__name__}."
+        )
+    try:
+        array = np.asarray(images)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentTypeError(f"images could not be read as arrays: {exc}") from exc
+    if array.ndim == 4:
+        if len(array) == 0:
+            raise DataError("No images given: the batch is empty.")
+        return list(array)
+    if array.ndim in (2, 3):
+        return [array]
+    raise DataError(
+        "images must be files, a folder, one image (height, width, channels) or a batch "
+        f"(n, height, width, channels); received an array of shape {array.shape}."
+    )

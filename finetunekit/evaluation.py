@@ -1,0 +1,591 @@
+"""After training: `evaluate` a model on labelled images, and draw what happened.
+
+`evaluate` returns a `Report`: accuracy, per-class precision / recall / F1 /
+support, the confusion matrix and the predictions with the highest loss (with
+their files when the images came from a folder). Multilabel models get
+per-label scores, regressions MAE and RMSE. `plot_history` draws a training
+history with its phases. Plots need matplotlib (the `plot` extra).
+
+Keras has the scalar metrics but no per-class report or confusion matrix, and
+scikit-learn is not a dependency, so the counts are computed here with numpy.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from finetunekit import data as ftk_data
+from finetunekit.classifier import Classifier, _load_image, as_classifier
+from finetunekit.data import _arrays, _folders
+from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
+
+__all__ = ["evaluate", "Report", "Worst", "plot_history"]
+
+#: How many of the worst predictions a `Report` keeps (with their pixels, for the plot).
+WORST_KEPT = 25
+_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class Worst:
+    """One of the predictions with the highest loss.
+
+    Attributes:
+        index: position of the image in the data.
+        source: its file, or None when the data held no file names.
+        true: the true class (multilabel: the labels present, joined by `+`; regression:
+            the target).
+        predicted: the predicted class (or labels, or value).
+        probability: the probability the model gave the true class (multiclass and
+            binary), else None.
+        loss: the example's loss (cross-entropy; squared error for a regression).
+        image: the pixels as seen by the model (uint8).
+    """
+
+    index: int
+    source: str | None
+    true: str
+    predicted: str
+    probability: float | None
+    loss: float
+    image: np.ndarray = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Report:
+    """What `evaluate` measured.
+
+    Attributes:
+        task: the model's task.
+        class_names: the class (or label, or output) names.
+        count: images evaluated.
+        loss: mean loss per image.
+        accuracy: share of correct top-1 predictions (multilabel: of correct labels;
+            None for a regression).
+        precision, recall, f1: per class (multilabel: per label, at 0.5); None for a
+            regression.
+        support: images of each class (multilabel: positives of each label).
+        confusion: `confusion[i, j]` counts images of class i predicted as j
+            (multiclass and binary; None otherwise).
+        mae, rmse: per output, for a regression (None otherwise).
+        worst: the predictions with the highest loss, worst first.
+    """
+
+    task: str
+    class_names: tuple[str, ...]
+    count: int
+    loss: float
+    accuracy: float | None
+    precision: np.ndarray | None
+    recall: np.ndarray | None
+    f1: np.ndarray | None
+    support: np.ndarray | None
+    confusion: np.ndarray | None
+    mae: np.ndarray | None
+    rmse: np.ndarray | None
+    worst: tuple[Worst, ...]
+
+    @property
+    def macro_f1(self) -> float | None:
+        """The mean F1 over the classes."""
+        return None if self.f1 is None else float(np.mean(self.f1))
+
+    def __str__(self) -> str:
+        lines = [f"{self.task} evaluation on {self.count} images: mean loss {self.loss:.4f}"]
+        if self.mae is not None and self.rmse is not None:
+            lines.append(f"{'output':<16} {'MAE':>10} {'RMSE':>10}")
+            for name, mae, rmse in zip(self.class_names, self.mae, self.rmse, strict=True):
+                lines.append(f"{name:<16} {mae:>10.4f} {rmse:>10.4f}")
+        if self.f1 is not None:
+            lines[0] += f", accuracy {self.accuracy:.3f}, macro F1 {self.macro_f1:.3f}"
+            width = max(len(n) for n in self.class_names + ("class",))
+            lines.append(
+                f"{'class':<{width}}  precision  recall     f1  support"
+                + ("   predicted as" if self.confusion is not None else "")
+            )
+            for i, name in enumerate(self.class_names):
+                assert self.precision is not None and self.recall is not None
+                assert self.support is not None
+                row = (
+                    f"{name:<{width}}  {self.precision[i]:>9.3f}  {self.recall[i]:>6.3f}  "
+                    f"{self.f1[i]:>5.3f}  {int(self.support[i]):>7d}"
+                )
+                if self.confusion is not None:
+                    row += "   " + " ".join(f"{int(c):>4d}" for c in self.confusion[i])
+                lines.append(row)
+        if self.worst:
+            lines.append("highest losses:")
+            for worst in self.worst[:5]:
+                where = worst.source if worst.source is not None else f"#{worst.index}"
+                lines.append(
+                    f"  {worst.loss:7.3f}  true {worst.true}, predicted {worst.predicted}  {where}"
+                )
+        return "\n".join(lines)
+
+    def plot_confusion(self, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
+        """Draws the confusion matrix as a PNG (rows: true class, columns: predicted).
+
+        Raises:
+            ConfigError: the task has no confusion matrix (multilabel, regression).
+            MissingExtraError: matplotlib is not installed.
+        """
+        if self.confusion is None:
+            raise ConfigError(
+                f"A {self.task} report has no confusion matrix; plot_confusion is for "
+                "multiclass and binary models."
+            )
+        figure = _figure(figsize=(1.2 + 0.75 * len(self.class_names),) * 2)
+        axis = figure.subplots()
+        counts = self.confusion
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), count in np.ndenumerate(counts):
+            axis.text(
+                j, i, str(int(count)), ha="center", va="center",
+                color="white" if shares[i, j] > 0.5 else "black",
+            )  # fmt: skip
+        ticks = np.arange(len(self.class_names))
+        axis.set_xticks(ticks, self.class_names, rotation=45, ha="right")
+        axis.set_yticks(ticks, self.class_names)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_title(title or f"accuracy {self.accuracy:.3f} on {self.count} images", fontsize=9)
+        return _save(figure, path)
+
+    def plot_top_losses(
+        self, path: str | os.PathLike[str], k: int = 9, *, title: str | None = None
+    ) -> Path:
+        """Draws the `k` predictions with the highest loss as a PNG grid.
+
+        Raises:
+            ConfigError: `k` is not a positive int.
+            MissingExtraError: matplotlib is not installed.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a positive int, e.g. k=9; received {k!r}.")
+        shown = self.worst[:k]
+        columns = min(3, len(shown)) or 1
+        rows = max(1, math.ceil(len(shown) / columns))
+        figure = _figure(figsize=(2.1 * columns, 2.7 * rows))
+        axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+        for axis in axes:
+            axis.axis("off")
+        for axis, worst in zip(axes, shown, strict=False):
+            axis.imshow(worst.image)
+            name = Path(worst.source).name if worst.source else f"#{worst.index}"
+            chance = "" if worst.probability is None else f" (p={worst.probability:.2f})"
+            axis.set_title(
+                f"true {worst.true}{chance}\npredicted {worst.predicted}\n"
+                f"loss {worst.loss:.2f}\n{name}",
+                fontsize=7,
+            )
+        if title:
+            figure.suptitle(title, fontsize=9)
+        return _save(figure, path)
+
+
+def evaluate(
+    model_or_path: Any,
+    data: Any,
+    *,
+    class_names: Sequence[str] | None = None,
+    batch_size: int = 32,
+) -> Report:
+    """Measures a model on labelled images: per-class scores, confusion, worst predictions.
+
+    Args:
+        model_or_path: a `Classifier`, a `keras.Model` or a path to a `.keras` file.
+        data: a folder with one subfolder per class (as `data.from_directory` reads it;
+            the worst predictions then name their files), a dataset made by
+            `data.from_directory` (its files are read again, in order), another
+            `tf.data.Dataset` of `(images, labels)`, or a tuple `(x, y)` of arrays.
+            Raw pixels 0-255; labels as class indices, one-hot or multi-hot rows, or
+            regression targets.
+        class_names: names of the classes in label order; by default those stored in the
+            model file, else those of the folder or dataset.
+        batch_size: images per batch.
+
+    Returns:
+        A `Report`; `print(report)` shows the table.
+
+    Raises:
+        DataNotFoundError: the folder does not exist.
+        DataError: the data is malformed, empty, or its classes are not the model's.
+        WeightsNotFoundError: there is no model file at `model_or_path`.
+
+    Example:
+        >>> report = ftk.evaluate("flowers.keras", "flowers/test")
+        >>> print(report)
+        >>> report.plot_confusion("confusion.png")
+    """
+    classifier = as_classifier(model_or_path, class_names)
+    batches, sources, data_names = _labelled_batches(data, classifier, batch_size)
+    if data_names is not None and class_names is None:
+        classifier = _with_data_names(classifier, data_names)
+    return _measure(classifier, batches, sources)
+
+
+def _with_data_names(classifier: Classifier, names: tuple[str, ...]) -> Classifier:
+    """Names the classes after the data when the model has only index names."""
+    indexed = tuple(str(i) for i in range(len(classifier.class_names)))
+    if classifier.class_names == names:
+        return classifier
+    if classifier.class_names in (indexed, ("0", "1")) and len(names) == len(
+        classifier.class_names
+    ):
+        return Classifier(classifier.model, names, task=classifier.task)
+    raise DataError(
+        f"The data's classes {list(names)} are not the model's {list(classifier.class_names)}. "
+        "Evaluate on a folder with the same class folders (same names), or pass class_names=."
+    )
+
+
+def _labelled_batches(
+    data: Any, classifier: Classifier, batch_size: int
+) -> tuple[tf.data.Dataset, list[str] | None, tuple[str, ...] | None]:
+    _arrays._check_batch_size(batch_size)
+    if isinstance(data, (str, os.PathLike)):
+        files = _folders._class_files(Path(os.fspath(data)))
+        names = tuple(files)
+        paths = [p for name in names for p in files[name]]
+        labels = [i for i, name in enumerate(names) for _ in files[name]]
+        return _file_batches(paths, labels, classifier, batch_size), paths, names
+    if isinstance(data, tf.data.Dataset):
+        file_paths = getattr(data, "file_paths", None)
+        classes = getattr(data, "class_names", None)
+        if file_paths and classes:
+            # from_directory shuffles its datasets, so their elements are not in the order
+            # of file_paths; read the files again, in that order, labelled by class folder.
+            names = tuple(classes)
+            labels = [_label_of(p, names, file_paths) for p in file_paths]
+            return (
+                _file_batches(list(file_paths), labels, classifier, batch_size),
+                list(file_paths),
+                names,
+            )
+        return ftk_data.as_dataset(data, batch_size=batch_size, what="evaluation data"), None, None
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        dataset = ftk_data.as_dataset(data, batch_size=batch_size, shuffle=False, what="data")
+        return dataset, None, None
+    raise ArgumentTypeError(
+        "data must be a folder of class subfolders, a tf.data.Dataset of (images, labels) or "
+        f"a tuple (x, y); received {type(data).__name__}."
+    )
+
+
+def _label_of(path: str, names: tuple[str, ...], paths: Sequence[str]) -> int:
+    root = os.path.commonpath(list(paths))
+    top = Path(os.path.relpath(path, root)).parts[0]
+    if top not in names:
+        raise DataError(
+            f"Cannot tell the class of {path!r}: its folder {top!r} is not one of {list(names)}."
+        )
+    return names.index(top)
+
+
+def _file_batches(
+    paths: list[str], labels: list[int], classifier: Classifier, batch_size: int
+) -> tf.data.Dataset:
+    size = classifier.input_size
+    return (
+        tf.data.Dataset.from_tensor_slices((paths, labels))
+        .map(lambda p, y: (_load_image(p, size), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _iterate(dataset: tf.data.Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for element in dataset.as_numpy_iterator():
+        yield element[0], element[1]
+
+
+def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str] | None) -> Report:
+    task = classifier.task
+    names = classifier.class_names
+    model = classifier.model
+    size = classifier.input_size
+    heap: list[tuple[float, int, Worst]] = []
+    outputs: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    done = 0
+    for images, labels in _iterate(batches):
+        if tuple(images.shape[1:3]) != tuple(size):
+            images = tf.image.resize(images, size).numpy()
+        out = np.asarray(model.predict_on_batch(images), dtype="float64").reshape(len(images), -1)
+        truth = _targets(labels, task, len(names), out.shape[1])
+        losses = _losses(out, truth, task)
+        for i in np.argsort(-losses)[:WORST_KEPT]:
+            index = done + int(i)
+            if len(heap) == WORST_KEPT and losses[i] <= heap[0][0]:
+                break
+            row = _worst(classifier, index, sources, images[i], out[i], truth[i], losses[i])
+            entry = (float(losses[i]), -index, row)
+            if len(heap) < WORST_KEPT:
+                heapq.heappush(heap, entry)
+            else:
+                heapq.heapreplace(heap, entry)
+        outputs.append(out)
+        targets.append(truth)
+        done += len(images)
+    if done == 0:
+        raise DataError("The evaluation data is empty; there is nothing to evaluate.")
+    out = np.concatenate(outputs)
+    truth = np.concatenate(targets)
+    worst = tuple(entry[2] for entry in sorted(heap, key=lambda e: (-e[0], -e[1])))
+    loss = float(np.mean(_losses(out, truth, task)))
+    if task == "regression":
+        error = out - truth
+        mae = np.mean(np.abs(error), axis=0)
+        rmse = np.sqrt(np.mean(error**2, axis=0))
+        nothing = None
+        return Report(task, names, done, loss, None, *(nothing,) * 5, mae, rmse, worst)
+    if task == "multilabel":
+        predicted = out >= 0.5
+        present = truth >= 0.5
+        precision, recall, f1 = _scores(
+            (predicted & present).sum(0), predicted.sum(0), present.sum(0)
+        )
+        accuracy = float(np.mean(predicted == present))
+        support = present.sum(0)
+        return Report(
+            task, names, done, loss, accuracy, precision, recall, f1, support, None, None, None,
+            worst,
+        )  # fmt: skip
+    true_class = truth.astype(int)
+    predicted_class = np.argmax(classifier.probabilities(out), axis=1)
+    k = len(names)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (true_class, predicted_class), 1)
+    precision, recall, f1 = _scores(np.diag(confusion), confusion.sum(0), confusion.sum(1))
+    accuracy = float(np.trace(confusion) / done)
+    return Report(
+        task, names, done, loss, accuracy, precision, recall, f1, confusion.sum(1), confusion,
+        None, None, worst,
+    )  # fmt: skip
+
+
+def _targets(labels: np.ndarray, task: str, classes: int, units: int) -> np.ndarray:
+    """Labels as class indices (multiclass, binary) or rows (multilabel, regression)."""
+    labels = np.asarray(labels)
+    if task == "regression" or task == "multilabel":
+        rows = labels.reshape(len(labels), -1).astype("float64")
+        if rows.shape[1] != units:
+            raise DataError(
+                f"The labels have {rows.shape[1]} columns but the model has {units} outputs."
+            )
+        return rows
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        labels = np.argmax(labels, axis=1)
+    flat = labels.reshape(len(labels)).astype("float64")
+    if (
+        not np.all(np.mod(flat, 1) == 0)
+        or flat.min(initial=0) < 0
+        or flat.max(initial=0) >= classes
+    ):
+        raise DataError(
+            f"Labels must be class indices 0..{classes - 1} (or one-hot rows) for this "
+            f"{classes}-class model; received values from {flat.min():g} to {flat.max():g}."
+        )
+    return flat
+
+
+def _losses(out: np.ndarray, truth: np.ndarray, task: str) -> np.ndarray:
+    if task == "regression":
+        return np.sum((out - truth) ** 2, axis=1)
+    if task == "multilabel":
+        p = np.clip(out, _EPS, 1 - _EPS)
+        return -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p), axis=1)
+    if task == "binary":
+        p = np.clip(out[:, 0], _EPS, 1 - _EPS)
+        return -(truth * np.log(p) + (1 - truth) * np.log(1 - p))
+    p = np.clip(out[np.arange(len(out)), truth.astype(int)], _EPS, 1.0)
+    return -np.log(p)
+
+
+def _scores(
+    hits: np.ndarray, predicted: np.ndarray, actual: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 from true positives and predicted / actual counts (0 if none)."""
+    hits, predicted, actual = (np.asarray(a, dtype="float64") for a in (hits, predicted, actual))
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
+    return precision, recall, f1
+
+
+def _worst(
+    classifier: Classifier,
+    index: int,
+    sources: list[str] | None,
+    image: np.ndarray,
+    out: np.ndarray,
+    truth: Any,
+    loss: float,
+) -> Worst:
+    names = classifier.class_names
+    source = sources[index] if sources is not None else None
+    pixels = np.clip(image, 0, 255).astype("uint8")
+    if classifier.task == "regression":
+        true = ", ".join(f"{v:.3g}" for v in np.atleast_1d(truth))
+        predicted = ", ".join(f"{v:.3g}" for v in out)
+        return Worst(index, source, true, predicted, None, float(loss), pixels)
+    if classifier.task == "multilabel":
+        true = "+".join(n for n, t in zip(names, truth, strict=True) if t >= 0.5) or "(none)"
+        predicted = "+".join(n for n, p in zip(names, out, strict=True) if p >= 0.5) or "(none)"
+        return Worst(index, source, true, predicted, None, float(loss), pixels)
+    probabilities = classifier.probabilities(out[None])[0]
+    label = int(truth)
+    return Worst(
+        index,
+        source,
+        names[label],
+        names[int(np.argmax(probabilities))],
+        float(probabilities[label]),
+        float(loss),
+        pixels,
+    )
+
+
+# -- plots --------------------------------------------------------------------------------
+
+
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib Figure drawn off-screen (no pyplot, so the caller's backend is untouched)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise missing_extra("Plotting", "matplotlib", "plot") from None
+    return Figure(figsize=figsize, layout="tight")
+
+
+def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
+    target = Path(os.fspath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=100)
+    return target
+
+
+def _main_metric(history: Mapping[str, Sequence[float]], metric: str | None) -> str | None:
+    if metric is not None:
+        if metric not in history:
+            raise ConfigError(
+                f"The history has no {metric!r}; it has {sorted(history)}. Pass one of those."
+            )
+        return metric
+    skip = ("loss", "learning_rate", "lr")
+    candidates = [k for k in history if not k.startswith("val_") and k not in skip]
+    return candidates[0] if candidates else None
+
+
+def _runs(phases: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Consecutive epochs of the same phase: (name, first epoch, last epoch), 1-based."""
+    runs: list[tuple[str, int, int]] = []
+    for epoch, name in enumerate(phases, start=1):
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1], epoch)
+        else:
+            runs.append((name, epoch, epoch))
+    return runs
+
+
+def plot_history(
+    history: Any,
+    path: str | os.PathLike[str],
+    *,
+    phases: Sequence[str] | None = None,
+    metric: str | None = None,
+    baseline: Mapping[str, Sequence[float]] | None = None,
+    baseline_label: str = "baseline",
+    title: str | None = None,
+) -> Path:
+    """Draws loss and the main metric per epoch, training and validation, with the phases.
+
+    Each phase is shaded and every unfreeze (the start of each phase after the first) is
+    marked with a dashed line.
+
+    Args:
+        history: a `keras.callbacks.History` (what `fit` returns), a `FineTuneHistory`, or
+            its `history` dict (metric name -> one value per epoch).
+        path: the PNG to write.
+        phases: the phase name of every epoch; by default `history.phases` when it has
+            them (`FineTuneHistory`), else one phase.
+        metric: the metric drawn beside the loss; by default the first one in the history
+            (e.g. `accuracy`, `mae`).
+        baseline: another run's history whose validation curves are drawn for comparison.
+        baseline_label: its name in the legend.
+        title: a title over both panels.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: the history is empty, `phases` has the wrong length, or `metric` is
+            not in the history.
+        MissingExtraError: matplotlib is not installed (`pip install 'finetunekit[plot]'`).
+
+    Example:
+        >>> history = tuner.fit(train, validation_data=val)
+        >>> ftk.plot_history(history, "history.png")
+    """
+    values = history.history if hasattr(history, "history") else history
+    if not isinstance(values, Mapping):
+        raise ArgumentTypeError(
+            f"history must be a keras History or a dict of metric lists; received "
+            f"{type(history).__name__}."
+        )
+    epochs = max((len(v) for v in values.values()), default=0)
+    if epochs == 0:
+        raise ConfigError("The history is empty (no epoch ran); there is nothing to plot.")
+    if phases is None:
+        phases = getattr(history, "phases", None) or ["training"] * epochs
+    if len(phases) != epochs:
+        raise ConfigError(f"phases names {len(phases)} epochs but the history has {epochs}.")
+    main = _main_metric(values, metric)
+    panels = [m for m in (main, "loss") if m is not None and m in values]
+    figure = _figure(figsize=(5.5 * len(panels), 4))
+    axes = np.atleast_1d(figure.subplots(1, len(panels)))
+    runs = _runs(list(phases))
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
+    for axis, name in zip(axes, panels, strict=True):
+        for prefix, style in (("", "-"), ("val_", "-o")):
+            series = values.get(prefix + name)
+            if series:
+                label = ("validation " if prefix else "training ") + name
+                axis.plot(np.arange(1, len(series) + 1), series, style, markersize=3, label=label)
+        if baseline is not None and f"val_{name}" in baseline:
+            series = baseline[f"val_{name}"]
+            axis.plot(
+                np.arange(1, len(series) + 1), series, ":", color="grey",
+                label=f"validation {name}, {baseline_label}",
+            )  # fmt: skip
+        seen: dict[str, str] = {}
+        for number, (phase, first, last) in enumerate(runs):
+            color = seen.setdefault(phase, colors[len(seen) % len(colors)])
+            axis.axvspan(first - 0.5, last + 0.5, color=color, alpha=0.08, label=f"{phase} phase")
+            if number:
+                axis.axvline(
+                    first - 0.5, color="black", linestyle="--", linewidth=1,
+                    label="unfreeze" if number == 1 else None,
+                )  # fmt: skip
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(name)
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    axes[0].legend(unique.values(), unique.keys(), fontsize=8, loc="best")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return _save(figure, path)

@@ -1,0 +1,311 @@
+"""Shipping a model: `export` to LiteRT (`.tflite`) or a SavedModel, with a parity check.
+
+Built on Keras' `model.export` (which runs TensorFlow's LiteRT converter and passes
+it the quantization settings). What Keras lacks is the check that the exported
+model still predicts what the Keras model predicts; `export` runs the exported
+file on real images (with the LiteRT interpreter of `ai-edge-litert`, the
+`export` extra) and reports the largest output difference and the top-1
+agreement. The preprocessing stays inside the exported model: it takes raw
+0-255 RGB pixels (float32), like the Keras model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from finetunekit.classifier import Classifier, as_classifier, image_dataset
+from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
+
+__all__ = ["export", "ExportReport", "FORMATS", "QUANTIZATIONS"]
+
+logger = logging.getLogger("finetunekit")
+
+FORMATS = ("litert", "saved_model")
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+#: Most images `export` reads from `representative_data` to calibrate int8 and to check.
+MAX_IMAGES = 500
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What `export` wrote and how well it agrees with the Keras model.
+
+    Attributes:
+        path: the file (LiteRT) or folder (SavedModel) written.
+        format: `"litert"` or `"saved_model"`.
+        quantize: None, `"float16"`, `"dynamic"` or `"int8"`.
+        size_bytes: size of the file (of every file in the folder, for a SavedModel).
+        images: images the parity check ran on (0 when no images were given).
+        max_abs_diff: largest |exported - Keras| over all outputs of those images.
+        top1_agreement: share of those images whose top class is the same in both
+            (for a one-output sigmoid: the same side of 0.5; None for a regression).
+        runtime: what ran the exported model: `"ai-edge-litert"`, `"tf.lite"` or
+            `"tf.saved_model"`.
+    """
+
+    path: Path
+    format: str
+    quantize: str | None
+    size_bytes: int
+    images: int
+    max_abs_diff: float | None
+    top1_agreement: float | None
+    runtime: str | None
+
+    def __str__(self) -> str:
+        kind = self.format + (f" ({self.quantize})" if self.quantize else "")
+        lines = [f"exported {kind} to {self.path}: {self.size_bytes / 1e6:.2f} MB"]
+        if self.images and self.max_abs_diff is not None:
+            agreement = (
+                ""
+                if self.top1_agreement is None
+                else f", top-1 agreement {self.top1_agreement:.1%}"
+            )
+            lines.append(
+                f"parity with Keras on {self.images} images ({self.runtime}): "
+                f"max |diff| {self.max_abs_diff:.2e}{agreement}"
+            )
+        else:
+            lines.append("parity not checked: pass representative_data or parity_data images")
+        return "\n".join(lines)
+
+
+def export(
+    model_or_path: Any,
+    target: str | os.PathLike[str],
+    *,
+    format: str = "litert",
+    quantize: str | None = None,
+    representative_data: Any = None,
+    parity_data: Any = None,
+    max_images: int = MAX_IMAGES,
+) -> ExportReport:
+    """Exports a model for inference outside Keras and checks it against the Keras model.
+
+    Args:
+        model_or_path: a `keras.Model`, a `Classifier` or a path to a `.keras` file.
+        target: the file to write, ending in `.tflite` for LiteRT, or the SavedModel
+            folder. It is written beside and renamed into place, so a failed export
+            leaves what was there.
+        format: `"litert"` (a `.tflite` file for phones and microcontrollers) or
+            `"saved_model"` (TensorFlow Serving, TF.js converters).
+        quantize: LiteRT only. None (float32), `"float16"` (weights in float16, about
+            half the size), `"dynamic"` (weights in int8, activations in float: no
+            calibration) or `"int8"` (weights and activations in int8, for integer-only
+            hardware; needs `representative_data` to calibrate the activation ranges).
+        representative_data: real images the model will see: a folder, image files,
+            arrays, or a `tf.data.Dataset` of images or `(images, labels)`. Calibrates
+            int8 and, unless `parity_data` is given, runs the parity check.
+        parity_data: images for the parity check (same forms), e.g. a test folder.
+        max_images: most images read from each of these.
+
+    Returns:
+        An `ExportReport` with the size and the parity check.
+
+    Raises:
+        ConfigError: unknown `format` or `quantize`, quantization of a SavedModel, int8
+            without `representative_data`, or a LiteRT target not ending in `.tflite`.
+        WeightsNotFoundError: there is no model file at `model_or_path`.
+        DataError, DataNotFoundError: the images cannot be read.
+        MissingExtraError: no LiteRT interpreter to run the check
+            (`pip install 'finetunekit[export]'`).
+
+    Example:
+        >>> report = ftk.export("flowers.keras", "flowers.tflite", quantize="int8",
+        ...                     representative_data="flowers/train")
+        >>> report.top1_agreement
+        0.98
+    """
+    if format not in FORMATS:
+        raise ConfigError(f"Unknown export format {format!r}; choose one of {list(FORMATS)}.")
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(
+            f"Unknown quantize={quantize!r}; choose None (float32), 'float16', 'dynamic' or 'int8'."
+        )
+    if quantize is not None and format != "litert":
+        raise ConfigError(
+            f"quantize={quantize!r} applies to format='litert'; a SavedModel keeps float32."
+        )
+    if quantize == "int8" and representative_data is None:
+        raise ConfigError(
+            "quantize='int8' needs representative_data: a few hundred real images (a folder, "
+            "files, arrays or a dataset) to calibrate the activation ranges, e.g. "
+            "representative_data='flowers/train'. Or quantize='dynamic' (int8 weights, no "
+            "calibration)."
+        )
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ConfigError(f"max_images must be a positive int; received {max_images!r}.")
+    if not isinstance(target, (str, os.PathLike)):
+        raise ArgumentTypeError(f"target must be a str or os.PathLike; received {target!r}.")
+    destination = Path(os.fspath(target))
+    if format == "litert" and destination.suffix != ".tflite":
+        raise ConfigError(
+            f"A LiteRT export is a '.tflite' file; received {str(destination)!r}. Use a name "
+            f"such as {str(destination.with_suffix('.tflite'))!r}."
+        )
+    if format == "saved_model" and destination.is_file():
+        raise ConfigError(
+            f"A SavedModel is a folder, but {str(destination)!r} is a file; choose another name."
+        )
+    classifier = as_classifier(model_or_path)
+    calibration = None
+    if representative_data is not None:
+        calibration = _images(representative_data, classifier, max_images, "representative_data")
+    check = calibration
+    if parity_data is not None:
+        check = _images(parity_data, classifier, max_images, "parity_data")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if format == "litert":
+        _write_litert(classifier, destination, quantize, calibration)
+        size = destination.stat().st_size
+    else:
+        _write_saved_model(classifier, destination)
+        size = sum(p.stat().st_size for p in destination.rglob("*") if p.is_file())
+    report = ExportReport(destination, format, quantize, size, 0, None, None, None)
+    if check is not None:
+        runtime, run = (
+            _litert_runner(destination) if format == "litert" else _saved_model_runner(destination)
+        )
+        expected = np.asarray(classifier.model.predict(check, verbose=0, batch_size=32))
+        got = np.concatenate([run(check[i : i + 32]) for i in range(0, len(check), 32)])
+        expected = expected.reshape(len(check), -1)
+        got = got.reshape(len(check), -1)
+        report = ExportReport(
+            destination,
+            format,
+            quantize,
+            size,
+            len(check),
+            float(np.max(np.abs(got - expected))),
+            _agreement(classifier, expected, got),
+            runtime,
+        )
+    logger.info("%s", report)
+    return report
+
+
+def _images(data: Any, classifier: Classifier, limit: int, what: str) -> np.ndarray:
+    """Up to `limit` float32 RGB images of the model's input size."""
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        images = data.map(lambda *element: element[0]) if isinstance(spec, tuple) else data
+        if images.element_spec.shape.rank == 3:
+            images = images.batch(32)
+        batches = []
+        count = 0
+        for batch in images.as_numpy_iterator():
+            batches.append(np.asarray(batch, dtype="float32"))
+            count += len(batch)
+            if count >= limit:
+                break
+        if not batches:
+            raise DataError(f"{what} is empty; pass real images the model will see.")
+        arrays: Any = list(np.concatenate(batches)[:limit])
+    else:
+        arrays = data
+    dataset, _ = image_dataset(arrays, classifier.input_size)
+    return np.concatenate(list(dataset.take(-(-limit // 32)).as_numpy_iterator()))[:limit]
+
+
+def _agreement(classifier: Classifier, expected: np.ndarray, got: np.ndarray) -> float | None:
+    if classifier.task == "regression":
+        return None
+    if expected.shape[1] == 1:
+        return float(np.mean((expected[:, 0] >= 0.5) == (got[:, 0] >= 0.5)))
+    return float(np.mean(np.argmax(expected, axis=1) == np.argmax(got, axis=1)))
+
+
+def _write_litert(
+    classifier: Classifier, destination: Path, quantize: str | None, calibration: Any
+) -> None:
+    options: dict[str, Any] = {}
+    if quantize is not None:
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        options["target_spec"] = {"supported_types": [tf.float16]}
+    if quantize == "int8":
+        options["representative_dataset"] = _representative(calibration)
+    handle, name = tempfile.mkstemp(
+        prefix=f".{destination.stem}.", suffix=".tflite", dir=destination.parent
+    )
+    os.close(handle)
+    temp = Path(name)
+    try:
+        classifier.model.export(temp, format="litert", verbose=False, **options)
+        os.replace(temp, destination)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _representative(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    def samples() -> Iterator[list[np.ndarray]]:
+        for image in images:
+            yield [image[None].astype("float32")]
+
+    return samples
+
+
+def _write_saved_model(classifier: Classifier, destination: Path) -> None:
+    temp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    old = destination.with_name(f".{destination.name}.old")
+    try:
+        shutil.rmtree(temp)  # Keras writes the folder itself
+        classifier.model.export(temp, format="tf_saved_model", verbose=False)
+        if destination.exists():
+            os.replace(destination, old)
+        os.replace(temp, destination)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _interpreter_class() -> tuple[str, Any]:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return "ai-edge-litert", Interpreter
+    except ImportError:
+        pass
+    interpreter = getattr(getattr(tf, "lite", None), "Interpreter", None)
+    if interpreter is None:
+        raise missing_extra("Checking a LiteRT export", "ai-edge-litert", "export")
+    logger.info("ai-edge-litert is not installed; checking the export with tf.lite.Interpreter")
+    return "tf.lite", interpreter
+
+
+def _litert_runner(path: Path) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    name, interpreter_class = _interpreter_class()
+    interpreter = interpreter_class(model_path=str(path))
+    source = interpreter.get_input_details()[0]
+    sink = interpreter.get_output_details()[0]
+    shape: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        if list(batch.shape) != shape:
+            interpreter.resize_tensor_input(source["index"], list(batch.shape))
+            interpreter.allocate_tensors()
+            shape[:] = list(batch.shape)
+        interpreter.set_tensor(source["index"], batch.astype(source["dtype"]))
+        interpreter.invoke()
+        return np.array(interpreter.get_tensor(sink["index"]), dtype="float32")
+
+    return name, run
+
+
+def _saved_model_runner(path: Path) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    loaded = tf.saved_model.load(str(path))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(loaded.serve(tf.constant(batch, tf.float32)), dtype="float32")
+
+    return "tf.saved_model", run

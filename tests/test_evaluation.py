@@ -1,0 +1,200 @@
+"""evaluate: per-class scores, confusion matrix, worst predictions; plots and plot_history."""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from _colors import COLOURS, colour_folder, colour_model, pixels
+
+import finetunekit as ftk
+from finetunekit import data as ftk_data
+from finetunekit.errors import ConfigError, DataError, MissingExtraError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    # One green image is filed under red: the model says green, the folder says red.
+    return colour_folder(
+        tmp_path / "test",
+        {"blue": ["blue", "blue"], "green": ["green", "green"], "red": ["red", "red", "green"]},
+    )
+
+
+@pytest.fixture
+def saved(tmp_path):
+    return ftk.save_model(colour_model(), tmp_path / "colours.keras", class_names=COLOURS)
+
+
+def test_a_folder_report_counts_by_hand(saved, folder):
+    report = ftk.evaluate(saved, folder)
+    assert report.count == 7
+    assert report.class_names == COLOURS
+    assert report.accuracy == pytest.approx(6 / 7)
+    # rows: true blue, green, red; columns: predicted
+    np.testing.assert_array_equal(report.confusion, [[2, 0, 0], [0, 2, 0], [0, 1, 2]])
+    np.testing.assert_allclose(report.precision, [1, 2 / 3, 1])
+    np.testing.assert_allclose(report.recall, [1, 1, 2 / 3])
+    np.testing.assert_allclose(report.f1, [1, 0.8, 0.8])
+    np.testing.assert_array_equal(report.support, [2, 2, 3])
+    assert report.macro_f1 == pytest.approx(13 / 15)
+    worst = report.worst[0]
+    assert worst.source.endswith("red/2_green.png")
+    assert (worst.true, worst.predicted) == ("red", "green")
+    # p(red) = exp(-25.5); the loss clips it at 1e-7 as Keras' cross-entropy does.
+    assert worst.loss == pytest.approx(-np.log(1e-7), abs=1e-3)
+    assert worst.probability < 1e-7
+    assert worst.image.shape == (32, 32, 3) and worst.image.dtype == np.uint8
+    assert [w.loss for w in report.worst] == sorted((w.loss for w in report.worst), reverse=True)
+    assert report.loss == pytest.approx(-np.log(1e-7) / 7, abs=1e-3)
+
+
+def test_the_report_reads_as_a_table(saved, folder):
+    text = str(ftk.evaluate(saved, folder))
+    assert "accuracy 0.857" in text
+    assert "macro F1 0.867" in text
+    lines = text.splitlines()
+    red = next(line for line in lines if line.startswith("red "))
+    assert red.split()[1:5] == ["1.000", "0.667", "0.800", "3"]
+    assert red.split()[-3:] == ["0", "1", "2"]  # the confusion row
+    assert "2_green.png" in text
+
+
+def test_a_from_directory_dataset_names_its_files_too(saved, folder):
+    train, _, names = ftk_data.from_directory(folder, image_size=32, seed=3)
+    report = ftk.evaluate(saved, train)  # shuffled: the files are read again, in order
+    np.testing.assert_array_equal(report.confusion, [[2, 0, 0], [0, 2, 0], [0, 1, 2]])
+    assert report.worst[0].source.endswith("red/2_green.png")
+
+
+def test_arrays_and_one_hot_labels(tmp_path):
+    model = colour_model()
+    x = np.stack([pixels(c) for c in ("red", "green", "blue", "blue")]).astype("float32")
+    y = np.array([2, 1, 0, 2])  # the last one is wrong
+    report = ftk.evaluate(model, (x, y), class_names=COLOURS)
+    assert report.accuracy == 0.75
+    assert report.worst[0].source is None and report.worst[0].index == 3
+    one_hot = ftk.evaluate(model, (x, np.eye(3)[y]), class_names=COLOURS)
+    np.testing.assert_array_equal(one_hot.confusion, report.confusion)
+    stream = ftk.evaluate(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(2))
+    assert stream.class_names == ("0", "1", "2")  # a plain model: classes by index
+    np.testing.assert_array_equal(stream.confusion, report.confusion)
+
+
+def test_multilabel_scores_per_label():
+    model = colour_model("multilabel")
+    x = np.stack([pixels(c) for c in ("red", "green", "blue")]).astype("float32")
+    y = np.array([[0, 0, 1], [0, 1, 1], [1, 0, 0]])  # image 2 is also labelled red
+    report = ftk.evaluate(model, (x, y), class_names=COLOURS)
+    assert report.task == "multilabel" and report.confusion is None
+    np.testing.assert_allclose(report.precision, [1, 1, 1])
+    np.testing.assert_allclose(report.recall, [1, 1, 0.5])
+    np.testing.assert_allclose(report.f1, [1, 1, 2 / 3])
+    np.testing.assert_array_equal(report.support, [1, 1, 2])
+    assert report.accuracy == pytest.approx(8 / 9)
+    assert report.worst[0].index == 1
+    assert (report.worst[0].true, report.worst[0].predicted) == ("green+red", "green")
+    with pytest.raises(ConfigError, match="no confusion matrix"):
+        report.plot_confusion("x.png")
+
+
+def test_binary_and_regression():
+    x = np.stack([pixels(c) for c in ("red", "green", "red")]).astype("float32")
+    binary = ftk.evaluate(colour_model("binary"), (x, np.array([1, 0, 0])), class_names=["o", "r"])
+    np.testing.assert_array_equal(binary.confusion, [[1, 1], [0, 1]])
+    assert binary.worst[0].index == 2 and binary.worst[0].predicted == "r"
+    targets = np.array([1.0, 0.5, 0.0])
+    regression = ftk.evaluate(colour_model("regression"), (x, targets))
+    assert regression.accuracy is None and regression.f1 is None
+    np.testing.assert_allclose(regression.mae, [0.5], atol=1e-5)
+    np.testing.assert_allclose(regression.rmse, [np.sqrt(1.25 / 3)], atol=1e-5)
+    assert regression.worst[0].index == 2
+    assert "RMSE" in str(regression)
+
+
+def test_plots_are_pngs(saved, folder, tmp_path):
+    report = ftk.evaluate(saved, folder)
+    confusion = report.plot_confusion(tmp_path / "plots" / "confusion.png")
+    losses = report.plot_top_losses(tmp_path / "plots" / "losses.png", k=4)
+    assert confusion.read_bytes()[:8] == PNG and losses.read_bytes()[:8] == PNG
+    with pytest.raises(ConfigError, match="k must be a positive int"):
+        report.plot_top_losses(tmp_path / "x.png", k=0)
+
+
+def history(phases):
+    h = keras.callbacks.History()
+    n = len(phases)
+    h.history = {
+        "loss": list(np.linspace(1, 0.2, n)),
+        "accuracy": list(np.linspace(0.3, 0.9, n)),
+        "val_loss": list(np.linspace(1.1, 0.4, n)),
+        "val_accuracy": list(np.linspace(0.3, 0.8, n)),
+    }
+    h.phases = phases
+    return h
+
+
+def test_plot_history_shades_phases_and_marks_unfreezes(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    spans, lines = [], []
+    monkeypatch.setattr(
+        "matplotlib.axes.Axes.axvspan", lambda self, a, b, **k: spans.append((a, b, k["label"]))
+    )
+    monkeypatch.setattr(
+        "matplotlib.axes.Axes.axvline", lambda self, x, **k: lines.append((x, k.get("label")))
+    )
+    assert Figure  # imported above: matplotlib is there
+    phases = ["head"] * 3 + ["stage 1"] * 2 + ["stage 2"] * 2
+    path = ftk.plot_history(history(phases), tmp_path / "history.png", title="t")
+    assert path.read_bytes()[:8] == PNG
+    per_axis = spans[: len(spans) // 2]  # two panels: accuracy, loss
+    assert per_axis == [(0.5, 3.5, "head phase"), (3.5, 5.5, "stage 1 phase"),
+                        (5.5, 7.5, "stage 2 phase")]  # fmt: skip
+    assert [x for x, _ in lines[:2]] == [3.5, 5.5]
+    assert lines[0][1] == "unfreeze"
+
+
+def test_plot_history_takes_a_plain_history_and_an_explicit_phase_list(tmp_path):
+    h = history(["a"] * 4)
+    del h.phases
+    assert ftk.plot_history(h, tmp_path / "one.png").read_bytes()[:8] == PNG
+    path = ftk.plot_history(h.history, tmp_path / "two.png", phases=["x", "x", "y", "y"])
+    assert path.exists()
+    with pytest.raises(ConfigError, match="phases names 3 epochs"):
+        ftk.plot_history(h, tmp_path / "bad.png", phases=["x"] * 3)
+    with pytest.raises(ConfigError, match="no 'auc'"):
+        ftk.plot_history(h, tmp_path / "bad.png", metric="auc")
+    with pytest.raises(ConfigError, match="empty"):
+        ftk.plot_history({"loss": []}, tmp_path / "bad.png")
+
+
+def test_without_matplotlib_plots_name_the_extra(tmp_path, monkeypatch, saved, folder):
+    report = ftk.evaluate(saved, folder)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    for draw in (
+        lambda: report.plot_confusion(tmp_path / "c.png"),
+        lambda: ftk.plot_history(history(["head"]), tmp_path / "h.png"),
+    ):
+        with pytest.raises(MissingExtraError, match=r"pip install 'finetunekit\[plot\]'"):
+            draw()
+    assert issubclass(MissingExtraError, ImportError)
+
+
+def test_bad_evaluation_inputs(saved, tmp_path):
+    other = colour_folder(tmp_path / "other", {"cats": ["red"], "dogs": ["blue"], "owls": ["red"]})
+    with pytest.raises(DataError, match="are not the model's"):
+        ftk.evaluate(saved, other)
+    with pytest.raises(ftk.errors.DataNotFoundError):
+        ftk.evaluate(saved, tmp_path / "nowhere")
+    x = np.stack([pixels("red")]).astype("float32")
+    with pytest.raises(DataError, match="class indices 0..2"):
+        ftk.evaluate(saved, (x, np.array([5])))
+    with pytest.raises(ftk.errors.ArgumentTypeError, match="data must be"):
+        ftk.evaluate(saved, 42)

@@ -1,0 +1,122 @@
+"""export: LiteRT (float32, float16, int8) and SavedModel, checked against the Keras model."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from _colors import COLOURS, colour_folder, colour_model, conv_model, pixels
+
+import finetunekit as ftk
+from finetunekit.errors import ConfigError
+
+# The module is finetunekit.exporting; finetunekit.export is its function.
+export_module = importlib.import_module("finetunekit.exporting")
+HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "calibration"
+    for i in range(24):
+        image = rng.integers(0, 256, size=(32 + i, 40, 3)).astype("uint8")
+        folder.mkdir(exist_ok=True)
+        (folder / f"{i:02d}.png").write_bytes(tf.io.encode_png(image).numpy())
+    return folder
+
+
+def test_float_litert_agrees_with_keras(tmp_path, images):
+    model = colour_model()
+    saved = ftk.save_model(model, tmp_path / "m.keras", class_names=COLOURS)
+    folder = colour_folder(tmp_path / "check", {"x": ["red", "green", "blue", "red"]})
+    report = ftk.export(saved, tmp_path / "out" / "m.tflite", parity_data=folder)
+    assert report.path.is_file() and report.size_bytes == report.path.stat().st_size
+    assert report.images == 4 and report.top1_agreement == 1.0
+    assert report.max_abs_diff < 1e-5
+    assert report.runtime == ("ai-edge-litert" if HAS_LITERT else "tf.lite")
+    assert "top-1 agreement 100.0%" in str(report)
+    # The exported file takes raw pixels as float32, preprocessing inside.
+    _, run = export_module._litert_runner(report.path)
+    out = run(np.stack([pixels("red"), pixels("blue")]).astype("float32"))
+    assert list(np.argmax(out, axis=1)) == [COLOURS.index("red"), COLOURS.index("blue")]
+
+
+def test_quantized_files_are_smaller_and_still_agree(tmp_path, images):
+    model = conv_model()
+    float32 = ftk.export(model, tmp_path / "f32.tflite", representative_data=images)
+    float16 = ftk.export(model, tmp_path / "f16.tflite", quantize="float16", parity_data=images)
+    dynamic = ftk.export(model, tmp_path / "dyn.tflite", quantize="dynamic", parity_data=images)
+    int8 = ftk.export(model, tmp_path / "i8.tflite", quantize="int8", representative_data=images)
+    assert dynamic.size_bytes < 0.5 * float32.size_bytes and dynamic.max_abs_diff < 0.1
+    assert float32.max_abs_diff < 1e-4 and float32.top1_agreement == 1.0
+    assert float16.size_bytes < 0.7 * float32.size_bytes
+    assert int8.size_bytes < 0.5 * float32.size_bytes
+    assert float16.max_abs_diff < 1e-2
+    assert int8.images == 24 and int8.max_abs_diff < 0.1
+    assert int8.quantize == "int8" and "(int8)" in str(int8)
+    _, interpreter = export_module._interpreter_class()
+    details = interpreter(model_path=str(int8.path)).get_input_details()[0]
+    assert details["dtype"] == np.float32  # raw pixels in, as the Keras model takes them
+
+
+def test_saved_model_export_replaces_the_folder(tmp_path, images):
+    model = colour_model()
+    target = tmp_path / "served"
+    target.mkdir()
+    (target / "old.txt").write_text("previous export")
+    report = ftk.export(model, target, format="saved_model", parity_data=images)
+    assert report.runtime == "tf.saved_model" and report.max_abs_diff < 1e-5
+    assert not (target / "old.txt").exists() and (target / "saved_model.pb").exists()
+    assert report.size_bytes > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration", "served"]
+
+
+def test_without_images_the_parity_check_is_skipped(tmp_path):
+    report = ftk.export(colour_model(), tmp_path / "m.tflite")
+    assert report.images == 0 and report.max_abs_diff is None
+    assert "parity not checked" in str(report)
+
+
+def test_a_failed_export_leaves_what_was_there(tmp_path, monkeypatch):
+    target = tmp_path / "m.tflite"
+    target.write_bytes(b"previous")
+    model = colour_model()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("converter failed")
+
+    monkeypatch.setattr(model, "export", broken)
+    with pytest.raises(RuntimeError, match="converter failed"):
+        ftk.export(model, target)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, says",
+    [
+        (dict(quantize="int8"), "needs representative_data"),
+        (dict(format="onnx"), "Unknown export format 'onnx'"),
+        (dict(quantize="int4"), "Unknown quantize='int4'"),
+        (dict(format="saved_model", quantize="float16"), "applies to format='litert'"),
+        (dict(max_images=0), "max_images must be a positive int"),
+    ],
+)
+def test_bad_export_arguments(tmp_path, kwargs, says):
+    with pytest.raises(ConfigError, match=says):
+        ftk.export(colour_model(), tmp_path / "m.tflite", **kwargs)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_export_targets(tmp_path):
+    with pytest.raises(ConfigError, match="'.tflite' file"):
+        ftk.export(colour_model(), tmp_path / "m.lite")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        ftk.export(colour_model(), tmp_path / "file", format="saved_model")
+    with pytest.raises(ftk.errors.WeightsNotFoundError):
+        ftk.export(tmp_path / "missing.keras", tmp_path / "m.tflite")
