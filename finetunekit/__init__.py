@@ -23,6 +23,7 @@ from finetunekit.errors import FinetuneKitError
 from finetunekit.finetuner import FineTuner
 from finetunekit.freezing import freeze, unfreeze_last
 from finetunekit.heads import add_head
+from finetunekit.selection import Ranking, rank_bases
 from finetunekit.tasks import compile_for
 
 __all__ = [
@@ -36,5 +37,7 @@ __all__ = [
     "freeze",
     "list_bases",
     "load_base",
+    "rank_bases",
+    "Ranking",
     "unfreeze_last",
 ]

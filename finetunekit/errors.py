@@ -21,6 +21,7 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "StepOrderError",
+    "MissingDependencyError",
 ]
 
 
@@ -70,3 +71,7 @@ class DataNotFoundError(FinetuneKitError, FileNotFoundError):
 
 class StepOrderError(FinetuneKitError, RuntimeError):
     """A step was called before the step it depends on (e.g. `train` before `add_head`)."""
+
+
+class MissingDependencyError(FinetuneKitError, ImportError):
+    """An optional package is not installed; the message names the extra to install."""
