@@ -93,13 +93,7 @@ def _add_base_arguments(parser: argparse.ArgumentParser, *, base_default: str) -
         help="'imagenet' (Keras download or cache), a weights file path, or 'none' "
         "(default imagenet)",
     )
-    parser.add_argument(
-        "--image-size",
-        type=_positive,
-        metavar="PX",
-        help="resize images to PX x PX (default: the base's native size)",
-    )
-    parser.add_argument("--alpha", type=float, help="width multiplier of MobileNet bases")
+    _add_size_arguments(parser, whose="the base's")
     parser.add_argument(
         "--base-arg",
         type=_key_value,
@@ -108,6 +102,16 @@ def _add_base_arguments(parser: argparse.ArgumentParser, *, base_default: str) -
         metavar="KEY=VALUE",
         help="another keyword argument of the Keras constructor (repeatable)",
     )
+
+
+def _add_size_arguments(parser: argparse.ArgumentParser, *, whose: str) -> None:
+    parser.add_argument(
+        "--image-size",
+        type=_positive,
+        metavar="PX",
+        help=f"resize images to PX x PX (default: {whose} native size)",
+    )
+    parser.add_argument("--alpha", type=float, help="width multiplier of MobileNet bases")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,13 +249,7 @@ def _add_rank_parser(commands: Any) -> None:
         help="a base name or .keras file, with 'imagenet' (default), a weights file or 'none' "
         "(repeat for every candidate)",
     )
-    rank.add_argument(
-        "--image-size",
-        type=_positive,
-        metavar="PX",
-        help="resize images to PX x PX for every candidate (default: each base's native size)",
-    )
-    rank.add_argument("--alpha", type=float, help="width multiplier of MobileNet candidates")
+    _add_size_arguments(rank, whose="each base's")
     rank.add_argument(
         "--max-images",
         type=_positive,
