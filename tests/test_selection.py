@@ -17,7 +17,7 @@ from test_cli import shapes_folder
 import finetunekit as ftk
 from finetunekit import selection
 from finetunekit import transfer_scores as ts
-from finetunekit.errors import MissingDependencyError
+from finetunekit.errors import MissingDependencyError, WeightsNotFoundError
 
 SHAPE = (32, 32, 3)
 
@@ -253,6 +253,16 @@ def test_a_dataset_is_resized_to_each_candidate():
     ranking = ftk.rank_bases(dataset, [small, _hue_base()], seed=0)
     assert {row.name: row.image_size for row in ranking} == {"small": (16, 16), "hue": (32, 32)}
     assert ranking.images == 12
+
+
+def test_a_saved_model_file_is_a_candidate_named_by_its_file(tmp_path):
+    x, y = _colour_data(4)
+    path = tmp_path / "colours.keras"
+    _hue_base().save(path)
+    ranking = ftk.rank_bases((x, y), [str(path), _brightness_base()], seed=0)
+    assert ranking.best.name == "colours.keras"
+    with pytest.raises(WeightsNotFoundError, match="No saved model at"):
+        ftk.rank_bases((x, y), [str(tmp_path / "gone.keras"), _hue_base()])
 
 
 def test_plot_writes_an_image(tmp_path):
