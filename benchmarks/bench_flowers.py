@@ -7,11 +7,14 @@ Runs, on ../shared/data/flowers with the real MobileNetV2-alpha0.35 ImageNet wei
 - keras-guide: the Keras transfer-learning guide's recipe (base called with
                training=False, last 20 base layers unfrozen with BatchNormalization frozen,
                Adam 1e-5);
-- finetunekit: `FineTuner` at the same epochs (frozen layers cached), and again with
-               `cache=False`;
+- finetunekit: the call a user makes, `FineTuner(...).fit(train, head_epochs=5,
+               finetune_epochs=5)`, everything else at its default (caching "auto",
+               early stopping on its held-out split, default verbosity); beside it,
+               labelled, the same with a CSVLogger callback, with early_stopping=False,
+               a tuned variant (early_stopping=False, verbose=0) and cache=False;
 - floor:       loading the base, one forward pass of the frozen layers (both phases'
-               inputs at once) and the training of the unfrozen parts on stored arrays,
-               in plain Keras and TensorFlow;
+               inputs at once) and the training of the unfrozen parts on stored arrays
+               (caching.fit_on_features), with no validation and nothing printed;
 - defaults:    `FineTuner("mobilenet_v2", num_classes=5, weights=..., alpha=0.35).fit(train)`
                at the base's own 224 px, nothing else given (with --defaults).
 
@@ -23,13 +26,17 @@ part of any recipe.
     python benchmarks/bench_flowers.py                 # 160 px, 5 + 5 epochs
     python benchmarks/bench_flowers.py --defaults      # also the no-argument run at 224 px
     python benchmarks/bench_flowers.py --runs 3        # medians of 3 runs of every recipe
+    python benchmarks/bench_flowers.py --data large    # flowers-large/train, about 2,000 photos
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -80,9 +87,12 @@ class PeakMemory:
         self._thread.join()
 
 
-def load(size: int, seed: int = 0) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+def load(
+    size: int, seed: int = 0, folder: Path | None = None
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     train = keras.utils.image_dataset_from_directory(
-        FLOWERS / "train", image_size=(size, size), batch_size=32, seed=seed, verbose=False
+        folder or FLOWERS / "train", image_size=(size, size), batch_size=32, seed=seed,
+        verbose=False,
     )
     test = keras.utils.image_dataset_from_directory(
         FLOWERS / "test", image_size=(size, size), batch_size=32, shuffle=False, verbose=False
@@ -169,64 +179,69 @@ def keras_guide_recipe(train: tf.data.Dataset, size: int, epochs: tuple[int, int
 
 
 def finetunekit_recipe(
-    train: tf.data.Dataset, size: int, epochs: tuple[int, int], cache: bool
+    train: tf.data.Dataset, size: int, epochs: tuple[int, int], **options: Any
 ) -> Trained:
+    """The call a user makes: `FineTuner(...).fit(train, head_epochs=5, finetune_epochs=5)`.
+
+    Everything else at its default: caching "auto", early stopping on its 20% content
+    split, Keras' default verbosity (the bars go to a buffer, see `quiet_stdout`).
+    `options` go to the constructor (`cache=`) or to fit (the labelled variants).
+    """
+    constructor = {k: options.pop(k) for k in ("cache",) if k in options}
     tuner = ftk.FineTuner(
         "mobilenet_v2",
         num_classes=5,
         weights=WEIGHTS,
         input_shape=(size, size, 3),
         alpha=0.35,
-        cache=cache,
         seed=0,
+        **constructor,
     )
-    tuner.fit(
-        train, head_epochs=epochs[0], finetune_epochs=epochs[1], early_stopping=False, verbose=0
-    )
-    return tuner._need_model(), None
+    with quiet_stdout():
+        tuner.fit(train, head_epochs=epochs[0], finetune_epochs=epochs[1], **options)
+    return tuner.model, None
+
+
+def quiet_stdout() -> contextlib.AbstractContextManager[Any]:
+    """Progress bars printed as usual, into a buffer instead of this script's table."""
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def floor(train: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> Trained:
-    """The work no recipe can skip, in plain Keras and TensorFlow.
+    """The work no recipe can skip, on the library's own pieces.
 
     Load the base; ONE forward pass of the frozen layers over the images, giving both
-    phases' inputs (the pooled features, and the feature maps below the 2 unfrozen blocks);
-    then train each phase's unfrozen part on the stored arrays (reshuffled every epoch),
-    with the optimizer built before the step is traced (else TensorFlow traces it twice).
-    Same head and learning rates as FineTuner's defaults.
+    phases' inputs (the pooled features, and the feature maps below the 2 unfrozen
+    blocks); then train each phase's unfrozen part on the stored arrays (reshuffled
+    every epoch) with `caching.fit_on_features`, the optimizer built before the step is
+    traced. No early stopping, no validation, nothing printed. Same head and learning
+    rates as FineTuner's defaults.
     """
     base = ftk.load_base("mobilenet_v2", weights=WEIGHTS, input_shape=(size, size, 3), alpha=0.35)
     ftk.freeze(base)
-    model = ftk.add_head(base, 5, dropout=DEFAULTS.dropout, normalize=DEFAULTS.normalize)
+    model = ftk.add_head(base, 5, dropout=DEFAULTS.dropout, normalize=True)
     head = caching.split_frozen_prefix(model)
     ftk.unfreeze_last(model, DEFAULTS.unfreeze, unit="block")
     tune = caching.split_frozen_prefix(model)
     assert head is not None and tune is not None
-    prefix = caching.joint_prefix(head, tune)  # both phases' inputs from one pass
-    spec = tf.TensorSpec((None, size, size, 3), tf.float32)
-    run = tf.function(lambda x: prefix(x, training=False), input_signature=[spec])
-    outputs: list[list[np.ndarray]] = [[], []]
-    labels = []
-    for x, y in train.prefetch(tf.data.AUTOTUNE):  # decoding overlaps the forward pass
-        for stored, out in zip(outputs, run(x), strict=True):
-            stored.append(out.numpy())
-        labels.append(y.numpy())
-    y_all = np.concatenate(labels)
-    rates = (DEFAULTS.head_learning_rate, DEFAULTS.finetune_learning_rate)
-    for split, stored, rate, n in zip((head, tune), outputs, rates, epochs, strict=True):
-        ftk.compile_for(split.trainer, learning_rate=rate)
-        split.trainer.steps_per_execution = 16
-        split.trainer.optimizer.build(split.trainer.trainable_variables)
-        arrays = tf.data.Dataset.from_tensor_slices((np.concatenate(stored), y_all))
-        batches = arrays.shuffle(len(y_all), seed=0).batch(32).prefetch(tf.data.AUTOTUNE)
-        split.trainer.fit(batches, epochs=n, verbose=0)
+    with caching.FeatureCache(caching.joint_prefix(head, tune), train) as cache:
+        rates = (DEFAULTS.head_learning_rate, DEFAULTS.finetune_learning_rate)
+        for output, (split, rate, n) in enumerate(zip((head, tune), rates, epochs, strict=True)):
+            ftk.freeze(model)
+            if output:
+                ftk.unfreeze_last(model, DEFAULTS.unfreeze, unit="block")
+            ftk.compile_for(split.trainer, learning_rate=rate)
+            split.trainer.optimizer.build(split.trainer.trainable_variables)
+            batches = cache.dataset(shuffle=True, seed=0, output=output, part="all")
+            caching.fit_on_features(split.trainer, batches, epochs=n, verbose=0)
     return model, None
 
 
 def defaults_run(train: tf.data.Dataset) -> Trained:
     tuner = ftk.FineTuner("mobilenet_v2", num_classes=5, weights=WEIGHTS, alpha=0.35)
-    tuner.fit(train, verbose=0)
-    return tuner._need_model(), None
+    with quiet_stdout():
+        tuner.fit(train)
+    return tuner.model, None
 
 
 def warm_up(train: tf.data.Dataset, size: int) -> None:
@@ -247,6 +262,12 @@ def warm_up(train: tf.data.Dataset, size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=160)
+    parser.add_argument(
+        "--data",
+        choices=("small", "large"),
+        default="small",
+        help="small: flowers/train (350 photos); large: flowers-large/train (about 2,000)",
+    )
     parser.add_argument("--head-epochs", type=int, default=5)
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--defaults", action="store_true", help="also the no-argument run")
@@ -269,14 +290,34 @@ def main() -> None:
     if not WEIGHTS.exists() or not (FLOWERS / "train").is_dir():
         raise SystemExit(f"needs {WEIGHTS} and {FLOWERS} (../shared/data)")
     epochs = (args.head_epochs, args.finetune_epochs)
-    train, test = load(args.size)
+    folder = DATA / "flowers-large" / "train" if args.data == "large" else None
+    train, test = load(args.size, folder=folder)
+    n_train = sum(int(tf.shape(y)[0]) for _, y in train)
     if args.repeat > 1:
         train = train.repeat(args.repeat)
     warm_up(train, args.size)
+    log = Path(tempfile.mkdtemp()) / "log.csv"
     recipes: dict[str, tuple[Callable[[], Trained], tf.data.Dataset]] = {
         "seed+preprocess": (lambda: seed_recipe(train, args.size, epochs), test),
         "keras-guide": (lambda: keras_guide_recipe(train, args.size, epochs), test),
-        "finetunekit": (lambda: finetunekit_recipe(train, args.size, epochs, cache=True), test),
+        # The user's call: defaults, early stopping on, default verbosity.
+        "finetunekit": (lambda: finetunekit_recipe(train, args.size, epochs), test),
+        "finetunekit + CSVLogger": (
+            lambda: finetunekit_recipe(
+                train, args.size, epochs, callbacks=[keras.callbacks.CSVLogger(str(log))]
+            ),
+            test,
+        ),
+        "finetunekit early_stopping=False": (
+            lambda: finetunekit_recipe(train, args.size, epochs, early_stopping=False),
+            test,
+        ),
+        "tuned: early_stopping=False, verbose=0": (
+            lambda: finetunekit_recipe(
+                train, args.size, epochs, early_stopping=False, verbose=0
+            ),
+            test,
+        ),
         "finetunekit cache=False": (
             lambda: finetunekit_recipe(train, args.size, epochs, cache=False),
             test,
@@ -292,7 +333,7 @@ def main() -> None:
         recipes = {k: v for k, v in recipes.items() if k in args.only}
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in recipes}
     print(
-        f"flowers: {350 * args.repeat} train / 150 test images, {args.size} px, "
+        f"flowers ({args.data}): {n_train * args.repeat} train / 150 test images, {args.size} px, "
         f"{epochs[0]}+{epochs[1]} epochs,"
         f" {os.cpu_count()} CPUs, TF {tf.__version__}, Keras {keras.__version__}"
     )
@@ -327,20 +368,21 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, (wall, mem_mib, acc) in median.items():
         print(f"| {name} | {wall:.1f} | {mem_mib:.0f} | {acc:.3f} |")
-    if "finetunekit" in median:
-        ft = median["finetunekit"][0]
-        if "keras-guide" in median:
-            print(f"\nkeras-guide / finetunekit: {median['keras-guide'][0] / ft:.2f}x")
-        if "floor" in median:
-            print(f"finetunekit / floor: {ft / median['floor'][0]:.2f}x")
-    if "finetunekit cache=False" in median and "keras-guide" in median:
-        ratio = median["finetunekit cache=False"][0] / median["keras-guide"][0]
-        print(f"finetunekit cache=False / keras-guide: {ratio:.3f}x")
-    if args.runs > 1:
-        for a, b in (("keras-guide", "finetunekit"), ("finetunekit cache=False", "keras-guide")):
-            if a in results and b in results:
-                each = [x[0] / y[0] for x, y in zip(results[a], results[b], strict=True)]
-                print(f"{a} / {b}, run by run: " + ", ".join(f"{r:.2f}x" for r in each))
+    print()
+    ratios = (
+        ("keras-guide", "finetunekit"),
+        ("finetunekit", "floor"),
+        ("finetunekit", "finetunekit early_stopping=False"),
+        ("finetunekit + CSVLogger", "finetunekit"),
+        ("finetunekit cache=False", "keras-guide"),
+    )
+    for a, b in ratios:
+        if a in results and b in results:
+            each = [x[0] / y[0] for x, y in zip(results[a], results[b], strict=True)]
+            print(
+                f"{a} / {b}: {median[a][0] / median[b][0]:.2f}x on the medians; run by run "
+                + ", ".join(f"{r:.2f}x" for r in each)
+            )
 
 
 if __name__ == "__main__":

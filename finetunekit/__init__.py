@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from finetunekit.freezing import freeze, unfreeze_last
     from finetunekit.heads import add_head
     from finetunekit.recipe import DEFAULTS, Phase, Plan, Recipe
+    from finetunekit.selection import Ranking, rank_bases
     from finetunekit.tasks import compile_for
     from finetunekit.training import FineTuneHistory, PhaseReport
 
@@ -64,6 +65,8 @@ _LAZY = {
     "plot_history": "finetunekit.evaluation",
     "Prediction": "finetunekit.classifier",
     "Predictions": "finetunekit.classifier",
+    "rank_bases": "finetunekit.selection",
+    "Ranking": "finetunekit.selection",
     "Recipe": "finetunekit.recipe",
     "Report": "finetunekit.evaluation",
     "save_model": "finetunekit.classifier",
@@ -95,6 +98,8 @@ __all__ = [
     "plot_history",
     "Prediction",
     "Predictions",
+    "rank_bases",
+    "Ranking",
     "Recipe",
     "Report",
     "save_model",

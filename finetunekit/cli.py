@@ -1,10 +1,12 @@
-"""The `finetunekit` command: `train`, `predict`, `evaluate`, `export`, `bases`, `demo`.
+"""The `finetunekit` command: `train`, `rank`, `predict`, `evaluate`, `export`,
+`bases`, `demo`.
 
 ```
 finetunekit train flowers/ --base mobilenet_v2 --weights imagenet --out flowers.keras
 finetunekit predict flowers.keras photos/ --top 2 --csv predictions.csv
 finetunekit evaluate flowers.keras flowers/test --plots plots/
 finetunekit export flowers.keras flowers.tflite --quantize int8 --calibration flowers/train
+finetunekit rank flowers/ --candidate mobilenet_v2 --candidate efficientnet_b0
 finetunekit bases "efficientnet*"
 finetunekit demo
 ```
@@ -111,15 +113,7 @@ def _add_base_arguments(parser: argparse.ArgumentParser, *, base_default: str) -
         default="imagenet",
         help="'imagenet' (Keras download or cache), a weights file path, or 'none'",
     )
-    parser.add_argument(
-        "--image-size",
-        type=_positive,
-        metavar="PX",
-        help="resize images to PX x PX (default: the base's native size)",
-    )
-    parser.add_argument(
-        "--alpha", type=float, help="width multiplier of MobileNet bases (default: Keras' 1.0)"
-    )
+    _add_size_arguments(parser, whose="the base's")
     parser.add_argument(
         "--base-arg",
         type=_key_value,
@@ -127,6 +121,18 @@ def _add_base_arguments(parser: argparse.ArgumentParser, *, base_default: str) -
         default=[],
         metavar="KEY=VALUE",
         help="another keyword argument of the Keras constructor (repeatable; default: none)",
+    )
+
+
+def _add_size_arguments(parser: argparse.ArgumentParser, *, whose: str) -> None:
+    parser.add_argument(
+        "--image-size",
+        type=_positive,
+        metavar="PX",
+        help=f"resize images to PX x PX (default: {whose} native size)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, help="width multiplier of MobileNet bases (default: Keras' 1.0)"
     )
 
 
@@ -195,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_verbose(train)
     train.set_defaults(handler=_train)
+
+    _add_rank_parser(commands)
 
     bases = commands.add_parser(
         "bases",
@@ -385,6 +393,77 @@ def _export(args: argparse.Namespace) -> int:
         parity_data=args.check,
     )
     print(report)
+    return 0
+
+
+def _candidate(text: str) -> tuple[str, str, str | None]:
+    """NAME[=WEIGHTS] -> (label, name, weights); the label is what the table shows."""
+    name, sep, weights = text.partition("=")
+    if not name or (sep and not weights):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME or NAME=WEIGHTS, e.g. mobilenet_v2=none; received {text!r}"
+        )
+    label = Path(name).name  # a .keras path shows as its file name
+    if not sep:
+        return label, name, "imagenet"
+    value = _weights(weights)
+    shown = "random" if value is None else Path(weights).name
+    return f"{label}={shown}", name, value
+
+
+def _add_rank_parser(commands: Any) -> None:
+    rank = commands.add_parser(
+        "rank",
+        help="rank pretrained bases on a folder of images before fine-tuning",
+        description="Run each candidate base once, frozen, over DATA_DIR (one subfolder of "
+        "images per class) and rank them by leave-one-out k-NN accuracy of their features, "
+        "with LogME and a linear probe beside it (finetunekit.rank_bases).",
+    )
+    rank.add_argument("data_dir", metavar="DATA_DIR", help="folder with one subfolder per class")
+    rank.add_argument(
+        "--candidate",
+        type=_candidate,
+        action="append",
+        required=True,
+        metavar="NAME[=WEIGHTS]",
+        help="a base name or .keras file, with 'imagenet' (default), a weights file or 'none' "
+        "(repeat for every candidate)",
+    )
+    _add_size_arguments(rank, whose="each base's")
+    rank.add_argument(
+        "--max-images",
+        type=_positive,
+        default=2000,
+        metavar="N",
+        help="score at most N images (default 2000)",
+    )
+    rank.add_argument("--seed", type=int, default=0, help="seed of the subset and intervals")
+    rank.add_argument("--plot", metavar="PATH", help="also save a bar chart (needs matplotlib)")
+    rank.set_defaults(handler=_rank)
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from finetunekit.errors import ConfigError
+    from finetunekit.selection import rank_bases
+
+    if not Path(args.data_dir).exists():
+        raise _not_found("DATA_DIR", args.data_dir)
+    candidates = {label: name for label, name, _ in args.candidate}
+    if len(candidates) < len(args.candidate):
+        raise ConfigError("the same --candidate is given twice; give each once.")
+    size = args.image_size
+    ranking = rank_bases(
+        args.data_dir,
+        candidates,
+        weights={label: weights for label, _, weights in args.candidate},
+        input_shape=None if size is None else (size, size, 3),
+        max_images=args.max_images,
+        seed=args.seed,
+        **({} if args.alpha is None else {"alpha": args.alpha}),
+    )
+    print(ranking)
+    if args.plot:
+        print(f"plot: {ranking.plot(args.plot)}")
     return 0
 
 

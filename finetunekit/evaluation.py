@@ -143,7 +143,7 @@ class Report:
                 f"A {self.task} report has no confusion matrix; plot_confusion is for "
                 "multiclass and binary models."
             )
-        figure = _figure(figsize=(1.2 + 0.75 * len(self.class_names),) * 2)
+        figure = new_figure(figsize=(1.2 + 0.75 * len(self.class_names),) * 2)
         axis = figure.subplots()
         counts = self.confusion
         shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -159,7 +159,7 @@ class Report:
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
         axis.set_title(title or f"accuracy {self.accuracy:.3f} on {self.count} images", fontsize=9)
-        return _save(figure, path)
+        return save_figure(figure, path)
 
     def plot_top_losses(
         self, path: str | os.PathLike[str], k: int = 9, *, title: str | None = None
@@ -175,7 +175,7 @@ class Report:
         shown = self.worst[:k]
         columns = min(3, len(shown)) or 1
         rows = max(1, math.ceil(len(shown) / columns))
-        figure = _figure(figsize=(2.1 * columns, 2.7 * rows))
+        figure = new_figure(figsize=(2.1 * columns, 2.7 * rows))
         axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
         for axis in axes:
             axis.axis("off")
@@ -190,7 +190,7 @@ class Report:
             )
         if title:
             figure.suptitle(title, fontsize=9)
-        return _save(figure, path)
+        return save_figure(figure, path)
 
 
 def evaluate(
@@ -460,8 +460,12 @@ def _worst(
 # -- plots --------------------------------------------------------------------------------
 
 
-def _figure(figsize: tuple[float, float]) -> Any:
-    """A matplotlib Figure drawn off-screen (no pyplot, so the caller's backend is untouched)."""
+def new_figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib Figure drawn off-screen (no pyplot, so the caller's backend is untouched).
+
+    Raises:
+        MissingExtraError: matplotlib is not installed (the `plot` extra).
+    """
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -469,12 +473,18 @@ def _figure(figsize: tuple[float, float]) -> Any:
     return Figure(figsize=figsize, layout="tight")
 
 
-def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
+def save_figure(drawn: Any, path: str | os.PathLike[str]) -> Path:
+    """Writes a figure as a PNG beside `path`, then renames it over `path`."""
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
     target = Path(os.fspath(path))
     target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=100)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial{target.suffix}")
+    try:
+        drawn.savefig(partial, dpi=100)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 
@@ -555,7 +565,7 @@ def plot_history(
         raise ConfigError(f"phases names {len(phases)} epochs but the history has {epochs}.")
     main = _main_metric(values, metric)
     panels = [m for m in (main, "loss") if m is not None and m in values]
-    figure = _figure(figsize=(5.5 * len(panels), 4))
+    figure = new_figure(figsize=(5.5 * len(panels), 4))
     axes = np.atleast_1d(figure.subplots(1, len(panels)))
     runs = _runs(list(phases))
     colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
@@ -588,4 +598,4 @@ def plot_history(
     axes[0].legend(unique.values(), unique.keys(), fontsize=8, loc="best")
     if title:
         figure.suptitle(title, fontsize=9)
-    return _save(figure, path)
+    return save_figure(figure, path)

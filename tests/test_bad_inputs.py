@@ -708,6 +708,47 @@ CASES = [
         ValueError,
         ("is a '.tflite' file", "'m.tflite'"),
     ),
+    # -- rank_bases ---------------------------------------------------------------------
+    Case(
+        "rank-one-candidate",
+        "fewer than two candidates to rank",
+        'ftk.rank_bases((x, y), ["mobilenet_v2"])',
+        E.ConfigError,
+        ValueError,
+        ("needs at least two", "'mobilenet_v2'"),
+    ),
+    Case(
+        "rank-unknown-name",
+        "unknown base name among the candidates",
+        'ftk.rank_bases((x, y), ["mobilenet_v2", "mobilenet_v5"])',
+        E.UnknownBaseError,
+        ValueError,
+        ("Unknown base 'mobilenet_v5'", "Did you mean 'mobilenet_v2'"),
+    ),
+    Case(
+        "rank-weights-mapping",
+        "weights mapping naming no candidate",
+        'ftk.rank_bases((x, y), ["mobilenet_v2", "mobilenet"], weights={"resnet50": None})',
+        E.ConfigError,
+        ValueError,
+        ("weights names 'resnet50'", "not among the candidates", "Key the mapping"),
+    ),
+    Case(
+        "rank-one-class",
+        "data of one class only, to rank on",
+        'ftk.rank_bases((x, np.zeros(24)), ["mobilenet_v2", "mobilenet"])',
+        E.DataError,
+        ValueError,
+        ("All 24 images are of one class", "at least two classes"),
+    ),
+    Case(
+        "rank-few-images",
+        "too few images of a class for k-NN",
+        'ftk.rank_bases((x[:4], y[:4]), ["mobilenet_v2", "mobilenet"])',
+        E.DataError,
+        ValueError,
+        ("needs at least 2 images of every class", "class 1: 1", "Add images"),
+    ),
 ]
 
 

@@ -342,3 +342,40 @@ def test_bases_details_names_the_weight_file_keras_looks_for(capsys):
         "tf",
         "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
     ]
+
+
+# -- rank -----------------------------------------------------------------------------------
+
+
+def test_rank_prints_the_table(capsys, tmp_path):
+    root = shapes_folder(tmp_path / "data")
+    argv = ["rank", str(root), "--candidate", "mobilenet_v2=none", "--candidate", "mobilenet=none"]
+    assert main(argv + ["--image-size", "32", "--alpha", "0.35", "--seed", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:5] == ["#", "base", "knn", "logme", "linear"]
+    assert {line.split()[1] for line in lines[1:3]} == {"mobilenet_v2=random", "mobilenet=random"}
+    assert "on 12 images of 2 classes" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "candidates, expected",
+    [
+        (["mobilenet_v5=none", "mobilenet=none"], "Did you mean 'mobilenet_v2'"),
+        (["mobilenet=none"], "needs at least two"),
+        (["mobilenet=none", "mobilenet=none"], "the same --candidate is given twice"),
+    ],
+)
+def test_rank_rejects_bad_candidates_in_one_line(capsys, tmp_path, candidates, expected):
+    root = shapes_folder(tmp_path / "data", per_class=2)
+    argv = ["rank", str(root), "--image-size", "32"]
+    for candidate in candidates:
+        argv += ["--candidate", candidate]
+    assert main(argv) == 1
+    assert expected in _one_error_line(capsys.readouterr().err)
+
+
+def test_rank_usage_errors(capsys, tmp_path):
+    assert main(["rank", str(tmp_path), "--candidate", "mobilenet="]) == 2
+    assert "expected NAME or NAME=WEIGHTS" in _one_error_line(capsys.readouterr().err)
+    assert main(["rank", str(tmp_path / "missing"), "--candidate", "a", "--candidate", "b"]) == 1
+    assert "no such folder" in _one_error_line(capsys.readouterr().err)

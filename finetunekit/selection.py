@@ -1,0 +1,565 @@
+"""Which pretrained base suits my data? `rank_bases` scores candidates before fine-tuning.
+
+Each candidate runs once, frozen, over (at most `max_images` of) the data, at its own
+input size and with its own preprocessing (inside the model, as `load_base` builds
+it). Its pooled features are scored three ways (see `finetunekit.transfer_scores`):
+
+- `knn`: leave-one-out k-nearest-neighbour accuracy on unit-length features, the
+  primary score: cheap, and in large studies of transferability estimates the most
+  robust predictor of fine-tuned accuracy;
+- `logme`: LogME, the evidence of a Bayesian linear model on the features (You et
+  al., ICML 2021);
+- `linear`: the accuracy of a softmax regression, by stratified 5-fold
+  cross-validation.
+
+Each model is released (its references dropped and garbage collected) before the
+next is built, so memory stays flat however many candidates there are.
+`keras.backend.clear_session()` is not used: it would also break the models the
+caller holds.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from finetunekit import bases, data, evaluation, tasks
+from finetunekit.data._labels import _label_info
+from finetunekit.errors import (
+    ArgumentTypeError,
+    ConfigError,
+    DataError,
+    WeightsNotFoundError,
+)
+from finetunekit.transfer_scores import (
+    KNN_NEIGHBOURS,
+    Score,
+    accuracy_interval,
+    knn_correct,
+    linear_probe_correct,
+    logme_interval,
+)
+
+__all__ = ["rank_bases", "Ranking", "RankedBase", "Score", "METRICS"]
+
+logger = logging.getLogger("finetunekit")
+
+#: The scores `rank_bases` computes, and what each one is.
+METRICS: Mapping[str, str] = {
+    "knn": f"leave-one-out {KNN_NEIGHBOURS}-NN accuracy on unit-length features",
+    "logme": "LogME evidence per image",
+    "linear": "softmax-regression accuracy, 5-fold cross-validation",
+}
+#: Leave-one-out k-NN needs one image of each class besides the one left out.
+MIN_IMAGES_PER_CLASS = 2
+_BATCH_SIZE = 32
+_TASKS = ("multiclass", "binary")
+
+
+@dataclass(frozen=True)
+class RankedBase:
+    """One candidate's row of a `Ranking`.
+
+    Attributes:
+        name: the dict label, else the base name, the model's name or the file name.
+        score: the primary score (the first of `metrics`; k-NN accuracy by default).
+        scores: metric name -> `Score(value, low, high)`, the 95 % interval.
+        seconds: wall time of this candidate: loading, the pass over the images, scoring.
+        params: parameters of the base.
+        image_size: `(height, width)` the images were resized to for it.
+    """
+
+    name: str
+    score: float
+    scores: Mapping[str, Score]
+    seconds: float
+    params: int
+    image_size: tuple[int, int]
+
+
+class Ranking(tuple[RankedBase, ...]):
+    """Candidates sorted by the primary score, best first; what `rank_bases` returns.
+
+    A tuple of `RankedBase` rows. `str(ranking)` is a table, `ranking.best` the winner,
+    `ranking.plot(path)` a bar chart of every score with its interval.
+
+    Attributes:
+        primary: the metric the rows are sorted by.
+        images: how many images each candidate was scored on.
+        num_classes: how many classes they hold.
+    """
+
+    primary: str
+    images: int
+    num_classes: int
+
+    def __new__(
+        cls, rows: Sequence[RankedBase], *, primary: str, images: int, num_classes: int
+    ) -> Ranking:
+        ranking = super().__new__(cls, sorted(rows, key=lambda row: -row.score))
+        ranking.primary, ranking.images, ranking.num_classes = primary, images, num_classes
+        return ranking
+
+    @property
+    def best(self) -> RankedBase:
+        """The row with the highest primary score."""
+        return self[0]
+
+    @property
+    def names(self) -> list[str]:
+        """The candidates' names, best first."""
+        return [row.name for row in self]
+
+    def __str__(self) -> str:
+        metrics = list(self[0].scores) if self else []
+        header = ["#", "base", *metrics, "seconds", "params", "size"]
+        body = [
+            [
+                str(rank),
+                row.name,
+                *(str(row.scores[m]) for m in metrics),
+                f"{row.seconds:.1f}",
+                f"{row.params:,}",
+                f"{row.image_size[0]}x{row.image_size[1]}",
+            ]
+            for rank, row in enumerate(self, 1)
+        ]
+        widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+        right = {0, len(header) - 3, len(header) - 2}  # numbers without intervals
+        lines = [
+            "  ".join(
+                cell.rjust(width) if i in right else cell.ljust(width)
+                for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+            ).rstrip()
+            for line in [header, *body]
+        ]
+        lines.append(
+            f"Ranked by {self.primary} ({METRICS[self.primary]}) on {self.images} images of "
+            f"{self.num_classes} classes; [low, high] are 95% intervals."
+        )
+        return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Saves a bar chart of every score, with its interval, as an image (PNG by name).
+
+        Args:
+            path: the file to write; written beside and then renamed, so an existing file
+                is replaced only by a complete one.
+
+        Returns:
+            The path written.
+
+        Raises:
+            MissingExtraError: matplotlib is not installed
+                (`pip install "finetunekit[plot]"`).
+
+        Example:
+            >>> ranking.plot("ranking.png")
+        """
+        metrics = list(self[0].scores)
+        names = self.names[::-1]  # best at the top
+        drawn = evaluation.new_figure((3.2 * len(metrics) + 1.5, 0.45 * len(self) + 1.4))
+        axes = drawn.subplots(1, len(metrics), sharey=True)
+        for axis, metric in zip(np.atleast_1d(axes), metrics, strict=True):
+            scores = [row.scores[metric] for row in self][::-1]
+            values = np.array([s.value for s in scores])
+            errors = np.array(
+                [[s.value - s.low for s in scores], [s.high - s.value for s in scores]]
+            )
+            colours = ["tab:blue" if metric == self.primary else "tab:grey"] * len(scores)
+            axis.barh(names, values, xerr=errors, color=colours, capsize=3)
+            axis.set_title(metric + (" (primary)" if metric == self.primary else ""), fontsize=9)
+            axis.grid(axis="x", alpha=0.3)
+            if metric != "logme":
+                axis.set_xlim(0, 1)
+        drawn.suptitle(
+            f"{self.images} images, {self.num_classes} classes; 95% intervals", fontsize=9
+        )
+        return evaluation.save_figure(drawn, path)
+
+
+def rank_bases(
+    data: Any,
+    candidates: Sequence[Any] | Mapping[str, Any],
+    *,
+    weights: str | os.PathLike[str] | None | Mapping[str, Any] = "imagenet",
+    input_shape: tuple[int, int, int] | None = None,
+    task: str = "multiclass",
+    metrics: Sequence[str] = ("knn", "logme", "linear"),
+    max_images: int = 2000,
+    seed: int | None = None,
+    **base_kwargs: Any,
+) -> Ranking:
+    """Ranks pretrained bases by how well their frozen features separate your classes.
+
+    For each candidate the frozen base runs once over the images (at most `max_images`,
+    the same ones for every candidate) at its own input size, with its own preprocessing,
+    and its globally pooled features are scored: leave-one-out k-NN accuracy on
+    unit-length features (the primary score), LogME, and the accuracy of a linear probe
+    by cross-validation, each with a 95 % interval. Fine-tuning the best-ranked base is
+    then the best bet; the ranking costs one forward pass per candidate and no training.
+
+    Args:
+        data: a folder with one subfolder of images per class (read with
+            `finetunekit.data.from_directory` at each candidate's size), a tuple of arrays
+            `(x, y)` of raw pixels and labels, or a `tf.data.Dataset` of `(images, labels)`.
+            A dataset is read in its own order for each candidate: when it reshuffles every
+            iteration and holds more than `max_images`, candidates see different images, so
+            pass it unshuffled. Arrays and datasets are resized to each candidate's size.
+        candidates: two or more of: base names (see `list_bases`), `keras.Model`s (a full
+            model gives its base), paths to saved `.keras` models; or a dict
+            label -> candidate, to give your own labels (e.g. two alphas of one family,
+            each built with `load_base`).
+        weights: for the candidates given by name, `"imagenet"`, None (random) or a weights
+            file, as in `load_base`; one value for all, or a mapping from candidate names
+            (or dict labels) to weights, the others keeping `"imagenet"`. A weights file
+            is also loaded into a model or saved-model candidate.
+        input_shape: `(height, width, 3)` for the candidates given by name and models that
+            take any size; None for each base's native size (224 for most). A model of a
+            fixed size runs at its size.
+        task: `"multiclass"` (integer or one-hot labels) or `"binary"` (0/1 labels).
+        metrics: which scores to compute, of `"knn"`, `"logme"` and `"linear"`; the first
+            is the primary score the ranking is sorted by.
+        max_images: at most this many images are scored (a random subset, the same for
+            every candidate); the k-NN and LogME costs grow with its square.
+        seed: seed of the subset, the folds and the resamples; None for a random one.
+        **base_kwargs: passed to `load_base` for every candidate given by name, e.g.
+            `alpha=0.35` when all of them are MobileNets.
+
+    Returns:
+        A `Ranking`: rows sorted by the primary score, best first.
+
+    Raises:
+        ConfigError: fewer than two candidates, two with the same name, a weights mapping
+            naming no candidate, an unknown metric or task, a bad `max_images`.
+        UnknownBaseError: a candidate name is not registered (the closest are suggested).
+        ArgumentTypeError: a candidate that is neither a name, a model nor a path.
+        DataError: a single class, fewer than `MIN_IMAGES_PER_CLASS` images of a class,
+            or data that `finetunekit.data` rejects.
+        WeightsNotFoundError: a saved model or weights file that does not exist.
+
+    Example:
+        >>> ranking = rank_bases("flowers/train", ["mobilenet_v2", "efficientnet_b0"])
+        >>> print(ranking)
+        >>> tuner = FineTuner(ranking.best.name, num_classes=ranking.num_classes)
+    """
+    chosen = _check_metrics(metrics)
+    if task not in _TASKS:
+        tasks.get_task(task)  # an unknown task gets the usual message
+        raise ConfigError(
+            f"rank_bases scores classes: task must be 'multiclass' or 'binary'; received {task!r}."
+        )
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 4:
+        raise ConfigError(f"max_images must be an int >= 4; received {max_images!r}.")
+    entries = _candidates(candidates, weights)
+    rng = np.random.default_rng(seed)
+    source = _source(data, max_images, rng, task)
+    rows: list[RankedBase] = []
+    reference: np.ndarray | None = None
+    for label, candidate, candidate_weights in entries:
+        started = time.perf_counter()
+        features, labels, size, params = _run_candidate(
+            candidate, candidate_weights, input_shape, base_kwargs, source, max_images
+        )
+        labels = _class_indices(labels, task)
+        if reference is None:
+            _check_classes(labels)
+            reference = labels
+        elif len(labels) != len(reference) or not np.array_equal(labels, reference):
+            logger.warning(
+                "%s saw the images in another order than %s (the dataset reshuffles): the "
+                "scores compare different samples. Pass the data unshuffled.",
+                label,
+                rows[0].name,
+            )
+        classes = int(labels.max()) + 1
+        scores = _scores(
+            features, labels, classes, chosen, np.random.default_rng(rng.integers(2**32))
+        )
+        del features
+        gc.collect()
+        seconds = time.perf_counter() - started
+        rows.append(RankedBase(label, scores[chosen[0]].value, scores, seconds, params, size))
+        logger.info(
+            "ranked %s (%dx%d, %d parameters) in %.1f s: %s",
+            label,
+            *size,
+            params,
+            seconds,
+            ", ".join(f"{m} {s.value:.3f}" for m, s in scores.items()),
+        )
+    assert reference is not None
+    return Ranking(
+        rows, primary=chosen[0], images=len(reference), num_classes=len(np.unique(reference))
+    )
+
+
+# -- arguments -------------------------------------------------------------------------------
+
+
+def _check_metrics(metrics: Any) -> tuple[str, ...]:
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    chosen = tuple(metrics) if isinstance(metrics, (list, tuple)) else ()
+    if not chosen or any(m not in METRICS for m in chosen) or len(set(chosen)) < len(chosen):
+        raise ConfigError(
+            f"metrics must be one or more of {tuple(METRICS)}, each once, the primary score "
+            f"first; received {metrics!r}."
+        )
+    return chosen
+
+
+def _candidates(candidates: Any, weights: Any) -> list[tuple[str, Any, Any]]:
+    """(label, candidate, weights) per candidate, checked before any model is built."""
+    if isinstance(candidates, Mapping):
+        labelled = [(str(label), candidate) for label, candidate in candidates.items()]
+        for _, candidate in labelled:
+            _label(candidate)  # unknown names and missing files fail before any work
+    elif isinstance(candidates, (list, tuple)):
+        labelled = [(_label(candidate), candidate) for candidate in candidates]
+    else:
+        raise ArgumentTypeError(
+            "candidates must be a list of base names, keras Models or saved-model paths, or a "
+            f"dict label -> candidate; received {type(candidates).__name__}."
+        )
+    if len(labelled) < 2:
+        shown = ", ".join(repr(label) for label, _ in labelled) or "none"
+        raise ConfigError(
+            f"rank_bases compares candidates: it needs at least two; received {shown}. Add "
+            "another, e.g. ['mobilenet_v2', 'efficientnet_b0'] (see finetunekit.list_bases())."
+        )
+    labels = [label for label, _ in labelled]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ConfigError(
+            f"Two candidates are both named {twice[0]!r}; pass a dict label -> candidate to "
+            "tell them apart."
+        )
+    if isinstance(weights, Mapping):
+        keys = {bases._normalize(label): label for label in labels}
+        unknown = [key for key in weights if bases._normalize(str(key)) not in keys]
+        if unknown:
+            raise ConfigError(
+                f"weights names {', '.join(repr(k) for k in unknown)}, which "
+                f"{'is' if len(unknown) == 1 else 'are'} not among the candidates "
+                f"({', '.join(repr(label) for label in labels)}). Key the mapping by the "
+                "candidates' names, or by the labels of a candidates dict."
+            )
+        per_label = {keys[bases._normalize(str(k))]: w for k, w in weights.items()}
+        return [(label, c, per_label.get(label, "imagenet")) for label, c in labelled]
+    return [(label, candidate, weights) for label, candidate in labelled]
+
+
+def _label(candidate: Any) -> str:
+    """The name of a candidate given without a label; unknown names fail here."""
+    if isinstance(candidate, keras.Model):
+        return str(candidate.name)
+    if isinstance(candidate, os.PathLike) or (
+        isinstance(candidate, str) and bases._looks_like_path(candidate)
+    ):
+        path = Path(os.fspath(candidate))
+        if not path.exists():
+            raise WeightsNotFoundError(
+                f"No saved model at {str(path)!r}. Check the path, or pass a base name such "
+                "as 'mobilenet_v2' (see finetunekit.list_bases())."
+            )
+        return path.name
+    if isinstance(candidate, str):
+        return bases.get_spec(candidate).name
+    raise ArgumentTypeError(
+        "Each candidate must be a base name, a keras.Model or a path to a saved .keras "
+        f"model; received {type(candidate).__name__}."
+    )
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+class _Source:
+    """The same images, in the same order, for every candidate, at any size."""
+
+    def images(self, size: tuple[int, int]) -> tf.data.Dataset:
+        raise NotImplementedError
+
+
+class _Folder(_Source):
+    def __init__(self, path: str | os.PathLike[str], seed: int) -> None:
+        self.path, self.seed = path, seed
+
+    def images(self, size: tuple[int, int]) -> tf.data.Dataset:
+        # A fresh read with the same seed yields the images in the same order at every
+        # size (the loader reshuffles on each pass over one dataset, so none is reused).
+        return data.from_directory(
+            self.path, image_size=size, batch_size=_BATCH_SIZE, seed=self.seed
+        ).train
+
+
+class _Arrays(_Source):
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = x, y
+
+    def images(self, size: tuple[int, int]) -> tf.data.Dataset:
+        return data.as_dataset(self.x, self.y, batch_size=_BATCH_SIZE, shuffle=False)
+
+
+class _Given(_Source):
+    def __init__(self, dataset: tf.data.Dataset) -> None:
+        self.dataset = data.as_dataset(dataset, batch_size=_BATCH_SIZE)
+
+    def images(self, size: tuple[int, int]) -> tf.data.Dataset:
+        return self.dataset
+
+
+def _source(given: Any, max_images: int, rng: np.random.Generator, task: str) -> _Source:
+    if isinstance(given, (str, os.PathLike)):
+        return _Folder(given, int(rng.integers(2**31)))
+    if isinstance(given, tf.data.Dataset):
+        return _Given(given)
+    if isinstance(given, (tuple, list)) and len(given) == 2:
+        x, y = (np.asarray(part) for part in given)
+        data.as_dataset(x[:1], y[:1])  # the usual checks of shapes and types, on one image
+        if len(x) != len(y):
+            data.as_dataset(x, y)  # names the mismatch
+        chosen = np.sort(rng.permutation(len(x))[:max_images])
+        _check_classes(_class_indices(y[chosen], task))  # before any model is built
+        return _Arrays(x[chosen], y[chosen])
+    raise ArgumentTypeError(
+        "data must be a folder of class folders, a tuple (x, y) of arrays or a tf.data.Dataset "
+        f"of (images, labels); received {type(given).__name__}."
+    )
+
+
+def _class_indices(labels: np.ndarray, task: str) -> np.ndarray:
+    """Labels as class indices 0..k-1 of the classes present."""
+    mode = data.check_labels(_label_info(np.asarray(labels)), task, None)
+    indices = labels.argmax(axis=1) if mode == "categorical" else labels.reshape(len(labels))
+    return np.unique(np.asarray(indices).astype(np.int64), return_inverse=True)[1].reshape(-1)
+
+
+def _check_classes(labels: np.ndarray) -> None:
+    counts = np.bincount(labels)
+    if len(counts) < 2:
+        raise DataError(
+            f"All {len(labels)} images are of one class; ranking bases needs at least two "
+            "classes to tell apart. Add images of another class."
+        )
+    few = [
+        (label, int(count)) for label, count in enumerate(counts) if count < MIN_IMAGES_PER_CLASS
+    ]
+    if few:
+        shown = ", ".join(f"class {label}: {count}" for label, count in few)
+        raise DataError(
+            f"Leave-one-out k-NN needs at least {MIN_IMAGES_PER_CLASS} images of every class; "
+            f"{shown} (of {len(labels)} images). Add images of those classes, leave them out, "
+            "or raise max_images."
+        )
+
+
+# -- one candidate -------------------------------------------------------------------------
+
+
+def _run_candidate(
+    candidate: Any,
+    weights: Any,
+    input_shape: tuple[int, int, int] | None,
+    base_kwargs: dict[str, Any],
+    source: _Source,
+    max_images: int,
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int], int]:
+    """Loads the candidate, runs it once over the images, and releases it."""
+    if isinstance(candidate, str) and not bases._looks_like_path(candidate):
+        base = bases.load_base(candidate, weights=weights, input_shape=input_shape, **base_kwargs)
+    else:
+        base = bases.load_base(candidate, weights=weights)
+    size = _size(base, input_shape)
+    params = int(base.count_params())
+    dataset = source.images(size)
+    pooled = _pooled_function(base, dataset, size)
+    try:
+        features, labels = zip(*_batches(pooled, dataset, max_images), strict=True)
+    finally:
+        # Only references go: the caller's own models stay usable (clear_session would not).
+        del base, pooled
+        gc.collect()
+    return np.concatenate(features), np.concatenate(labels), size, params
+
+
+def _size(base: keras.Model, input_shape: tuple[int, int, int] | None) -> tuple[int, int]:
+    height, width = tuple(base.input_shape[1:3])
+    if isinstance(height, int) and isinstance(width, int):
+        return (height, width)
+    if input_shape is not None:
+        return (int(input_shape[0]), int(input_shape[1]))
+    return data.DEFAULT_IMAGE_SIZE
+
+
+def _pooled_function(base: keras.Model, dataset: tf.data.Dataset, size: tuple[int, int]) -> Any:
+    """The base in inference mode, resizing to `size` and pooling, called eagerly.
+
+    Not a `tf.function`: tracing EfficientNet keeps about 28 MB per trace alive inside
+    TensorFlow after the function and the model are gone (measured with TF 2.21), so
+    memory would grow with every candidate. One pass of convolutions costs the same
+    eagerly.
+    """
+    spec = dataset.element_spec[0]
+    resize = tuple(spec.shape[1:3]) != size
+
+    def pooled(images: tf.Tensor) -> tf.Tensor:
+        if resize:
+            images = tf.image.resize(images, size)
+        outputs = base(images, training=False)
+        if isinstance(outputs, (list, tuple)):
+            outputs = outputs[-1]
+        if outputs.shape.rank > 2:  # feature maps or tokens: the global average
+            outputs = tf.reduce_mean(outputs, axis=list(range(1, outputs.shape.rank - 1)))
+        return outputs
+
+    return pooled
+
+
+def _batches(
+    pooled: Any, dataset: tf.data.Dataset, max_images: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    seen = 0
+    for images, labels, *_ in dataset:
+        take = min(len(images), max_images - seen)
+        yield np.asarray(pooled(images[:take]), np.float32), np.asarray(labels[:take])
+        seen += take
+        if seen >= max_images:
+            return
+    if seen == 0:
+        raise DataError("The data holds no images; there is nothing to rank on.")
+
+
+def _scores(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    metrics: tuple[str, ...],
+    rng: np.random.Generator,
+) -> dict[str, Score]:
+    if not np.isfinite(features).all():
+        raise DataError(
+            "The base gave NaN or infinite features; check the images (raw 0-255 pixels) and "
+            "the weights."
+        )
+    scores: dict[str, Score] = {}
+    for metric in metrics:
+        if metric == "knn":
+            scores[metric] = accuracy_interval(knn_correct(features, labels, num_classes), rng)
+        elif metric == "logme":
+            scores[metric] = logme_interval(features, labels, num_classes, rng)
+        else:
+            correct = linear_probe_correct(features, labels, num_classes, rng)
+            scores[metric] = accuracy_interval(correct, rng)
+    return scores

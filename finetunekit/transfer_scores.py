@@ -1,0 +1,390 @@
+"""Scores of frozen features for a labelled task, in numpy: k-NN, LogME, linear probe.
+
+`finetunekit.rank_bases` runs each candidate base once over the data and scores its
+pooled features with these functions. Keras and TensorFlow have none of them, and
+scikit-learn (which has a k-NN classifier and a logistic regression) is not a
+dependency of finetunekit; each function is a few lines of linear algebra here.
+
+All functions take `features` of shape `(n, d)` and integer `labels` of shape `(n,)`
+in `0..num_classes - 1`.
+"""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = [
+    "Score",
+    "knn_correct",
+    "logme",
+    "linear_probe_correct",
+    "accuracy_interval",
+    "bootstrap_interval",
+    "logme_interval",
+    "KNN_NEIGHBOURS",
+    "KNN_TEMPERATURE",
+    "FOLDS",
+]
+
+#: Neighbours and temperature of the similarity-weighted vote, as in the k-NN evaluation
+#: of self-supervised features by Caron et al. (DINO, 2021) and Wu et al. (2018).
+KNN_NEIGHBOURS = 20
+KNN_TEMPERATURE = 0.07
+#: Folds of the linear probe's cross-validation.
+FOLDS = 5
+#: L2 penalty and steps of the linear probe (softmax regression on standardised
+#: features); see docs/selection.md for how they were chosen on flowers/train.
+PROBE_L2 = 1e-2
+PROBE_STEPS = 300
+#: Resamples of the percentile intervals of accuracies (cheap: a mean per resample).
+ACCURACY_RESAMPLES = 1000
+#: Half-samples of LogME's interval: each recomputes LogME (an eigendecomposition), so
+#: its interval is the normal one from a jackknife variance (see `logme_interval`).
+LOGME_RESAMPLES = 20
+CONFIDENCE = 0.95
+_CHUNK = 1024  # rows of the similarity matrix computed at once
+
+
+class Score(NamedTuple):
+    """A score with its bootstrap confidence interval (95 %)."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+# -- leave-one-out k-NN -------------------------------------------------------------------
+
+
+def knn_correct(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    k: int = KNN_NEIGHBOURS,
+    temperature: float = KNN_TEMPERATURE,
+) -> np.ndarray:
+    """Whether each image's class is predicted by its k nearest other images.
+
+    Features are scaled to unit length, neighbours are the `k` others of highest cosine
+    similarity `s`, and each votes for its class with weight `exp(s / temperature)`.
+
+    Returns:
+        A boolean array `(n,)`: the leave-one-out prediction of image `i` is right.
+    """
+    n = len(features)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    unit = (features / np.maximum(norms, 1e-12)).astype(np.float32)
+    k = max(1, min(k, n - 1))
+    correct = np.zeros(n, dtype=bool)
+    for start in range(0, n, _CHUNK):
+        rows = np.arange(start, min(start + _CHUNK, n))
+        similarity = unit[rows] @ unit.T
+        similarity[np.arange(len(rows)), rows] = -np.inf  # leave the image itself out
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        weights = np.exp((np.take_along_axis(similarity, nearest, axis=1) - 1.0) / temperature)
+        votes = np.zeros((len(rows), num_classes))
+        np.add.at(
+            votes, (np.repeat(np.arange(len(rows)), k), labels[nearest].ravel()), weights.ravel()
+        )
+        correct[rows] = votes.argmax(axis=1) == labels[rows]
+    return correct
+
+
+# -- LogME ----------------------------------------------------------------------------------
+#
+# LogME (You, Liu, Wang and Long, "LogME: Practical Assessment of Pre-trained Models for
+# Transfer Learning", ICML 2021; "Ranking and Tuning Pre-trained Models", JMLR 2022) is
+# the log evidence of Bayesian linear regression from the features f (n x d) to each
+# one-hot label column y, with prior w ~ N(0, 1/alpha) and noise N(0, 1/beta), at the
+# alpha, beta that maximise it:
+#
+#   L = n/2 log beta + d/2 log alpha - n/2 log 2pi - beta/2 |f m - y|^2 - alpha/2 |m|^2
+#       - 1/2 log det(alpha I + beta f'f),           m = beta (alpha I + beta f'f)^-1 f'y
+#
+# maximised by MacKay's fixed point: gamma = sum beta s_i / (alpha + beta s_i),
+# alpha <- gamma / |m|^2, beta <- (n - gamma) / |f m - y|^2, where s_i are the
+# eigenvalues of f'f. With f = U S V' and z = U'y every term is a sum over the r
+# nonzero s_i:
+#   |m|^2 = sum beta^2 s_i z_i^2 / (alpha + beta s_i)^2
+#   |f m - y|^2 = sum alpha^2 z_i^2 / (alpha + beta s_i)^2 + (|y|^2 - |z|^2)
+#   log det = sum log(alpha + beta s_i) + (d - r) log alpha
+# so one eigendecomposition (of the smaller of f f' and f'f) serves every class and
+# every iteration. LogME is the mean over classes of L / n.
+
+_LOGME_TOLERANCE = 1e-4
+_LOGME_STEPS = 100
+# Floors of |m|^2 and |f m - y|^2 (in squared label units). Without them the evidence
+# has no maximum when the features fit the labels exactly with room to spare (an image
+# stored twice, with more dimensions than images): beta then grows without bound.
+_LOGME_FLOOR = 1e-5
+
+
+def logme(features: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """LogME: the mean per-image log evidence of a linear model from features to labels.
+
+    Higher is better. Values are comparable between bases on the same images, not
+    between datasets.
+
+    Returns:
+        LogME as a float.
+    """
+    features, labels = _distinct(np.asarray(features, np.float64), labels)
+    return _logme_from(_spectrum(features, labels, num_classes))
+
+
+def _distinct(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drops repeated (features, label) rows: an image stored twice is one observation."""
+    _, first = np.unique(np.column_stack([features, labels]), axis=0, return_index=True)
+    first = np.sort(first)
+    return features[first], labels[first]
+
+
+class _Spectrum(NamedTuple):
+    eigenvalues: np.ndarray  # (r,) nonzero eigenvalues of f'f
+    projections: np.ndarray  # (r, C) z = U'y per class
+    label_norms: np.ndarray  # (C,) |y|^2 per class
+    n: int
+    d: int
+
+
+def _spectrum(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    gram: np.ndarray | None = None,
+) -> _Spectrum:
+    n, d = features.shape
+    targets = np.eye(num_classes)[labels]
+    small = features @ features.T if n <= d else features.T @ features
+    if gram is not None:
+        small = gram
+    values, vectors = _eigh(small)
+    keep = values > max(values.max(), 0.0) * 1e-10
+    values, vectors = values[keep], vectors[:, keep]
+    if n <= d:
+        projections = vectors.T @ targets
+    else:
+        projections = (vectors.T @ (features.T @ targets)) / np.sqrt(values)[:, None]
+    return _Spectrum(values, projections, (targets**2).sum(axis=0), n, d)
+
+
+def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix.
+
+    TensorFlow's, not numpy's: on a busy CPU numpy's OpenBLAS threads wait for cores, and
+    an eigendecomposition of a few hundred rows took from 10 ms to 2 s, run to run.
+    """
+    values, vectors = tf.linalg.eigh(tf.constant(matrix, tf.float64))
+    return values.numpy(), vectors.numpy()
+
+
+def _logme_from(spectrum: _Spectrum) -> float:
+    # Written in t = alpha / beta, so that nothing overflows when alpha grows without
+    # bound (features that say nothing about a class drive the weights to zero).
+    s = spectrum.eigenvalues[:, None]
+    z2 = spectrum.projections**2
+    outside = np.maximum(spectrum.label_norms - z2.sum(axis=0), 0.0)
+    n, d, r = spectrum.n, spectrum.d, len(spectrum.eigenvalues)
+    alpha, beta = np.ones(z2.shape[1]), np.ones(z2.shape[1])
+
+    def terms(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        shrink = 1.0 / (t + s)
+        gamma = (s * shrink).sum(axis=0)
+        m2 = (s * z2 * shrink**2).sum(axis=0)  # |m|^2
+        residual = (t**2 * z2 * shrink**2).sum(axis=0) + outside  # |f m - y|^2
+        return gamma, m2 + _LOGME_FLOOR, residual + _LOGME_FLOOR
+
+    for _ in range(_LOGME_STEPS):
+        gamma, m2, residual = terms(alpha / beta)
+        new_alpha, new_beta = gamma / m2, (n - gamma) / residual
+        change = max(np.abs(new_alpha / alpha - 1).max(), np.abs(new_beta / beta - 1).max())
+        alpha, beta = new_alpha, new_beta
+        if change < _LOGME_TOLERANCE:
+            break
+    t = alpha / beta
+    _, m2, residual = terms(t)
+    log_det = r * np.log(beta) + np.log(t + s).sum(axis=0) + (d - r) * np.log(alpha)
+    evidence = (
+        n / 2 * np.log(beta)
+        + d / 2 * np.log(alpha)
+        - n / 2 * np.log(2 * np.pi)
+        - beta / 2 * residual
+        - alpha / 2 * m2
+        - log_det / 2
+    )
+    return float(np.mean(evidence / n))
+
+
+def logme_interval(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, rng: np.random.Generator
+) -> Score:
+    """LogME with a half-sampling interval (the delete-d jackknife, d = n / 2).
+
+    Not the bootstrap: a bootstrap resample repeats images, and once the features can
+    fit the distinct images exactly (more dimensions than images), repeats leave no
+    residual, the noise precision beta grows without bound and so does the evidence.
+    Half-samples drawn without replacement (stratified, so every class stays) have no
+    repeats; for d = n / 2 the jackknife variance is the mean squared deviation of the
+    half-sample values (Shao and Wu, Annals of Statistics 1989), and the interval is
+    the normal one.
+    """
+    f, labels = _distinct(np.asarray(features, np.float64), labels)
+    n, d = f.shape
+    value = _logme_from(_spectrum(f, labels, num_classes))
+    members = [np.flatnonzero(labels == label) for label in np.unique(labels)]
+    # A half-sample's f f' is rows and columns of the full one: no product per resample.
+    full_gram = f @ f.T if n // 2 <= d else None
+    values = []
+    for _ in range(LOGME_RESAMPLES):
+        idx = np.concatenate([rng.choice(m, max(1, len(m) // 2), replace=False) for m in members])
+        gram = None if full_gram is None else full_gram[np.ix_(idx, idx)]
+        values.append(_logme_from(_spectrum(f[idx], labels[idx], num_classes, gram=gram)))
+    kept = sum(max(1, len(m) // 2) for m in members)
+    variance = (n - kept) / kept * float(np.mean((np.array(values) - np.mean(values)) ** 2))
+    spread = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2) * variance**0.5
+    return Score(value, value - spread, value + spread)
+
+
+# -- linear probe ---------------------------------------------------------------------------
+
+
+def linear_probe_correct(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    rng: np.random.Generator,
+    *,
+    folds: int = FOLDS,
+) -> np.ndarray:
+    """Whether each image's class is predicted by a softmax regression trained without it.
+
+    Stratified `folds`-fold cross-validation: each fold is predicted by a softmax
+    regression (L2 penalty `PROBE_L2`) fitted on the other folds, on features
+    standardised with the training folds' statistics.
+
+    Returns:
+        A boolean array `(n,)`: the out-of-fold prediction of image `i` is right.
+    """
+    assignment = _stratified_folds(labels, folds, rng)
+    correct = np.zeros(len(labels), dtype=bool)
+    for fold in range(folds):
+        test = assignment == fold
+        if not test.any() or test.all():
+            continue
+        train = ~test
+        mean = features[train].mean(axis=0)
+        std = features[train].std(axis=0) + 1e-6
+        logits = _fit_predict(
+            (features[train] - mean) / std,
+            labels[train],
+            (features[test] - mean) / std,
+            num_classes,
+        )
+        correct[test] = logits.argmax(axis=1) == labels[test]
+    return correct
+
+
+def _stratified_folds(labels: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """A fold per image; every class spread evenly over the folds."""
+    assignment = np.empty(len(labels), dtype=int)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        assignment[members] = (np.arange(len(members)) + rng.integers(folds)) % folds
+    return assignment
+
+
+def _fit_predict(
+    train: np.ndarray, labels: np.ndarray, test: np.ndarray, num_classes: int
+) -> np.ndarray:
+    """Logits of `test` from a softmax regression fitted on `train`.
+
+    With fewer training images than dimensions, the descent runs in the span of the
+    training rows (their coordinates U S in an orthonormal basis V): gradient descent
+    from zero never leaves that span, so the iterates are the same, at r instead of d
+    columns.
+    """
+    train, test = np.asarray(train, np.float64), np.asarray(test, np.float64)
+    if len(train) < train.shape[1]:
+        values, vectors = _eigh(train @ train.T)
+        keep = values > max(values.max(), 0.0) * 1e-10
+        basis = train.T @ vectors[:, keep] / np.sqrt(values[keep])
+        train, test = train @ basis, test @ basis
+    weights, bias = _softmax_regression(train, labels, num_classes)
+    return test @ weights + bias
+
+
+def _softmax_regression(
+    x: np.ndarray, labels: np.ndarray, num_classes: int, *, l2: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Minimises mean cross-entropy + l2/2 |W|^2 by Nesterov's accelerated gradient.
+
+    The step is 1/L with L = lambda_max(x'x/n)/2 + l2, Bohning's bound on the curvature
+    of the multinomial log-likelihood, so the descent needs no line search. The bias is
+    not penalised.
+
+    Returns:
+        `(weights, bias)` of shapes `(d, num_classes)` and `(num_classes,)`.
+    """
+    l2 = PROBE_L2 if l2 is None else l2
+    n, d = x.shape
+    targets = np.eye(num_classes)[labels]
+    curvature = (_largest_eigenvalue(x) + n) / n / 2 + l2  # + n: the bias column
+    weights, bias = np.zeros((d, num_classes)), np.zeros(num_classes)
+    previous = (weights, bias)
+    for step in range(1, PROBE_STEPS + 1):
+        momentum = (step - 1) / (step + 2)
+        ahead_w = weights + momentum * (weights - previous[0])
+        ahead_b = bias + momentum * (bias - previous[1])
+        logits = x @ ahead_w + ahead_b
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        error = (probabilities - targets) / n
+        previous = (weights, bias)
+        weights = ahead_w - (x.T @ error + l2 * ahead_w) / curvature
+        bias = ahead_b - error.sum(axis=0) / curvature
+    return weights, bias
+
+
+def _largest_eigenvalue(x: np.ndarray) -> float:
+    """The largest eigenvalue of x'x by power iteration (an upper estimate is enough)."""
+    vector = np.ones(x.shape[1]) / np.sqrt(x.shape[1])
+    value = 0.0
+    for _ in range(50):
+        product = x.T @ (x @ vector)
+        value = float(np.linalg.norm(product))
+        if value == 0.0:
+            return 1.0
+        vector = product / value
+    return value * 1.05  # power iteration approaches from below
+
+
+# -- intervals ------------------------------------------------------------------------------
+
+
+def accuracy_interval(correct: np.ndarray, rng: np.random.Generator) -> Score:
+    """The accuracy with its percentile bootstrap interval over resampled images."""
+    return bootstrap_interval(np.asarray(correct, np.float64), rng)
+
+
+def bootstrap_interval(outcomes: np.ndarray, rng: np.random.Generator) -> Score:
+    """The mean of per-image `outcomes` with a percentile interval of `ACCURACY_RESAMPLES`."""
+    n = len(outcomes)
+    means = np.concatenate(
+        [
+            outcomes[rng.integers(0, n, (min(100, ACCURACY_RESAMPLES - start), n))].mean(axis=1)
+            for start in range(0, ACCURACY_RESAMPLES, 100)
+        ]
+    )
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return Score(float(outcomes.mean()), float(low), float(high))

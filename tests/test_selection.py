@@ -1,0 +1,353 @@
+"""rank_bases: the scores against direct computations, the ranking, memory, real data."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import WEIGHTS_DIR
+from test_cli import shapes_folder
+
+import finetunekit as ftk
+from finetunekit import selection
+from finetunekit import transfer_scores as ts
+from finetunekit.errors import MissingExtraError, WeightsNotFoundError
+
+SHAPE = (32, 32, 3)
+
+
+# -- the scores -----------------------------------------------------------------------------
+
+
+def _direct_evidence(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
+    """The log evidence per image, from the matrix formulas of the LogME paper."""
+    n, d = f.shape
+    a = alpha * np.eye(d) + beta * f.T @ f
+    m = beta * np.linalg.solve(a, f.T @ y)
+    log_evidence = (
+        n / 2 * np.log(beta)
+        + d / 2 * np.log(alpha)
+        - n / 2 * np.log(2 * np.pi)
+        - beta / 2 * np.sum((f @ m - y) ** 2)
+        - alpha / 2 * m @ m
+        - np.linalg.slogdet(a)[1] / 2
+    )
+    return float(log_evidence / n)
+
+
+@pytest.mark.parametrize("n, d", [(30, 50), (80, 10)])  # both sides of the eigendecomposition
+def test_logme_is_the_maximum_of_the_direct_evidence(n, d):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, n)
+    f = rng.normal(size=(n, d))
+    f[:, 0] += 2 * labels
+    value = ts.logme(f, labels, 3)
+    grid = np.logspace(-3, 3, 49)
+    best = [
+        max(_direct_evidence(f, (labels == c).astype(float), a, b) for a in grid for b in grid)
+        for c in range(3)
+    ]
+    # The fixed point maximises over (alpha, beta): at least the grid's best, and close.
+    assert np.mean(best) - 1e-4 <= value <= np.mean(best) + 0.02
+
+
+def test_logme_prefers_features_that_carry_the_labels():
+    rng = np.random.default_rng(1)
+    labels = np.arange(60) % 3
+    noise = rng.normal(size=(60, 40))
+    informative = noise + 3 * np.eye(40)[labels]
+    assert ts.logme(informative, labels, 3) > ts.logme(noise, labels, 3) + 0.1
+
+
+def test_logme_stays_finite_when_an_image_is_stored_twice():
+    # More dimensions than images and a repeated image: without the floors and the
+    # de-duplication, beta grows without bound and so does the evidence.
+    rng = np.random.default_rng(2)
+    labels = np.arange(20) % 2
+    f = rng.normal(size=(20, 64))
+    twice = np.vstack([f, f[:1]])
+    assert abs(ts.logme(twice, np.append(labels, labels[0]), 2) - ts.logme(f, labels, 2)) < 1e-9
+    score = ts.logme_interval(f, labels, 2, rng)
+    assert np.isfinite([score.low, score.high]).all() and score.high - score.low < 1.0
+
+
+def _brute_force_knn(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    correct = []
+    for i in range(len(unit)):
+        similarity = unit @ unit[i]
+        similarity[i] = -np.inf
+        nearest = np.argsort(-similarity)[:k]
+        votes = np.zeros(labels.max() + 1)
+        for j in nearest:
+            votes[labels[j]] += np.exp((similarity[j] - 1) / ts.KNN_TEMPERATURE)
+        correct.append(votes.argmax() == labels[i])
+    return np.array(correct)
+
+
+def test_knn_matches_a_brute_force_leave_one_out():
+    rng = np.random.default_rng(3)
+    labels = np.arange(50) % 4
+    features = rng.normal(size=(50, 8)) + np.eye(8)[labels] * 1.5
+    expected = _brute_force_knn(features, labels, k=5)
+    assert 0.3 < expected.mean() < 1.0  # neither trivial nor hopeless
+    np.testing.assert_array_equal(ts.knn_correct(features, labels, 4, k=5), expected)
+
+
+def test_knn_leaves_the_image_itself_out():
+    # Each image's only same-class neighbour is far; with itself counted it would be right.
+    features = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    labels = np.array([0, 0, 1, 1])
+    assert not ts.knn_correct(features, labels, 2, k=1).any()
+
+
+@pytest.mark.parametrize("d", [201, 30])  # more dimensions than images, and fewer
+def test_linear_probe_separates_separable_classes_and_not_random_labels(d):
+    rng = np.random.default_rng(4)
+    labels = np.arange(90) % 3
+    blocks = np.repeat(np.eye(3), d // 3, axis=1)  # each class shifts its own third of the dims
+    features = rng.normal(size=(90, d)) + blocks[labels]
+    assert ts.linear_probe_correct(features, labels, 3, rng).mean() > 0.9
+    shuffled = rng.permutation(labels)
+    assert ts.linear_probe_correct(features, shuffled, 3, rng).mean() < 0.5
+
+
+def test_intervals_hold_the_value_and_narrow_with_more_images():
+    rng = np.random.default_rng(5)
+    small = ts.accuracy_interval(rng.random(40) < 0.7, rng)
+    large = ts.accuracy_interval(rng.random(4000) < 0.7, rng)
+    for score in (small, large):
+        assert score.low <= score.value <= score.high
+    assert large.high - large.low < (small.high - small.low) / 4
+
+
+# -- rank_bases -----------------------------------------------------------------------------
+
+
+def _colour_data(per_class: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes told apart only by hue; every image has a random brightness."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(3 * per_class) % 3
+    images = np.full((len(labels), 32, 32, 3), 100.0)
+    images[np.arange(len(labels)), :, :, labels] = 200.0
+    images += rng.uniform(-50, 50, (len(labels), 1, 1, 1)) + rng.normal(0, 5, images.shape)
+    return images.astype("float32"), labels
+
+
+def _hue_base() -> keras.Model:
+    """Features = the mean colour: carries the class."""
+    inputs = keras.Input(SHAPE)
+    return keras.Model(inputs, keras.layers.Rescaling(1 / 255)(inputs), name="hue")
+
+
+def _brightness_base() -> keras.Model:
+    """Features = the mean brightness: blind to the class."""
+    inputs = keras.Input(SHAPE)
+    grey = keras.layers.Conv2D(1, 1, use_bias=False, name="grey")
+    outputs = grey(inputs)
+    grey.set_weights([np.full((1, 1, 3, 1), 1 / 3)])
+    return keras.Model(inputs, outputs, name="brightness")
+
+
+def test_rank_bases_puts_the_informative_base_first():
+    x, y = _colour_data()
+    ranking = ftk.rank_bases(
+        (x, y), [_brightness_base(), _hue_base(), "mobilenet_v2"], weights=None,
+        input_shape=SHAPE, alpha=0.35, seed=0,
+    )  # fmt: skip
+    assert isinstance(ranking, ftk.Ranking) and len(ranking) == 3
+    assert ranking.best.name == "hue"
+    assert ranking.best.scores["knn"].value == 1.0
+    assert ranking.best.scores["linear"].value == 1.0
+    by_name = {row.name: row for row in ranking}
+    brightness = by_name["brightness"].scores
+    assert brightness["knn"].value < 0.6 and brightness["linear"].value < 0.6
+    assert by_name["hue"].scores["logme"].value > brightness["logme"].value
+    scores = [row.score for row in ranking]
+    assert scores == sorted(scores, reverse=True)
+    assert all(row.score == row.scores["knn"].value for row in ranking)
+    assert ranking.images == 36 and ranking.num_classes == 3
+    assert (
+        by_name["mobilenet_v2"].params
+        == ftk.load_base("mobilenet_v2", weights=None, input_shape=SHAPE, alpha=0.35).count_params()
+    )
+    assert all(row.seconds > 0 and row.image_size == (32, 32) for row in ranking)
+
+
+def test_str_is_a_table_of_every_candidate_and_score():
+    x, y = _colour_data(4)
+    ranking = ftk.rank_bases(
+        (x, y), {"by hue": _hue_base(), "by brightness": _brightness_base()}, seed=0
+    )
+    lines = str(ranking).splitlines()
+    assert lines[0].split()[:5] == ["#", "base", "knn", "logme", "linear"]
+    assert lines[1].startswith("1  by hue") and lines[2].startswith("2  by brightness")
+    assert str(ranking.best.scores["knn"]) in lines[1]
+    assert "Ranked by knn" in lines[-1] and "12 images of 3 classes" in lines[-1]
+
+
+def test_metrics_choose_the_scores_and_the_first_is_primary():
+    x, y = _colour_data(4)
+    ranking = ftk.rank_bases(
+        (x, y), [_hue_base(), _brightness_base()], metrics=("logme", "knn"), seed=0
+    )
+    assert ranking.primary == "logme"
+    assert all(list(row.scores) == ["logme", "knn"] for row in ranking)
+    assert all(row.score == row.scores["logme"].value for row in ranking)
+
+
+def test_a_weights_mapping_reaches_its_candidate_only(monkeypatch):
+    loaded = []
+    real = selection.bases.load_base
+
+    def spy(candidate, *, weights="imagenet", **kwargs):
+        loaded.append((candidate, weights))
+        return real(candidate, weights=None, **kwargs)
+
+    monkeypatch.setattr(selection.bases, "load_base", spy)
+    x, y = _colour_data(4)
+    ranking = ftk.rank_bases(
+        (x, y),
+        {"one": "mobilenet_v2", "other": "MobileNetV2", "third": "mobilenet"},
+        weights={"one": "one.h5", "other": None},
+        input_shape=SHAPE,
+        alpha=0.35,
+        metrics=("knn",),
+        seed=0,
+    )
+    assert sorted(ranking.names) == ["one", "other", "third"]
+    assert loaded == [("mobilenet_v2", "one.h5"), ("MobileNetV2", None), ("mobilenet", "imagenet")]
+
+
+def test_max_images_scores_the_same_subset_for_every_candidate():
+    x, y = _colour_data(20)
+    ranking = ftk.rank_bases((x, y), [_hue_base(), _brightness_base()], max_images=30, seed=0)
+    assert ranking.images == 30
+
+
+def test_a_folder_is_read_at_each_candidates_size(tmp_path, caplog):
+    root = shapes_folder(tmp_path / "data", per_class=6)
+    small = ftk.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    large = ftk.load_base("mobilenet_v2", weights=None, input_shape=(48, 48, 3), alpha=0.35)
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        ranking = ftk.rank_bases(str(root), {"small": small, "large": large}, seed=0)
+    sizes = {row.name: row.image_size for row in ranking}
+    assert sizes == {"small": (32, 32), "large": (48, 48)}
+    assert ranking.images == 12 and ranking.num_classes == 2
+    assert "another order" not in caplog.text  # the same images, in the same order
+    # The caller's models are untouched and still work.
+    assert small(np.zeros((1, 32, 32, 3)), training=False).shape[0] == 1
+
+
+def test_a_dataset_is_resized_to_each_candidate():
+    x, y = _colour_data(4)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(5)
+    inputs = keras.Input((16, 16, 3))
+    small = keras.Model(inputs, keras.layers.Rescaling(1 / 255)(inputs), name="small")
+    ranking = ftk.rank_bases(dataset, [small, _hue_base()], seed=0)
+    assert {row.name: row.image_size for row in ranking} == {"small": (16, 16), "hue": (32, 32)}
+    assert ranking.images == 12
+
+
+def test_a_saved_model_file_is_a_candidate_named_by_its_file(tmp_path):
+    x, y = _colour_data(4)
+    path = tmp_path / "colours.keras"
+    _hue_base().save(path)
+    ranking = ftk.rank_bases((x, y), [str(path), _brightness_base()], seed=0)
+    assert ranking.best.name == "colours.keras"
+    with pytest.raises(WeightsNotFoundError, match="No saved model at"):
+        ftk.rank_bases((x, y), [str(tmp_path / "gone.keras"), _hue_base()])
+
+
+def test_plot_writes_an_image(tmp_path):
+    pytest.importorskip("matplotlib")
+    x, y = _colour_data(4)
+    ranking = ftk.rank_bases((x, y), [_hue_base(), _brightness_base()], seed=0)
+    path = ranking.plot(tmp_path / "ranking.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["ranking.png"]  # nothing left beside
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
+    x, y = _colour_data(4)
+    ranking = ftk.rank_bases((x, y), [_hue_base(), _brightness_base()], seed=0)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    with pytest.raises(MissingExtraError, match=r"pip install 'finetunekit\[plot\]'") as info:
+        ranking.plot(tmp_path / "never.png")
+    assert isinstance(info.value, ImportError)
+    assert not list(tmp_path.iterdir())
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _RssAfterEachCandidate(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rss: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("ranked "):
+            self.rss.append(_rss())
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+def test_memory_stays_flat_across_candidates():
+    # EfficientNet at 32 px: each model holds 16 MB of weights, and tracing it in a
+    # tf.function kept about 28 MB per candidate alive in TensorFlow.
+    x, y = _colour_data(4)
+    handler = _RssAfterEachCandidate()
+    logger = logging.getLogger("finetunekit")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        ftk.rank_bases(
+            (x, y), {f"b{i}": "efficientnet_b0" for i in range(6)}, weights=None,
+            input_shape=SHAPE, metrics=("knn",), seed=0,
+        )  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    weights_bytes = (
+        4 * ftk.load_base("efficientnet_b0", weights=None, input_shape=SHAPE).count_params()
+    )
+    assert len(handler.rss) == 6
+    # From the second candidate on (the first pays TensorFlow's warm-up), four more
+    # candidates may not add two models' worth of memory; keeping each would add four.
+    assert handler.rss[-1] - handler.rss[1] < 2 * weights_bytes, [r >> 20 for r in handler.rss]
+
+
+# -- real data ------------------------------------------------------------------------------
+
+
+def test_pretrained_bases_rank_above_random_ones_on_the_flowers(flowers, weights_035):
+    v1 = WEIGHTS_DIR / "derived" / "mobilenet_2_5_128_tf_no_top.h5"
+    if not v1.exists():
+        pytest.skip(f"{v1} not found (../shared/data absent)")
+
+    def base(name: str, weights: Path | None, alpha: float) -> keras.Model:
+        return ftk.load_base(name, weights=weights, input_shape=(96, 96, 3), alpha=alpha)
+
+    ranking = ftk.rank_bases(
+        flowers / "train",
+        {
+            "v2 0.35 imagenet": base("mobilenet_v2", weights_035, 0.35),
+            "v1 0.25 imagenet": base("mobilenet", v1, 0.25),
+            "v2 0.35 random": base("mobilenet_v2", None, 0.35),
+            "v1 0.25 random": base("mobilenet", None, 0.25),
+        },
+        metrics=("knn",),
+        max_images=150,
+        seed=0,
+    )
+    assert {row.name.split()[-1] for row in ranking[:2]} == {"imagenet"}, str(ranking)
+    assert ranking[1].scores["knn"].low > ranking[2].scores["knn"].high, str(ranking)
