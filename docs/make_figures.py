@@ -32,7 +32,7 @@ SHARED = Path(os.environ.get("FINETUNEKIT_SHARED_DATA", ROOT.parent / "shared" /
 FLOWERS = SHARED / "flowers"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 sys.path.insert(0, str(ROOT))  # this checkout's finetunekit, installed or not
-HARDWARE = "2-core Intel Xeon CPU, no GPU"
+HARDWARE = "2-core AMD EPYC CPU, no GPU"
 SIZE = 160
 
 

@@ -17,7 +17,7 @@ from typing_extensions import Unpack
 from finetunekit import bases, caching, data, freezing, heads, tasks, training
 from finetunekit._checks import check_choice, check_int
 from finetunekit.classifier import save_model
-from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, StepOrderError
+from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
 from finetunekit.recipe import DEFAULTS, Phase, PhasePlan, Plan, Recipe, RecipeSettings
 from finetunekit.recipe import plan as plan_phases
 from finetunekit.training import FineTuneHistory, PhaseReport
@@ -118,7 +118,7 @@ class FineTuner:
         self.base_kwargs = base_kwargs
         self.base: keras.Model | None = None
         self.model: keras.Model | None = None
-        self.augment = _augmentation(augment)
+        self.augment = data.augmentation_layer(augment)
         self.cache = cache
         self.cache_budget = cache_budget
         self.seed = seed
@@ -472,7 +472,7 @@ class FineTuner:
             if self.input_shape is None and not isinstance(self._base_arg, keras.Model):
                 self.input_shape = prepared.image_shape
             self.load_base()
-        self._check_image_size(prepared.train, self._need_base())
+        data.check_image_size(prepared.train, tuple(self._need_base().input_shape[1:3]))
         self.num_classes = prepared.num_classes if self.num_classes is None else self.num_classes
         self.class_names = prepared.class_names or self.class_names
         self._label_mode = prepared.label_mode
@@ -498,30 +498,8 @@ class FineTuner:
             verbose=verbose,
         )
 
-    def _check_image_size(self, dataset: tf.data.Dataset, model: keras.Model) -> None:
-        expected = tuple(model.input_shape[1:3])
-        received = tuple(dataset.element_spec[0].shape[1:3])
-        if None in expected or None in received or expected == received:
-            return
-        raise DataError(
-            f"The images are {received[0]}x{received[1]} pixels but the model takes "
-            f"{expected[0]}x{expected[1]}. Resize them when loading (e.g. "
-            f"finetunekit.data.from_directory(..., image_size={expected[0]})), or build the "
-            f"tuner with input_shape=({received[0]}, {received[1]}, 3)."
-        )
-
     def _recompile_if_needed(self) -> None:
         if self.model is not None and self._compile_args and tasks.is_stale(self.model):
             logger.info("trainable weights changed since compile: recompiling")
             self.compile(**self._compile_args)
 
-
-def _augmentation(augment: str | keras.layers.Layer | None) -> keras.layers.Layer | None:
-    if augment is None or isinstance(augment, keras.layers.Layer):
-        return augment
-    if isinstance(augment, str) and augment in data.AUGMENTATION_PRESETS:
-        return data.augmentation(augment)
-    raise ConfigError(
-        f"augment must be None, a preset name {sorted(data.AUGMENTATION_PRESETS)} or a "
-        f"keras.layers.Layer; received {augment!r}."
-    )

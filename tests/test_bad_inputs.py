@@ -512,7 +512,7 @@ CASES = [
         'tuner.load_base().add_head().save(tmp / "tuned.h5")',
         E.ConfigError,
         ValueError,
-        ("writes a Keras 3 '.keras' file", "tuned.keras"),
+        ("saves Keras 3 '.keras' files", "tuned.keras"),
     ),
     Case(
         "plan-without-classes",
@@ -634,6 +634,30 @@ CASES = [
         E.ConfigError,
         ValueError,
         ("batch_size must be a positive int", "received 0"),
+    ),
+    Case(
+        "fit-unknown-setting",
+        "a misspelt fit setting",
+        "tuner.fit(x, y, head_epoch=5)",
+        E.ConfigError,
+        ValueError,
+        ("Unknown setting head_epoch", "head_epochs"),
+    ),
+    Case(
+        "fit-callback-type",
+        "a callback that is not a Keras callback",
+        "tuner.fit(x, y, callbacks=[print])",
+        E.ArgumentTypeError,
+        TypeError,
+        ("callbacks must be a list of keras.callbacks.Callback", "CSVLogger"),
+    ),
+    Case(
+        "fit-unfreeze-too-many",
+        "unfreezing more blocks than the base has (caught before the head trains)",
+        "tuner.fit(x, y, unfreeze=1000)",
+        E.ConfigError,
+        ValueError,
+        ("n=1000", "has only", "blocks"),
     ),
     # -- using the model: save_model, load, predict, evaluate, export --------------------
     Case(

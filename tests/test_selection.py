@@ -278,6 +278,7 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
     x, y = _colour_data(4)
     ranking = ftk.rank_bases((x, y), [_hue_base(), _brightness_base()], seed=0)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'finetunekit\[plot\]'") as info:
         ranking.plot(tmp_path / "never.png")
     assert isinstance(info.value, ImportError)

@@ -7,8 +7,8 @@ raises a `DataError` (or `DataNotFoundError`) that names what is wrong and how
 to fix it, before any training starts.
 """
 
-from finetunekit.data._arrays import as_dataset, from_arrays
-from finetunekit.data._augment import AUGMENTATION_PRESETS, augmentation
+from finetunekit.data._arrays import as_dataset, check_image_size, from_arrays
+from finetunekit.data._augment import AUGMENTATION_PRESETS, augmentation, augmentation_layer
 from finetunekit.data._folders import (
     DEFAULT_IMAGE_SIZE,
     IMAGE_FORMATS,
@@ -29,6 +29,8 @@ __all__ = [
     "prepare",
     "Prepared",
     "augmentation",
+    "augmentation_layer",
+    "check_image_size",
     "AUGMENTATION_PRESETS",
     "IMAGE_FORMATS",
     "DEFAULT_IMAGE_SIZE",

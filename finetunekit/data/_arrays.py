@@ -180,3 +180,20 @@ def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -
     )
 
 
+
+
+def check_image_size(dataset: tf.data.Dataset, expected: tuple[Any, ...]) -> None:
+    """Raises when the dataset's images are not `expected` = (height, width) pixels.
+
+    Raises:
+        DataError: the sizes differ (both known), naming both fixes.
+    """
+    received = tuple(dataset.element_spec[0].shape[1:3])
+    if None in expected or None in received or tuple(expected) == received:
+        return
+    raise DataError(
+        f"The images are {received[0]}x{received[1]} pixels but the model takes "
+        f"{expected[0]}x{expected[1]}. Resize them when loading (e.g. "
+        f"finetunekit.data.from_directory(..., image_size={expected[0]})), or build the "
+        f"tuner with input_shape=({received[0]}, {received[1]}, 3)."
+    )

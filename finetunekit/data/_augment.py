@@ -56,3 +56,19 @@ def augmentation(preset: str = "default", seed: int | None = None) -> keras.Sequ
     return keras.Sequential(layers, name="augmentation")
 
 
+
+
+def augmentation_layer(augment: str | keras.layers.Layer | None) -> keras.layers.Layer | None:
+    """`augment` as a layer: a preset name made into `augmentation(name)`, a layer as is.
+
+    Raises:
+        ConfigError: neither None, a preset name nor a Keras layer.
+    """
+    if augment is None or isinstance(augment, keras.layers.Layer):
+        return augment
+    if isinstance(augment, str) and augment in AUGMENTATION_PRESETS:
+        return augmentation(augment)
+    raise ConfigError(
+        f"augment must be None, a preset name {sorted(AUGMENTATION_PRESETS)} or a "
+        f"keras.layers.Layer; received {augment!r}."
+    )
