@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where to save: a .keras file in a writable folder (checked before training)",
     )
+    train.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="also write history.png and, with a validation split, the validation report's "
+        "confusion.png and top_losses.png into DIR (needs matplotlib)",
+    )
     _add_verbose(train)
     train.set_defaults(handler=_train)
 
@@ -573,7 +579,24 @@ def _train(args: argparse.Namespace) -> int:
     )
     saved = tuner.save(args.out)
     print(_summary(history, class_names, train, validation, args, saved))
+    if args.plots:
+        _train_plots(Path(args.plots), history, saved, validation)
     return 0
+
+
+def _train_plots(folder: Path, history: Any, saved: Path, validation: Any) -> None:
+    """The history plot and, with a validation split, its evaluation, into `folder`."""
+    from finetunekit.evaluation import evaluate
+
+    written = [history.plot(folder / "history.png")]
+    if validation is not None:
+        report = evaluate(saved, validation)
+        print(report)
+        written += [
+            report.plot_confusion(folder / "confusion.png"),
+            report.plot_top_losses(folder / "top_losses.png"),
+        ]
+    print("written: " + ", ".join(str(p) for p in written))
 
 
 def _summary(

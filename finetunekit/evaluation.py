@@ -266,7 +266,8 @@ def _labelled_batches(
             # from_directory shuffles its datasets, so their elements are not in the order
             # of file_paths; read the files again, in that order, labelled by class folder.
             names = tuple(classes)
-            labels = [_label_of(p, names, file_paths) for p in file_paths]
+            root = _class_root(list(file_paths), names)
+            labels = [_label_of(p, names, root) for p in file_paths]
             return (
                 _file_batches(list(file_paths), labels, classifier, batch_size),
                 list(file_paths),
@@ -282,8 +283,18 @@ def _labelled_batches(
     )
 
 
-def _label_of(path: str, names: tuple[str, ...], paths: Sequence[str]) -> int:
-    root = os.path.commonpath(list(paths))
+def _class_root(paths: Sequence[str], names: tuple[str, ...]) -> Path:
+    """The folder that holds the class folders: above the files' common folder, when all of
+    them (a small validation split) lie in one class folder, or deeper in it."""
+    root = Path(os.path.commonpath(list(paths)))
+    if root.is_file():
+        root = root.parent
+    while root != root.parent and Path(os.path.relpath(paths[0], root)).parts[0] not in names:
+        root = root.parent
+    return root
+
+
+def _label_of(path: str, names: tuple[str, ...], root: Path) -> int:
     top = Path(os.path.relpath(path, root)).parts[0]
     if top not in names:
         raise DataError(

@@ -115,9 +115,14 @@ def test_train_fits_both_phases_and_saves_a_raw_pixel_model(capsys, tmp_path):
         "0.25",
         "--out",
         str(out),
+        "--plots",
+        str(tmp_path / "plots"),
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
+    for name in ("history.png", "confusion.png", "top_losses.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert finetunekit.load(out).class_names == ("circle", "plus")  # classes travel with it
     assert "Trained mobilenet_v2 on 2 classes (circle, plus): 9 training, 3 validation" in printed
     assert "epochs per phase: head 1 of 1, finetune 1 of 1" in printed
     assert "validation accuracy: last epoch" in printed

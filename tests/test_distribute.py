@@ -56,19 +56,24 @@ print("REPORT " + json.dumps(report))
 """
 
 
-def test_fit_under_mirrored_strategy_on_two_cpus(tmp_path):
+def _report(script: str, tmp_path, *args: str) -> dict:
+    """Runs `script` in a fresh interpreter (logical devices come first) and reads its REPORT."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         env=env,
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("REPORT "))
-    report = json.loads(line[len("REPORT ") :])
+    return json.loads(line[len("REPORT ") :])
+
+
+def test_fit_under_mirrored_strategy_on_two_cpus(tmp_path):
+    report = _report(SCRIPT, tmp_path)
     assert report["devices"] == 2
     assert report["replicas"] == 2
     assert report["variables"] > 0
@@ -142,18 +147,7 @@ print("REPORT " + json.dumps(report))
 
 
 def test_phases_under_mirrored_strategy_cached_and_not(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-c", PHASES_SCRIPT, str(tmp_path / "photos")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("REPORT "))
-    report = json.loads(line[len("REPORT ") :])
+    report = _report(PHASES_SCRIPT, tmp_path, str(tmp_path / "photos"))
     # A folder whose batches do not divide among the replicas trains, cached or not.
     assert report["folder_True"]["cached"] == [True, True]
     assert report["folder_False"]["cached"] == [False, False]

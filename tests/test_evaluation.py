@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -198,3 +199,18 @@ def test_bad_evaluation_inputs(saved, tmp_path):
         ftk.evaluate(saved, (x, np.array([5])))
     with pytest.raises(ftk.errors.ArgumentTypeError, match="data must be"):
         ftk.evaluate(saved, 42)
+
+
+def test_files_all_in_one_class_folder_are_still_labelled_by_it(tmp_path):
+    # A small validation split can hold images of one class only: their common folder is
+    # then that class folder, and the class must still come from it.
+    from finetunekit.evaluation import _class_root, _label_of
+
+    names = ("blue", "red")
+    paths = [str(tmp_path / "red" / f"{i}.png") for i in range(3)]
+    for path in paths:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"")
+    root = _class_root(paths, names)
+    assert root == tmp_path
+    assert [_label_of(p, names, root) for p in paths] == [1, 1, 1]
