@@ -99,7 +99,9 @@ def split_frozen_prefix(model: keras.Model) -> Split | None:
         inner = keras.Input(shape=tuple(cut_tensor.shape[1:]), dtype=cut_tensor.dtype)
         suffix_out = structure.replay(base, {id(cut_tensor): inner})[id(base.output)]
         suffix = keras.Model(inner, suffix_out, name=f"{base.name}_trainable_part")
-        after_base = suffix(features, training=False)  # as in the full model: inference mode
+        # As the full model calls its base. (fit passes training=True down either way;
+        # frozen BatchNormalization is what keeps inference mode, see freezing.py.)
+        after_base = suffix(features, training=False)
     outputs = structure.replay(model, {id(base_out): after_base})[id(model.output)]
     trainer = keras.Model(features, outputs, name=f"{model.name}_on_cached_features")
     return Split(prefix=prefix, trainer=trainer, cut=cut_name)
@@ -235,7 +237,8 @@ class FeatureCache:
     Args:
         prefix: the frozen model to run once.
         dataset: batched `(images, labels)`.
-        budget: bytes kept in memory before spilling to temporary files.
+        budget: bytes kept in memory before spilling to temporary files (per cache: a
+            fit with validation data has two, training and validation).
         directory: where spilled files go (default: the system temp folder).
         holdout: fraction of the images to hold out by content (0: none).
     """
@@ -450,7 +453,12 @@ class ProgressBar(keras.callbacks.ProgbarLogger):
         epochs = self.epochs  # ProgbarLogger.set_params keeps epochs, steps and verbose
         if self.verbose and epochs > 1:
             say(f"Epoch {epoch + 1}/{epochs}")  # as Keras' own bar does
-        self._bar = keras.utils.Progbar(target=self.target, verbose=self.verbose, unit_name="step")
+        self._bar = keras.utils.Progbar(
+            target=self.target,
+            verbose=self.verbose,
+            unit_name="step",
+            stateless_metrics=set(),  # Keras' logs are running means already, as in Keras' bar
+        )
         structure.set_redrawing(self._bar, self._redraw)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--plots",
         metavar="DIR",
         help="also write history.png and, with a validation split, the validation report's "
-        "confusion.png and top_losses.png into DIR (needs matplotlib)",
+        "confusion.png and top_losses.png into DIR (needs matplotlib; default: no plots)",
     )
     _add_verbose(train)
     train.set_defaults(handler=_train)

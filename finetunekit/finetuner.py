@@ -15,7 +15,7 @@ import tensorflow as tf
 from typing_extensions import Unpack
 
 from finetunekit import bases, caching, data, freezing, heads, tasks, training
-from finetunekit._checks import check_choice, check_int
+from finetunekit._checks import check_bool, check_choice, check_int
 from finetunekit.classifier import save_model
 from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
 from finetunekit.recipe import DEFAULTS, Phase, PhasePlan, Plan, Recipe, RecipeSettings
@@ -244,6 +244,8 @@ class FineTuner:
         """
         model = self._need_model()
         check_int("epochs", epochs, minimum=0)
+        check_int("patience", patience, minimum=0)
+        check_bool("early_stopping", early_stopping)
         prepared = self._prepare(data_or_x, y, validation_data, batch_size, holdout=0.0)
         if not self._compile_args:
             self.compile()
@@ -297,9 +299,10 @@ class FineTuner:
     ) -> FineTuneHistory:
         """Runs the six steps as phases: the head with the base frozen, then the last blocks.
 
-        Every setting is checked before the first image is read. The data is converted
-        and checked once; the frozen layers see each image once for all phases (when
-        they can be cached); the model ends with the best weights of any phase.
+        Every setting of the recipe is checked before the first image is read, and
+        `unfreeze` against the base before anything trains. The data is converted and
+        checked once; the frozen layers see each image once for all phases (when they
+        can be cached); the model ends with the best weights of any phase.
 
         Args:
             train: training data: a `tf.data.Dataset` of `(images, labels)`, a tuple
@@ -370,8 +373,9 @@ class FineTuner:
         """Describes, per phase, what `fit` with the same keywords would train.
 
         The same phases, through the same code as `fit`: `fit(**kw).plan == plan(**kw)`.
-        Loads the base if needed; without a model yet, describes the head `fit` would
-        build (`hidden`, `dropout`, `normalize`) without keeping it. Leaves what is
+        Without a model yet, describes the base and the head `fit` would build (`hidden`,
+        `dropout`, `normalize`) without keeping either (the base is built without its
+        weights: the plan counts them, it does not need their values). Leaves what is
         trainable as it was; reads no data (`validation_data` only says there is some).
 
         Returns:
@@ -382,11 +386,18 @@ class FineTuner:
             StepOrderError: `num_classes` is unknown (pass it to the constructor).
         """
         chosen = Recipe.from_keywords(recipe, **settings)
-        if self.base is None:
-            self.load_base()
-        model = self.model or self._head(
-            self._need_base(), chosen.hidden, chosen.dropout, "avg", chosen.normalize
-        )
+        model = self.model
+        if model is None:
+            # A base loaded only to be described, not kept: fit must still load one at the
+            # size of its data (the counts and blocks do not depend on the size).
+            base = self.base
+            if base is None:
+                with self._scope():
+                    base = bases.load_base(
+                        self._base_arg, weights=None, input_shape=self.input_shape,
+                        **self.base_kwargs,
+                    )
+            model = self._head(base, chosen.hidden, chosen.dropout, "avg", chosen.normalize)
         has_validation = validation_data is not None or (
             chosen.early_stopping and chosen.validation_split > 0
         )

@@ -173,6 +173,11 @@ class Recipe:
         Raises:
             ConfigError: an unknown setting, or a value out of range.
         """
+        if base is not None and not isinstance(base, Recipe):
+            raise ConfigError(
+                f"recipe must be a finetunekit.Recipe; received {type(base).__name__}. Build "
+                "one with Recipe(head_epochs=..., ...), or pass the settings as keywords."
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(keywords) - names)
         if unknown:

@@ -28,7 +28,7 @@ import tensorflow as tf
 from finetunekit import caching, freezing, tasks
 from finetunekit.data import Prepared
 from finetunekit.errors import ArgumentTypeError
-from finetunekit.recipe import FINETUNE, Phase, Plan
+from finetunekit.recipe import FINETUNE, HEAD, Phase, Plan
 
 __all__ = [
     "FineTuneHistory",
@@ -343,10 +343,16 @@ def new_run(model: keras.Model, phase: Phase) -> _Run:
     return _Run(best=BestWeights(model) if phase.early_stopping else None)
 
 
-def _why_not_cached(model: keras.Model, settings: Settings) -> tuple[caching.Split | None, str]:
+def _why_not_cached(
+    model: keras.Model, settings: Settings, data: Prepared
+) -> tuple[caching.Split | None, str]:
     """The split to train on stored features now, or None and why not."""
     if settings.cache is False:
         return None, "cache=False"
+    if len(data.train.element_spec) > 2 or (
+        data.validation is not None and len(data.validation.element_spec) > 2
+    ):
+        return None, "the data carries sample weights, which are not stored"
     if settings.cache == "auto" and settings.augment is not None:
         return None, "augmentation runs before the frozen layers"
     split = caching.split_frozen_prefix(model)
@@ -379,7 +385,7 @@ def _fill(
                 freezing.set_trainable(
                     model, phase.unfreeze, unit=phase.unit, train_bn=phase.train_bn
                 )
-            split, why = _why_not_cached(model, settings)
+            split, why = _why_not_cached(model, settings, data)
             if split is None:
                 run.why_not[i] = why
             else:
@@ -437,6 +443,8 @@ def run_phases(
     with contextlib.ExitStack() as stack:
         stack.enter_context(caching.quiet_retracing())
         _fill(stack, model, phases, data, settings, run)
+        if data.holdout > 0 and not run.stored:
+            data.datasets()  # the content split of uncached phases; gives up when a side is empty
         if not data.has_validation:
             phases = [dataclasses.replace(p, early_stopping=False) for p in phases]
         if any(p.early_stopping for p in phases):
@@ -478,6 +486,7 @@ def run_phase(
     Returns:
         The phase's `PhaseReport` and its Keras `History`.
     """
+    tasks.check_compiled(model)
     run = run if run is not None else _Run()
     start = time.perf_counter()
     callbacks = list(settings.callbacks)
@@ -501,6 +510,7 @@ def run_phase(
         if stored is None and why is None:  # a phase on its own (FineTuner.train)
             _fill(stack, model, [None], data, settings, run)
             stored, why = run.stored.get(0), run.why_not.get(0)
+            run.fill_seconds = 0.0  # timed with this phase already
         if settings.printing:
             caching.say(_banner(phase, model, stored, why))
         if stored is not None:
@@ -600,11 +610,12 @@ def _fit_stored(
 def _banner(
     phase: Phase, model: keras.Model, stored: _Stored | None, why: str | None
 ) -> str:
-    trains = (
-        "the head"
-        if not phase.trains_base
-        else f"the head and the last {phase.unfreeze} {phase.unit}s of the base"
-    )
+    if phase.name not in (HEAD, FINETUNE):  # FineTuner.train: the model as it is
+        trains = "what is trainable now"
+    elif not phase.trains_base:
+        trains = "the head"
+    else:
+        trains = f"the head and the last {phase.unfreeze} {phase.unit}s of the base"
     how = (
         f"frozen layers up to {stored.split.cut!r} run once, cached"
         if stored is not None

@@ -297,3 +297,44 @@ def test_several_fits_in_one_process_warn_of_no_retracing(
         for _ in range(4):
             _tuner().fit(x, y, head_epochs=1, finetune_epochs=1, verbose=0)
     assert "retracing" not in caplog.text
+
+
+def test_plan_keeps_no_base_so_fit_still_takes_the_size_of_its_data() -> None:
+    tuner = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, alpha=0.35, seed=0)
+    tuner.plan(head_epochs=1)  # described at the base's native 224 px
+    assert tuner.base is None and tuner.model is None
+    x, y = _images(12)  # 32 px
+    tuner.fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0)
+    assert tuner.model.input_shape[1:3] == (32, 32)
+
+
+def test_sample_weights_train_uncached_and_the_report_says_why() -> None:
+    import tensorflow as tf
+
+    x, y = _images(16)
+    weighted = tf.data.Dataset.from_tensor_slices((x, y, np.ones(16, "float32"))).batch(8)
+    history = _tuner().fit(weighted, head_epochs=1, finetune_epochs=1, verbose=0)
+    assert [r.cached for r in history.reports] == [False, False]
+    assert "sample weights" in (history.reports[0].why_not_cached or "")
+
+
+def test_a_dataset_keeps_its_batch_size_in_every_phase() -> None:
+    import tensorflow as tf
+
+    x, y = _images(40)
+    batched = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+    def steps_per_phase(cache: bool) -> list[int]:
+        steps: list[int] = []
+
+        class Steps(keras.callbacks.Callback):
+            def on_train_begin(self, logs: dict | None = None) -> None:
+                steps.append(int(self.params["steps"]))
+
+        _tuner(cache=cache).fit(batched, head_epochs=1, finetune_epochs=1, verbose=0,
+                                callbacks=[Steps()])
+        return steps
+
+    cached, uncached = steps_per_phase(True), steps_per_phase(False)
+    # about 32 of the 40 images train (20% held out): 4 batches of 8, not 1 of 32
+    assert cached == uncached and all(s >= 3 for s in cached), (cached, uncached)

@@ -35,7 +35,7 @@ class Prepared:
         label_mode: `"int"`, `"categorical"` or `"binary"`, as the loss must read them.
         num_classes: classes (or outputs) of the task, given or inferred from the labels.
         class_names: the class names the training data carries, if any.
-        batch_size: images per batch.
+        batch_size: images per batch (a dataset's own, for datasets).
     """
 
     train: tf.data.Dataset
@@ -151,6 +151,10 @@ def prepare(
                 f"Training labels are {mode} but validation labels are {val_mode}; encode "
                 "both the same way (class indices, or one-hot rows)."
             )
+    # A dataset keeps its batch size in every phase, split or not, cached or not.
+    own = train_ds.element_spec[0].shape[0]
+    if own is None:
+        own = next(iter(train_ds.take(1)))[0].shape[0]
     return Prepared(
         train=train_ds,
         validation=val_ds,
@@ -158,5 +162,5 @@ def prepare(
         label_mode=mode,
         num_classes=num_classes,
         class_names=tuple(names) if names else None,
-        batch_size=batch_size,
+        batch_size=int(own or batch_size),
     )
