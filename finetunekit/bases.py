@@ -232,21 +232,16 @@ def describe_base(name: str, **kwargs: Any) -> BaseDetails:
     spec = get_spec(name)
     shape = (spec.default_size, spec.default_size, 3)
     parameters = _call_constructor(spec, weights=None, input_shape=shape, **kwargs).count_params()
-    from keras.src.utils import file_utils
 
     def request(fname: str | None = None, origin: str | None = None, **_: Any) -> str:
         raise _WeightsRequest(fname or str(origin).rstrip("/").rsplit("/", 1)[-1])
 
-    real = file_utils.get_file
-    file_utils.get_file = request  # every keras.applications module calls it via the module
     try:
-        _call_constructor(spec, weights="imagenet", input_shape=shape, **kwargs)
+        with structure.intercepting_downloads(request):
+            _call_constructor(spec, weights="imagenet", input_shape=shape, **kwargs)
         weights_file = "(none: Keras loaded the weights without asking for a file)"
     except _WeightsRequest as found:
         weights_file = found.filename
-    finally:
-        file_utils.get_file = real
-        keras.backend.clear_session(free_memory=False)
     return BaseDetails(spec.name, spec.default_size, parameters, spec.preprocessing, weights_file)
 
 
@@ -535,9 +530,7 @@ def _download_error(exc: BaseException) -> WeightsUnavailableError:
     match = re.search(r"(https?://\S+?)(?::\s|\s|$)", str(exc))
     url = match.group(1) if match else "(unknown URL)"
     filename = url.rstrip("/").rsplit("/", 1)[-1]
-    from keras.src.backend import config as keras_config
-
-    cache = os.path.join(keras_config.keras_home(), "models")
+    cache = structure.keras_cache_dir()
     return WeightsUnavailableError(
         f"Could not download the ImageNet weights {filename!r} from {url} ({exc}). "
         f"Either place that file in the Keras cache folder {cache!r} "

@@ -21,6 +21,7 @@ the naming habits all Keras applications share.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -406,3 +407,29 @@ def set_redrawing(progbar: Any, redraw: bool) -> None:
     """Whether a `keras.utils.Progbar` redraws itself in place (Keras decides by platform)."""
     if hasattr(progbar, "_dynamic_display"):
         progbar._dynamic_display = redraw
+
+
+def keras_cache_dir() -> str:
+    """The folder Keras downloads weight files into (`$KERAS_HOME/models`)."""
+    import os
+
+    from keras.src.backend import config as keras_config
+
+    return os.path.join(keras_config.keras_home(), "models")
+
+
+@contextlib.contextmanager
+def intercepting_downloads(handler: Any) -> Iterator[None]:
+    """While inside, Keras' `get_file` (every `keras.applications` download) calls `handler`.
+
+    `keras.applications` calls it through its module, so replacing the module's function
+    reaches every architecture; Keras has no public hook for it.
+    """
+    from keras.src.utils import file_utils
+
+    real = file_utils.get_file
+    file_utils.get_file = handler
+    try:
+        yield
+    finally:
+        file_utils.get_file = real

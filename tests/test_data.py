@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _colors import write_image
 
 import finetunekit as ftk
 from finetunekit import data
@@ -17,16 +18,6 @@ from finetunekit.errors import ConfigError, DataError, DataNotFoundError, Finetu
 
 def _pixels(seed: int, size: int = 20, channels: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, channels), dtype=np.uint8)
-
-
-def write_image(path: Path, pixels: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".png":
-        encoded = tf.io.encode_png(pixels)
-    else:
-        encoded = tf.io.encode_jpeg(pixels, quality=95)
-    path.write_bytes(encoded.numpy())
-    return path
 
 
 def make_folder(root: Path, counts: dict[str, int], suffix: str = ".png") -> Path:
