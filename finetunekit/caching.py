@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetunekit import data, structure
+from finetunekit._orders import EpochOrders, attach
 from finetunekit.errors import DataError
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "random_layers_before",
     "DEFAULT_BUDGET",
     "STEPS_PER_CALL",
+    "remove_stale_spills",
 ]
 
 logger = logging.getLogger("finetunekit")
@@ -220,6 +222,62 @@ def joint_prefix(*splits: Split) -> keras.Model:
 Part = Literal["all", "train", "held_out"]
 
 
+#: Spilled files are named `finetunekit-<pid>-...features`: a run killed by SIGKILL or
+#: SIGTERM cannot remove its own, so the next cache removes those of dead processes.
+_SPILL = "finetunekit-"
+
+
+def _spill_prefix() -> str:
+    return f"{_SPILL}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # another user's process, or we cannot tell: keep its files
+    return True
+
+
+def remove_stale_spills(directory: str | None = None) -> list[str]:
+    """Removes spilled feature files left by finetunekit processes that no longer run.
+
+    A fit removes its spilled files when it ends, even on an error or a Ctrl-C; a
+    process killed outright (SIGKILL, SIGTERM, a machine going down) leaves them. Each
+    is named after the process that wrote it, so the next feature cache in the same
+    folder removes the files of processes that are gone.
+
+    Args:
+        directory: the folder spills go to (default: the system temp folder).
+
+    Returns:
+        The paths removed.
+    """
+    folder = directory or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(_SPILL) and name.endswith(".features")):
+            continue
+        pid = name[len(_SPILL) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            os.remove(path)
+        except OSError:
+            continue
+        removed.append(path)
+    if removed:
+        logger.info("removed %d feature files left by runs that were killed", len(removed))
+    return removed
+
+
 class FeatureCache:
     """Outputs of a frozen prefix over a dataset, in memory up to a budget, else on disk.
 
@@ -260,6 +318,7 @@ class FeatureCache:
         labels: list[np.ndarray] = []
         held: list[np.ndarray] = []
         in_memory = total = 0
+        remove_stale_spills(directory)
         run = _inference_function(prefix, dataset, holdout)
         quiet = contextlib.ExitStack()
         quiet.enter_context(quiet_retracing())
@@ -318,7 +377,7 @@ class FeatureCache:
     def _spill(self, chunks: list[list[Any]], directory: str | None) -> list[Any]:
         handles = []
         for i, pending in enumerate(chunks):
-            fd, path = tempfile.mkstemp(suffix=".features", dir=directory)
+            fd, path = tempfile.mkstemp(prefix=_spill_prefix(), suffix=".features", dir=directory)
             self.paths.append(path)
             handle = os.fdopen(fd, "wb")
             for chunk in pending:
@@ -363,9 +422,12 @@ class FeatureCache:
         index = self._parts[part]
         n = len(index)
         size = batch_size or self.batch_size
-        ds = tf.data.Dataset.from_tensor_slices(index)
-        if shuffle:
-            ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+        orders = EpochOrders(seed) if shuffle and n > 0 else None
+        if orders is not None:  # an order keyed by (seed, epoch) in a fit: see _orders.py
+            rows = tf.constant(index)
+            ds = orders.indices(n).map(lambda i: tf.gather(rows, i))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(index)
         ds = ds.batch(size)
         batches = -(-n // size)
         if replicas > 1:
@@ -382,9 +444,10 @@ class FeatureCache:
             ds = ds.map(take)
         else:
             ds = ds.map(self._reader(output))
-        return ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(
             tf.data.AUTOTUNE
         )
+        return attach(ds, orders) if orders is not None else ds
 
     def _reader(self, output: int) -> Any:
         shape, dtype = self._specs[output]

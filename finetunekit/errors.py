@@ -22,6 +22,7 @@ __all__ = [
     "DataNotFoundError",
     "StepOrderError",
     "MissingExtraError",
+    "CheckpointError",
 ]
 
 
@@ -67,6 +68,10 @@ class DataError(ConfigError):
 
 class DataNotFoundError(FinetuneKitError, FileNotFoundError):
     """A data path (an image folder) does not exist."""
+
+
+class CheckpointError(ConfigError):
+    """A `checkpoint_dir` holds another run, cannot be read, or holds none to resume."""
 
 
 class StepOrderError(FinetuneKitError, RuntimeError):

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from typing_extensions import Unpack
 
-from finetunekit import bases, caching, data, freezing, heads, tasks, training
+from finetunekit import bases, caching, checkpoints, data, freezing, heads, tasks, training
 from finetunekit._checks import check_bool, check_choice, check_int
 from finetunekit.classifier import save_model
 from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
@@ -295,6 +295,8 @@ class FineTuner:
         recipe: Recipe | None = None,
         callbacks: list[keras.callbacks.Callback] | None = None,
         verbose: Any = "auto",
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
         **settings: Unpack[RecipeSettings],
     ) -> FineTuneHistory:
         """Runs the six steps as phases: the head with the base frozen, then the last blocks.
@@ -314,6 +316,13 @@ class FineTuner:
             callbacks: more Keras callbacks, used in every phase; they see the full model
                 (`callback.model is tuner.model`), cached or not.
             verbose: passed to `keras.Model.fit`; at 0 the phase banners are silent too.
+            checkpoint_dir: a folder to checkpoint the run in after every epoch (see the
+                "Long runs" page). If it holds an unfinished checkpoint of the same call
+                and data, the fit resumes after its last finished epoch; if it holds a
+                finished one, its result is returned without training. A Ctrl-C leaves
+                the model with the best weights so far and `tuner.history` with the
+                epochs that ran, and re-raises.
+            resume: with True, `checkpoint_dir` must hold a checkpoint (never start afresh).
             **settings: any field of `Recipe`: `head_epochs` (100), `finetune_epochs`
                 (10), `unfreeze` (2), `unit` (`"block"`), `head_learning_rate` (1.5e-2),
                 `finetune_learning_rate` (1e-5), `train_bn` (False), `hidden` (()),
@@ -329,6 +338,8 @@ class FineTuner:
         Raises:
             ConfigError: a setting out of range, or `unfreeze` larger than the base.
             DataError: data or labels that do not fit the task.
+            CheckpointError: `checkpoint_dir` is a file, holds a run of other settings or
+                data, or holds none while `resume` is True.
 
         Example:
             >>> history = FineTuner("mobilenet_v2", num_classes=5).fit(train, head_epochs=5)
@@ -337,6 +348,15 @@ class FineTuner:
         """
         chosen = Recipe.from_keywords(recipe, **settings)
         user_callbacks = training.check_callbacks(callbacks)
+        check_bool("resume", resume)
+        tracker = checkpoints.Tracker(
+            checkpoint_dir,
+            call=checkpoints.describe_call(self, chosen) if checkpoint_dir is not None else None,
+            data=checkpoints.fingerprint(train, y, validation_data)
+            if checkpoint_dir is not None
+            else None,
+            resume=resume,
+        )
         holdout = chosen.validation_split if chosen.early_stopping else 0.0
         prepared = self._prepare(train, y, validation_data, chosen.batch_size, holdout=holdout)
         self.freeze()
@@ -347,10 +367,14 @@ class FineTuner:
         model = self._need_model()
         phases = chosen.phases(validation=prepared.has_validation)
         planned = plan_phases(model, phases)  # also checks `unfreeze` against the base
-        history = training.run_phases(
-            model, phases, prepared, self._settings(prepared, user_callbacks, verbose),
-            plan=planned,
-        )
+        try:
+            history = training.run_phases(
+                model, phases, prepared, self._settings(prepared, user_callbacks, verbose),
+                plan=planned, tracker=tracker,
+            )
+        except KeyboardInterrupt:
+            self.history = tracker.history  # the epochs that ran
+            raise
         last = phases[-1] if phases else None
         self._compile_args = {
             "learning_rate": last.learning_rate if last else DEFAULTS.head_learning_rate,

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import caching, freezing, tasks
+from finetunekit import _orders, caching, checkpoints, freezing, tasks
 from finetunekit.data import Prepared
 from finetunekit.errors import ArgumentTypeError
 from finetunekit.recipe import FINETUNE, HEAD, Phase, Plan
@@ -336,6 +336,8 @@ class _Run:
     stored: dict[int, _Stored] = field(default_factory=dict)
     why_not: dict[int, str] = field(default_factory=dict)
     fill_seconds: float = 0.0
+    #: Records every epoch; with a checkpoint folder, writes and resumes (checkpoints.py).
+    tracker: checkpoints.Tracker | None = None
 
 
 def new_run(model: keras.Model, phase: Phase) -> _Run:
@@ -424,6 +426,7 @@ def run_phases(
     settings: Settings,
     *,
     plan: Plan | None = None,
+    tracker: checkpoints.Tracker | None = None,
 ) -> FineTuneHistory:
     """Runs a schedule of phases on a full model; the model ends with the best weights.
 
@@ -433,27 +436,49 @@ def run_phases(
         data: the prepared data.
         settings: what the phases share.
         plan: the plan of `phases` on `model`, kept on the history.
+        tracker: records every epoch; with a checkpoint folder, checkpoints them and
+            resumes the run stored there (see `finetunekit.checkpoints`).
 
     Returns:
         A `FineTuneHistory` of every epoch, with a `PhaseReport` per phase.
+
+    Raises:
+        KeyboardInterrupt: re-raised after the model got the best weights so far (and
+            the history the epochs that ran), stored features were dropped and the log
+            said how to resume.
     """
     history = FineTuneHistory()
     history.plan = plan
-    run = _Run()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(caching.quiet_retracing())
-        _fill(stack, model, phases, data, settings, run)
-        if data.holdout > 0 and not run.stored:
-            data.datasets()  # the content split of uncached phases; gives up when a side is empty
-        if not data.has_validation:
-            phases = [dataclasses.replace(p, early_stopping=False) for p in phases]
-        if any(p.early_stopping for p in phases):
-            run.best = BestWeights(model)
-        for i, phase in enumerate(phases):
-            compile_phase(model, phase, settings)
-            report, phase_history = run_phase(model, phase, data, settings, run=run, index=i)
-            history.extend(phase.name, phase_history)
-            history.reports.append(report)
+    tracker = tracker or checkpoints.Tracker(None)
+    run = _Run(tracker=tracker)
+    if tracker.restore_model(model, history, run):  # a finished run: its result
+        history.set_model(model)
+        return history
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(caching.quiet_retracing())
+            _fill(stack, model, phases, data, settings, run)
+            if data.holdout > 0 and not run.stored:
+                data.datasets()  # the content split of uncached phases; gives up if a side is empty
+            if not data.has_validation:
+                phases = [dataclasses.replace(p, early_stopping=False) for p in phases]
+            if any(p.early_stopping for p in phases):
+                run.best = BestWeights(model)
+                tracker.restore_best(run.best)
+            for i, phase in enumerate(phases):
+                if tracker.skips(i):
+                    continue
+                compile_phase(model, phase, settings)
+                report, phase_history = run_phase(model, phase, data, settings, run=run, index=i)
+                history.extend(phase.name, phase_history)
+                history.reports.append(report)
+                tracker.flush_phase()
+                tracker.save(model, run, phase=i + 1, in_phase=0, optimizer=False)
+            tracker.save(model, run, phase=len(phases), in_phase=0, finished=True,
+                         optimizer=False)
+    except KeyboardInterrupt:
+        tracker.interrupted(model, run)
+        raise
     history.set_model(model)
     history.best_epoch = run.best.best_epoch if run.best is not None else None
     if plan is not None and not data.has_validation:
@@ -491,18 +516,24 @@ def run_phase(
     start = time.perf_counter()
     callbacks = list(settings.callbacks)
     validating = data.has_validation
+    stopper = None
     if phase.early_stopping and validating:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=phase.patience))
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=phase.patience)
+        callbacks.append(stopper)
     if run.best is not None and validating:
         run.best.begin_phase()
         callbacks.append(run.best)
+    # A resumed phase: epochs of it already run, and whether it had ended (early stop).
+    done, ended = run.tracker.resumes(index) if run.tracker is not None else (0, False)
     fit_args = dict(
-        epochs=run.epochs_done + phase.epochs,
+        epochs=run.epochs_done if ended else run.epochs_done - done + phase.epochs,
         initial_epoch=run.epochs_done,
         callbacks=callbacks,
         verbose=settings.verbose,
     )
     build_optimizer(model, settings)
+    if run.tracker is not None:  # last: it records the state of the callbacks before it
+        callbacks.append(run.tracker.phase_callback(model, index, phase, run, stopper))
     with contextlib.ExitStack() as stack:
         stack.enter_context(caching.quiet_retracing())
         stored = run.stored.get(index)
@@ -526,7 +557,7 @@ def run_phase(
         cut=stored.split.cut if stored is not None else None,
         why_not_cached=None if stored is not None else why,
         spilled=stored.train.spilled if stored is not None else False,
-        epochs_run=len(history.epoch),
+        epochs_run=done + len(history.epoch),
         seconds=time.perf_counter() - start + (run.fill_seconds if index == 0 else 0.0),
     )
     logger.info(
@@ -552,6 +583,7 @@ def _fit_images(
             lambda x, y, *rest: (augment(x, training=True), y, *rest),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], _orders.FollowEpochs(data.train)]}
     if settings.printing:  # the same bar as on stored features
         fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], caching.ProgressBar()]}
     with settings.scope():
@@ -594,6 +626,7 @@ def _fit_stored(
         validation = stored.train.dataset(shuffle=False, part="held_out", **batching)
     else:
         validation = None
+    fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], _orders.FollowEpochs(train)]}
     with settings.scope():
         return caching.fit_on_features(
             trainer,

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from finetunekit._orders import EpochOrders, attach
 from finetunekit.data._labels import _label_info, check_labels
 from finetunekit.errors import ArgumentTypeError, DataError
 
@@ -89,12 +90,20 @@ def from_arrays(
     if num_classes is not None:
         _check_num_classes(num_classes)
         check_labels(_label_info(y_arr), "multiclass", num_classes)
-    dataset = tf.data.Dataset.from_tensor_slices((x_arr, y_arr))
-    if shuffle:
-        dataset = dataset.shuffle(len(x_arr), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).map(
-        lambda images, labels: (_to_rgb(images), labels), num_parallel_calls=tf.data.AUTOTUNE
+    if not shuffle:
+        dataset = tf.data.Dataset.from_tensor_slices((x_arr, y_arr)).batch(batch_size)
+        return dataset.map(
+            lambda images, labels: (_to_rgb(images), labels), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    # Reshuffled every epoch by an order keyed by (seed, epoch) during a fit, so a resumed
+    # fit draws the orders of an uninterrupted one (see finetunekit._orders).
+    orders = EpochOrders(seed)
+    images, targets = tf.constant(x_arr), tf.constant(y_arr)
+    dataset = orders.indices(len(x_arr)).batch(batch_size).map(
+        lambda rows: (_to_rgb(tf.gather(images, rows)), tf.gather(targets, rows)),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
+    return attach(dataset, orders)
 
 
 def _check_num_classes(num_classes: Any) -> None:
