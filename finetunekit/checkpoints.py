@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from finetunekit.errors import CheckpointError
 
-__all__ = ["Tracker", "describe_call", "fingerprint", "FILE", "FORMAT"]
+__all__ = ["Tracker", "describe_call", "fingerprint", "read", "write_atomically", "FILE", "FORMAT"]
 
 logger = logging.getLogger("finetunekit")
 
@@ -145,6 +145,27 @@ def _differences(stored: Any, asked: Any, where: str = "") -> list[str]:
     return []
 
 
+def read(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """The state (as JSON types) and the arrays of the checkpoint in `directory`, if any.
+
+    Raises:
+        CheckpointError: the file cannot be read.
+    """
+    path = Path(directory).expanduser() / FILE
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        state = json.loads(str(arrays.pop("state")))
+    except Exception as exc:  # a file that is not ours, or damaged outside finetunekit
+        raise CheckpointError(
+            f"Could not read the checkpoint {str(path)!r} ({type(exc).__name__}: {exc}). "
+            f"Delete {str(path.parent)!r} or pass a new checkpoint_dir."
+        ) from exc
+    return state, arrays
+
+
 # -- the tracker of one fit ----------------------------------------------------------------
 
 
@@ -206,19 +227,12 @@ class Tracker:
     # -- reading ---------------------------------------------------------------------------
 
     def _load(self) -> None:
-        path = self.path
-        assert path is not None
-        if not path.exists():
+        assert self.directory is not None
+        stored = read(self.directory)
+        if stored is None:
             return
-        try:
-            with np.load(path, allow_pickle=False) as stored:
-                arrays = {key: stored[key] for key in stored.files}
-            state = json.loads(str(arrays.pop("state")))
-        except Exception as exc:  # a file that is not ours, or damaged outside finetunekit
-            raise CheckpointError(
-                f"Could not read the checkpoint {str(path)!r} ({type(exc).__name__}: {exc}). "
-                f"Delete {str(self.directory)!r} or pass a new checkpoint_dir."
-            ) from exc
+        state, arrays = stored
+        path = self.path
         if state.get("format") != FORMAT:
             raise CheckpointError(
                 f"{str(path)!r} is a checkpoint of format {state.get('format')!r}; this "

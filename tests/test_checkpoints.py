@@ -1,0 +1,239 @@
+"""Long runs: checkpoints, resume after SIGKILL, Ctrl-C, stale spill files.
+
+The kill tests run `tests/_long_run.py` in subprocesses: an uninterrupted reference
+run, a run killed with SIGKILL inside a fine-tune epoch, and the same call again in a
+process whose random state differs (so a restart from scratch would end elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import finetunekit as ftk
+from finetunekit import caching, checkpoints
+from finetunekit.errors import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = ROOT / "tests" / "_long_run.py"
+TIMEOUT = 240  # seconds for any one subprocess (they take 10-40 s on 2 shared cores)
+KILL_IN = 4  # the second epoch of the fine-tune phase (3 head epochs come first)
+
+
+def _start(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(JOB), *args],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+
+
+def _wait_ready(process: subprocess.Popen[bytes], ready: Path, log: Path) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not ready.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before it was stopped:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("the run never reached the epoch it is stopped in")
+        time.sleep(0.05)
+
+
+def _result(folder: Path) -> tuple[list[np.ndarray], dict]:
+    with np.load(folder / "result.npz") as stored:
+        weights = [stored[f"w{i}"] for i in range(len(stored.files) - 1)]
+        return weights, json.loads(str(stored["history"]))
+
+
+def _spills(folder: Path) -> list[str]:
+    return [n for n in os.listdir(folder) if n.endswith(".features")]
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path: Path) -> None:
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    env = {"TMPDIR": str(spill), "RUN_SEED": "0"}
+    runs = {"cached": "true", "uncached": "false"}
+    reference = _start(*(f"{tmp_path / ('ref_' + k)}={c}" for k, c in runs.items()), env=env,
+                       log=tmp_path / "ref.log")
+    killed = {}
+    for name, cache in runs.items():  # the cached one spills its features (budget 0)
+        killed[name] = _start(f"{tmp_path / name}={cache}", "--stop-in", str(KILL_IN),
+                              "--budget", "0", env=env, log=tmp_path / f"{name}.log")
+    for name, process in killed.items():
+        _wait_ready(process, tmp_path / name / "ready", tmp_path / f"{name}.log")
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=TIMEOUT) == -signal.SIGKILL
+    left = len(_spills(spill))
+    assert left, "the killed cached run left no spilled file: the test tests nothing"
+    # Killed inside epoch 5 (the fine-tune phase's second): the checkpoint is epoch 4's.
+    found = checkpoints.read(tmp_path / "cached" / "ckpt")
+    assert found is not None
+    state = found[0]
+    assert (state["phase"], state["in_phase"]) == (1, 1)
+    assert state["phases"] == ["head"] * 3 + ["finetune"]
+    # The same call again, in a process whose random state differs (weights=None: a
+    # restart from scratch would draw other initial weights and end elsewhere).
+    resumed = _start(*(f"{tmp_path / k}={c}" for k, c in runs.items()), "--budget", "0",
+                     env={**env, "RUN_SEED": "7"}, log=tmp_path / "resume.log")
+    assert resumed.wait(timeout=TIMEOUT) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    assert reference.wait(timeout=TIMEOUT) == 0, (tmp_path / "ref.log").read_text()[-3000:]
+    log = (tmp_path / "resume.log").read_text()
+    assert log.count("after epoch 4 (finetune phase, epoch 1 of it)") == 2
+    assert f"removed {left} feature files left by runs that were killed" in log
+    assert _spills(spill) == []
+    diffs = {}
+    for name in runs:
+        expected, expected_history = _result(tmp_path / f"ref_{name}")
+        got, history = _result(tmp_path / name)
+        assert len(got) == len(expected)
+        diffs[name] = max(float(np.max(np.abs(a - b))) for a, b in zip(got, expected, strict=True))
+        assert history["epoch"] == list(range(7))  # every epoch once
+        assert history["phases"] == ["head"] * 3 + ["finetune"] * 4
+        np.testing.assert_allclose(history["history"]["loss"], expected_history["history"]["loss"],
+                                   atol=1e-5)
+        assert history["best_epoch"] == expected_history["best_epoch"]
+    print("max |resumed - uninterrupted| of the final weights:", diffs)
+    assert diffs["cached"] <= 1e-5 and diffs["uncached"] <= 1e-5, diffs
+
+
+def test_ctrl_c_keeps_the_best_weights_and_the_epochs_that_ran(tmp_path: Path) -> None:
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    process = _start(f"{tmp_path / 'run'}=true", "--stop-in", str(KILL_IN), "--budget", "0",
+                     env={"TMPDIR": str(spill)}, log=tmp_path / "run.log")
+    _wait_ready(process, tmp_path / "run" / "ready", tmp_path / "run.log")
+    assert _spills(spill)  # the features spilled: there is something to remove
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=TIMEOUT) == 130, (tmp_path / "run.log").read_text()[-3000:]
+    log = (tmp_path / "run.log").read_text()
+    assert "fit interrupted after 4 epochs" in log
+    assert f"checkpoint_dir={str(tmp_path / 'run' / 'ckpt')!r} to resume after epoch 4" in log
+    assert _spills(spill) == []  # the spilled features are gone
+    weights, history = _result(tmp_path / "run")
+    assert history["interrupted"] and history["epoch"] == [0, 1, 2, 3]
+    assert history["phases"] == ["head"] * 3 + ["finetune"]
+    # The model holds the best weights so far: those the checkpoint keeps as best.
+    with np.load(tmp_path / "run" / "ckpt" / checkpoints.FILE) as stored:
+        best = [stored[f"b{i}"] for i in range(len(weights))]
+        state = json.loads(str(stored["state"]))
+    assert history["best_epoch"] == state["best"]["epoch"]
+    losses = history["history"]["val_loss"]
+    assert state["best"]["epoch"] == int(np.argmin(losses))
+    for a, b in zip(weights, best, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# -- in process: the refusals, a finished run, the files ---------------------------------
+
+
+def _tuner() -> ftk.FineTuner:
+    return ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3),
+                         alpha=0.35, seed=0)
+
+
+FIT = dict(head_epochs=1, finetune_epochs=1, batch_size=8, verbose=0)
+
+
+def test_a_finished_run_returns_its_result_and_other_calls_are_refused(
+    tmp_path: Path, tiny_images: tuple[np.ndarray, np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    x, y = tiny_images
+    folder = tmp_path / "ckpt"
+    first = _tuner()
+    history = first.fit(x, y, checkpoint_dir=folder, **FIT)
+    assert history.phases == ["head", "finetune"]
+    again = _tuner()
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        repeated = again.fit(x, y, checkpoint_dir=folder, **FIT)
+    assert "holds a finished run (2 epochs)" in caplog.text
+    assert repeated.phases == history.phases and repeated.history == history.history
+    assert [r.phase for r in repeated.reports] == ["head", "finetune"]
+    for a, b in zip(first.model.weights, again.model.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(CheckpointError, match="head_epochs: stored 1, asked 2"):
+        _tuner().fit(x, y, checkpoint_dir=folder, **{**FIT, "head_epochs": 2})
+    with pytest.raises(CheckpointError, match="other data") as caught:
+        _tuner().fit(x[::-1], y[::-1], checkpoint_dir=folder, **FIT)
+    assert "delete" in str(caught.value) and "new checkpoint_dir" in str(caught.value)
+
+
+def test_resume_needs_a_checkpoint_and_a_folder(tmp_path: Path,
+                                                tiny_images: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = tiny_images
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        _tuner().fit(x, y, checkpoint_dir=tmp_path / "none", resume=True, **FIT)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CheckpointError, match="is a file"):
+        _tuner().fit(x, y, checkpoint_dir=tmp_path / "file", **FIT)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / checkpoints.FILE).write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="Could not read the checkpoint"):
+        _tuner().fit(x, y, checkpoint_dir=tmp_path / "bad", **FIT)
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    target = tmp_path / "c.npz"
+    checkpoints.write_atomically(target, lambda h: np.savez(h, a=np.arange(3)))
+
+    def failing(handle: object) -> None:
+        handle.write(b"half a file")  # type: ignore[attr-defined]
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        checkpoints.write_atomically(target, failing)
+    with np.load(target) as stored:
+        np.testing.assert_array_equal(stored["a"], np.arange(3))
+    assert os.listdir(tmp_path) == ["c.npz"]  # no temporary file left behind
+
+
+def test_spill_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {
+        "stale": f"finetunekit-{dead.pid}-abc.features",
+        "alive": f"finetunekit-{os.getppid()}-abc.features",
+        "mine": f"finetunekit-{os.getpid()}-abc.features",
+        "other": "somebody-else.features",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    removed = caching.remove_stale_spills(str(tmp_path))
+    assert removed == [str(tmp_path / names["stale"])]
+    assert sorted(os.listdir(tmp_path)) == sorted(v for k, v in names.items() if k != "stale")
+    # Spilled files carry the process id, so a later run can tell whose they are.
+    assert caching._spill_prefix() == f"finetunekit-{os.getpid()}-"
+    assert tempfile.gettempdir()  # the default folder is the system temp folder
+
+
+def test_shuffles_follow_the_epoch_not_the_process() -> None:
+    from finetunekit import _orders
+    from finetunekit.data import from_arrays
+
+    x = np.zeros((10, 4, 4, 3), "float32")
+    first = from_arrays(x, np.arange(10), batch_size=4, seed=0)
+    second = from_arrays(x, np.arange(10), batch_size=4, seed=0)  # a new process, as it were
+    orders = _orders.orders_of(first), _orders.orders_of(second)
+    assert all(o is not None for o in orders)
+
+    def labels(ds: object) -> list[int]:
+        return [int(v) for _, b in ds for v in b.numpy()]  # type: ignore[attr-defined]
+
+    orders[0].epoch = 5  # type: ignore[union-attr]
+    seen = labels(first)
+    labels(first)  # reading it again in the same epoch draws the same order
+    assert labels(first) == seen and sorted(seen) == list(range(10))
+    orders[1].epoch = 5  # type: ignore[union-attr]
+    assert labels(second) == seen  # epoch 5 of another pipeline: the same order
+    orders[1].epoch = 6  # type: ignore[union-attr]
+    assert labels(second) != seen
