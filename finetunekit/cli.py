@@ -205,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write history.png and, with a validation split, the validation report's "
         "confusion.png and top_losses.png into DIR (needs matplotlib; default: no plots)",
     )
+    train.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="checkpoint the run in DIR after every epoch; the same command again resumes "
+        "it after its last finished epoch (or, when it had finished, saves its result "
+        "without training)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume the run in --checkpoint-dir; fails when DIR holds no checkpoint "
+        "(never starts afresh)",
+    )
     _add_verbose(train)
     train.set_defaults(handler=_train)
 
@@ -515,6 +528,8 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
         if not rate > 0:
             raise ConfigError(f"{flag} must be a positive number, e.g. 1e-3; received {rate:g}.")
     _check_out(args.out)
+    if args.resume and not args.checkpoint_dir:
+        raise ConfigError("--resume needs --checkpoint-dir DIR: the folder of the run to resume.")
 
 
 def _check_weights_path(weights: str | None, error: type[Exception]) -> None:
@@ -553,6 +568,7 @@ def _train(args: argparse.Namespace) -> int:
         args.base,
         weights=args.weights,
         input_shape=None if size is None else (size, size, 3),
+        seed=args.seed,  # the cached phases' shuffles too: a resumed run draws the same
         **_base_kwargs(args),
     )
     split = args.validation_split or None
@@ -576,6 +592,8 @@ def _train(args: argparse.Namespace) -> int:
         finetune_learning_rate=args.finetune_lr,
         patience=args.patience,
         verbose=0 if args.quiet else "auto",
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
     )
     saved = tuner.save(args.out)
     print(_summary(history, class_names, train, validation, args, saved))
@@ -761,6 +779,10 @@ _FLAG_WORDS: tuple[tuple[str, str], ...] = (
     (r"\bfinetune_epochs=", "--finetune-epochs "),
     (r"\bpatience=", "--patience "),
     (r"\balpha=", "--alpha "),
+    (r"\bresume=True", "--resume"),
+    (r"\bdrop resume\b", "drop --resume"),
+    (r"\bcheckpoint_dir=", "--checkpoint-dir "),
+    (r"\bcheckpoint_dir\b", "--checkpoint-dir"),
 )
 # A MobileNet weight file's name carries its alpha: ..._tf_kernels_0.35_224_no_top.h5
 _ALPHA_IN_NAME = re.compile(r"_(\d\.\d+)_\d+_no_top")

@@ -384,3 +384,30 @@ def test_rank_usage_errors(capsys, tmp_path):
     assert "expected NAME or NAME=WEIGHTS" in _one_error_line(capsys.readouterr().err)
     assert main(["rank", str(tmp_path / "missing"), "--candidate", "a", "--candidate", "b"]) == 1
     assert "no such folder" in _one_error_line(capsys.readouterr().err)
+
+
+def test_train_checkpoints_and_resume(capsys, tmp_path, caplog):
+    root = shapes_folder(tmp_path / "data", per_class=4)
+    folder, out = tmp_path / "ckpt", tmp_path / "m.keras"
+    argv = ["train", str(root), "--weights", "none", "--alpha", "0.35", "--image-size", "32",
+            "--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "4",
+            "--validation-split", "0", "--out", str(out)]
+    assert main([*argv, "--resume"]) == 1  # --resume names the folder to resume
+    assert "--resume needs --checkpoint-dir DIR" in _one_error_line(capsys.readouterr().err)
+    assert main([*argv, "--checkpoint-dir", str(folder), "--resume"]) == 1
+    message = _one_error_line(capsys.readouterr().err)
+    assert "--resume, but" in message and "holds no checkpoint" in message
+    assert "drop --resume" in message
+    assert main([*argv, "--checkpoint-dir", str(folder)]) == 0
+    assert (folder / "checkpoint.npz").is_file() and out.is_file()
+    first = keras.models.load_model(out).get_weights()
+    out.unlink()
+    # The same command again: the run had finished, so its result is saved, untrained.
+    assert main([*argv, "--checkpoint-dir", str(folder), "--resume"]) == 0
+    assert "holds a finished run (2 epochs)" in capsys.readouterr().err
+    for a, b in zip(first, keras.models.load_model(out).get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Another recipe with the same folder is refused, naming both values.
+    assert main([*argv, "--checkpoint-dir", str(folder), "--head-epochs", "2"]) == 1
+    message = _one_error_line(capsys.readouterr().err)
+    assert "head_epochs: stored 1, asked 2" in message and "new --checkpoint-dir" in message
