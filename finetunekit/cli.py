@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="checkpoint the run in DIR after every epoch; the same command again resumes "
         "it after its last finished epoch (or, when it had finished, saves its result "
-        "without training)",
+        "without training); default: no checkpoints",
     )
     train.add_argument(
         "--resume",

@@ -522,6 +522,45 @@ CASES = [
         RuntimeError,
         ("num_classes is unknown", "num_classes=N"),
     ),
+    # -- checkpoints and resume ------------------------------------------------------------
+    Case(
+        "resume-other-recipe",
+        "resuming a checkpoint with another recipe",
+        'tuner.fit(x, y, checkpoint_dir=tmp / "run", head_epochs=1, finetune_epochs=0, '
+        'verbose=0); tuner.fit(x, y, checkpoint_dir=tmp / "run", head_epochs=2, '
+        "finetune_epochs=0, verbose=0)",
+        E.CheckpointError,
+        ValueError,
+        ("holds a run with other settings", "recipe.head_epochs: stored 1, asked 2",
+         "pass a new checkpoint_dir, or delete"),
+    ),
+    Case(
+        "resume-other-data",
+        "resuming a checkpoint with other data",
+        'tuner.fit(x, y, checkpoint_dir=tmp / "run", head_epochs=1, finetune_epochs=0, '
+        'verbose=0); tuner.fit(x[:12], y[:12], checkpoint_dir=tmp / "run", head_epochs=1, '
+        "finetune_epochs=0, verbose=0)",
+        E.CheckpointError,
+        ValueError,
+        ("holds a run with other data", "train.count: stored 24, asked 12",
+         "pass a new checkpoint_dir, or delete"),
+    ),
+    Case(
+        "resume-no-checkpoint",
+        "resume=True (`--resume`) where there is no checkpoint",
+        'tuner.fit(x, y, checkpoint_dir=tmp / "empty", resume=True)',
+        E.CheckpointError,
+        ValueError,
+        ("resume=True, but", "holds no checkpoint (checkpoint.npz)", "drop resume"),
+    ),
+    Case(
+        "checkpoint-dir-file",
+        "checkpoint_dir that is a file",
+        'tuner.fit(x, y, checkpoint_dir=tmp / "notes.keras")',
+        E.CheckpointError,
+        ValueError,
+        ("is a file", "pass a folder (it is created if missing)"),
+    ),
     # -- data -----------------------------------------------------------------------------
     Case(
         "image-rank",
