@@ -202,7 +202,9 @@ def _inference_function(prefix: keras.Model, dataset: tf.data.Dataset, holdout: 
         def run(images: tf.Tensor) -> Any:
             outputs = keras.tree.flatten(model()(images, training=False))  # type: ignore[misc]
             held = data.held_out(images, holdout) if holdout else tf.zeros((0,), tf.bool)
-            return outputs, held
+            flat = tf.reshape(tf.cast(images, tf.float64), (tf.shape(images)[0], -1))
+            sums = tf.reduce_sum(flat, axis=1)  # the key of the content order (see below)
+            return outputs, held, sums
 
         traced[key] = run
     return traced[key]
@@ -317,6 +319,7 @@ class FeatureCache:
         handles: list[Any] = []
         labels: list[np.ndarray] = []
         held: list[np.ndarray] = []
+        sums: list[np.ndarray] = []
         in_memory = total = 0
         remove_stale_spills(directory)
         run = _inference_function(prefix, dataset, holdout)
@@ -324,9 +327,10 @@ class FeatureCache:
         quiet.enter_context(quiet_retracing())
         try:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
-                outs, flags = run(images)
+                outs, flags, pixel_sums = run(images)
                 labels.append(np.asarray(batch_labels))
                 held.append(flags.numpy())
+                sums.append(pixel_sums.numpy())
                 total += int(outs[0].shape[0])
                 size = sum(int(o.shape.num_elements()) * o.dtype.size for o in outs)
                 if not handles and in_memory + size > budget:
@@ -361,10 +365,17 @@ class FeatureCache:
             self._tensors = [tf.concat(c, axis=0) if len(c) > 1 else c[0] for c in chunks]
             self.features = [t.numpy() for t in self._tensors]
         flags = np.concatenate(held) if holdout else np.zeros(total, bool)
+        # The parts list their rows in an order of the images' content (pixel sum, then
+        # label), not of the pass: a dataset that shuffles itself stores its images in
+        # another order at each pass, and a resumed fit's epoch-keyed shuffle of the rows
+        # must pick the same images as the uninterrupted fit's did.
+        columns = self.labels.reshape(total, -1).astype(np.float64)
+        label_key = columns @ np.arange(1, columns.shape[1] + 1, dtype=np.float64)
+        canonical = np.lexsort((label_key, np.concatenate(sums)))
         self._parts: dict[str, np.ndarray] = {
-            "all": np.arange(total),
-            "train": np.flatnonzero(~flags),
-            "held_out": np.flatnonzero(flags),
+            "all": canonical,
+            "train": canonical[~flags[canonical]],
+            "held_out": canonical[flags[canonical]],
         }
         logger.info(
             "cached %d examples%s, features %s (%s)",

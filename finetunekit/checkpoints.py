@@ -177,26 +177,17 @@ class Tracker:
 
     Args:
         directory: the checkpoint folder (created if missing), or None.
-        call: `describe_call` of the fit.
-        data: `fingerprint` of its data.
         resume: refuse to start afresh: the folder must hold a checkpoint.
 
     Raises:
-        CheckpointError: the folder is a file, holds a checkpoint of another call or of
-            other data, cannot be read, or holds none while `resume` is True.
+        CheckpointError: the folder is a file, its checkpoint cannot be read, or it
+            holds none while `resume` is True.
     """
 
-    def __init__(
-        self,
-        directory: str | os.PathLike[str] | None,
-        *,
-        call: dict[str, Any] | None = None,
-        data: dict[str, Any] | None = None,
-        resume: bool = False,
-    ) -> None:
+    def __init__(self, directory: str | os.PathLike[str] | None, *, resume: bool = False) -> None:
         self.directory = None if directory is None else Path(directory).expanduser()
-        self.call = _plain(call or {})
-        self.data = _plain(data or {})
+        self.call: dict[str, Any] = {}
+        self.data: dict[str, Any] = {}
         self.state: dict[str, Any] | None = None
         self._arrays: dict[str, np.ndarray] = {}
         self._pending: list[tuple[str, dict[str, Any]]] = []  # epochs of the running phase
@@ -232,12 +223,27 @@ class Tracker:
         if stored is None:
             return
         state, arrays = stored
-        path = self.path
         if state.get("format") != FORMAT:
             raise CheckpointError(
-                f"{str(path)!r} is a checkpoint of format {state.get('format')!r}; this "
+                f"{str(self.path)!r} is a checkpoint of format {state.get('format')!r}; this "
                 f"finetunekit writes format {FORMAT}. Delete it or pass a new checkpoint_dir."
             )
+        self.state, self._arrays = state, arrays
+
+    def bind(self, call: dict[str, Any], data: dict[str, Any]) -> None:
+        """Sets the call and data this run is; refuses a stored run of another.
+
+        Args:
+            call: `describe_call` of the fit.
+            data: `fingerprint` of its data.
+
+        Raises:
+            CheckpointError: the stored run had other settings or other data.
+        """
+        self.call, self.data = _plain(call), _plain(data)
+        state = self.state
+        if state is None:
+            return
         for what, key, asked in (("settings", "call", self.call), ("data", "data", self.data)):
             found = _differences(state.get(key), asked)
             if found:
@@ -248,7 +254,6 @@ class Tracker:
                     f"runs: pass a new checkpoint_dir, or delete {str(self.directory)!r} to "
                     "start this fit afresh."
                 )
-        self.state, self._arrays = state, arrays
 
     @property
     def finished(self) -> bool:

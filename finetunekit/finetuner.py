@@ -349,14 +349,7 @@ class FineTuner:
         chosen = Recipe.from_keywords(recipe, **settings)
         user_callbacks = training.check_callbacks(callbacks)
         check_bool("resume", resume)
-        tracker = checkpoints.Tracker(
-            checkpoint_dir,
-            call=checkpoints.describe_call(self, chosen) if checkpoint_dir is not None else None,
-            data=checkpoints.fingerprint(train, y, validation_data)
-            if checkpoint_dir is not None
-            else None,
-            resume=resume,
-        )
+        tracker = checkpoints.Tracker(checkpoint_dir, resume=resume)
         holdout = chosen.validation_split if chosen.early_stopping else 0.0
         prepared = self._prepare(train, y, validation_data, chosen.batch_size, holdout=holdout)
         self.freeze()
@@ -367,6 +360,11 @@ class FineTuner:
         model = self._need_model()
         phases = chosen.phases(validation=prepared.has_validation)
         planned = plan_phases(model, phases)  # also checks `unfreeze` against the base
+        if checkpoint_dir is not None:  # after _prepare: classes and size are known then
+            tracker.bind(
+                checkpoints.describe_call(self, chosen),
+                checkpoints.fingerprint(train, y, validation_data),
+            )
         try:
             history = training.run_phases(
                 model, phases, prepared, self._settings(prepared, user_callbacks, verbose),

@@ -237,3 +237,40 @@ def test_shuffles_follow_the_epoch_not_the_process() -> None:
     assert labels(second) == seen  # epoch 5 of another pipeline: the same order
     orders[1].epoch = 6  # type: ignore[union-attr]
     assert labels(second) != seen
+
+
+def test_ctrl_c_then_the_same_fit_on_the_same_tuner_resumes(
+    tmp_path: Path, tiny_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    import keras
+
+    x, y = tiny_images
+
+    def tuner() -> ftk.FineTuner:  # num_classes and the size come from the data
+        keras.utils.set_random_seed(0)
+        return ftk.FineTuner("mobilenet_v2", weights=None, alpha=0.35, seed=0)
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if self.epoch == 4:
+                raise KeyboardInterrupt
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.epoch = epoch
+
+    settings = dict(head_epochs=2, finetune_epochs=4, batch_size=8, verbose=0)
+    reference = tuner()
+    reference.fit(x, y, **settings)  # uninterrupted, without checkpoints
+    stopped = tuner()
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(x, y, checkpoint_dir=tmp_path / "run", callbacks=[CtrlC()], **settings)
+    assert stopped.history is not None and stopped.history.epoch == [0, 1, 2, 3]
+    history = stopped.fit(x, y, checkpoint_dir=tmp_path / "run", **settings)  # the same call
+    assert history.epoch == list(range(6))
+    assert history.phases == ["head"] * 2 + ["finetune"] * 4
+    assert [r.epochs_run for r in history.reports] == [2, 4]
+    np.testing.assert_allclose(history.history["loss"], reference.history.history["loss"],
+                               atol=1e-5)
+    diff = max(float(np.max(np.abs(a.numpy() - b.numpy())))
+               for a, b in zip(stopped.model.weights, reference.model.weights, strict=True))
+    assert diff <= 1e-5
