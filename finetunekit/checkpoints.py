@@ -285,11 +285,11 @@ class Tracker:
         run.epochs_done = int(state["epochs_done"])
         if self.finished:
             logger.warning(
-                "checkpoint_dir %r holds a finished run (%d epochs): returning its result "
+                "checkpoint_dir %r holds a finished run (%s): returning its result "
                 "without training. Delete the folder or pass a new checkpoint_dir to train "
                 "again.",
                 str(self.directory),
-                run.epochs_done,
+                f"{run.epochs_done} epoch" + ("" if run.epochs_done == 1 else "s"),
             )
         else:
             logger.warning(

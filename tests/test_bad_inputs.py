@@ -537,8 +537,8 @@ CASES = [
     Case(
         "resume-other-data",
         "resuming a checkpoint with other data",
-        'tuner.fit(x, y, checkpoint_dir=tmp / "run", head_epochs=1, finetune_epochs=0, '
-        'verbose=0); tuner.fit(x[:12], y[:12], checkpoint_dir=tmp / "run", head_epochs=1, '
+        'tuner.fit(x, y, checkpoint_dir=tmp / "run2", head_epochs=1, finetune_epochs=0, '
+        'verbose=0); tuner.fit(x[:12], y[:12], checkpoint_dir=tmp / "run2", head_epochs=1, '
         "finetune_epochs=0, verbose=0)",
         E.CheckpointError,
         ValueError,
