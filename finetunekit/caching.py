@@ -426,6 +426,8 @@ class FeatureCache:
         """Batches of `(features, labels)` of one part, reshuffled every epoch when `shuffle`.
 
         Only indices are shuffled; each batch gathers its rows from the stored arrays.
+        Inside a fit, epoch `e`'s order depends only on `(seed, e)` and the images'
+        content, so a resumed fit draws the orders of an uninterrupted one.
         `batch_size` defaults to the batch size of the dataset the features came from.
         With `replicas`, every batch is cut down to a multiple of them (see
         `training.Settings.for_replicas`).
