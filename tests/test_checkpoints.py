@@ -274,3 +274,23 @@ def test_ctrl_c_then_the_same_fit_on_the_same_tuner_resumes(
     diff = max(float(np.max(np.abs(a.numpy() - b.numpy())))
                for a, b in zip(stopped.model.weights, reference.model.weights, strict=True))
     assert diff <= 1e-5
+
+
+def test_stored_features_shuffle_the_same_images_whatever_order_they_came_in() -> None:
+    import keras
+    import tensorflow as tf
+
+    from finetunekit import _orders
+
+    x = np.random.default_rng(0).uniform(0, 255, (20, 8, 8, 3)).astype("float32")
+    prefix = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])
+    forward = tf.data.Dataset.from_tensor_slices((x, np.arange(20))).batch(4)
+    backward = tf.data.Dataset.from_tensor_slices((x[::-1], np.arange(20)[::-1])).batch(4)
+    with caching.FeatureCache(prefix, forward) as a, caching.FeatureCache(prefix, backward) as b:
+        seen = []
+        for cache in (a, b):
+            ds = cache.dataset(shuffle=True, seed=0)
+            _orders.orders_of(ds).epoch = 3  # type: ignore[union-attr]
+            seen.append([int(v) for _, labels in ds for v in labels.numpy()])
+    assert seen[0] == seen[1] and sorted(seen[0]) == list(range(20))
+    assert seen[0] != list(range(20)) and seen[0] != list(range(20))[::-1]
