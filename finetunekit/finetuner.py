@@ -371,7 +371,8 @@ class FineTuner:
                 plan=planned, tracker=tracker,
             )
         except KeyboardInterrupt:
-            self.history = tracker.history  # the epochs that ran
+            if tracker.history is not None:
+                self.history = tracker.history  # the epochs that ran
             raise
         last = phases[-1] if phases else None
         self._compile_args = {

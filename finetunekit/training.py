@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -454,31 +455,28 @@ def run_phases(
     if tracker.restore_model(model, history, run):  # a finished run: its result
         history.set_model(model)
         return history
-    try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(caching.quiet_retracing())
-            _fill(stack, model, phases, data, settings, run)
-            if data.holdout > 0 and not run.stored:
-                data.datasets()  # the content split of uncached phases; gives up if a side is empty
-            if not data.has_validation:
-                phases = [dataclasses.replace(p, early_stopping=False) for p in phases]
-            if any(p.early_stopping for p in phases):
-                run.best = BestWeights(model)
-                tracker.restore_best(run.best)
-            for i, phase in enumerate(phases):
-                if tracker.skips(i):
-                    continue
-                compile_phase(model, phase, settings)
-                report, phase_history = run_phase(model, phase, data, settings, run=run, index=i)
-                history.extend(phase.name, phase_history)
-                history.reports.append(report)
-                tracker.flush_phase()
-                tracker.save(model, run, phase=i + 1, in_phase=0, optimizer=False)
-            tracker.save(model, run, phase=len(phases), in_phase=0, finished=True,
-                         optimizer=False)
-    except KeyboardInterrupt:
-        tracker.interrupted(model, run)
-        raise
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(caching.quiet_retracing())
+        stack.push(functools.partial(_on_interrupt, tracker, model, run))
+        _fill(stack, model, phases, data, settings, run)
+        if data.holdout > 0 and not run.stored:
+            data.datasets()  # the content split of uncached phases; gives up when a side is empty
+        if not data.has_validation:
+            phases = [dataclasses.replace(p, early_stopping=False) for p in phases]
+        if any(p.early_stopping for p in phases):
+            run.best = BestWeights(model)
+            tracker.restore_best(run.best)
+        for i, phase in enumerate(phases):
+            if tracker.skips(i):
+                continue
+            compile_phase(model, phase, settings)
+            report, phase_history = run_phase(model, phase, data, settings, run=run, index=i)
+            history.extend(phase.name, phase_history)
+            history.reports.append(report)
+            tracker.flush_phase()
+            tracker.save(model, run, phase=i + 1, in_phase=0, optimizer=False)
+        tracker.save(model, run, phase=len(phases), in_phase=0, finished=True,
+                     optimizer=False)
     history.set_model(model)
     history.best_epoch = run.best.best_epoch if run.best is not None else None
     if plan is not None and not data.has_validation:
@@ -491,6 +489,15 @@ def run_phases(
     if settings.printing:
         caching.say(_summary(history))
     return history
+
+
+def _on_interrupt(
+    tracker: checkpoints.Tracker, model: keras.Model, run: _Run, kind: Any, *_: Any
+) -> bool:
+    """On a Ctrl-C (the stored features are dropped by then): best weights back, a hint."""
+    if kind is not None and issubclass(kind, KeyboardInterrupt):
+        tracker.interrupted(model, run)
+    return False  # the exception goes on
 
 
 def run_phase(
