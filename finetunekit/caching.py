@@ -32,6 +32,7 @@ __all__ = [
     "FeatureCache",
     "fit_on_features",
     "random_layers_before",
+    "estimate_bytes",
     "DEFAULT_BUDGET",
     "STEPS_PER_CALL",
 ]
@@ -206,6 +207,49 @@ def _inference_function(prefix: keras.Model, dataset: tf.data.Dataset, holdout: 
     return traced[key]
 
 
+def _view_function(prefix: keras.Model, dataset: tf.data.Dataset, augment: Any) -> Any:
+    """`augment` (in training mode: random) then `prefix` (inference), as ONE traced function.
+
+    Each call draws new random transforms (Keras' random layers advance their seed
+    state), so calling it K times on a batch gives K different views; the random
+    layers stay outside the stored prefix, which itself draws nothing.
+    """
+    spec = dataset.element_spec[0]
+    shape = None if spec.shape.rank is None else (None, *spec.shape[1:])
+    signature = tf.TensorSpec(shape, spec.dtype)
+    traced = _TRACED.setdefault(prefix, {})
+    key = (signature, "view", id(augment))
+    if key not in traced:
+        model = weakref.ref(prefix)
+
+        @tf.function(input_signature=[signature], autograph=False)
+        def run(images: tf.Tensor) -> Any:
+            viewed = augment(images, training=True)
+            return keras.tree.flatten(model()(viewed, training=False))  # type: ignore[misc]
+
+        traced[key] = run
+    return traced[key]
+
+
+def estimate_bytes(prefix: keras.Model, dataset: tf.data.Dataset) -> tuple[int, int] | None:
+    """`(images, bytes per image and view)` a cache of `dataset` will hold, before the pass.
+
+    The images are counted from the dataset's length and batch size (an upper bound:
+    the last batch may be short); None when the length is unknown.
+    """
+    batches = int(dataset.cardinality())
+    if batches < 0:
+        return None
+    images = batches * _batch_size(dataset)
+    per_image = 0
+    for output in prefix.outputs:
+        shape = tuple(output.shape[1:])
+        if any(d is None for d in shape):
+            return None
+        per_image += int(np.prod(shape, dtype=np.int64)) * np.dtype(output.dtype).itemsize
+    return images, per_image
+
+
 def joint_prefix(*splits: Split) -> keras.Model:
     """One model computing every split's features in a single pass over the images.
 
@@ -224,7 +268,9 @@ class FeatureCache:
     """Outputs of a frozen prefix over a dataset, in memory up to a budget, else on disk.
 
     The prefix may have several outputs (e.g. the features of every phase's cut,
-    computed in one pass); `dataset(output=i)` serves the i-th. With `holdout`, each
+    computed in one pass); `dataset(output=i)` serves the i-th. With `augment`, each
+    image is stored as `views` augmented views (bytes = images x views x features; the
+    estimate is logged before the pass). With `holdout`, each
     image is assigned to the held-out part by its content, by the same rule as
     `finetunekit.data.split_by_content`, in the same pass. Use as a context manager so
     a spilled file is always removed:
@@ -241,6 +287,12 @@ class FeatureCache:
             fit with validation data has two, training and validation).
         directory: where spilled files go (default: the system temp folder).
         holdout: fraction of the images to hold out by content (0: none).
+        augment: random transforms (a Keras layer, called with `training=True`) applied
+            to the kept images before the prefix; the held-out images are stored as
+            they are. None: no augmentation.
+        views: with `augment`, how many augmented views of each kept image are stored
+            (the prefix runs once per view); `dataset(part="train")` then serves one
+            view per image, drawn afresh every epoch.
     """
 
     def __init__(
@@ -251,24 +303,59 @@ class FeatureCache:
         budget: int = DEFAULT_BUDGET,
         directory: str | None = None,
         holdout: float = 0.0,
+        augment: keras.layers.Layer | None = None,
+        views: int = 1,
     ) -> None:
         self.paths: list[str] = []
         self.batch_size = _batch_size(dataset)
+        self.views = views if augment is not None else 1
         n_out = len(prefix.outputs)
         chunks: list[list[Any]] = [[] for _ in range(n_out)]
         handles: list[Any] = []
         labels: list[np.ndarray] = []
-        held: list[np.ndarray] = []
-        in_memory = total = 0
+        kept_rows: list[np.ndarray] = []  # per batch: (kept images, views) row numbers
+        held_rows: list[np.ndarray] = []  # per batch: row numbers of held-out images
+        in_memory = rows = 0
         run = _inference_function(prefix, dataset, holdout)
+        run_view = None if augment is None else _view_function(prefix, dataset, augment)
+        estimate = estimate_bytes(prefix, dataset)
+        if estimate is not None:
+            logger.info(
+                "feature cache: about %d images x %d view%s x %d bytes = %.1f MiB (budget "
+                "%.1f MiB)", estimate[0], self.views, "s" if self.views > 1 else "",
+                estimate[1], estimate[0] * self.views * estimate[1] / 2**20, budget / 2**20,
+            )
         quiet = contextlib.ExitStack()
         quiet.enter_context(quiet_retracing())
         try:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
-                outs, flags = run(images)
-                labels.append(np.asarray(batch_labels))
-                held.append(flags.numpy())
-                total += int(outs[0].shape[0])
+                batch_labels = np.asarray(batch_labels)
+                if run_view is not None:
+                    # K augmented views of the kept images (the prefix once per view), then
+                    # the held-out images as they are: validation is never augmented.
+                    flags = np.zeros(len(batch_labels), bool)
+                    if holdout:
+                        flags = data.held_out(images, holdout).numpy()
+                    kept = tf.boolean_mask(images, ~flags)
+                    parts = [run_view(kept) for _ in range(self.views)] if len(kept) else []
+                    if flags.any():
+                        parts.append(run(tf.boolean_mask(images, flags))[0])
+                    outs = [tf.concat([p[i] for p in parts], 0) for i in range(n_out)]
+                    n_kept, n_held = int(np.sum(~flags)), int(np.sum(flags))
+                    base = rows + np.arange(n_kept)
+                    kept_rows.append(base[:, None] + n_kept * np.arange(self.views)[None, :])
+                    held_rows.append(rows + n_kept * self.views + np.arange(n_held))
+                    batch_labels = np.concatenate(
+                        [*([batch_labels[~flags]] * self.views), batch_labels[flags]]
+                    )
+                else:
+                    outs, flags = run(images)
+                    flags = flags.numpy() if holdout else np.zeros(int(outs[0].shape[0]), bool)
+                    index = rows + np.arange(len(flags))
+                    kept_rows.append(index[~flags][:, None])
+                    held_rows.append(index[flags])
+                labels.append(batch_labels)
+                rows += int(outs[0].shape[0])
                 size = sum(int(o.shape.num_elements()) * o.dtype.size for o in outs)
                 if not handles and in_memory + size > budget:
                     handles = self._spill(chunks, directory)
@@ -289,27 +376,34 @@ class FeatureCache:
             quiet.close()
         for handle in handles:
             handle.close()
-        if total == 0:
+        if rows == 0:
             raise DataError("The dataset is empty; there is nothing to train on.")
         self.labels = np.concatenate(labels)
         self._tensors: list[tf.Tensor] = []
         if handles:
             self.features: list[np.ndarray] = [
-                np.memmap(path, dtype=dtype, mode="r", shape=(total, *shape))
+                np.memmap(path, dtype=dtype, mode="r", shape=(rows, *shape))
                 for path, (shape, dtype) in zip(self.paths, self._specs, strict=True)
             ]
         else:
             self._tensors = [tf.concat(c, axis=0) if len(c) > 1 else c[0] for c in chunks]
             self.features = [t.numpy() for t in self._tensors]
-        flags = np.concatenate(held) if holdout else np.zeros(total, bool)
-        self._parts: dict[str, np.ndarray] = {
-            "all": np.arange(total),
-            "train": np.flatnonzero(~flags),
-            "held_out": np.flatnonzero(flags),
-        }
+        train_rows = np.concatenate(kept_rows).astype(np.int64).reshape(-1, self.views)
+        held = np.concatenate(held_rows).astype(np.int64)
+        # Row numbers per part; with views, one row per (image, view) of the kept images.
+        self._parts: dict[str, np.ndarray] = (
+            {"all": np.arange(rows), "train": train_rows[:, 0], "held_out": held}
+            if self.views == 1
+            else {
+                "all": np.concatenate([train_rows, np.repeat(held[:, None], self.views, 1)]),
+                "train": train_rows,
+                "held_out": held,
+            }
+        )
         logger.info(
-            "cached %d examples%s, features %s (%s)",
-            total,
+            "cached %d examples%s%s, features %s (%s)",
+            self.count("all"),
+            f" x {self.views} augmented views" if self.views > 1 else "",
             f" ({self.count('held_out')} held out)" if holdout else "",
             [tuple(shape) for shape, _ in self._specs],
             "on disk" if self.paths else "in memory",
@@ -328,7 +422,7 @@ class FeatureCache:
         return handles
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.count("all")
 
     def count(self, part: Part = "train") -> int:
         """Examples in a part: `"all"`, `"train"` (not held out) or `"held_out"`."""
@@ -366,6 +460,10 @@ class FeatureCache:
         ds = tf.data.Dataset.from_tensor_slices(index)
         if shuffle:
             ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+        if index.ndim == 2:  # one stored view per image, drawn afresh every epoch
+            draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            k = index.shape[1]
+            ds = tf.data.Dataset.zip(ds, draws).map(lambda rows, r: rows[r % k])
         ds = ds.batch(size)
         batches = -(-n // size)
         if replicas > 1:

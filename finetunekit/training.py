@@ -140,6 +140,8 @@ class Settings:
         seed: seed of the shuffles.
         strategy: a `tf.distribute.Strategy`, or None.
         augment: random transforms applied to training images, or None.
+        augment_views: with `augment` and caching, the augmented views of each training
+            image stored (see `caching.FeatureCache`); each epoch draws one per image.
         callbacks: the caller's Keras callbacks; they see the full model in every phase.
         verbose: as in `keras.Model.fit`.
     """
@@ -153,6 +155,7 @@ class Settings:
     seed: int | None = None
     strategy: tf.distribute.Strategy | None = None
     augment: keras.layers.Layer | None = None
+    augment_views: int = 1
     callbacks: Sequence[keras.callbacks.Callback] = ()
     verbose: Any = "auto"
 
@@ -353,8 +356,6 @@ def _why_not_cached(
         data.validation is not None and len(data.validation.element_spec) > 2
     ):
         return None, "the data carries sample weights, which are not stored"
-    if settings.cache == "auto" and settings.augment is not None:
-        return None, "augmentation runs before the frozen layers"
     split = caching.split_frozen_prefix(model)
     if split is None:
         return None, "the first block of the base trains: no frozen prefix"
@@ -403,7 +404,10 @@ def _fill(
     budget = settings.cache_budget
     holdout = data.holdout if data.validation is None else 0.0
     train = stack.enter_context(
-        caching.FeatureCache(prefix, data.train, budget=budget, holdout=holdout)
+        caching.FeatureCache(
+            prefix, data.train, budget=budget, holdout=holdout, augment=settings.augment,
+            views=settings.augment_views,
+        )
     )
     validation = None
     if data.validation is not None:
