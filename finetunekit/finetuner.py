@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from typing_extensions import Unpack
 
-from finetunekit import bases, caching, data, freezing, heads, tasks, training
+from finetunekit import bases, caching, data, distribute, freezing, heads, tasks, training
 from finetunekit._checks import check_bool, check_choice, check_int
 from finetunekit.classifier import save_model
 from finetunekit.errors import ArgumentTypeError, StepOrderError
@@ -78,6 +78,8 @@ class FineTuner:
     Raises:
         ConfigError: bad `task`, `num_classes`, `cache` or `cache_budget`.
         ArgumentTypeError: `strategy` is not a `tf.distribute.Strategy`.
+        ConfigError: a `MultiWorkerMirroredStrategy` across several workers, which Keras'
+            `fit` cannot train under (see `finetunekit.distribute`).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class FineTuner:
                 f"strategy must be a tf.distribute.Strategy (e.g. MirroredStrategy()); "
                 f"received {type(strategy).__name__}."
             )
+        distribute.check_strategy(strategy)
         self._base_arg = base
         self.num_classes = num_classes
         self.task = task
