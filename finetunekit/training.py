@@ -620,8 +620,10 @@ def _banner(
         trains = "the head"
     else:
         trains = f"the head and the last {phase.unfreeze} {phase.unit}s of the base"
+    views = stored.train.views if stored is not None else 1
+    per_view = f" per augmented view ({views} views)" if views > 1 else ""
     how = (
-        f"frozen layers up to {stored.split.cut!r} run once, cached"
+        f"frozen layers up to {stored.split.cut!r} run once{per_view}, cached"
         if stored is not None
         else f"not cached: {why}"
     )

@@ -43,13 +43,18 @@ def _flatten_prefix() -> keras.Model:
     return keras.Model(inputs, keras.layers.Flatten()(inputs))
 
 
-def test_training_sees_only_stored_views_one_per_image_per_epoch():
+@pytest.mark.parametrize("budget", [caching.DEFAULT_BUDGET, 0])  # in memory, spilled
+def test_training_sees_only_stored_views_one_per_image_per_epoch(budget, tmp_path):
     n, k, epochs = 12, 3, 6
     x, _ = _images(n)
     labels = np.arange(n)  # the label names the image
     dataset = tf.data.Dataset.from_tensor_slices((x, labels)).batch(5)
     SEEN.assign(0)
-    with caching.FeatureCache(_flatten_prefix(), dataset, augment=CountingFlip(), views=k) as c:
+    with caching.FeatureCache(
+        _flatten_prefix(), dataset, augment=CountingFlip(), views=k, budget=budget,
+        directory=str(tmp_path),
+    ) as c:
+        assert c.spilled == (budget == 0)
         assert c.views == k and len(c) == n and c.count("train") == n
         assert int(SEEN.numpy()) == n * k  # augmented once per view, in the one pass
         stored = c.features[0][c._parts["train"]]  # (images, views, features)
