@@ -331,19 +331,11 @@ class FeatureCache:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
                 batch_labels = np.asarray(batch_labels)
                 if run_view is not None:
-                    # K augmented views of the kept images (the prefix once per view), then
-                    # the held-out images as they are: validation is never augmented.
-                    flags = np.zeros(len(batch_labels), bool)
-                    if holdout:
-                        flags = data.held_out(images, holdout).numpy()
-                    kept = tf.boolean_mask(images, ~flags)
-                    parts = [run_view(kept) for _ in range(self.views)] if len(kept) else []
-                    if flags.any():
-                        parts.append(run(tf.boolean_mask(images, flags))[0])
-                    outs = [tf.concat([p[i] for p in parts], 0) for i in range(n_out)]
+                    outs, flags = self._views_of(images, holdout, run, run_view, n_out)
+                    # rows: the views of the kept images (view-major), then the held-out
                     n_kept, n_held = int(np.sum(~flags)), int(np.sum(flags))
-                    base = rows + np.arange(n_kept)
-                    kept_rows.append(base[:, None] + n_kept * np.arange(self.views)[None, :])
+                    first = rows + np.arange(n_kept)
+                    kept_rows.append(first[:, None] + n_kept * np.arange(self.views)[None, :])
                     held_rows.append(rows + n_kept * self.views + np.arange(n_held))
                     batch_labels = np.concatenate(
                         [*([batch_labels[~flags]] * self.views), batch_labels[flags]]
@@ -408,6 +400,23 @@ class FeatureCache:
             [tuple(shape) for shape, _ in self._specs],
             "on disk" if self.paths else "in memory",
         )
+
+    def _views_of(
+        self, images: tf.Tensor, holdout: float, run: Any, run_view: Any, n_out: int
+    ) -> tuple[list[tf.Tensor], np.ndarray]:
+        """One batch's outputs: `views` augmented views of its kept images (the prefix once
+        per view), then its held-out images as they are (validation is never augmented);
+        and the held-out flags."""
+        flags = np.zeros(int(tf.shape(images)[0]), bool)
+        if holdout:
+            flags = data.held_out(images, holdout).numpy()
+        parts = []
+        if not flags.all():
+            kept = tf.boolean_mask(images, ~flags)
+            parts = [run_view(kept) for _ in range(self.views)]
+        if flags.any():
+            parts.append(run(tf.boolean_mask(images, flags))[0])
+        return [tf.concat([p[i] for p in parts], 0) for i in range(n_out)], flags
 
     def _spill(self, chunks: list[list[Any]], directory: str | None) -> list[Any]:
         handles = []
