@@ -27,6 +27,7 @@ part of any recipe.
     python benchmarks/bench_flowers.py --defaults      # also the no-argument run at 224 px
     python benchmarks/bench_flowers.py --runs 3        # medians of 3 runs of every recipe
     python benchmarks/bench_flowers.py --data large    # flowers-large/train, about 2,000 photos
+    python benchmarks/bench_flowers.py --views 1 2 4 8 16   # augment_views side by side
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import argparse
 import contextlib
 import gc
 import io
+import json
 import os
 import tempfile
 import threading
@@ -148,11 +150,16 @@ def seed_recipe(train: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> T
     return model, pre
 
 
-def keras_guide_recipe(train: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> Trained:
+def keras_guide_recipe(
+    train: tf.data.Dataset, size: int, epochs: tuple[int, int], augment: bool = False
+) -> Trained:
+    """The guide's recipe; with `augment`, FineTuner's "default" preset in front of the base
+    inside the model, as the guide puts its RandomFlip and RandomRotation."""
     base = mobilenet(size)
     base.trainable = False
     inputs = keras.Input((size, size, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)  # mobilenet_v2 preprocessing
+    x = ftk.data.augmentation("default")(inputs) if augment else inputs
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)  # mobilenet_v2 preprocessing
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.2)(x)
@@ -187,7 +194,9 @@ def finetunekit_recipe(
     split, Keras' default verbosity (the bars go to a buffer, see `quiet_stdout`).
     `options` go to the constructor (`cache=`) or to fit (the labelled variants).
     """
-    constructor = {k: options.pop(k) for k in ("cache",) if k in options}
+    constructor = {
+        k: options.pop(k) for k in ("cache", "augment", "cache_budget") if k in options
+    }
     tuner = ftk.FineTuner(
         "mobilenet_v2",
         num_classes=5,
@@ -198,8 +207,13 @@ def finetunekit_recipe(
         **constructor,
     )
     with quiet_stdout():
-        tuner.fit(train, head_epochs=epochs[0], finetune_epochs=epochs[1], **options)
+        history = tuner.fit(train, head_epochs=epochs[0], finetune_epochs=epochs[1], **options)
+    HEAD_SECONDS.append(history.reports[0].seconds)
     return tuner.model, None
+
+
+#: The head phase's seconds (its share of the feature pass included) of every FineTuner run.
+HEAD_SECONDS: list[float] = []
 
 
 def quiet_stdout() -> contextlib.AbstractContextManager[Any]:
@@ -237,8 +251,10 @@ def floor(train: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> Trained
     return model, None
 
 
-def defaults_run(train: tf.data.Dataset) -> Trained:
-    tuner = ftk.FineTuner("mobilenet_v2", num_classes=5, weights=WEIGHTS, alpha=0.35)
+def defaults_run(train: tf.data.Dataset, **constructor: Any) -> Trained:
+    tuner = ftk.FineTuner(
+        "mobilenet_v2", num_classes=5, weights=WEIGHTS, alpha=0.35, **constructor
+    )
     with quiet_stdout():
         tuner.fit(train)
     return tuner.model, None
@@ -272,6 +288,20 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--defaults", action="store_true", help="also the no-argument run")
     parser.add_argument("--only", nargs="*", help="run only these recipes")
+    parser.add_argument(
+        "--views",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also augment='default' with augment_views=K for each K given",
+    )
+    parser.add_argument(
+        "--spill-budget",
+        type=int,
+        default=1 << 20,
+        help="cache_budget (bytes) of the forced-spill run (default 1 MiB)",
+    )
+    parser.add_argument("--json", type=Path, help="write the medians to this JSON file")
     parser.add_argument(
         "--repeat",
         type=int,
@@ -323,15 +353,49 @@ def main() -> None:
             test,
         ),
         "floor": (lambda: floor(train, args.size, epochs), test),
+        # Augmentation: the guide with the same preset, the user's call with it (cached,
+        # augment_views at its default), uncached (fresh augmentation every epoch), and
+        # the user's call with a cache_budget small enough to spill the features to disk.
+        "keras-guide + augment": (
+            lambda: keras_guide_recipe(train, args.size, epochs, augment=True),
+            test,
+        ),
+        "finetunekit augment": (
+            lambda: finetunekit_recipe(train, args.size, epochs, augment="default"),
+            test,
+        ),
+        "finetunekit augment cache=False": (
+            lambda: finetunekit_recipe(
+                train, args.size, epochs, augment="default", cache=False
+            ),
+            test,
+        ),
+        "finetunekit augment, spilled": (
+            lambda: finetunekit_recipe(
+                train, args.size, epochs, augment="default", cache_budget=args.spill_budget
+            ),
+            test,
+        ),
     }
+    for k in args.views:
+        recipes[f"finetunekit augment views={k}"] = (
+            lambda k=k: finetunekit_recipe(
+                train, args.size, epochs, augment="default", augment_views=k
+            ),
+            test,
+        )
     if args.defaults:
         train224, test224 = load(224)
         recipes["seed+preprocess @224"] = (lambda: seed_recipe(train224, 224, epochs), test224)
         recipes["keras-guide @224"] = (lambda: keras_guide_recipe(train224, 224, epochs), test224)
         recipes["defaults @224 (fit(train))"] = (lambda: defaults_run(train224), test224)
+        recipes["defaults @224 augment (fit(train))"] = (
+            lambda: defaults_run(train224, augment="default"),
+            test224,
+        )
     if args.only:
         recipes = {k: v for k, v in recipes.items() if k in args.only}
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in recipes}
+    results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in recipes}
     print(
         f"flowers ({args.data}): {n_train * args.repeat} train / 150 test images, {args.size} px, "
         f"{epochs[0]}+{epochs[1]} epochs,"
@@ -348,14 +412,17 @@ def main() -> None:
             run, test_ds = recipes[name]
             gc.collect()  # the previous recipe's garbage is not this recipe's time
             keras.utils.set_random_seed(0)
+            HEAD_SECONDS.clear()
             with PeakMemory() as mem:
                 start = time.perf_counter()
                 model, preprocess = run()
                 wall = time.perf_counter() - start
             acc = accuracy(model, test_ds, preprocess)  # after the clock: same for every recipe
-            results[name].append((wall, mem.peak / 2**20, acc))
+            head = HEAD_SECONDS[0] if HEAD_SECONDS else float("nan")
+            results[name].append((wall, mem.peak / 2**20, acc, head))
             print(
-                f"  {name:28s} {wall:7.1f} s  {mem.peak / 2**20:7.0f} MiB  acc {acc:.3f}",
+                f"  {name:28s} {wall:7.1f} s  {mem.peak / 2**20:7.0f} MiB  acc {acc:.3f}"
+                f"  head phase {head:.1f} s",
                 flush=True,
             )
             del model
@@ -364,10 +431,22 @@ def main() -> None:
     print()
     if args.runs > 1:
         print(f"medians of {args.runs} runs (each run has every recipe once, in rotated order):")
-    print("| recipe | wall s | peak extra MiB | test acc |")
-    print("|---|---:|---:|---:|")
-    for name, (wall, mem_mib, acc) in median.items():
-        print(f"| {name} | {wall:.1f} | {mem_mib:.0f} | {acc:.3f} |")
+    print("| recipe | wall s | head phase s | peak extra MiB | test acc |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (wall, mem_mib, acc, head) in median.items():
+        print(f"| {name} | {wall:.1f} | {head:.1f} | {mem_mib:.0f} | {acc:.3f} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "data": args.data, "size": args.size, "epochs": epochs,
+                    "runs": {k: v for k, v in results.items()},
+                    "hardware": f"{os.cpu_count()}-core CPU, no GPU",
+                },
+                indent=1,
+            )
+        )
     print()
     ratios = (
         ("keras-guide", "finetunekit"),
@@ -375,6 +454,10 @@ def main() -> None:
         ("finetunekit", "finetunekit early_stopping=False"),
         ("finetunekit + CSVLogger", "finetunekit"),
         ("finetunekit cache=False", "keras-guide"),
+        ("keras-guide + augment", "finetunekit augment"),
+        ("finetunekit augment cache=False", "finetunekit augment"),
+        ("finetunekit augment, spilled", "finetunekit augment"),
+        ("defaults @224 augment (fit(train))", "defaults @224 (fit(train))"),
     )
     for a, b in ratios:
         if a in results and b in results:

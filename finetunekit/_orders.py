@@ -36,26 +36,44 @@ class EpochOrders:
         self._drawn = 0
         self._lock = threading.Lock()
 
-    def _permutation(self, n: np.ndarray) -> np.ndarray:
+    def _generator(self) -> np.random.Generator:
         with self._lock:
             if self.epoch is None:
                 key, self._drawn = self._drawn, self._drawn + 1
             else:
                 key = self.epoch
-        return np.random.default_rng([self.seed, key]).permutation(int(n)).astype(np.int64)
+        return np.random.default_rng([self.seed, key])
 
     def indices(self, n: int) -> tf.data.Dataset:
         """`0..n-1` in a new order at every iteration (of the epoch set, when one is)."""
+        return self.rows(np.arange(n, dtype=np.int64))
 
-        def order(_: tf.Tensor) -> tf.Tensor:
-            rows = tf.numpy_function(self._permutation, [tf.constant(n, tf.int64)], tf.int64)
-            rows.set_shape((n,))
-            return rows
+    def rows(self, index: np.ndarray, *, permute: bool = True) -> tf.data.Dataset:
+        """The entries of `index`, in a new order at every iteration when `permute`.
+
+        A 2-D `index` (one row per image, one column per stored augmented view) gives
+        one entry per image: a view drawn afresh at every iteration, from the same
+        `(seed, epoch)` as the order, so a resumed fit draws the same views too.
+        """
+        index = np.asarray(index, np.int64)
+        n = len(index)
+
+        def pick(_: np.ndarray) -> np.ndarray:
+            rng = self._generator()
+            order = rng.permutation(n) if permute else np.arange(n)
+            if index.ndim == 1:
+                return index[order]
+            return index[order, rng.integers(index.shape[1], size=n)]
+
+        def draw(_: tf.Tensor) -> tf.Tensor:
+            picked = tf.numpy_function(pick, [tf.constant(0, tf.int64)], tf.int64)
+            picked.set_shape((n,))
+            return picked
 
         # The order is drawn when the iteration reads its first element (after Keras'
         # on_epoch_begin), not when an iterator is made.
-        rows = tf.data.Dataset.from_tensors(0).map(order).unbatch()
-        return rows.apply(tf.data.experimental.assert_cardinality(n))
+        picked = tf.data.Dataset.from_tensors(0).map(draw).unbatch()
+        return picked.apply(tf.data.experimental.assert_cardinality(n))
 
 
 def attach(dataset: tf.data.Dataset, orders: EpochOrders) -> tf.data.Dataset:

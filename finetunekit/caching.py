@@ -33,6 +33,7 @@ __all__ = [
     "FeatureCache",
     "fit_on_features",
     "random_layers_before",
+    "estimate_bytes",
     "DEFAULT_BUDGET",
     "STEPS_PER_CALL",
     "remove_stale_spills",
@@ -210,6 +211,55 @@ def _inference_function(prefix: keras.Model, dataset: tf.data.Dataset, holdout: 
     return traced[key]
 
 
+def _pixel_sums(images: tf.Tensor) -> np.ndarray:
+    """Each image's pixel sum: the key of the content order (see `FeatureCache`)."""
+    flat = np.asarray(images, np.float64).reshape(int(tf.shape(images)[0]), -1)
+    return flat.sum(axis=1)
+
+
+def _view_function(prefix: keras.Model, dataset: tf.data.Dataset, augment: Any) -> Any:
+    """`augment` (in training mode: random) then `prefix` (inference), as ONE traced function.
+
+    Each call draws new random transforms (Keras' random layers advance their seed
+    state), so calling it K times on a batch gives K different views; the random
+    layers stay outside the stored prefix, which itself draws nothing.
+    """
+    spec = dataset.element_spec[0]
+    shape = None if spec.shape.rank is None else (None, *spec.shape[1:])
+    signature = tf.TensorSpec(shape, spec.dtype)
+    traced = _TRACED.setdefault(prefix, {})
+    key = (signature, "view", id(augment))
+    if key not in traced:
+        model = weakref.ref(prefix)
+
+        @tf.function(input_signature=[signature], autograph=False)
+        def run(images: tf.Tensor) -> Any:
+            viewed = augment(images, training=True)
+            return keras.tree.flatten(model()(viewed, training=False))  # type: ignore[misc]
+
+        traced[key] = run
+    return traced[key]
+
+
+def estimate_bytes(prefix: keras.Model, dataset: tf.data.Dataset) -> tuple[int, int] | None:
+    """`(images, bytes per image and view)` a cache of `dataset` will hold, before the pass.
+
+    The images are counted from the dataset's length and batch size (an upper bound:
+    the last batch may be short); None when the length is unknown.
+    """
+    batches = int(dataset.cardinality())
+    if batches < 0:
+        return None
+    images = batches * _batch_size(dataset)
+    per_image = 0
+    for output in prefix.outputs:
+        shape = tuple(output.shape[1:])
+        if any(d is None for d in shape):
+            return None
+        per_image += int(np.prod(shape, dtype=np.int64)) * np.dtype(output.dtype).itemsize
+    return images, per_image
+
+
 def joint_prefix(*splits: Split) -> keras.Model:
     """One model computing every split's features in a single pass over the images.
 
@@ -284,7 +334,9 @@ class FeatureCache:
     """Outputs of a frozen prefix over a dataset, in memory up to a budget, else on disk.
 
     The prefix may have several outputs (e.g. the features of every phase's cut,
-    computed in one pass); `dataset(output=i)` serves the i-th. With `holdout`, each
+    computed in one pass); `dataset(output=i)` serves the i-th. With `augment`, each
+    image is stored as `views` augmented views (bytes = images x views x features; the
+    estimate is logged before the pass). With `holdout`, each
     image is assigned to the held-out part by its content, by the same rule as
     `finetunekit.data.split_by_content`, in the same pass. Use as a context manager so
     a spilled file is always removed:
@@ -301,6 +353,12 @@ class FeatureCache:
             fit with validation data has two, training and validation).
         directory: where spilled files go (default: the system temp folder).
         holdout: fraction of the images to hold out by content (0: none).
+        augment: random transforms (a Keras layer, called with `training=True`) applied
+            to the kept images before the prefix; the held-out images are stored as
+            they are. None: no augmentation.
+        views: with `augment`, how many augmented views of each kept image are stored
+            (the prefix runs once per view); `dataset(part="train")` then serves one
+            view per image, drawn afresh every epoch.
     """
 
     def __init__(
@@ -311,27 +369,61 @@ class FeatureCache:
         budget: int = DEFAULT_BUDGET,
         directory: str | None = None,
         holdout: float = 0.0,
+        augment: keras.layers.Layer | None = None,
+        views: int = 1,
     ) -> None:
         self.paths: list[str] = []
         self.batch_size = _batch_size(dataset)
+        self.views = views if augment is not None else 1
         n_out = len(prefix.outputs)
         chunks: list[list[Any]] = [[] for _ in range(n_out)]
         handles: list[Any] = []
         labels: list[np.ndarray] = []
+        # per image: its rows (one per view; a held-out image's one row repeated), whether
+        # it is held out, and the key of the content order (pixel sum, then label)
+        image_rows: list[np.ndarray] = []
         held: list[np.ndarray] = []
         sums: list[np.ndarray] = []
-        in_memory = total = 0
+        image_labels: list[np.ndarray] = []
+        in_memory = rows = 0
         remove_stale_spills(directory)
         run = _inference_function(prefix, dataset, holdout)
+        run_view = None if augment is None else _view_function(prefix, dataset, augment)
+        estimate = estimate_bytes(prefix, dataset)
+        if estimate is not None:
+            logger.info(
+                "feature cache: about %d images x %d view%s x %d bytes = %.1f MiB (budget "
+                "%.1f MiB)", estimate[0], self.views, "s" if self.views > 1 else "",
+                estimate[1], estimate[0] * self.views * estimate[1] / 2**20, budget / 2**20,
+            )
         quiet = contextlib.ExitStack()
         quiet.enter_context(quiet_retracing())
         try:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
-                outs, flags, pixel_sums = run(images)
-                labels.append(np.asarray(batch_labels))
-                held.append(flags.numpy())
-                sums.append(pixel_sums.numpy())
-                total += int(outs[0].shape[0])
+                batch_labels = np.asarray(batch_labels)
+                image_labels.append(batch_labels)
+                if run_view is not None:
+                    outs, flags = self._views_of(images, holdout, run, run_view, n_out)
+                    pixel_sums = _pixel_sums(images)
+                    # rows: the views of the kept images (view-major), then the held-out
+                    n_kept, n_held = int(np.sum(~flags)), int(np.sum(flags))
+                    kept = rows + np.arange(n_kept)[:, None] + n_kept * np.arange(self.views)
+                    lone = rows + n_kept * self.views + np.arange(n_held)
+                    per_image = np.empty((len(flags), self.views), np.int64)
+                    per_image[~flags], per_image[flags] = kept, lone[:, None]
+                    batch_labels = np.concatenate(
+                        [*([batch_labels[~flags]] * self.views), batch_labels[flags]]
+                    )
+                else:
+                    outs, flags, pixel_sums = run(images)
+                    pixel_sums = pixel_sums.numpy()
+                    flags = flags.numpy() if holdout else np.zeros(len(pixel_sums), bool)
+                    per_image = (rows + np.arange(len(flags)))[:, None]
+                image_rows.append(per_image)
+                held.append(flags)
+                sums.append(pixel_sums)
+                labels.append(batch_labels)
+                rows += int(outs[0].shape[0])
                 size = sum(int(o.shape.num_elements()) * o.dtype.size for o in outs)
                 if not handles and in_memory + size > budget:
                     handles = self._spill(chunks, directory)
@@ -352,38 +444,61 @@ class FeatureCache:
             quiet.close()
         for handle in handles:
             handle.close()
-        if total == 0:
+        if rows == 0:
             raise DataError("The dataset is empty; there is nothing to train on.")
         self.labels = np.concatenate(labels)
         self._tensors: list[tf.Tensor] = []
         if handles:
             self.features: list[np.ndarray] = [
-                np.memmap(path, dtype=dtype, mode="r", shape=(total, *shape))
+                np.memmap(path, dtype=dtype, mode="r", shape=(rows, *shape))
                 for path, (shape, dtype) in zip(self.paths, self._specs, strict=True)
             ]
         else:
             self._tensors = [tf.concat(c, axis=0) if len(c) > 1 else c[0] for c in chunks]
             self.features = [t.numpy() for t in self._tensors]
-        flags = np.concatenate(held) if holdout else np.zeros(total, bool)
-        # The parts list their rows in an order of the images' content (pixel sum, then
+        flags = np.concatenate(held)
+        # The parts list their images in an order of their content (pixel sum, then
         # label), not of the pass: a dataset that shuffles itself stores its images in
         # another order at each pass, and a resumed fit's epoch-keyed shuffle of the rows
         # must pick the same images as the uninterrupted fit's did.
-        columns = self.labels.reshape(total, -1).astype(np.float64)
+        per_image_labels = np.concatenate(image_labels)
+        columns = per_image_labels.reshape(len(flags), -1).astype(np.float64)
         label_key = columns @ np.arange(1, columns.shape[1] + 1, dtype=np.float64)
         canonical = np.lexsort((label_key, np.concatenate(sums)))
+        by_image = np.concatenate(image_rows)[canonical]
+        in_order = flags[canonical]
+        # With views, "train" and "all" hold one row per (image, view): (images, views).
+        wide = self.views > 1
         self._parts: dict[str, np.ndarray] = {
-            "all": canonical,
-            "train": canonical[~flags[canonical]],
-            "held_out": canonical[flags[canonical]],
+            "all": by_image if wide else by_image[:, 0],
+            "train": by_image[~in_order] if wide else by_image[~in_order, 0],
+            "held_out": by_image[in_order, 0],
         }
         logger.info(
-            "cached %d examples%s, features %s (%s)",
-            total,
+            "cached %d examples%s%s, features %s (%s)",
+            self.count("all"),
+            f" x {self.views} augmented views" if self.views > 1 else "",
             f" ({self.count('held_out')} held out)" if holdout else "",
             [tuple(shape) for shape, _ in self._specs],
             "on disk" if self.paths else "in memory",
         )
+
+    def _views_of(
+        self, images: tf.Tensor, holdout: float, run: Any, run_view: Any, n_out: int
+    ) -> tuple[list[tf.Tensor], np.ndarray]:
+        """One batch's outputs: `views` augmented views of its kept images (the prefix once
+        per view), then its held-out images as they are (validation is never augmented);
+        and the held-out flags."""
+        flags = np.zeros(int(tf.shape(images)[0]), bool)
+        if holdout:
+            flags = data.held_out(images, holdout).numpy()
+        parts = []
+        if not flags.all():
+            kept = tf.boolean_mask(images, ~flags)
+            parts = [run_view(kept) for _ in range(self.views)]
+        if flags.any():
+            parts.append(run(tf.boolean_mask(images, flags))[0])
+        return [tf.concat([p[i] for p in parts], 0) for i in range(n_out)], flags
 
     def _spill(self, chunks: list[list[Any]], directory: str | None) -> list[Any]:
         handles = []
@@ -398,7 +513,7 @@ class FeatureCache:
         return handles
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.count("all")
 
     def count(self, part: Part = "train") -> int:
         """Examples in a part: `"all"`, `"train"` (not held out) or `"held_out"`."""
@@ -435,10 +550,9 @@ class FeatureCache:
         index = self._parts[part]
         n = len(index)
         size = batch_size or self.batch_size
-        orders = EpochOrders(seed) if shuffle and n > 0 else None
-        if orders is not None:  # an order keyed by (seed, epoch) in a fit: see _orders.py
-            rows = tf.constant(index)
-            ds = orders.indices(n).map(lambda i: tf.gather(rows, i))
+        orders = EpochOrders(seed) if (shuffle or index.ndim == 2) and n > 0 else None
+        if orders is not None:  # orders (and views) keyed by (seed, epoch) in a fit: _orders.py
+            ds = orders.rows(index, permute=shuffle)
         else:
             ds = tf.data.Dataset.from_tensor_slices(index)
         ds = ds.batch(size)

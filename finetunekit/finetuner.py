@@ -14,10 +14,20 @@ import keras
 import tensorflow as tf
 from typing_extensions import Unpack
 
-from finetunekit import bases, caching, checkpoints, data, freezing, heads, tasks, training
+from finetunekit import (
+    bases,
+    caching,
+    checkpoints,
+    data,
+    distribute,
+    freezing,
+    heads,
+    tasks,
+    training,
+)
 from finetunekit._checks import check_bool, check_choice, check_int
 from finetunekit.classifier import save_model
-from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
+from finetunekit.errors import ArgumentTypeError, StepOrderError
 from finetunekit.recipe import DEFAULTS, Phase, PhasePlan, Plan, Recipe, RecipeSettings
 from finetunekit.recipe import plan as plan_phases
 from finetunekit.training import FineTuneHistory, PhaseReport
@@ -55,12 +65,15 @@ class FineTuner:
         input_shape: `(height, width, 3)`; the base's native size when None.
         strategy: a `tf.distribute.Strategy` to build, compile and train under.
         augment: `"default"` for `finetunekit.data.augmentation()`, a Keras layer of random
-            transforms, or None. Applied to training batches only, never to validation data
-            or at inference.
-        cache: run the frozen layers once over the data and train the rest of each phase
-            on their stored outputs. `"auto"` does so unless augmentation or a random
-            layer precedes the cut (the report on the history says why). Callbacks see
-            the full model either way. True forces it, False never caches.
+            transforms, or None. Applied to training images only (in pixel space, before
+            the frozen layers), never to validation or held-out data or at inference.
+            Cached, each training image is stored as `augment_views` augmented views
+            (a `fit` setting) and every epoch trains on one of them, drawn afresh;
+            with `cache=False`, every epoch augments afresh.
+        cache: run the frozen layers once over the data (once per augmented view) and
+            train the rest of each phase on their stored outputs. `"auto"` does so
+            unless a random layer precedes the cut (the report on the history says why).
+            Callbacks see the full model either way. True forces it, False never caches.
         cache_budget: bytes of stored features kept in memory; beyond, they spill to a
             temporary file that is removed after the fit.
         seed: seed of the shuffles.
@@ -75,6 +88,8 @@ class FineTuner:
     Raises:
         ConfigError: bad `task`, `num_classes`, `cache` or `cache_budget`.
         ArgumentTypeError: `strategy` is not a `tf.distribute.Strategy`.
+        ConfigError: a `MultiWorkerMirroredStrategy` across several workers, which Keras'
+            `fit` cannot train under (see `finetunekit.distribute`).
     """
 
     def __init__(
@@ -94,11 +109,6 @@ class FineTuner:
     ) -> None:
         self._task = tasks.get_task(task)
         check_choice("cache", cache, ("auto", True, False))
-        if cache is True and augment is not None:
-            raise ConfigError(
-                "cache=True cannot be combined with augment: the frozen layers would see each "
-                "image once, unaugmented. Use cache='auto' (turns caching off) or augment=None."
-            )
         check_int("cache_budget", cache_budget, minimum=0, expected="a number of bytes >= 0")
         if seed is not None:
             check_int("seed", seed, minimum=0, expected="an int >= 0 or None")
@@ -109,6 +119,7 @@ class FineTuner:
                 f"strategy must be a tf.distribute.Strategy (e.g. MirroredStrategy()); "
                 f"received {type(strategy).__name__}."
             )
+        distribute.check_strategy(strategy)
         self._base_arg = base
         self.num_classes = num_classes
         self.task = task
@@ -253,8 +264,10 @@ class FineTuner:
         rate = float(self._compile_args.get("learning_rate", 1e-3))
         step = Phase(phase, epochs, 0, "block", False, rate, early_stopping, patience)
         run = training.new_run(model, step)
+        shared = self._settings(prepared, callbacks, verbose)
+        shared.augment_views = Recipe(head_epochs=epochs, finetune_epochs=0).views()
         self._last_report, self.history = training.run_phase(
-            model, step, prepared, self._settings(prepared, callbacks, verbose), run=run
+            model, step, prepared, shared, run=run
         )
         return self
 
@@ -329,7 +342,9 @@ class FineTuner:
                 `dropout` (0.5), `normalize` (None: the task's default),
                 `early_stopping` (True), `patience` (10), `validation_split` (0.2: without
                 `validation_data`, that fraction of the training images is held out by
-                content for early stopping), `batch_size` (32, for arrays).
+                content for early stopping), `batch_size` (32, for arrays),
+                `augment_views` (`"auto"`: with `augment`, the augmented views of each
+                image stored when cached; see `Recipe`).
 
         Returns:
             One `FineTuneHistory` for every phase, with the phase of every epoch, the
@@ -365,10 +380,11 @@ class FineTuner:
                 checkpoints.describe_call(self, chosen),
                 checkpoints.fingerprint(train, y, validation_data),
             )
+        shared = self._settings(prepared, user_callbacks, verbose)
+        shared.augment_views = chosen.views()
         try:
             history = training.run_phases(
-                model, phases, prepared, self._settings(prepared, user_callbacks, verbose),
-                plan=planned, tracker=tracker,
+                model, phases, prepared, shared, plan=planned, tracker=tracker
             )
         except KeyboardInterrupt:
             if tracker.history is not None:

@@ -141,6 +141,8 @@ class Settings:
         seed: seed of the shuffles.
         strategy: a `tf.distribute.Strategy`, or None.
         augment: random transforms applied to training images, or None.
+        augment_views: with `augment` and caching, the augmented views of each training
+            image stored (see `caching.FeatureCache`); each epoch draws one per image.
         callbacks: the caller's Keras callbacks; they see the full model in every phase.
         verbose: as in `keras.Model.fit`.
     """
@@ -154,6 +156,7 @@ class Settings:
     seed: int | None = None
     strategy: tf.distribute.Strategy | None = None
     augment: keras.layers.Layer | None = None
+    augment_views: int = 1
     callbacks: Sequence[keras.callbacks.Callback] = ()
     verbose: Any = "auto"
 
@@ -356,8 +359,6 @@ def _why_not_cached(
         data.validation is not None and len(data.validation.element_spec) > 2
     ):
         return None, "the data carries sample weights, which are not stored"
-    if settings.cache == "auto" and settings.augment is not None:
-        return None, "augmentation runs before the frozen layers"
     split = caching.split_frozen_prefix(model)
     if split is None:
         return None, "the first block of the base trains: no frozen prefix"
@@ -406,7 +407,10 @@ def _fill(
     budget = settings.cache_budget
     holdout = data.holdout if data.validation is None else 0.0
     train = stack.enter_context(
-        caching.FeatureCache(prefix, data.train, budget=budget, holdout=holdout)
+        caching.FeatureCache(
+            prefix, data.train, budget=budget, holdout=holdout, augment=settings.augment,
+            views=settings.augment_views,
+        )
     )
     validation = None
     if data.validation is not None:
@@ -656,8 +660,10 @@ def _banner(
         trains = "the head"
     else:
         trains = f"the head and the last {phase.unfreeze} {phase.unit}s of the base"
+    views = stored.train.views if stored is not None else 1
+    per_view = f" per augmented view ({views} views)" if views > 1 else ""
     how = (
-        f"frozen layers up to {stored.split.cut!r} run once, cached"
+        f"frozen layers up to {stored.split.cut!r} run once{per_view}, cached"
         if stored is not None
         else f"not cached: {why}"
     )

@@ -675,6 +675,14 @@ CASES = [
         ("batch_size must be a positive int", "received 0"),
     ),
     Case(
+        "augment-views",
+        "augmented views per image below 1",
+        "tuner.fit(x, y, augment_views=0)",
+        E.ConfigError,
+        ValueError,
+        ("augment_views must be", "an int >= 1", "received 0"),
+    ),
+    Case(
         "fit-unknown-setting",
         "a misspelt fit setting",
         "tuner.fit(x, y, head_epoch=5)",

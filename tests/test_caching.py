@@ -234,7 +234,6 @@ def test_feature_cache_traces_the_prefix_once_for_every_batch_size() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fit_kwargs", "reason"),
     [
-        ({"augment": keras.layers.RandomFlip("horizontal")}, {}, "augmentation"),
         ({"cache": False}, {}, "cache=False"),
     ],
 )
@@ -252,8 +251,6 @@ def test_auto_turns_itself_off_and_says_why(
     assert reason in caplog.text
 
 
-def test_cache_true_with_augmentation_is_refused() -> None:
-    with pytest.raises(ftk.FinetuneKitError, match="cache=True cannot be combined with augment"):
-        ftk.FineTuner("mobilenet_v2", weights=None, cache=True, augment="default")
+def test_cache_must_be_auto_true_or_false() -> None:
     with pytest.raises(ValueError, match="cache must be"):
         ftk.FineTuner("mobilenet_v2", weights=None, cache="yes")

@@ -58,7 +58,10 @@ print("REPORT " + json.dumps(report))
 
 def _report(script: str, tmp_path, *args: str) -> dict:
     """Runs `script` in a fresh interpreter (logical devices come first) and reads its REPORT."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # This checkout's finetunekit, not whichever one is installed.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
     done = subprocess.run(
         [sys.executable, "-c", script, *args],
         capture_output=True,
