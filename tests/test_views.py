@@ -38,6 +38,10 @@ def _images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.integers(0, 3, n)
 
 
+def _by_content(rows: np.ndarray) -> np.ndarray:
+    return rows[np.lexsort(rows.T[::-1])]
+
+
 def _flatten_prefix() -> keras.Model:
     inputs = keras.Input(SHAPE)
     return keras.Model(inputs, keras.layers.Flatten()(inputs))
@@ -57,8 +61,10 @@ def test_training_sees_only_stored_views_one_per_image_per_epoch(budget, tmp_pat
         assert c.spilled == (budget == 0)
         assert c.views == k and len(c) == n and c.count("train") == n
         assert int(SEEN.numpy()) == n * k  # augmented once per view, in the one pass
-        stored = c.features[0][c._parts["train"]]  # (images, views, features)
-        assert stored.shape == (n, k, int(np.prod(SHAPE)))
+        rows = c._parts["train"]  # (images, views), images in their content order
+        assert rows.shape == (n, k)
+        stored = np.empty((n, k, int(np.prod(SHAPE))), "float32")
+        stored[c.labels[rows[:, 0]]] = c.features[0][rows]  # (images by label, views, features)
         for i in range(n):  # the views of an image differ from each other
             for a in range(k):
                 for b in range(a + 1, k):
@@ -94,12 +100,13 @@ def test_held_out_images_are_stored_unaugmented():
         assert cache.count("held_out") == held.sum()
         assert cache.count("train") == (~held).sum()
         assert int(SEEN.numpy()) == 2 * (~held).sum()  # only the kept images, per view
+        expected = _by_content(x[held].reshape(held.sum(), -1))  # stored in content order
         rows = cache.features[0][cache._parts["held_out"]]
-        np.testing.assert_array_equal(rows, x[held].reshape(held.sum(), -1))
+        np.testing.assert_array_equal(_by_content(rows), expected)
         served = np.concatenate(
             [f.numpy() for f, _ in cache.dataset(shuffle=False, part="held_out")]
         )
-        np.testing.assert_array_equal(served, x[held].reshape(held.sum(), -1))
+        np.testing.assert_array_equal(_by_content(served), expected)
 
 
 @pytest.mark.parametrize("validation", [True, False])
