@@ -12,6 +12,7 @@ This module imports no TensorFlow: the command line reads its defaults from here
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
@@ -32,6 +33,8 @@ __all__ = [
     "plan",
     "HEAD",
     "FINETUNE",
+    "is_finetune",
+    "check_lr_decay",
 ]
 
 HEAD, FINETUNE = "head", "finetune"
@@ -52,6 +55,10 @@ class Phase:
         learning_rate: the learning rate of the phase's (fresh) optimizer.
         early_stopping: whether early stopping on `val_loss` watches the phase.
         patience: epochs without improvement before early stopping ends the phase.
+        lr_decay: None for one rate; else the k-th unfrozen block from the top trains
+            at `learning_rate * lr_decay**k` (the head at `learning_rate`).
+        warmup: epochs (possibly fractional) of linear warm-up from 0 to the rate.
+        cosine: whether the rate decays along a cosine to 0 over the phase.
     """
 
     name: str
@@ -62,6 +69,9 @@ class Phase:
     learning_rate: float
     early_stopping: bool
     patience: int
+    lr_decay: float | None = None
+    warmup: float = 0.0
+    cosine: bool = False
 
     @property
     def trains_base(self) -> bool:
@@ -78,7 +88,9 @@ class Recipe:
     Attributes:
         head_epochs: epochs with the whole base frozen (0 to skip).
         finetune_epochs: epochs after unfreezing (0 to skip).
-        unfreeze: how many blocks (or layers, see `unit`) of the base to unfreeze.
+        unfreeze: how many blocks (or layers, see `unit`) of the base to unfreeze; an
+            increasing tuple such as `(1, 2, 4)` unfreezes gradually: one fine-tune
+            phase of `finetune_epochs` per entry (`"finetune-1"`, `"finetune-2"`, ...).
         unit: `"block"` or `"layer"`.
         head_learning_rate: learning rate of the head phase.
         finetune_learning_rate: learning rate after unfreezing (kept low so the
@@ -93,6 +105,13 @@ class Recipe:
         validation_split: without validation data, the fraction of training images held
             out (by content) for early stopping; 0 disables it.
         batch_size: batch size for arrays.
+        lr_decay: per-block learning rates in fine-tune phases: None for one rate, else
+            a factor in (0, 1]; the k-th unfrozen block from the top trains at the
+            phase's rate times `lr_decay**k`, the head at the phase's rate.
+        warmup: linear warm-up of the rate at the start of every phase: 0 for none, a
+            fraction in (0, 1) of the phase's epochs, or a whole number of epochs
+            (shorter than every phase).
+        cosine: the rate of every phase decays along a cosine to 0 over its epochs.
 
     Raises:
         ConfigError: a setting out of range (checked when the recipe is made, before
@@ -101,7 +120,7 @@ class Recipe:
 
     head_epochs: int = 100
     finetune_epochs: int = 10
-    unfreeze: int = 2
+    unfreeze: int | tuple[int, ...] = 2
     unit: Unit = "block"
     head_learning_rate: float = 1.5e-2
     finetune_learning_rate: float = 1e-5
@@ -113,6 +132,9 @@ class Recipe:
     patience: int = 10
     validation_split: float = 0.2
     batch_size: int = 32
+    lr_decay: float | None = None
+    warmup: float = 0
+    cosine: bool = False
 
     NOTES: ClassVar[dict[str, str]] = {
         "head_epochs": (
@@ -139,12 +161,7 @@ class Recipe:
     def __post_init__(self) -> None:
         check_int("head_epochs", self.head_epochs, minimum=0)
         check_int("finetune_epochs", self.finetune_epochs, minimum=0)
-        check_int(
-            "unfreeze",
-            self.unfreeze,
-            minimum=0,
-            hint="It counts blocks (or layers) at the end of the base; 0 trains the head only.",
-        )
+        object.__setattr__(self, "unfreeze", _unfreeze(self.unfreeze))
         check_choice("unit", self.unit, ("block", "layer"))
         for name in ("head_learning_rate", "finetune_learning_rate"):
             check_float(name, getattr(self, name), low=0, expected="a positive number, e.g. 1e-3")
@@ -166,6 +183,15 @@ class Recipe:
             expected="in [0, 1)",
         )
         check_int("batch_size", self.batch_size, minimum=1, expected="a positive int")
+        object.__setattr__(self, "lr_decay", check_lr_decay(self.lr_decay))
+        _check_warmup(self.warmup, self)
+        check_bool("cosine", self.cosine)
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """The block counts of the fine-tune phases (`(2,)` for `unfreeze=2`)."""
+        unfreeze = self.unfreeze
+        return unfreeze if isinstance(unfreeze, tuple) else ((unfreeze,) if unfreeze else ())
 
     @classmethod
     def from_keywords(cls, base: Recipe | None = None, **keywords: Any) -> Recipe:
@@ -197,10 +223,16 @@ class Recipe:
 
         Returns:
             A tuple of `Phase`: the head phase (when `head_epochs`), then the fine-tune
-            phase (when `finetune_epochs` and `unfreeze`).
+            phase (when `finetune_epochs` and `unfreeze`), or one per stage of a
+            gradual `unfreeze` (`"finetune-1"`, `"finetune-2"`, ...).
         """
         stop = self.early_stopping and validation
-        common = dict(unit=self.unit, train_bn=self.train_bn, patience=self.patience)
+        common = dict(
+            unit=self.unit,
+            train_bn=self.train_bn,
+            patience=self.patience,
+            cosine=self.cosine,
+        )
         phases = []
         if self.head_epochs:
             phases.append(
@@ -210,17 +242,21 @@ class Recipe:
                     unfreeze=0,
                     learning_rate=self.head_learning_rate,
                     early_stopping=stop,
+                    warmup=_warmup_epochs(self.warmup, self.head_epochs),
                     **common,  # type: ignore[arg-type]
                 )
             )
-        if self.finetune_epochs and self.unfreeze:
+        stages = self.stages if self.finetune_epochs else ()
+        for number, count in enumerate(stages, start=1):
             phases.append(
                 Phase(
-                    FINETUNE,
+                    FINETUNE if len(stages) == 1 else f"{FINETUNE}-{number}",
                     self.finetune_epochs,
-                    unfreeze=self.unfreeze,
+                    unfreeze=count,
                     learning_rate=self.finetune_learning_rate,
                     early_stopping=stop,
+                    lr_decay=self.lr_decay,
+                    warmup=_warmup_epochs(self.warmup, self.finetune_epochs),
                     **common,  # type: ignore[arg-type]
                 )
             )
@@ -232,9 +268,9 @@ class RecipeSettings(TypedDict, total=False):
 
     head_epochs: int
     finetune_epochs: int
-    unfreeze: int
+    unfreeze: int | Sequence[int]
     unit: Unit
-    head_learning_rate: float
+    head_learning_rate: float | Literal["find"]
     finetune_learning_rate: float
     train_bn: bool
     hidden: Sequence[int]
@@ -244,6 +280,67 @@ class RecipeSettings(TypedDict, total=False):
     patience: int
     validation_split: float
     batch_size: int
+    lr_decay: float | None
+    warmup: float
+    cosine: bool
+
+
+def check_lr_decay(lr_decay: Any) -> float | None:
+    """None, or a factor in (0, 1]."""
+    if lr_decay is None:
+        return None
+    value = check_float(
+        "lr_decay",
+        lr_decay,
+        low=0,
+        high=math.nextafter(1.0, 2.0),
+        expected="None or a factor in (0, 1], e.g. 0.5",
+        hint="The k-th unfrozen block from the top trains at rate * lr_decay**k.",
+    )
+    return value
+
+
+def is_finetune(name: str) -> bool:
+    """Whether a phase name is a fine-tune phase (`"finetune"`, `"finetune-2"`, ...)."""
+    return name == FINETUNE or name.startswith(f"{FINETUNE}-")
+
+
+def _unfreeze(unfreeze: Any) -> int | tuple[int, ...]:
+    """An int >= 0, or a strictly increasing tuple of positive ints (one per stage)."""
+    hint = "It counts blocks (or layers) at the end of the base; 0 trains the head only."
+    if isinstance(unfreeze, (str, bytes)) or not isinstance(unfreeze, Sequence):
+        return check_int("unfreeze", unfreeze, minimum=0, hint=hint)
+    expected = "an int >= 0 or an increasing sequence of positive ints, e.g. (1, 2, 4)"
+    stages = tuple(check_int("unfreeze", n, minimum=1, expected=expected) for n in unfreeze)
+    if not stages or any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
+        raise ConfigError(
+            f"unfreeze must be {expected}; received {tuple(unfreeze)!r}. Each stage unfreezes "
+            "more blocks than the one before: list them in increasing order."
+        )
+    return stages[0] if len(stages) == 1 else stages
+
+
+def _check_warmup(warmup: Any, recipe: Recipe) -> None:
+    expected = "0, a fraction in (0, 1) of each phase, or a whole number of epochs"
+    check_float("warmup", warmup, low=0, include_low=True, expected=expected)
+    if warmup >= 1 and warmup != int(warmup):
+        raise ConfigError(
+            f"warmup must be {expected}; received {warmup!r}. Use a fraction below 1 or "
+            "whole epochs."
+        )
+    for name in ("head_epochs", "finetune_epochs"):
+        epochs = getattr(recipe, name)
+        if warmup >= 1 and epochs and warmup >= epochs:
+            raise ConfigError(
+                f"warmup={warmup:g} epochs is not shorter than the phase ({name}={epochs}): "
+                f"the rate would never reach its value. Use warmup < {epochs}, or a "
+                "fraction such as warmup=0.1."
+            )
+
+
+def _warmup_epochs(warmup: float, epochs: int) -> float:
+    """The warm-up of a phase of `epochs` epochs, in epochs."""
+    return float(warmup * epochs if warmup < 1 else warmup)
 
 
 def _hidden(hidden: Any) -> tuple[int, ...]:
@@ -283,6 +380,8 @@ class PhasePlan:
         batchnorm: BatchNormalization mode in the base.
         early_stopping: whether early stopping (best weights kept) watches the phase.
         spec: the `Phase` itself.
+        block_rates: with `lr_decay`, the rate of each trainable block (top block last);
+            empty when every trainable weight has the phase's rate.
     """
 
     phase: str
@@ -294,6 +393,14 @@ class PhasePlan:
     batchnorm: str
     early_stopping: bool
     spec: Phase
+    block_rates: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def schedule(self) -> str:
+        """The rate over time in words: `"constant"`, `"warmup 1, cosine"`, ..."""
+        parts = [f"warmup {self.spec.warmup:g}"] if self.spec.warmup else []
+        parts += ["cosine"] if self.spec.cosine else []
+        return ", ".join(parts) or "constant"
 
 
 class Plan(tuple[PhasePlan, ...]):
@@ -301,13 +408,19 @@ class Plan(tuple[PhasePlan, ...]):
 
     def __str__(self) -> str:
         rows = [("phase", "epochs", "lr", "trainable", "frozen", "blocks trained", "BN", "stops")]
+        timed = any(p.schedule != "constant" for p in self)
         for p in self:
             blocks = ", ".join(p.trainable_blocks) or "- (head only)"
+            rate = f"{p.learning_rate:g}"
+            if p.spec.lr_decay is not None and p.block_rates:
+                rate += f" (blocks x{p.spec.lr_decay:g}^k)"
+            if timed:
+                rate += f" [{p.schedule}]"
             rows.append(
                 (
                     p.phase,
                     str(p.epochs),
-                    f"{p.learning_rate:g}",
+                    rate,
                     f"{p.trainable_params:,}",
                     f"{p.frozen_params:,}",
                     blocks,
@@ -334,7 +447,7 @@ def plan(model: keras.Model, phases: Sequence[Phase]) -> Plan:
     Raises:
         ConfigError: a phase unfreezes more blocks (or layers) than the base has.
     """
-    from finetunekit import freezing  # TensorFlow, only when a model is described
+    from finetunekit import freezing, schedules  # TensorFlow, only when a model is described
 
     rows = []
     with freezing.restoring(model):
@@ -352,6 +465,7 @@ def plan(model: keras.Model, phases: Sequence[Phase]) -> Plan:
                     batchnorm=report.batchnorm,
                     early_stopping=phase.early_stopping,
                     spec=phase,
+                    block_rates=schedules.block_rates(model, phase),
                 )
             )
     return Plan(rows)
