@@ -195,15 +195,17 @@ def test_warmup_then_cosine_and_warmup_alone() -> None:
     ]
 
 
-def test_the_rate_of_each_epoch_is_in_the_history() -> None:
+@pytest.mark.parametrize("cache", [True, False])
+def test_the_rate_of_each_epoch_is_in_the_history(cache: bool) -> None:
     x, y = _images(64)  # 2 batches of 32 per epoch
-    history = _tuner().fit(
+    history = _tuner(cache=cache).fit(
         x, y, head_epochs=4, finetune_epochs=0, warmup=2, cosine=True, early_stopping=False,
         head_learning_rate=1e-2, verbose=0,
     )
     expected = [0.0, 5e-3, 1e-2, 5e-3]  # at the start of each epoch: up for 2, down over 2
     assert history.history["learning_rate"] == pytest.approx(expected, abs=1e-7)
     assert "warmup 2, cosine" in str(history.plan)
+    assert history.reports[0].cached is cache
 
 
 def test_compile_for_accepts_a_schedule() -> None:
