@@ -262,3 +262,16 @@ def test_fit_can_find_the_head_rate() -> None:
     rate = history.plan[0].learning_rate
     assert rate != Recipe().head_learning_rate and 1e-8 < rate < 10
     assert tuner._recipe is not None and tuner._recipe.head_learning_rate == rate
+
+
+def test_the_suggestions_of_a_known_curve() -> None:
+    from finetunekit.lr_finder import suggest
+
+    rates = np.geomspace(1e-6, 1.0, 61)
+    # Flat, then falling fastest at 1e-3, lowest at 1e-1, then diverging.
+    loss = 2.0 - np.tanh(2 * (np.log10(rates) + 3)) - 0.2 * (np.log10(rates) + 1) ** 2 / 25
+    loss[np.log10(rates) > -1] += 4 * (np.log10(rates[np.log10(rates) > -1]) + 1)
+    found = suggest(list(rates), list(loss))
+    assert found["steep"] == pytest.approx(1e-3, rel=0.3)
+    assert found["minimum"] == pytest.approx(1e-1 / 10, rel=0.3)
+    assert 1e-4 < found["valley"] < 1e-1  # on the falling stretch, before the minimum
