@@ -165,7 +165,10 @@ class LogRate(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         optimizer = head_optimizer(getattr(self.model, "optimizer", None))
-        self._rate = None if optimizer is None else float(optimizer.learning_rate)
+        if optimizer is None:
+            self._rate = None
+        else:  # a variable (mirrored under a strategy) or, with a schedule, a tensor
+            self._rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is not None and self._rate is not None and "learning_rate" not in logs:
