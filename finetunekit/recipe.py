@@ -381,9 +381,10 @@ DEFAULTS = Recipe()
 Chosen with `benchmarks/bench_flowers.py` and sweeps on the flowers photos (350 training
 images, MobileNetV2 alpha 0.35, 224 px, seeds 0-9), scored on the 150 test photos: see the
 benchmarks page. The head rate, dropout, `unfreeze` and the schedules (`lr_decay`, `warmup`,
-`cosine`) were re-checked by 5-fold cross-validation on flowers/train and a held-out split
-of flowers-large/train (`benchmarks/bench_schedules.py`, 160 px): nothing beat these, so
-they stay. The epoch caps, patience and the fine-tune rate were not re-checked that way.
+`cosine`) were re-checked by 5-fold cross-validation on flowers/train, the schedules also on
+a held-out split of flowers-large/train (`benchmarks/bench_schedules.py`, 160 px): nothing
+beat these, so they stay. The epoch caps, patience and the fine-tune rate were not
+re-checked that way.
 """
 
 
