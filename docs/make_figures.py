@@ -9,7 +9,11 @@ Reads the flowers photos and the MobileNetV2 (alpha 0.35) ImageNet weights from
 - flowers-samples.png: two photos of every class, with their labels (data page);
 - history.png: a `FineTuner.fit` history with the unfreeze point (FineTuner, train);
 - unfreeze-blocks.png: the blocks `unfreeze_last(model, 2, unit="block")` selects;
-- benchmarks.png: the 160 px table of docs/benchmarks.md as a chart.
+- benchmarks.png: the 160 px table of docs/benchmarks.md as a chart;
+- schedule-rates.png: the learning rate of the head and of every block over the epochs of
+  a gradual schedule with per-block rates, warm-up and cosine (schedules page).
+
+`python docs/make_figures.py schedule-rates` draws only the named figures (no training).
 
 It also prints the table of the last blocks that the unfreeze page shows.
 """
@@ -164,19 +168,92 @@ def benchmark_chart(path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> int:
-    if not (FLOWERS / "train").is_dir() or not WEIGHTS.exists():
+#: The recipe the schedules page draws: 3 stages, per-block rates, warm-up and cosine.
+SCHEDULE = dict(
+    head_epochs=4,
+    finetune_epochs=4,
+    unfreeze=(1, 2, 4),
+    lr_decay=0.5,
+    warmup=0.25,
+    cosine=True,
+    finetune_learning_rate=1e-4,
+)
+
+
+def schedule_rates(path: Path) -> None:
+    """The rates the library's own schedules give each group, step by step, per phase."""
+    import numpy as np
+
+    import finetunekit as ftk
+    from finetunekit import freezing, schedules
+
+    recipe = ftk.Recipe(**SCHEDULE)  # type: ignore[arg-type]
+    model = ftk.add_head(
+        ftk.load_base("mobilenet_v2", weights=None, input_shape=(SIZE, SIZE, 3), alpha=0.35), 5
+    )
+    steps = 9  # 280 photos in batches of 32
+    curves: dict[str, list[tuple[float, float]]] = {}
+    start = 0
+    for phase in recipe.phases():
+        freezing.set_trainable(model, phase.unfreeze, unit=phase.unit)
+        groups = [("head", phase.learning_rate)]
+        groups += list(reversed(schedules.block_rates(model, phase)))  # top block first
+        for name, peak in groups:
+            rate = schedules.rate_schedule(peak, phase, steps)
+            for step in range(phase.epochs * steps):
+                value = float(rate(step)) if callable(rate) else rate
+                curves.setdefault(name, []).append((start + step / steps, value))
+        for name in curves:  # a break in every line between phases
+            curves[name].append((start + phase.epochs, float("nan")))
+        start += phase.epochs
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    for name, points in curves.items():
+        x, y = np.array(points).T
+        axis.plot(x, np.where(y > 0, y, np.nan), label=name, lw=1.6 if name == "head" else 1.2)
+    edge = 0
+    for phase in recipe.phases():
+        axis.axvline(edge, color="grey", lw=0.6, ls=":")
+        axis.text(edge + 0.1, 2.5e-2, phase.name, fontsize=7, va="top")
+        edge += phase.epochs
+    axis.set_yscale("log")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("learning rate")
+    axis.set_title(
+        "Recipe(head_epochs=4, finetune_epochs=4, unfreeze=(1, 2, 4), lr_decay=0.5,\n"
+        "warmup=0.25, cosine=True, finetune_learning_rate=1e-4): rate per group, 9 steps/epoch",
+        fontsize=8,
+    )
+    axis.legend(fontsize=7, loc="lower left", ncol=3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+FIGURES = {
+    "flowers-samples": samples,
+    "unfreeze-blocks": unfreeze_blocks,
+    "benchmarks": benchmark_chart,
+    "history": history,
+    "schedule-rates": schedule_rates,
+}
+
+
+def main(names: list[str]) -> int:
+    chosen = names or list(FIGURES)
+    unknown = sorted(set(chosen) - set(FIGURES))
+    if unknown:
+        print(f"unknown figures {unknown}; choose from {sorted(FIGURES)}", file=sys.stderr)
+        return 2
+    needs_data = {"flowers-samples", "unfreeze-blocks", "history"}
+    if needs_data & set(chosen) and (not (FLOWERS / "train").is_dir() or not WEIGHTS.exists()):
         print(f"needs the flowers photos and weights under {SHARED}", file=sys.stderr)
         return 1
     IMAGES.mkdir(exist_ok=True)
-    samples(IMAGES / "flowers-samples.png")
-    unfreeze_blocks(IMAGES / "unfreeze-blocks.png")
-    benchmark_chart(IMAGES / "benchmarks.png")
-    history(IMAGES / "history.png")
-    for png in sorted(IMAGES.glob("*.png")):
-        print(f"wrote {png.relative_to(ROOT)}")
+    for name in chosen:
+        FIGURES[name](IMAGES / f"{name}.png")
+        print(f"wrote {(IMAGES / f'{name}.png').relative_to(ROOT)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

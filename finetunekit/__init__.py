@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from finetunekit.finetuner import FineTuner
     from finetunekit.freezing import freeze, unfreeze_last
     from finetunekit.heads import add_head
+    from finetunekit.lr_finder import LRFinderResult, find_lr
     from finetunekit.recipe import DEFAULTS, Phase, Plan, Recipe
     from finetunekit.selection import Ranking, rank_bases
     from finetunekit.tasks import compile_for
@@ -53,11 +54,13 @@ _LAZY = {
     "export": "finetunekit.exporting",
     "ExportReport": "finetunekit.exporting",
     "FineTuneHistory": "finetunekit.training",
+    "find_lr": "finetunekit.lr_finder",
     "FineTuner": "finetunekit.finetuner",
     "freeze": "finetunekit.freezing",
     "input_size": "finetunekit.bases",
     "list_bases": "finetunekit.bases",
     "load": "finetunekit.classifier",
+    "LRFinderResult": "finetunekit.lr_finder",
     "load_base": "finetunekit.bases",
     "Phase": "finetunekit.recipe",
     "PhaseReport": "finetunekit.training",
@@ -86,11 +89,13 @@ __all__ = [
     "export",
     "ExportReport",
     "FineTuneHistory",
+    "find_lr",
     "FineTuner",
     "freeze",
     "input_size",
     "list_bases",
     "load",
+    "LRFinderResult",
     "load_base",
     "Phase",
     "PhaseReport",

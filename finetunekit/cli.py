@@ -101,6 +101,24 @@ def _count(text: str) -> int:
     return value
 
 
+def _stages(text: str) -> int | tuple[int, ...]:
+    """`--unfreeze 2` or, unfreezing gradually, `--unfreeze 1,2,4`."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0 or increasing integers such as 1,2,4; received {text!r}"
+        ) from None
+    if len(values) == 1:
+        return _count(parts[0])
+    if any(v < 1 for v in values) or any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise argparse.ArgumentTypeError(
+            f"expected increasing positive integers such as 1,2,4; received {text!r}"
+        )
+    return tuple(values)
+
+
 def _add_base_arguments(parser: argparse.ArgumentParser, *, base_default: str) -> None:
     parser.add_argument(
         "--base",
@@ -166,7 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind, key, metavar, what in (
         ("--head-epochs", _count, "head_epochs", "N", "most epochs with the base frozen"),
         ("--finetune-epochs", _count, "finetune_epochs", "N", "most epochs after unfreezing"),
-        ("--unfreeze", _count, "unfreeze", "N", "blocks to unfreeze"),
+        (
+            "--unfreeze",
+            _stages,
+            "unfreeze",
+            "N",
+            "blocks to unfreeze; increasing counts such as 1,2,4 unfreeze gradually (one "
+            "fine-tune phase of --finetune-epochs per count)",
+        ),
         (
             "--validation-split",
             float,
@@ -177,9 +202,33 @@ def build_parser() -> argparse.ArgumentParser:
         ("--head-lr", float, "head_learning_rate", "LR", "learning rate of the head phase"),
         ("--finetune-lr", float, "finetune_learning_rate", "LR", "learning rate after unfreezing"),
         ("--patience", _positive, "patience", "N", "epochs without improvement before stopping"),
+        (
+            "--lr-decay",
+            float,
+            "lr_decay",
+            "D",
+            "per-block rates after unfreezing: the k-th block from the top trains at "
+            "the rate times D**k (default: one rate)",
+        ),
+        (
+            "--warmup",
+            float,
+            "warmup",
+            "W",
+            "linear warm-up at the start of each phase: epochs, or a fraction below 1 of it",
+        ),
     ):
         default = getattr(D, key)
         train.add_argument(flag, type=kind, default=default, metavar=metavar, help=what)
+    train.add_argument(
+        "--cosine", action="store_true", help="the rate of each phase decays along a cosine to 0"
+    )
+    train.add_argument(
+        "--find-lr",
+        action="store_true",
+        help="sweep the head's learning rate first (finetunekit.find_lr) and train at its "
+        "suggestion instead of --head-lr",
+    )
     train.add_argument(
         "--unit", choices=("block", "layer"), default="block", help="what --unfreeze counts"
     )
@@ -527,9 +576,28 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
     for flag, rate in (("--head-lr", args.head_lr), ("--finetune-lr", args.finetune_lr)):
         if not rate > 0:
             raise ConfigError(f"{flag} must be a positive number, e.g. 1e-3; received {rate:g}.")
+    from finetunekit.recipe import Recipe
+
+    Recipe(**{**_recipe_settings(args), "head_learning_rate": args.head_lr})  # --warmup, ...
     _check_out(args.out)
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir DIR: the folder of the run to resume.")
+
+
+def _recipe_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The fit settings the train command's options give."""
+    return dict(
+        head_epochs=args.head_epochs,
+        finetune_epochs=args.finetune_epochs,
+        unfreeze=args.unfreeze,
+        unit=args.unit,
+        head_learning_rate="find" if args.find_lr else args.head_lr,
+        finetune_learning_rate=args.finetune_lr,
+        patience=args.patience,
+        lr_decay=args.lr_decay,
+        warmup=args.warmup,
+        cosine=args.cosine,
+    )
 
 
 def _check_weights_path(weights: str | None, error: type[Exception]) -> None:
@@ -584,14 +652,8 @@ def _train(args: argparse.Namespace) -> int:
     history = tuner.fit(
         train,
         validation_data=validation,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs,
-        unfreeze=args.unfreeze,
-        unit=args.unit,
-        head_learning_rate=args.head_lr,
-        finetune_learning_rate=args.finetune_lr,
-        patience=args.patience,
         verbose=0 if args.quiet else "auto",
+        **_recipe_settings(args),
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
     )
@@ -626,9 +688,14 @@ def _summary(
     saved: Path,
 ) -> str:
     phases = list(history.phases)
+    stages = len(args.unfreeze) if isinstance(args.unfreeze, tuple) else 1
+    tuned = ["finetune"] if stages == 1 else [f"finetune-{i}" for i in range(1, stages + 1)]
     counts = [
         f"{phase} {phases.count(phase)} of {limit}"
-        for phase, limit in (("head", args.head_epochs), ("finetune", args.finetune_epochs))
+        for phase, limit in (
+            ("head", args.head_epochs),
+            *((name, args.finetune_epochs) for name in tuned),
+        )
     ]
     lines = [
         "",
@@ -647,7 +714,8 @@ def _summary(
 
 
 def _planned(args: argparse.Namespace) -> int:
-    return int(args.head_epochs) + (int(args.finetune_epochs) if args.unfreeze else 0)
+    stages = len(args.unfreeze) if isinstance(args.unfreeze, tuple) else int(bool(args.unfreeze))
+    return int(args.head_epochs) + int(args.finetune_epochs) * stages
 
 
 def _bases(args: argparse.Namespace) -> int:
@@ -778,6 +846,10 @@ _FLAG_WORDS: tuple[tuple[str, str], ...] = (
     (r"\bhead_epochs=", "--head-epochs "),
     (r"\bfinetune_epochs=", "--finetune-epochs "),
     (r"\bpatience=", "--patience "),
+    (r"\blr_decay\b", "--lr-decay"),
+    (r"\bwarmup=", "--warmup "),
+    (r"\bwarmup < ", "--warmup < "),
+    (r"\bwarmup must", "--warmup must"),
     (r"\balpha=", "--alpha "),
     (r"\bresume=True", "--resume"),
     (r"\bdrop resume\b", "drop --resume"),

@@ -22,13 +22,23 @@ from finetunekit import (
     distribute,
     freezing,
     heads,
+    schedules,
     tasks,
     training,
 )
 from finetunekit._checks import check_bool, check_choice, check_int
 from finetunekit.classifier import save_model
 from finetunekit.errors import ArgumentTypeError, StepOrderError
-from finetunekit.recipe import DEFAULTS, Phase, PhasePlan, Plan, Recipe, RecipeSettings
+from finetunekit.recipe import (
+    DEFAULTS,
+    FINETUNE,
+    Phase,
+    PhasePlan,
+    Plan,
+    Recipe,
+    RecipeSettings,
+    check_lr_decay,
+)
 from finetunekit.recipe import plan as plan_phases
 from finetunekit.training import FineTuneHistory, PhaseReport
 
@@ -273,28 +283,45 @@ class FineTuner:
 
     def unfreeze(
         self,
-        n: int = DEFAULTS.unfreeze,
+        n: int | None = None,
         *,
         unit: freezing.Unit = "block",
         train_bn: bool = False,
         learning_rate: float | None = None,
+        lr_decay: float | None = None,
     ) -> FineTuner:
         """Step 6: unfreezes the last `n` blocks (or layers) of the base and recompiles.
 
         Args:
-            n: how many blocks or layers of the base, counted from its end.
+            n: how many blocks or layers of the base, counted from its end (default
+                the last stage of `DEFAULTS.unfreeze`, as in `fit`).
             unit: `"block"` or `"layer"` (see `finetunekit.unfreeze_last`).
             train_bn: also train BatchNormalization scale/offset in the unfrozen part.
             learning_rate: the fine-tuning learning rate (default
                 `DEFAULTS.finetune_learning_rate`, as in `fit`).
+            lr_decay: None for one rate; else the k-th unfrozen block from the top
+                trains at `learning_rate * lr_decay**k` (see `finetunekit.schedules`).
+                A later recompile after another trainable change goes back to one rate.
+
+        Example:
+            >>> tuner.unfreeze(3, learning_rate=1e-4, lr_decay=0.5)  # 5e-5, 2.5e-5, 1.25e-5
         """
+        decay = check_lr_decay(lr_decay)
+        n = DEFAULTS.stages[-1] if n is None else n
         freezing.unfreeze_last(self._need_base(), n, unit=unit, train_bn=train_bn)
         if self.model is not None:
             rate = DEFAULTS.finetune_learning_rate if learning_rate is None else learning_rate
             optimizer = self._compile_args.get("optimizer", "adam")
             args = {**self._compile_args, "learning_rate": rate}
-            args["optimizer"] = training.fresh_optimizer(optimizer, learning_rate=rate)
-            self.compile(**args)
+            if decay is None:
+                args["optimizer"] = training.fresh_optimizer(optimizer, learning_rate=rate)
+                self.compile(**args)
+            else:
+                step = Phase(FINETUNE, 1, n, unit, train_bn, rate, False, 0, lr_decay=decay)
+                with self._scope():
+                    args["optimizer"], _ = schedules.phase_optimizer(optimizer, self.model, step)
+                self.compile(**args)
+                self._compile_args["optimizer"] = optimizer  # the template, not the map
         return self
 
     # -- all of it -----------------------------------------------------------------------
@@ -337,8 +364,14 @@ class FineTuner:
                 epochs that ran, and re-raises.
             resume: with True, `checkpoint_dir` must hold a checkpoint (never start afresh).
             **settings: any field of `Recipe`: `head_epochs` (100), `finetune_epochs`
-                (10), `unfreeze` (2), `unit` (`"block"`), `head_learning_rate` (1.5e-2),
-                `finetune_learning_rate` (1e-5), `train_bn` (False), `hidden` (()),
+                (10), `unfreeze` (2, or an increasing tuple such as `(1, 2, 4)` for
+                gradual unfreezing: one fine-tune phase per entry), `unit` (`"block"`),
+                `head_learning_rate` (1.5e-2; `"find"` runs `finetunekit.find_lr` on the
+                head first and trains at its suggestion), `finetune_learning_rate` (1e-5),
+                `lr_decay` (None: one rate; d: the k-th unfrozen block from the top at
+                rate x d**k), `warmup` (0: epochs, or a fraction of each phase),
+                `cosine` (False: the rate of each phase decays along a cosine to 0),
+                `train_bn` (False), `hidden` (()),
                 `dropout` (0.5), `normalize` (None: the task's default),
                 `early_stopping` (True), `patience` (10), `validation_split` (0.2: without
                 `validation_data`, that fraction of the training images is held out by
@@ -361,6 +394,9 @@ class FineTuner:
             >>> history.plan == tuner.plan(head_epochs=5)
             True
         """
+        find = settings.get("head_learning_rate") == "find"
+        if find:
+            settings = {**settings, "head_learning_rate": DEFAULTS.head_learning_rate}
         chosen = Recipe.from_keywords(recipe, **settings)
         user_callbacks = training.check_callbacks(callbacks)
         check_bool("resume", resume)
@@ -373,6 +409,13 @@ class FineTuner:
                 self._need_base(), chosen.hidden, chosen.dropout, "avg", chosen.normalize
             )
         model = self._need_model()
+        run_settings = self._settings(prepared, user_callbacks, verbose)
+        run_settings.augment_views = chosen.views()
+        if find and chosen.head_epochs:
+            from finetunekit.lr_finder import with_found_rate
+
+            rate = with_found_rate(self, prepared, run_settings)
+            chosen = dataclasses.replace(chosen, head_learning_rate=rate)
         phases = chosen.phases(validation=prepared.has_validation)
         planned = plan_phases(model, phases)  # also checks `unfreeze` against the base
         if checkpoint_dir is not None:  # after _prepare: classes and size are known then
@@ -380,11 +423,9 @@ class FineTuner:
                 checkpoints.describe_call(self, chosen),
                 checkpoints.fingerprint(train, y, validation_data),
             )
-        shared = self._settings(prepared, user_callbacks, verbose)
-        shared.augment_views = chosen.views()
         try:
             history = training.run_phases(
-                model, phases, prepared, shared, plan=planned, tracker=tracker
+                model, phases, prepared, run_settings, plan=planned, tracker=tracker
             )
         except KeyboardInterrupt:
             if tracker.history is not None:
@@ -424,6 +465,8 @@ class FineTuner:
             ConfigError: a setting out of range, or `unfreeze` larger than the base.
             StepOrderError: `num_classes` is unknown (pass it to the constructor).
         """
+        if settings.get("head_learning_rate") == "find":  # known once fit has seen the data
+            settings = {**settings, "head_learning_rate": DEFAULTS.head_learning_rate}
         chosen = Recipe.from_keywords(recipe, **settings)
         model = self.model
         if model is None:

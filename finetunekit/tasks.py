@@ -345,7 +345,8 @@ def _output_activation(model: keras.Model) -> str | None:
     return getattr(activation, "__name__", None) if activation is not None else None
 
 
-def _optimizer(optimizer: str | keras.optimizers.Optimizer, learning_rate: float) -> Any:
+def new_optimizer(optimizer: str | keras.optimizers.Optimizer, learning_rate: Any) -> Any:
+    """The optimizer a name stands for, at `learning_rate` (an instance is returned as is)."""
     if isinstance(optimizer, keras.optimizers.Optimizer):
         return optimizer
     if not isinstance(optimizer, str) or optimizer.lower() not in _OPTIMIZERS:
@@ -360,7 +361,7 @@ def compile_for(
     model: keras.Model,
     task: str | Task = "multiclass",
     *,
-    learning_rate: float = 1e-3,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
     optimizer: str | keras.optimizers.Optimizer = "adam",
     label_mode: str = "int",
     metrics: list[Any] | None = None,
@@ -375,7 +376,8 @@ def compile_for(
         model: the full model (e.g. from `add_head`).
         task: `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`.
         learning_rate: learning rate of the new optimizer; lower (1e-5..1e-4) when
-            fine-tuning unfrozen base layers.
+            fine-tuning unfrozen base layers. A `keras.optimizers.schedules`
+            schedule (e.g. `CosineDecay` with a warm-up) varies it over the steps.
         optimizer: `"adam"`, `"adamw"`, `"sgd"`, `"rmsprop"`, `"nadam"`, or an optimizer
             instance (used as is; `learning_rate` is then ignored). An instance already
             built for other variables (e.g. reused after unfreezing) is refused.
@@ -401,9 +403,15 @@ def compile_for(
         )
     spec = get_task(task)
     label_mode = spec.label_mode_for(label_mode)
-    check_float(
-        "learning_rate", learning_rate, low=0, expected="a positive finite number, e.g. 1e-3"
-    )
+    schedule = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+    if not schedule:
+        check_float(
+            "learning_rate",
+            learning_rate,
+            low=0,
+            expected="a positive finite number, e.g. 1e-3, or a keras.optimizers.schedules "
+            "schedule",
+        )
     units = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
     activation = _output_activation(model)
     spec.check_output(units, activation)
@@ -412,18 +420,18 @@ def compile_for(
     )
     _check_optimizer_fits(optimizer, model)
     model.compile(
-        optimizer=_optimizer(optimizer, float(learning_rate)),
+        optimizer=new_optimizer(optimizer, learning_rate if schedule else float(learning_rate)),
         loss=loss,
         metrics=default_metrics if metrics is None else metrics,
     )
     _COMPILED_WITH[model] = _trainable_signature(model)
     _guard_fit(model)
     logger.info(
-        "compiled %s for %s (label_mode=%s, learning_rate=%g, %d trainable weights)",
+        "compiled %s for %s (label_mode=%s, learning_rate=%s, %d trainable weights)",
         model.name,
         spec.name,
         label_mode,
-        learning_rate,
+        type(learning_rate).__name__ if schedule else f"{learning_rate:g}",
         len(model.trainable_variables),
     )
     return model

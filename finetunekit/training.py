@@ -26,10 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import _orders, caching, checkpoints, freezing, tasks
+from finetunekit import _orders, caching, checkpoints, freezing, schedules, tasks
 from finetunekit.data import Prepared
 from finetunekit.errors import ArgumentTypeError
-from finetunekit.recipe import FINETUNE, HEAD, Phase, Plan
+from finetunekit.recipe import HEAD, Phase, Plan, is_finetune
 
 __all__ = [
     "FineTuneHistory",
@@ -74,7 +74,8 @@ class FineTuneHistory(keras.callbacks.History):
     Attributes:
         history: metric name -> one value per epoch, all phases in order.
         epoch: the epoch indices.
-        phases: the phase of every epoch (`"head"` or `"finetune"`).
+        phases: the phase of every epoch (`"head"`, `"finetune"`, or `"finetune-1"`,
+            `"finetune-2"`, ... when unfreezing gradually).
         unfreeze_epoch: index of the first fine-tune epoch (None when there was none).
         plan: the `Plan` that ran (the same `FineTuner.plan` gives for the same keywords).
         reports: a `PhaseReport` per phase, in order.
@@ -93,7 +94,7 @@ class FineTuneHistory(keras.callbacks.History):
 
     @property
     def unfreeze_epoch(self) -> int | None:
-        return self.phases.index(FINETUNE) if FINETUNE in self.phases else None
+        return next((i for i, name in enumerate(self.phases) if is_finetune(name)), None)
 
     def plot(self, path: str | os.PathLike[str], **options: Any) -> Path:
         """Draws loss and the main metric per epoch, each phase shaded, every unfreeze marked.
@@ -258,15 +259,24 @@ def build_optimizer(model: keras.Model, settings: Settings) -> None:
             optimizer.build(model.trainable_variables)
 
 
-def compile_phase(model: keras.Model, phase: Phase, settings: Settings) -> None:
-    """Sets what trains in `phase` and compiles a fresh optimizer at its rate."""
+def compile_phase(
+    model: keras.Model, phase: Phase, settings: Settings, steps_per_epoch: int | None = None
+) -> None:
+    """Sets what trains in `phase` and compiles a fresh optimizer at its rates.
+
+    The rates per block and over time come from `schedules.phase_optimizer`;
+    `steps_per_epoch` is needed when the phase warms up or decays.
+    """
     freezing.set_trainable(model, phase.unfreeze, unit=phase.unit, train_bn=phase.train_bn)
     with settings.scope():
+        optimizer, rate = schedules.phase_optimizer(
+            settings.optimizer, model, phase, steps_per_epoch
+        )
         tasks.compile_for(
             model,
             settings.task,
-            learning_rate=phase.learning_rate,
-            optimizer=fresh_optimizer(settings.optimizer, phase.learning_rate),
+            learning_rate=rate,
+            optimizer=optimizer,
             label_mode=settings.label_mode,
             metrics=settings.metrics,
         )
@@ -473,7 +483,7 @@ def run_phases(
         for i, phase in enumerate(phases):
             if tracker.skips(i):
                 continue
-            compile_phase(model, phase, settings)
+            compile_phase(model, phase, settings, _steps_per_epoch(phase, run, i, data, settings))
             report, phase_history = run_phase(model, phase, data, settings, run=run, index=i)
             history.extend(phase.name, phase_history)
             history.reports.append(report)
@@ -504,6 +514,23 @@ def _on_interrupt(
     return False  # the exception goes on
 
 
+def _steps_per_epoch(
+    phase: Phase, run: _Run, index: int, data: Prepared, settings: Settings
+) -> int | None:
+    """Optimizer steps in one epoch of a phase (only counted when its rate varies)."""
+    if not phase.warmup and not phase.cosine:
+        return None
+    stored = run.stored.get(index)
+    if stored is not None:
+        part: caching.Part = "train" if data.holdout > 0 else "all"
+        return max(-(-stored.train.count(part) // settings.batch_size(stored.train.batch_size)), 1)
+    images, _ = data.datasets()
+    count = int(images.cardinality())
+    if count < 0:  # unknown length: counted once, on the labels
+        count = int(images.map(lambda *batch: 0).reduce(0, lambda n, _: n + 1))
+    return max(count, 1)
+
+
 def run_phase(
     model: keras.Model,
     phase: Phase,
@@ -525,7 +552,7 @@ def run_phase(
     tasks.check_compiled(model)
     run = run if run is not None else _Run()
     start = time.perf_counter()
-    callbacks = list(settings.callbacks)
+    callbacks = [schedules.LogRate(), *settings.callbacks]
     validating = data.has_validation
     stopper = None
     if phase.early_stopping and validating:
@@ -654,7 +681,7 @@ def _fit_stored(
 def _banner(
     phase: Phase, model: keras.Model, stored: _Stored | None, why: str | None
 ) -> str:
-    if phase.name not in (HEAD, FINETUNE):  # FineTuner.train: the model as it is
+    if phase.name != HEAD and not is_finetune(phase.name):  # FineTuner.train: the model as is
         trains = "what is trainable now"
     elif not phase.trains_base:
         trains = "the head"
@@ -668,8 +695,15 @@ def _banner(
         else f"not cached: {why}"
     )
     stop = f", early stopping (patience {phase.patience})" if phase.early_stopping else ""
+    rate = f"lr {phase.learning_rate:g}"
+    if phase.lr_decay is not None and phase.trains_base:
+        rate += f" (block k from the top x{phase.lr_decay:g}^k)"
+    shape = [f"warm-up {phase.warmup:g} epochs"] if phase.warmup else []
+    shape += ["cosine decay"] if phase.cosine else []
+    if shape:
+        rate += f" ({', '.join(shape)})"
     return (
-        f"{phase.name} phase: trains {trains} at lr {phase.learning_rate:g}, up to "
+        f"{phase.name} phase: trains {trains} at {rate}, up to "
         f"{phase.epochs} epochs{stop}; {how}"
     )
 

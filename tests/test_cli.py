@@ -62,6 +62,8 @@ def test_bases_without_a_match_is_an_error(capsys):
         (["train", "d", "--head-epochs", "-1"], "--head-epochs: expected an integer >= 0"),
         (["train", "d", "--base-arg", "alpha"], "expected KEY=VALUE"),
         (["train", "d", "--unit", "row"], "invalid choice: 'row'"),
+        (["train", "d", "--unfreeze", "2,1"], "expected increasing positive integers"),
+        (["train", "d", "--unfreeze", "1,x"], "or increasing integers such as 1,2,4"),
     ],
 )
 def test_usage_errors_print_one_line_and_exit_2(capsys, argv, expected):
@@ -269,6 +271,8 @@ def test_out_is_checked_before_training(capsys, tmp_path, no_training, out, expe
         (["--validation-split", "1"], "--validation-split must be in [0, 1)"),
         (["--head-lr", "0"], "--head-lr must be a positive number"),
         (["--weights", "nope.h5"], "--weights 'nope.h5': no such file"),
+        (["--lr-decay", "0"], "--lr-decay must be None or a factor in (0, 1]"),
+        (["--finetune-epochs", "2", "--warmup", "2"], "--warmup 2 epochs is not shorter"),
     ],
 )
 def test_other_arguments_are_checked_before_training(
@@ -411,3 +415,22 @@ def test_train_checkpoints_and_resume(capsys, tmp_path, caplog):
     assert main([*argv, "--checkpoint-dir", str(folder), "--head-epochs", "2"]) == 1
     message = _one_error_line(capsys.readouterr().err)
     assert "head_epochs: stored 1, asked 2" in message and "new --checkpoint-dir" in message
+
+
+def test_train_unfreezes_gradually_with_per_block_rates_and_a_found_rate(capsys, tmp_path):
+    root = shapes_folder(tmp_path / "data")
+    out = tmp_path / "model.keras"
+    argv = [
+        "train", str(root), "--weights", "none", "--alpha", "0.35", "--image-size", "32",
+        "--head-epochs", "1", "--finetune-epochs", "1", "--unfreeze", "1,2", "--lr-decay",
+        "0.5", "--warmup", "0.5", "--cosine", "--find-lr", "--batch-size", "4",
+        "--validation-split", "0.25", "--out", str(out),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "epochs per phase: head 1 of 1, finetune-1 1 of 1, finetune-2 1 of 1" in printed
+    recipe = finetunekit.load(out).info.recipe
+    assert recipe["unfreeze"] == [1, 2] and recipe["lr_decay"] == 0.5
+    assert recipe["warmup"] == 0.5 and recipe["cosine"] is True
+    assert recipe["head_learning_rate"] != finetunekit.DEFAULTS.head_learning_rate
+    assert isinstance(keras.models.load_model(out).optimizer, keras.optimizers.MultiOptimizer)

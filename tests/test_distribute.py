@@ -58,9 +58,9 @@ print("REPORT " + json.dumps(report))
 
 def _report(script: str, tmp_path, *args: str) -> dict:
     """Runs `script` in a fresh interpreter (logical devices come first) and reads its REPORT."""
-    # This checkout's finetunekit, not whichever one is installed.
+    # This checkout's finetunekit, whatever the environment has installed.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
     done = subprocess.run(
         [sys.executable, "-c", script, *args],
@@ -160,3 +160,50 @@ def test_phases_under_mirrored_strategy_cached_and_not(tmp_path):
     assert report["arrays_True"] == [True, True] and report["arrays_False"] == [False, False]
     assert report["max_diff"] < 1e-4, report["max_diff"]
     assert report["moved_True"] > 1e-6  # the fine-tune phase trained the base: a real check
+
+
+RATES_SCRIPT = r"""
+import json
+import numpy as np
+import tensorflow as tf
+
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras
+import finetunekit as ftk
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, (32, 32, 32, 3)).astype("float32")
+y = rng.integers(0, 3, 32)
+report = {}
+for cache in (True, False):
+    tuner = ftk.FineTuner(
+        "mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3), alpha=0.35,
+        strategy=strategy, cache=cache, seed=0,
+    )
+    history = tuner.fit(
+        x, y, head_epochs=2, finetune_epochs=2, lr_decay=0.5, warmup=1, batch_size=8, verbose=0,
+    )
+    optimizer = tuner.model.optimizer
+    report[str(cache)] = {
+        "optimizer": type(optimizer).__name__,
+        "groups": len(optimizer.optimizers),
+        "steps": [int(o.iterations.numpy()) for o in optimizer.optimizers],
+        "in_scope": all(strategy.extended.variable_created_in_scope(v.value)
+                        for v in optimizer.variables),
+        "rates": history.history["learning_rate"],
+    }
+print("REPORT " + json.dumps(report))
+"""
+
+
+def test_per_block_rates_and_warmup_under_mirrored_strategy(tmp_path):
+    report = _report(RATES_SCRIPT, tmp_path)
+    for cache in ("True", "False"):
+        run = report[cache]
+        assert run["optimizer"] == "MultiOptimizer" and run["groups"] == 3
+        assert len(set(run["steps"])) == 1 and run["steps"][0] > 0  # every group stepped
+        assert run["in_scope"]
+        assert run["rates"][0] == 0.0 and abs(run["rates"][1] - 1.5e-2) < 1e-6  # warm-up
