@@ -528,7 +528,7 @@ def _check_weights_path(weights: str | None, error: type[Exception]) -> None:
 def _check_out(out: str) -> None:
     from finetunekit.errors import ConfigError
 
-    path = Path(out)
+    path = Path(out).expanduser()
     if path.is_dir():
         raise ConfigError(f"--out {out!r} is a folder; give a file name such as 'model.keras'.")
     if path.suffix != ".keras":
