@@ -22,6 +22,7 @@ __all__ = [
     "DataNotFoundError",
     "StepOrderError",
     "MissingExtraError",
+    "TrainingDivergedError",
 ]
 
 
@@ -71,6 +72,10 @@ class DataNotFoundError(FinetuneKitError, FileNotFoundError):
 
 class StepOrderError(FinetuneKitError, RuntimeError):
     """A step was called before the step it depends on (e.g. `train` before `add_head`)."""
+
+
+class TrainingDivergedError(FinetuneKitError, ArithmeticError):
+    """The loss became NaN or infinite during training (learning rate, float16)."""
 
 
 class MissingExtraError(FinetuneKitError, ImportError):

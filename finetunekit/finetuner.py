@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 from typing_extensions import Unpack
 
-from finetunekit import bases, caching, data, freezing, heads, tasks, training
+from finetunekit import bases, caching, data, freezing, heads, structure, tasks, training
 from finetunekit._checks import check_bool, check_choice, check_int
 from finetunekit.classifier import save_model
 from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
@@ -147,12 +147,21 @@ class FineTuner:
     # -- the six steps -------------------------------------------------------------------
 
     def load_base(self) -> FineTuner:
-        """Step 1: loads the base (see `finetunekit.load_base`)."""
+        """Step 1: loads the base (see `finetunekit.load_base`).
+
+        The base of a full model (e.g. another tuner's `model`) is copied, so training
+        this tuner leaves that model as it was; a bare base is trained in place.
+        """
         with self._scope():
             self.base = bases.load_base(
                 self._base_arg, weights=self.weights, input_shape=self.input_shape,
                 **self.base_kwargs,
             )
+            if isinstance(self._base_arg, keras.Model) and self.base is not self._base_arg:
+                logger.info("copying the base of %r: it stays as it was", self._base_arg.name)
+                copy = keras.models.clone_model(self.base)
+                copy.set_weights(self.base.get_weights())
+                self.base = copy
         return self
 
     def freeze(self, *, train_bn: bool = False) -> FineTuner:
@@ -253,9 +262,10 @@ class FineTuner:
         rate = float(self._compile_args.get("learning_rate", 1e-3))
         step = Phase(phase, epochs, 0, "block", False, rate, early_stopping, patience)
         run = training.new_run(model, step)
-        self._last_report, self.history = training.run_phase(
-            model, step, prepared, self._settings(prepared, callbacks, verbose), run=run
-        )
+        with prepared.errors():  # a bad label or NaN image past the first batches
+            self._last_report, self.history = training.run_phase(
+                model, step, prepared, self._settings(prepared, callbacks, verbose), run=run
+            )
         return self
 
     def unfreeze(
@@ -347,10 +357,11 @@ class FineTuner:
         model = self._need_model()
         phases = chosen.phases(validation=prepared.has_validation)
         planned = plan_phases(model, phases)  # also checks `unfreeze` against the base
-        history = training.run_phases(
-            model, phases, prepared, self._settings(prepared, user_callbacks, verbose),
-            plan=planned,
-        )
+        with prepared.errors():  # a bad label or NaN image past the first batches
+            history = training.run_phases(
+                model, phases, prepared, self._settings(prepared, user_callbacks, verbose),
+                plan=planned,
+            )
         last = phases[-1] if phases else None
         self._compile_args = {
             "learning_rate": last.learning_rate if last else DEFAULTS.head_learning_rate,
@@ -477,7 +488,7 @@ class FineTuner:
         prepared = data.prepare(
             train, y, task=self._task, num_classes=self.num_classes,
             validation_data=validation_data, holdout=holdout, batch_size=batch_size,
-            seed=self.seed,
+            seed=self.seed, raw_pixels=self._takes_raw_pixels(),
         )
         if self.base is None:
             if self.input_shape is None and not isinstance(self._base_arg, keras.Model):
@@ -491,6 +502,14 @@ class FineTuner:
             logger.info("labels are %s: recompiling with the matching loss", prepared.label_mode)
             self.compile(**{**self._compile_args, "label_mode": prepared.label_mode})
         return prepared
+
+    def _takes_raw_pixels(self) -> bool:
+        """Whether the model is known to take raw 0-255 pixels (a registry base, or a model
+        holding finetunekit's preprocessing); a model of the user's own may not."""
+        if isinstance(self._base_arg, str) and not bases._looks_like_path(self._base_arg):
+            return True
+        model = self.base if self.base is not None else self._base_arg
+        return isinstance(model, keras.Model) and structure.has_preprocessing(model)
 
     def _settings(
         self, prepared: data.Prepared, callbacks: Any, verbose: Any

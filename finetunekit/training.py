@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetunekit import caching, freezing, tasks
+from finetunekit._nan import RaiseOnNaN
 from finetunekit.data import Prepared
 from finetunekit.errors import ArgumentTypeError
 from finetunekit.recipe import FINETUNE, HEAD, Phase, Plan
@@ -489,7 +490,7 @@ def run_phase(
     tasks.check_compiled(model)
     run = run if run is not None else _Run()
     start = time.perf_counter()
-    callbacks = list(settings.callbacks)
+    callbacks = [*settings.callbacks, RaiseOnNaN(phase.name, phase.learning_rate)]
     validating = data.has_validation
     if phase.early_stopping and validating:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=phase.patience))
