@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from finetunekit import caching, freezing, tasks
 from finetunekit._nan import RaiseOnNaN
-from finetunekit.data import Prepared
+from finetunekit.data import Prepared, warn_lost_classes
 from finetunekit.errors import ArgumentTypeError
 from finetunekit.recipe import FINETUNE, HEAD, Phase, Plan
 
@@ -413,6 +413,8 @@ def _fill(
         )
     elif holdout and (train.count("held_out") == 0 or train.count("train") == 0):
         data.no_holdout()
+    elif holdout:
+        warn_lost_classes(train.labels, train.held_out_mask(), settings.task.name)
     for i, split in splits.items():
         run.stored[i] = _Stored(split, train, validation, unique[id(split.prefix.output)])
     run.fill_seconds = time.perf_counter() - start

@@ -79,7 +79,9 @@ class Prepared:
         if self.holdout <= 0:
             return self.train, self.validation
         if self._split is None:
-            kept, held = split_by_content(self.train, self.holdout, self.batch_size)
+            kept, held = split_by_content(
+                self.train, self.holdout, self.batch_size, task_name=self.task_name
+            )
             if int(kept.cardinality()) == 0 or int(held.cardinality()) == 0:
                 self.no_holdout()
                 self._split = (self.train, None)
