@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import bases
+from finetunekit import bases, structure
 from finetunekit import data as ftk_data
 from finetunekit._atomic import expand, write_beside
 from finetunekit._version import __version__
@@ -441,12 +441,25 @@ class Classifier:
     def outputs(self, images: Any, *, batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
         """The model's raw outputs for `images` (see `predict`), and the file of each."""
         dataset, sources = image_dataset(images, self.input_size, batch_size=batch_size)
+        if sources and sources[0] is None:  # arrays: files are 0-255 by construction
+            self.check_pixels(next(iter(dataset.take(1))), "images")
         try:
             outputs = self.model.predict(dataset, verbose=0)
         except tf.errors.InvalidArgumentError as exc:
             # Files are decoded once, while predicting; only a failure reads them again.
             raise _decode_failure(sources) from exc
         return np.asarray(outputs, dtype="float32").reshape(len(sources), -1), sources
+
+    def check_pixels(self, images: Any, what: str) -> None:
+        """Checks a sample of images against the raw 0-255 promise (see `data.check_pixels`).
+
+        An error for a model known to take raw pixels (it holds finetunekit's
+        preprocessing, or was saved by finetunekit from a named base), else a warning.
+        """
+        raw = structure.has_preprocessing(self.model) or (
+            self.info is not None and self.info.base is not None
+        )
+        ftk_data.check_pixels(images, what, raw=raw)
 
     def predict(self, images: Any, *, top: int = 1, batch_size: int = 32) -> Predictions:
         """Predicts the classes of images, files or a folder.
