@@ -347,6 +347,7 @@ class FineTuner:
         """
         chosen = Recipe.from_keywords(recipe, **settings)
         user_callbacks = training.check_callbacks(callbacks)
+        self._check_unfreeze_before_data(chosen)
         holdout = chosen.validation_split if chosen.early_stopping else 0.0
         prepared = self._prepare(train, y, validation_data, chosen.batch_size, holdout=holdout)
         self.freeze()
@@ -502,6 +503,20 @@ class FineTuner:
             logger.info("labels are %s: recompiling with the matching loss", prepared.label_mode)
             self.compile(**{**self._compile_args, "label_mode": prepared.label_mode})
         return prepared
+
+    def _check_unfreeze_before_data(self, chosen: Recipe) -> None:
+        """`unfreeze` against the base before any image is read, when the base does not
+        wait for the data's image size (`input_shape` given, or a model); otherwise the
+        plan checks it once the base is built, still before anything trains."""
+        if self.base is None and (
+            self.input_shape is not None or isinstance(self._base_arg, keras.Model)
+        ):
+            self.load_base()
+        if self.base is not None and chosen.unfreeze and chosen.finetune_epochs:
+            with freezing.restoring(self.base):
+                freezing.unfreeze_last(
+                    self.base, chosen.unfreeze, unit=chosen.unit, train_bn=chosen.train_bn
+                )
 
     def _takes_raw_pixels(self) -> bool:
         """Whether the model is known to take raw 0-255 pixels (a registry base, or a model

@@ -12,7 +12,7 @@ import tensorflow as tf
 from _colors import COLOURS, colour_model, pixels, write_image
 
 import finetunekit as ftk
-from finetunekit import bases, data
+from finetunekit import bases, data, training
 from finetunekit._nan import RaiseOnNaN
 from finetunekit.errors import ConfigError, DataError, TrainingDivergedError
 
@@ -102,7 +102,7 @@ def test_array_labels_are_checked_in_full_before_anything_trains(images, monkeyp
     x, y = images
     y = y.copy()
     y[150] = 7
-    monkeypatch.setattr(ftk.FineTuner, "load_base", lambda self: pytest.fail("base loaded"))
+    monkeypatch.setattr(training, "run_phases", lambda *a, **k: pytest.fail("training began"))
     with pytest.raises(DataError, match="Label 7 is out of range for 3 classes"):
         tuner().fit(x, y, **FAST)
 
@@ -224,6 +224,12 @@ def test_a_tuner_on_another_tuners_model_leaves_that_model_alone(images):
     assert second.base is not first.base
     after = first.model.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_unfreeze_is_checked_against_the_base_before_any_image_is_read(monkeypatch):
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(ConfigError, match="n=1000 but the base"):
+        tuner().fit(np.zeros((4, 32, 32, 3)), np.arange(4) % 3, unfreeze=1000)
 
 
 def test_a_folder_named_like_a_base_does_not_hijack_the_name(tmp_path, monkeypatch):
