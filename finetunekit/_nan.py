@@ -60,6 +60,6 @@ class RaiseOnNaN(keras.callbacks.TerminateOnNaN):
                 f"diverged: lower the learning rate{rate} (e.g. by 10x)."
             )
         raise TrainingDivergedError(
-            f"The loss became {value} in the {self.phase} phase (epoch {self._epoch + 1}, "
-            f"batch {batch + 1}); training stopped. {cause}"
+            f"The loss became {value} in epoch {self._epoch + 1} of the {self.phase} phase; "
+            f"training stopped. {cause}"
         )

@@ -350,8 +350,9 @@ def _load_saved(path: Path, *, otherwise: str | None = _BASE_NAME_INSTEAD) -> ke
         raise WeightsNotFoundError(f"No saved model at {str(path)!r}. Check the path{alternative}.")
     if path.is_file() and path.suffix == ".keras" and not zipfile.is_zipfile(path):
         raise ConfigError(
-            f"{str(path)!r} is not a complete '.keras' archive (cut short by an interrupted "
-            "save or copy, or not a Keras file). Save or copy it again with "
+            f"Could not read a Keras model from {str(path)!r}: it is not a complete '.keras' "
+            "archive (cut short by an interrupted save or copy, or not a Keras file). Save or "
+            "copy it again with "
             f"model.save('name.keras'){alternative}."
         )
     try:
