@@ -63,10 +63,10 @@ def check_pixels(images: Any, what: str, *, raw: bool = True) -> None:
         DataError: NaN or infinite pixels; with `raw`, negative pixels or all of them
             within [0, 1].
     """
-    sample = np.asarray(images, dtype="float64")
+    sample = np.asarray(images)  # no copy: a batch of 32 at 224 px is checked in ms
     if sample.size == 0:
         return
-    if not np.isfinite(sample).all():
+    if np.issubdtype(sample.dtype, np.floating) and not np.isfinite(sample).all():
         raise DataError(
             f"{what}: the images hold NaN or infinite pixel values. Clean or drop those "
             "images first (e.g. ds.filter(lambda x, y: tf.reduce_all(tf.math.is_finite(x))))."
@@ -166,17 +166,18 @@ def guard_labels(
             ok = tf.logical_and(ok, tf.reduce_all(values <= high))
         if whole:
             ok = tf.logical_and(ok, tf.reduce_all(tf.equal(values, tf.floor(values))))
-        finite = tf.reduce_all(tf.math.is_finite(tf.cast(images, tf.float32)))
+        # One sum is finite iff every pixel is (0-255 values cannot overflow float32).
+        finite = tf.math.is_finite(tf.reduce_sum(tf.cast(images, tf.float32)))
         asserts = [
             tf.debugging.Assert(
                 ok, [f"{_MARK}:labels:{what}:", tf.reduce_min(values), tf.reduce_max(values)]
             ),
             tf.debugging.Assert(finite, [f"{_MARK}:images:{what}:"]),
         ]
-        with tf.control_dependencies(asserts):
-            return (tf.identity(images), tf.identity(labels), *rest)
+        with tf.control_dependencies(asserts):  # the labels wait for both checks
+            return (images, tf.identity(labels), *rest)
 
-    return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 @contextlib.contextmanager
