@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,7 +333,11 @@ def load_base(
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.endswith((".keras", ".h5")) or os.sep in text or os.path.exists(text)
+    """Whether a base string is a path. A registry name is a name even when a folder or
+    file of that name exists in the working folder (write `./mobilenet_v2` for that)."""
+    if text.endswith((".keras", ".h5")) or os.sep in text:
+        return True
+    return os.path.exists(text) and _normalize(text) not in _BY_KEY
 
 
 _BASE_NAME_INSTEAD = "pass a base name such as 'mobilenet_v2' (see finetunekit.list_bases())"
@@ -343,6 +348,13 @@ def _load_saved(path: Path, *, otherwise: str | None = _BASE_NAME_INSTEAD) -> ke
     alternative = f", or {otherwise}" if otherwise else ""
     if not path.exists():
         raise WeightsNotFoundError(f"No saved model at {str(path)!r}. Check the path{alternative}.")
+    if path.is_file() and path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ConfigError(
+            f"Could not read a Keras model from {str(path)!r}: it is not a complete '.keras' "
+            "archive (cut short by an interrupted save or copy, or not a Keras file). Save or "
+            "copy it again with "
+            f"model.save('name.keras'){alternative}."
+        )
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for unreadable files
@@ -511,6 +523,7 @@ def _weights_file_model(weights: str | os.PathLike[str], reference: keras.Model)
             f"weights must be 'imagenet', None, or a path to a .h5/.weights.h5/.keras file; "
             f"received {str(weights)!r}."
         )
+    _check_weights_file(path)
     if path.suffix == ".keras":
         return structure.find_base(_load_saved(path))
     try:
@@ -526,8 +539,81 @@ def _weights_file_model(weights: str | os.PathLike[str], reference: keras.Model)
     return reference
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ZIP_SIGNATURE = b"PK\x03\x04"
+
+
+def _check_weights_file(path: Path) -> None:
+    """Names what is wrong with a weights path that is not a readable file of its kind.
+
+    Without this, every unreadable file would be reported as weights that "do not fit".
+
+    Raises:
+        ConfigError: a folder, a `.keras` archive named `.h5` (or the reverse), a file
+            cut short, or a file of no weights format.
+    """
+    if path.is_dir():
+        raise ConfigError(
+            f"weights={str(path)!r} is a folder; pass the weights file inside it (a .h5, "
+            ".weights.h5 or .keras file)."
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    kind = "zip" if head.startswith(_ZIP_SIGNATURE) else "hdf5" if head == _HDF5_SIGNATURE else ""
+    if path.suffix == ".keras" and kind == "hdf5":
+        raise ConfigError(
+            f"weights={str(path)!r} is an HDF5 weights file named '.keras'; rename it to "
+            f"{str(path.with_suffix('.h5'))!r}."
+        )
+    if path.suffix in (".h5", ".hdf5") and kind == "zip":
+        raise ConfigError(
+            f"weights={str(path)!r} is a Keras '.keras' archive named '{path.suffix}'; rename "
+            f"it to {str(path.with_suffix('.keras'))!r} (or pass it as the base itself)."
+        )
+    if kind == "" and path.suffix != ".keras":
+        raise ConfigError(
+            f"weights={str(path)!r} is not an HDF5 weights file (it starts with {head!r}); "
+            "pass a .h5, .weights.h5 or .keras file saved by Keras."
+        )
+    if kind == "hdf5":
+        import h5py
+
+        try:
+            h5py.File(path, "r").close()
+        except OSError as exc:
+            what = "is cut short (an interrupted download or copy?)" if "truncated" in str(
+                exc
+            ) else "cannot be read as HDF5"
+            raise ConfigError(
+                f"weights={str(path)!r} {what}: {exc}. Download or copy it again."
+            ) from exc
+
+
+def _broken_cached_weights() -> list[str]:
+    """The weight files in the Keras cache folder that do not open (cut-short downloads)."""
+    import h5py
+
+    folder = Path(structure.keras_cache_dir())
+    broken = []
+    for path in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
+        try:
+            h5py.File(path, "r").close()
+        except OSError:
+            broken.append(str(path))
+    return broken
+
+
 def _download_error(exc: BaseException) -> WeightsUnavailableError:
     match = re.search(r"(https?://\S+?)(?::\s|\s|$)", str(exc))
+    broken = [] if match else _broken_cached_weights()
+    if broken:
+        return WeightsUnavailableError(
+            f"The ImageNet weights in the Keras cache cannot be read ({exc}): "
+            f"{', '.join(repr(p) for p in broken)} "
+            f"{'is' if len(broken) == 1 else 'are'} cut short (an interrupted download?). "
+            "Delete the file so that Keras downloads it again, or pass weights=PATH to a "
+            "good copy."
+        )
     url = match.group(1) if match else "(unknown URL)"
     filename = url.rstrip("/").rsplit("/", 1)[-1]
     cache = structure.keras_cache_dir()

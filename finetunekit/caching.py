@@ -519,6 +519,12 @@ class FeatureCache:
         """Examples in a part: `"all"`, `"train"` (not held out) or `"held_out"`."""
         return len(self._parts[part])
 
+    def held_out_mask(self) -> np.ndarray:
+        """One bool per example: whether the content split holds it out."""
+        mask = np.zeros(len(self.labels), bool)
+        mask[self._parts["held_out"]] = True
+        return mask
+
     @property
     def spilled(self) -> bool:
         return bool(self.paths)

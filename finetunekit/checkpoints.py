@@ -24,14 +24,12 @@ renamed over it (`os.replace`): a kill during a write leaves the previous checkp
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetunekit._atomic import write_beside
 from finetunekit.errors import CheckpointError
 
 __all__ = ["Tracker", "describe_call", "fingerprint", "read", "write_atomically", "FILE", "FORMAT"]
@@ -515,16 +514,7 @@ def write_atomically(path: str | os.PathLike[str], write: Any) -> None:
     The file is flushed to disk before the rename, so `path` is always either the old
     file or the complete new one; on an error the temporary file is removed.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
+    with write_beside(Path(path), log=False) as temporary, open(temporary, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())

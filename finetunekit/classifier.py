@@ -14,7 +14,6 @@ import csv
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,8 +24,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import bases
+from finetunekit import bases, structure
 from finetunekit import data as ftk_data
+from finetunekit._atomic import expand, write_beside
 from finetunekit._version import __version__
 from finetunekit.data import _arrays, _folders
 from finetunekit.errors import (
@@ -166,7 +166,7 @@ def _check_class_names(class_names: Any, task: str, units: int) -> tuple[str, ..
 def _keras_path(path: Any, what: str = "path") -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"{what} must be a str or os.PathLike; received {path!r}.")
-    target = Path(os.fspath(path))
+    target = expand(path)
     if target.suffix != ".keras":
         raise ConfigError(
             f"finetunekit saves Keras 3 '.keras' files; received {str(target)!r}. Use a name "
@@ -187,7 +187,8 @@ def save_model(
     """Saves a model as a `.keras` file that also holds its class names.
 
     The file is written beside the target and renamed over it, so a failed save leaves
-    what was there. `keras.models.load_model` loads it as any `.keras` file;
+    what was there (and no partial file); replacing an existing file is logged. `~` is
+    expanded. `keras.models.load_model` loads it as any `.keras` file;
     `finetunekit.load` also returns the class names, task, base and input size.
 
     Args:
@@ -229,20 +230,10 @@ def save_model(
         entry = info.to_json()
     except TypeError as exc:
         raise ConfigError(f"recipe must hold JSON values (numbers, strings, lists): {exc}") from exc
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Keras needs the '.keras' ending on the temporary name too.
-    handle, temp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=".keras", dir=target.parent
-    )
-    os.close(handle)
-    temp = Path(temp_name)
-    try:
+    with write_beside(target) as temp:  # Keras needs the '.keras' ending: it is kept
         model.save(temp)
         with zipfile.ZipFile(temp, "a") as archive:
             archive.writestr(INFO_ENTRY, entry)
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
     logger.info("saved %s (%d classes) to %s", model.name, len(info.class_names), target)
     return target
 
@@ -450,12 +441,25 @@ class Classifier:
     def outputs(self, images: Any, *, batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
         """The model's raw outputs for `images` (see `predict`), and the file of each."""
         dataset, sources = image_dataset(images, self.input_size, batch_size=batch_size)
+        if sources and sources[0] is None:  # arrays: files are 0-255 by construction
+            self.check_pixels(next(iter(dataset.take(1))), "images")
         try:
             outputs = self.model.predict(dataset, verbose=0)
         except tf.errors.InvalidArgumentError as exc:
             # Files are decoded once, while predicting; only a failure reads them again.
             raise _decode_failure(sources) from exc
         return np.asarray(outputs, dtype="float32").reshape(len(sources), -1), sources
+
+    def check_pixels(self, images: Any, what: str) -> None:
+        """Checks a sample of images against the raw 0-255 promise (see `data.check_pixels`).
+
+        An error for a model known to take raw pixels (it holds finetunekit's
+        preprocessing, or was saved by finetunekit from a named base), else a warning.
+        """
+        raw = structure.has_preprocessing(self.model) or (
+            self.info is not None and self.info.base is not None
+        )
+        ftk_data.check_pixels(images, what, raw=raw)
 
     def predict(self, images: Any, *, top: int = 1, batch_size: int = 32) -> Predictions:
         """Predicts the classes of images, files or a folder.

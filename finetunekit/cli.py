@@ -79,6 +79,16 @@ def _weights(text: str) -> str | None:
     return None if text.lower() in ("none", "random") else text
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, e.g. 0; received {text!r}")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -241,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="raise",
         help="what to do with unreadable image files",
     )
-    train.add_argument("--seed", type=int, default=0, help="seed of shuffles and split")
+    train.add_argument("--seed", type=_seed, default=0, help="seed of shuffles and split")
     train.add_argument(
         "--out",
         default="model.keras",
@@ -315,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the plot and the pretrained base go",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of data, weights and shuffles")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of data, weights and shuffles")
     demo.add_argument(
         "--data",
         metavar="DIR",
@@ -505,7 +515,7 @@ def _add_rank_parser(commands: Any) -> None:
         metavar="N",
         help="score at most N images (default 2000)",
     )
-    rank.add_argument("--seed", type=int, default=0, help="seed of the subset and intervals")
+    rank.add_argument("--seed", type=_seed, default=0, help="seed of the subset and intervals")
     rank.add_argument("--plot", metavar="PATH", help="also save a bar chart (needs matplotlib)")
     rank.set_defaults(handler=_rank)
 
@@ -535,8 +545,19 @@ def _rank(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Constructor arguments that have an option of their own.
+_OWN_OPTION = {"weights": "--weights", "input_shape": "--image-size"}
+
+
 def _base_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    from finetunekit.errors import ConfigError
+
     kwargs = dict(args.base_arg)
+    for key, option in _OWN_OPTION.items():
+        if key in kwargs:
+            raise ConfigError(
+                f"--base-arg {key}=... is set by its own option: use {option} instead."
+            )
     if args.alpha is not None:
         kwargs["alpha"] = args.alpha
     return kwargs
@@ -611,7 +632,7 @@ def _check_weights_path(weights: str | None, error: type[Exception]) -> None:
 def _check_out(out: str) -> None:
     from finetunekit.errors import ConfigError
 
-    path = Path(out)
+    path = Path(out).expanduser()
     if path.is_dir():
         raise ConfigError(f"--out {out!r} is a folder; give a file name such as 'model.keras'.")
     if path.suffix != ".keras":

@@ -23,6 +23,7 @@ __all__ = [
     "StepOrderError",
     "MissingExtraError",
     "CheckpointError",
+    "TrainingDivergedError",
 ]
 
 
@@ -76,6 +77,10 @@ class CheckpointError(ConfigError):
 
 class StepOrderError(FinetuneKitError, RuntimeError):
     """A step was called before the step it depends on (e.g. `train` before `add_head`)."""
+
+
+class TrainingDivergedError(FinetuneKitError, ArithmeticError):
+    """The loss became NaN or infinite during training (learning rate, float16)."""
 
 
 class MissingExtraError(FinetuneKitError, ImportError):

@@ -273,9 +273,14 @@ def _labelled_batches(
                 list(file_paths),
                 names,
             )
-        return ftk_data.as_dataset(data, batch_size=batch_size, what="evaluation data"), None, None
+        dataset = ftk_data.as_dataset(data, batch_size=batch_size, what="evaluation data")
+        for batch in dataset.take(1):  # a sample: the first batch
+            classifier.check_pixels(batch[0], "evaluation data")
+        return dataset, None, None
     if isinstance(data, (tuple, list)) and len(data) == 2:
         dataset = ftk_data.as_dataset(data, batch_size=batch_size, shuffle=False, what="data")
+        for batch in dataset.take(1):  # a sample: the first batch
+            classifier.check_pixels(batch[0], "evaluation data")
         return dataset, None, None
     raise ArgumentTypeError(
         "data must be a folder of class subfolders, a tf.data.Dataset of (images, labels) or "

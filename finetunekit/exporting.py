@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from finetunekit._atomic import expand, write_beside
 from finetunekit.classifier import Classifier, as_classifier, image_dataset
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
 
@@ -147,7 +146,7 @@ def export(
         raise ConfigError(f"max_images must be a positive int; received {max_images!r}.")
     if not isinstance(target, (str, os.PathLike)):
         raise ArgumentTypeError(f"target must be a str or os.PathLike; received {target!r}.")
-    destination = Path(os.fspath(target))
+    destination = expand(target)
     if format == "litert" and destination.suffix != ".tflite":
         raise ConfigError(
             f"A LiteRT export is a '.tflite' file; received {str(destination)!r}. Use a name "
@@ -164,7 +163,6 @@ def export(
     check = calibration
     if parity_data is not None:
         check = _images(parity_data, classifier, max_images, "parity_data")
-    destination.parent.mkdir(parents=True, exist_ok=True)
     if format == "litert":
         _write_litert(classifier, destination, quantize, calibration)
         size = destination.stat().st_size
@@ -235,16 +233,8 @@ def _write_litert(
         options["target_spec"] = {"supported_types": [tf.float16]}
     if quantize == "int8":
         options["representative_dataset"] = _representative(calibration)
-    handle, name = tempfile.mkstemp(
-        prefix=f".{destination.stem}.", suffix=".tflite", dir=destination.parent
-    )
-    os.close(handle)
-    temp = Path(name)
-    try:
+    with write_beside(destination) as temp:
         classifier.model.export(temp, format="litert", verbose=False, **options)
-        os.replace(temp, destination)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _representative(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
@@ -256,17 +246,8 @@ def _representative(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray
 
 
 def _write_saved_model(classifier: Classifier, destination: Path) -> None:
-    temp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    old = destination.with_name(f".{destination.name}.old")
-    try:
-        shutil.rmtree(temp)  # Keras writes the folder itself
+    with write_beside(destination, folder=True) as temp:
         classifier.model.export(temp, format="tf_saved_model", verbose=False)
-        if destination.exists():
-            os.replace(destination, old)
-        os.replace(temp, destination)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _interpreter_class() -> tuple[str, Any]:

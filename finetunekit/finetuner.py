@@ -23,6 +23,7 @@ from finetunekit import (
     freezing,
     heads,
     schedules,
+    structure,
     tasks,
     training,
 )
@@ -168,12 +169,21 @@ class FineTuner:
     # -- the six steps -------------------------------------------------------------------
 
     def load_base(self) -> FineTuner:
-        """Step 1: loads the base (see `finetunekit.load_base`)."""
+        """Step 1: loads the base (see `finetunekit.load_base`).
+
+        The base of a full model (e.g. another tuner's `model`) is copied, so training
+        this tuner leaves that model as it was; a bare base is trained in place.
+        """
         with self._scope():
             self.base = bases.load_base(
                 self._base_arg, weights=self.weights, input_shape=self.input_shape,
                 **self.base_kwargs,
             )
+            if isinstance(self._base_arg, keras.Model) and self.base is not self._base_arg:
+                logger.info("copying the base of %r: it stays as it was", self._base_arg.name)
+                copy = keras.models.clone_model(self.base)
+                copy.set_weights(self.base.get_weights())
+                self.base = copy
         return self
 
     def freeze(self, *, train_bn: bool = False) -> FineTuner:
@@ -276,9 +286,10 @@ class FineTuner:
         run = training.new_run(model, step)
         shared = self._settings(prepared, callbacks, verbose)
         shared.augment_views = Recipe(head_epochs=epochs, finetune_epochs=0).views()
-        self._last_report, self.history = training.run_phase(
-            model, step, prepared, shared, run=run
-        )
+        with prepared.errors():  # a bad label or NaN image past the first batches
+            self._last_report, self.history = training.run_phase(
+                model, step, prepared, shared, run=run
+            )
         return self
 
     def unfreeze(
@@ -401,6 +412,7 @@ class FineTuner:
         user_callbacks = training.check_callbacks(callbacks)
         check_bool("resume", resume)
         tracker = checkpoints.Tracker(checkpoint_dir, resume=resume)
+        self._check_unfreeze_before_data(chosen)
         holdout = chosen.validation_split if chosen.early_stopping else 0.0
         prepared = self._prepare(train, y, validation_data, chosen.batch_size, holdout=holdout)
         self.freeze()
@@ -424,9 +436,10 @@ class FineTuner:
                 checkpoints.fingerprint(train, y, validation_data),
             )
         try:
-            history = training.run_phases(
-                model, phases, prepared, run_settings, plan=planned, tracker=tracker
-            )
+            with prepared.errors():  # a bad label or NaN image past the first batches
+                history = training.run_phases(
+                    model, phases, prepared, run_settings, plan=planned, tracker=tracker
+                )
         except KeyboardInterrupt:
             if tracker.history is not None:
                 self.history = tracker.history  # the epochs that ran
@@ -559,7 +572,7 @@ class FineTuner:
         prepared = data.prepare(
             train, y, task=self._task, num_classes=self.num_classes,
             validation_data=validation_data, holdout=holdout, batch_size=batch_size,
-            seed=self.seed,
+            seed=self.seed, raw_pixels=self._takes_raw_pixels(),
         )
         if self.base is None:
             if self.input_shape is None and not isinstance(self._base_arg, keras.Model):
@@ -573,6 +586,28 @@ class FineTuner:
             logger.info("labels are %s: recompiling with the matching loss", prepared.label_mode)
             self.compile(**{**self._compile_args, "label_mode": prepared.label_mode})
         return prepared
+
+    def _check_unfreeze_before_data(self, chosen: Recipe) -> None:
+        """`unfreeze` against the base before any image is read, when the base does not
+        wait for the data's image size (`input_shape` given, or a model); otherwise the
+        plan checks it once the base is built, still before anything trains."""
+        if self.base is None and (
+            self.input_shape is not None or isinstance(self._base_arg, keras.Model)
+        ):
+            self.load_base()
+        if self.base is not None and chosen.stages and chosen.finetune_epochs:
+            with freezing.restoring(self.base):  # the last stage unfreezes the most
+                freezing.unfreeze_last(
+                    self.base, chosen.stages[-1], unit=chosen.unit, train_bn=chosen.train_bn
+                )
+
+    def _takes_raw_pixels(self) -> bool:
+        """Whether the model is known to take raw 0-255 pixels (a registry base, or a model
+        holding finetunekit's preprocessing); a model of the user's own may not."""
+        if isinstance(self._base_arg, str) and not bases._looks_like_path(self._base_arg):
+            return True
+        model = self.base if self.base is not None else self._base_arg
+        return isinstance(model, keras.Model) and structure.has_preprocessing(model)
 
     def _settings(
         self, prepared: data.Prepared, callbacks: Any, verbose: Any

@@ -40,6 +40,7 @@ __all__ = [
     "cut_points",
     "leaf_layers",
     "weighted_layers",
+    "has_preprocessing",
     "trainable_capable",
 ]
 
@@ -304,6 +305,11 @@ def leaf_layers(model: keras.Model) -> list[Any]:
     return [
         layer for layer in _leaves(model.layers) if not isinstance(layer, keras.layers.InputLayer)
     ]
+
+
+def has_preprocessing(model: keras.Model) -> bool:
+    """Whether `model` holds the preprocessing `load_base` adds (so it takes raw 0-255 pixels)."""
+    return any(is_preprocessing(layer) for layer in leaf_layers(model))
 
 
 def weighted_layers(model: keras.Model) -> list[Any]:

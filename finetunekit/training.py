@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from finetunekit import _orders, caching, checkpoints, freezing, schedules, tasks
-from finetunekit.data import Prepared
+from finetunekit._nan import RaiseOnNaN
+from finetunekit.data import Prepared, warn_lost_classes
 from finetunekit.errors import ArgumentTypeError
 from finetunekit.recipe import HEAD, Phase, Plan, is_finetune
 
@@ -418,7 +419,11 @@ def _fill(
     holdout = data.holdout if data.validation is None else 0.0
     train = stack.enter_context(
         caching.FeatureCache(
-            prefix, data.train, budget=budget, holdout=holdout, augment=settings.augment,
+            prefix,
+            data.train,
+            budget=budget,
+            holdout=holdout,
+            augment=settings.augment,
             views=settings.augment_views,
         )
     )
@@ -429,6 +434,8 @@ def _fill(
         )
     elif holdout and (train.count("held_out") == 0 or train.count("train") == 0):
         data.no_holdout()
+    elif holdout:
+        warn_lost_classes(train.labels, train.held_out_mask(), settings.task.name)
     for i, split in splits.items():
         run.stored[i] = _Stored(split, train, validation, unique[id(split.prefix.output)])
     run.fill_seconds = time.perf_counter() - start
@@ -489,8 +496,7 @@ def run_phases(
             history.reports.append(report)
             tracker.flush_phase()
             tracker.save(model, run, phase=i + 1, in_phase=0, optimizer=False)
-        tracker.save(model, run, phase=len(phases), in_phase=0, finished=True,
-                     optimizer=False)
+        tracker.save(model, run, phase=len(phases), in_phase=0, finished=True, optimizer=False)
     history.set_model(model)
     history.best_epoch = run.best.best_epoch if run.best is not None else None
     if plan is not None and not data.has_validation:
@@ -552,7 +558,11 @@ def run_phase(
     tasks.check_compiled(model)
     run = run if run is not None else _Run()
     start = time.perf_counter()
-    callbacks = [schedules.LogRate(), *settings.callbacks]
+    callbacks = [
+        schedules.LogRate(),
+        *settings.callbacks,
+        RaiseOnNaN(phase.name, phase.learning_rate),
+    ]
     validating = data.has_validation
     stopper = None
     if phase.early_stopping and validating:
@@ -601,8 +611,9 @@ def run_phase(
     logger.info(
         "%s phase: %s, %d epochs in %.1f s",
         phase.name,
-        f"frozen layers up to {report.cut!r} ran once" if report.cached else "not cached "
-        f"({report.why_not_cached})",
+        f"frozen layers up to {report.cut!r} ran once"
+        if report.cached
+        else f"not cached ({report.why_not_cached})",
         report.epochs_run,
         report.seconds,
     )
@@ -678,9 +689,7 @@ def _fit_stored(
         )
 
 
-def _banner(
-    phase: Phase, model: keras.Model, stored: _Stored | None, why: str | None
-) -> str:
+def _banner(phase: Phase, model: keras.Model, stored: _Stored | None, why: str | None) -> str:
     if phase.name != HEAD and not is_finetune(phase.name):  # FineTuner.train: the model as is
         trains = "what is trainable now"
     elif not phase.trains_base:
@@ -703,8 +712,7 @@ def _banner(
     if shape:
         rate += f" ({', '.join(shape)})"
     return (
-        f"{phase.name} phase: trains {trains} at {rate}, up to "
-        f"{phase.epochs} epochs{stop}; {how}"
+        f"{phase.name} phase: trains {trains} at {rate}, up to {phase.epochs} epochs{stop}; {how}"
     )
 
 
@@ -714,9 +722,7 @@ def _summary(history: FineTuneHistory) -> str:
     best = history.best_epoch
     if best is not None and best < len(history.phases):
         metrics = ", ".join(
-            f"{k} {history.history[k][best]:.4g}"
-            for k in history.history
-            if k.startswith("val_")
+            f"{k} {history.history[k][best]:.4g}" for k in history.history if k.startswith("val_")
         )
         line += f"; weights of epoch {best + 1} ({history.phases[best]} phase) kept: {metrics}"
     return line

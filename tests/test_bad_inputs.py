@@ -12,6 +12,7 @@ The table is generated from CASES, with the messages the library really gives:
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import sys
@@ -126,6 +127,47 @@ CASES = [
         ValueError,
         ("do not fit", "same alpha"),
         needs="weights",
+    ),
+    Case(
+        "weights-truncated",
+        "a weights file cut short (an interrupted download)",
+        'ftk.load_base("mobilenet_v2", weights="cut.h5", input_shape=(32, 32, 3), alpha=0.35)',
+        E.ConfigError,
+        ValueError,
+        ("is cut short", "Download or copy it again"),
+    ),
+    Case(
+        "weights-folder",
+        "a folder passed as the weights file",
+        'ftk.load_base("mobilenet_v2", weights=tmp, input_shape=(32, 32, 3), alpha=0.35)',
+        E.ConfigError,
+        ValueError,
+        ("is a folder", "pass the weights file inside it"),
+    ),
+    Case(
+        "weights-renamed",
+        "a .keras archive renamed .h5, passed as the weights file",
+        'ftk.load_base("mobilenet_v2", weights="m.h5", input_shape=(32, 32, 3), alpha=0.35)',
+        E.ConfigError,
+        ValueError,
+        ("is a Keras '.keras' archive named '.h5'", "rename it to"),
+    ),
+    Case(
+        "truncated-keras",
+        "a .keras file cut short",
+        'ftk.load_base(tmp / "cut.keras")',
+        E.ConfigError,
+        ValueError,
+        ("Could not read a Keras model", "not a complete '.keras' archive", "copy it again"),
+    ),
+    Case(
+        "broken-cache",
+        "a cut-short ImageNet weights file in the Keras cache",
+        'ftk.load_base("mobilenet_v2", alpha=0.35, input_shape=(128, 128, 3))',
+        E.WeightsUnavailableError,
+        OSError,
+        ("is cut short", "Delete the file", "_0.35_128_no_top.h5"),
+        needs="broken-cache",
     ),
     Case(
         "download-failure",
@@ -659,6 +701,94 @@ CASES = [
         ("NaN or infinite pixel values",),
     ),
     Case(
+        "pixels-0-1",
+        "images divided by 255 (all pixels within [0, 1])",
+        "tuner.fit(x / 255, y)",
+        E.DataError,
+        ValueError,
+        ("every pixel value is within [0, 1]", "raw 0-255 pixels", "x * 255"),
+    ),
+    Case(
+        "pixels-negative",
+        "images already preprocessed (negative pixels)",
+        "tuner.fit(x / 127.5 - 1, y)",
+        E.DataError,
+        ValueError,
+        ("negative", "as after preprocess_input", "raw 0-255 pixels"),
+    ),
+    Case(
+        "nan-labels",
+        "regression targets holding NaN",
+        "regression_tuner.fit(x, np.where(y == 2, np.nan, 1.0))",
+        E.DataError,
+        ValueError,
+        ("NaN or infinite", "np.isfinite(y)"),
+    ),
+    Case(
+        "label-past-first-batches",
+        "a class index out of range past the first batches of a dataset",
+        "tuner.fit(batches(x, np.where(np.arange(24) == 20, 7, y), 2))",
+        E.DataError,
+        ValueError,
+        ("labels from 0 to 7", "class indices 0..2", "set num_classes"),
+    ),
+    Case(
+        "binary-label-dataset",
+        "a label 2 in a binary dataset, past the first batches",
+        "binary_tuner.fit(batches(x, np.where(np.arange(24) == 20, 2, y % 2), 2))",
+        E.DataError,
+        ValueError,
+        ("labels from 0 to 2", "task='binary'", "values from 0 to 1"),
+    ),
+    Case(
+        "nan-images-dataset",
+        "a dataset whose images hold NaN (past the first batch)",
+        "tuner.fit(batches(np.where(np.arange(24)[:, None, None, None] == 20, np.nan, x), y, 2))",
+        E.DataError,
+        ValueError,
+        ("NaN or infinite pixel values", "ds.filter("),
+    ),
+    Case(
+        "infinite-dataset",
+        "an endless dataset (.repeat())",
+        "tuner.fit(batches(x, y).repeat())",
+        E.DataError,
+        ValueError,
+        ("is infinite", "Remove .repeat()"),
+    ),
+    Case(
+        "validation-classes",
+        "validation data with other classes than the training data",
+        'tuner.fit(named(x, y, ["a", "b", "c"]), validation_data=named(x, y % 2, ["a", "c"]))',
+        E.DataError,
+        ValueError,
+        ("other classes", "missing from validation: ['b']", "same class subfolders"),
+    ),
+    Case(
+        "mixed-sizes",
+        "an unbatched dataset of images of different sizes",
+        "tuner.fit(mixed_sizes)",
+        E.DataError,
+        ValueError,
+        ("different sizes", "tf.image.resize"),
+    ),
+    Case(
+        "hidden-folder",
+        "a hidden folder (.ipynb_checkpoints) inside a class folder",
+        'ftk.data.from_directory(tmp / "photos", image_size=32)',
+        E.DataError,
+        ValueError,
+        (".ipynb_checkpoints", "would read them as images of their class", "rm -r"),
+    ),
+    Case(
+        "nan-loss",
+        "a loss that becomes NaN or infinite while training",
+        "regression_tuner.fit(x, np.full(24, 1e30))",
+        E.TrainingDivergedError,
+        ArithmeticError,
+        ("The loss became inf in epoch 1 of the head phase", "lower the learning rate"),
+    ),
+    Case(
         "empty-data",
         "no images at all",
         "tuner.fit(x[:0], y[:0])",
@@ -763,6 +893,30 @@ CASES = [
         ValueError,
         ("phase must be", "'head'", "'finetune'"),
     ),
+    Case(
+        "fit-finetune-rate",
+        "a negative fine-tuning learning rate (caught before any image is read)",
+        "tuner.fit(x, y, finetune_learning_rate=-1)",
+        E.ConfigError,
+        ValueError,
+        ("finetune_learning_rate must be a positive number", "received -1"),
+    ),
+    Case(
+        "fit-unit",
+        "a misspelt unit (caught before any image is read)",
+        'tuner.fit(x, y, unit="blocks")',
+        E.ConfigError,
+        ValueError,
+        ("unit must be 'block' or 'layer'", "received 'blocks'"),
+    ),
+    Case(
+        "tuner-seed",
+        "a seed that is not an int",
+        'ftk.FineTuner(seed="abc")',
+        E.ConfigError,
+        ValueError,
+        ("seed must be an int >= 0 or None", "received 'abc'"),
+    ),
     # -- using the model: save_model, load, predict, evaluate, export --------------------
     Case(
         "class-names-count",
@@ -811,6 +965,22 @@ CASES = [
         E.DataError,
         ValueError,
         ("class indices 0..2", "3-class model", "from 5 to 7"),
+    ),
+    Case(
+        "predict-pixels",
+        "predicting on images divided by 255",
+        "ftk.Classifier(model).predict(x / 255)",
+        E.DataError,
+        ValueError,
+        ("within [0, 1]", "x * 255"),
+    ),
+    Case(
+        "evaluate-pixels",
+        "evaluating on preprocessed images",
+        "ftk.evaluate(model, (x / 127.5 - 1, y))",
+        E.DataError,
+        ValueError,
+        ("negative", "raw 0-255 pixels"),
     ),
     Case(
         "export-format",
@@ -900,6 +1070,20 @@ def _shared(name: str) -> Any:
     return _SHARED[name]
 
 
+def batches(x: Any, y: Any, size: int = 8) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(size)
+
+
+def named(x: Any, y: Any, class_names: list[str]) -> tf.data.Dataset:
+    dataset = batches(x, y)
+    dataset.class_names = class_names
+    return dataset
+
+
+def case_needs(example: str) -> str:
+    return next((case.needs for case in CASES if case.example == example), "")
+
+
 def namespace(example: str, tmp: Path) -> dict[str, Any]:
     """The names the examples use (described at the top of docs/bad-inputs.md)."""
     rng = np.random.default_rng(0)
@@ -909,6 +1093,24 @@ def namespace(example: str, tmp: Path) -> dict[str, Any]:
     ns["y"] = np.arange(24) % 3
     ns["tuner"] = ftk.FineTuner("mobilenet_v2", num_classes=3, **tiny)
     ns["binary_tuner"] = ftk.FineTuner("mobilenet_v2", task="binary", **tiny)
+    ns["regression_tuner"] = ftk.FineTuner("mobilenet_v2", task="regression", **tiny)
+    ns["batches"] = batches
+    ns["named"] = named
+    ns["mixed_sizes"] = tf.data.Dataset.from_generator(
+        lambda: ((np.full((s, s, 3), 99.0, "float32"), 0) for s in (32, 40)),
+        output_signature=(tf.TensorSpec((None, None, 3)), tf.TensorSpec((), tf.int64)),
+    )
+    if "photos" in example:
+        for name in ("roses", "tulips", "roses/.ipynb_checkpoints"):
+            (tmp / "photos" / name).mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                image = tf.io.encode_png(ns["x"][i].astype("uint8")).numpy()
+                (tmp / "photos" / name / f"{i}.png").write_bytes(image)
+    if "cut.h5" in example or case_needs(example) == "broken-cache":
+        _shared("base").save_weights(tmp / "w.weights.h5")
+        (tmp / "cut.h5").write_bytes((tmp / "w.weights.h5").read_bytes()[:5000])
+    (tmp / "m.h5").write_bytes(b"PK\x03\x04" + bytes(60))  # a zip archive's start
+    (tmp / "cut.keras").write_bytes(b"PK\x03\x04" + bytes(60))
     ns["subclassed"] = Subclassed()
     ns["unbuilt"] = keras.Sequential([keras.layers.Dense(2)])
     (tmp / "notes.keras").write_text("not a model")
@@ -937,9 +1139,29 @@ def offline() -> Iterator[None]:
         file_utils.get_file = saved
 
 
+@contextlib.contextmanager
+def broken_cache(tmp: Path) -> Iterator[None]:
+    """A Keras cache folder in `tmp` holding a cut-short copy of the weights asked for."""
+    from keras.src.backend import config as keras_config
+
+    (tmp / "keras" / "models").mkdir(parents=True, exist_ok=True)
+    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_128_no_top.h5"
+    (tmp / "keras" / "models" / name).write_bytes((tmp / "cut.h5").read_bytes())
+    saved = keras_config._KERAS_DIR
+    keras_config._KERAS_DIR = str(tmp / "keras")
+    try:
+        yield
+    finally:
+        keras_config._KERAS_DIR = saved
+
+
 def run_case(case: Case, tmp: Path) -> Exception:
     ns = namespace(case.example, tmp)
-    context = offline() if case.needs == "offline" else contextlib.nullcontext()
+    context: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if case.needs == "offline":
+        context = offline()
+    elif case.needs == "broken-cache":
+        context = broken_cache(tmp)
     try:
         with context:
             exec(case.example, ns)
@@ -1006,8 +1228,15 @@ alpha=0.35)` (and `binary_tuner` the same with `task="binary"`);
 `y = np.arange(24) % 3`; `tmp` is a folder holding `notes.keras`, a text file;
 `weights_05` is the MobileNetV2 alpha 0.5 ImageNet weights file; `subclassed` is
 an instance of a `keras.Model` subclass and `unbuilt` is
-`keras.Sequential([keras.layers.Dense(2)])`. The download failure is shown with
-Keras' download made to fail as it does offline.
+`keras.Sequential([keras.layers.Dense(2)])`; `regression_tuner` is `tuner` with
+`task="regression"`; `batches(x, y, n=8)` is
+`tf.data.Dataset.from_tensor_slices((x, y)).batch(n)` and `named(x, y, names)` the
+same carrying `class_names`; `mixed_sizes` is an unbatched dataset of a 32x32 and a
+40x40 image; `tmp / "photos"` holds class folders `roses` and `tulips`, and
+`roses/.ipynb_checkpoints` with copies; `tmp / "cut.h5"` is a weights file cut short,
+`tmp / "m.h5"` and `tmp / "cut.keras"` start like a zip archive and end there. The
+download failure is shown with Keras' download made to fail as it does offline; the
+broken cache with a Keras cache folder holding a cut-short copy of the file asked for.
 
 Generated by `python tests/test_bad_inputs.py > docs/bad-inputs.md`.
 
@@ -1022,20 +1251,22 @@ def _cell(text: str) -> str:
 
 def table() -> str:
     lines = [HEADER.rstrip("\n")]
-    with tempfile.TemporaryDirectory() as folder:
-        tmp = Path(folder)
-        cwd = os.getcwd()
-        os.chdir(tmp)
-        try:
-            for case in CASES:
+    cwd = os.getcwd()
+    try:
+        for case in CASES:
+            # A folder of its own per case, as under pytest; training progress stays out.
+            with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+                tmp = Path(folder)
+                os.chdir(tmp)
                 exc = run_case(case, tmp)
-                message = str(exc).replace(str(tmp), "tmp").replace(str(WEIGHTS_05), "weights_05")
-                lines.append(
-                    f"| {_cell(case.what)} | `{case.example}` | `{type(exc).__name__}` "
-                    f"| `{case.builtin.__name__}` | {_cell(message)} |"
-                )
-        finally:
-            os.chdir(cwd)
+                os.chdir(cwd)
+            message = str(exc).replace(str(tmp), "tmp").replace(str(WEIGHTS_05), "weights_05")
+            lines.append(
+                f"| {_cell(case.what)} | `{case.example}` | `{type(exc).__name__}` "
+                f"| `{case.builtin.__name__}` | {_cell(message)} |"
+            )
+    finally:
+        os.chdir(cwd)
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from finetunekit.data._folders import (
     DirectoryData,
     from_directory,
 )
+from finetunekit.data._guards import check_pixels, warn_lost_classes
 from finetunekit.data._labels import LabelInfo, check_labels, inspect_labels
 from finetunekit.data._prepare import Prepared, prepare
 from finetunekit.data._split import held_out, split_by_content
@@ -37,4 +38,6 @@ __all__ = [
     "LabelInfo",
     "inspect_labels",
     "check_labels",
+    "check_pixels",
+    "warn_lost_classes",
 ]

@@ -28,6 +28,11 @@ def _label_info(labels: np.ndarray) -> LabelInfo:
     if not np.issubdtype(labels.dtype, np.number) and labels.dtype != bool:
         raise DataError(f"Labels must be numeric; received dtype {labels.dtype}.")
     labels = labels.astype("float64")
+    if not np.isfinite(labels).all():
+        raise DataError(
+            "The labels hold NaN or infinite values; fix or drop those examples (e.g. "
+            "np.isfinite(y) selects the good ones)."
+        )
     width = labels.shape[1]
     integral = bool(np.all(np.equal(np.mod(labels, 1), 0)))
     binary = integral and bool(np.all((labels == 0) | (labels == 1)))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from finetunekit import tasks
+from finetunekit.data import _guards
 from finetunekit.data._arrays import as_dataset
-from finetunekit.data._labels import inspect_labels
+from finetunekit.data._labels import _label_info, inspect_labels
 from finetunekit.data._split import split_by_content
 from finetunekit.errors import DataError
 
@@ -48,6 +51,13 @@ class Prepared:
     _split: tuple[tf.data.Dataset, tf.data.Dataset | None] | None = field(
         default=None, repr=False
     )
+    #: The task's name and the labels' bounds, for the messages of `errors`.
+    task_name: str = ""
+    label_bounds: tuple[float, float, bool] | None = None
+
+    def errors(self) -> contextlib.AbstractContextManager[None]:
+        """Wrap passes over the data in this: bad batches found there raise `DataError`."""
+        return _guards.data_errors(self.task_name, self.label_bounds)
 
     @property
     def has_validation(self) -> bool:
@@ -69,7 +79,9 @@ class Prepared:
         if self.holdout <= 0:
             return self.train, self.validation
         if self._split is None:
-            kept, held = split_by_content(self.train, self.holdout, self.batch_size)
+            kept, held = split_by_content(
+                self.train, self.holdout, self.batch_size, task_name=self.task_name
+            )
             if int(kept.cardinality()) == 0 or int(held.cardinality()) == 0:
                 self.no_holdout()
                 self._split = (self.train, None)
@@ -103,6 +115,7 @@ def prepare(
     holdout: float = 0.0,
     batch_size: int = 32,
     seed: int | None = None,
+    raw_pixels: bool = True,
 ) -> Prepared:
     """Converts and checks the data of a fit once: datasets, labels, classes.
 
@@ -118,14 +131,41 @@ def prepare(
             by content (see `split_by_content`).
         batch_size: batch size for arrays and unbatched datasets.
         seed: seed of the shuffle of arrays.
+        raw_pixels: the model is known to take raw 0-255 pixels, so images clearly
+            outside that range (negative, or all within [0, 1]) are an error rather
+            than a warning (see `finetunekit.data._guards`).
+
+    Labels are checked in full: arrays here, datasets batch by batch as they are read
+    (wrap those passes in `Prepared.errors()`). The images of the first batch are
+    checked against the 0-255 promise.
 
     Returns:
         A `Prepared`.
 
     Raises:
         DataError: data or labels that do not fit the task; validation labels encoded
-            unlike the training labels.
+            unlike the training labels or of other classes; an infinite dataset; images
+            not of raw 0-255 pixels.
     """
+    with _guards.data_errors(tasks.get_task(task).name):
+        return _prepare(
+            train, y, task=task, num_classes=num_classes, validation_data=validation_data,
+            holdout=holdout, batch_size=batch_size, seed=seed, raw_pixels=raw_pixels,
+        )
+
+
+def _prepare(
+    train: Any,
+    y: Any,
+    *,
+    task: str | tasks.Task,
+    num_classes: int | None,
+    validation_data: Any,
+    holdout: float,
+    batch_size: int,
+    seed: int | None,
+    raw_pixels: bool,
+) -> Prepared:
     spec = tasks.get_task(task)
     train_ds = as_dataset(train, y, batch_size=batch_size, shuffle=True, seed=seed)
     val_ds = None
@@ -133,8 +173,15 @@ def prepare(
         val_ds = as_dataset(
             validation_data, batch_size=batch_size, shuffle=False, what="validation_data"
         )
+    _guards.check_finite(train_ds, "training data")
+    if val_ds is not None:
+        _guards.check_finite(val_ds, "validation_data")
     names = getattr(train, "class_names", None)
-    info = inspect_labels(train_ds, max_batches=_LABEL_BATCHES)
+    _guards.check_class_names(names, getattr(validation_data, "class_names", None))
+    # Arrays are in memory: every label is checked now; datasets batch by batch below.
+    info = _array_labels(train, y)
+    if info is None:
+        info = inspect_labels(train_ds, max_batches=_LABEL_BATCHES)
     if num_classes is None:
         # Every label, not a sample, when they are read: the largest class may be rare.
         num_classes = spec.infer_num_classes(names, lambda: inspect_labels(train_ds))
@@ -143,8 +190,9 @@ def prepare(
             tasks.output_units(spec, num_classes)
     mode = spec.check_labels(info, num_classes)
     if val_ds is not None:
+        val_info = _array_labels(validation_data, None)
         val_mode = spec.check_labels(
-            inspect_labels(val_ds, max_batches=_LABEL_BATCHES), num_classes
+            val_info or inspect_labels(val_ds, max_batches=_LABEL_BATCHES), num_classes
         )
         if val_mode != mode:
             raise DataError(
@@ -152,9 +200,15 @@ def prepare(
                 "both the same way (class indices, or one-hot rows)."
             )
     # A dataset keeps its batch size in every phase, split or not, cached or not.
-    own = train_ds.element_spec[0].shape[0]
-    if own is None:
-        own = next(iter(train_ds.take(1)))[0].shape[0]
+    first = next(iter(train_ds.take(1)))[0]
+    _guards.check_pixels(first, "training data", raw=raw_pixels)
+    if val_ds is not None:
+        _guards.check_pixels(next(iter(val_ds.take(1)))[0], "validation_data", raw=raw_pixels)
+    own = train_ds.element_spec[0].shape[0] or first.shape[0]
+    bounds = _guards.label_bounds(spec.name, mode, num_classes)
+    train_ds = _guards.guard_labels(train_ds, bounds, "training data")
+    if val_ds is not None:
+        val_ds = _guards.guard_labels(val_ds, bounds, "validation_data")
     return Prepared(
         train=train_ds,
         validation=val_ds,
@@ -163,4 +217,15 @@ def prepare(
         num_classes=num_classes,
         class_names=tuple(names) if names else None,
         batch_size=int(own or batch_size),
+        task_name=spec.name,
+        label_bounds=bounds,
     )
+
+
+def _array_labels(data: Any, y: Any) -> Any:
+    """Every label of array data (`x, y` or `(x, y)`), read in full; None for datasets."""
+    if isinstance(data, tf.data.Dataset):
+        return None
+    if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
+        y = data[1]
+    return None if y is None else _label_info(np.asarray(y))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
+from finetunekit.data._guards import warn_lost_classes
 from finetunekit.errors import DataError
 
 
 def split_by_content(
-    dataset: tf.data.Dataset, fraction: float, batch_size: int = 32
+    dataset: tf.data.Dataset, fraction: float, batch_size: int = 32, *, task_name: str = ""
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Splits a batched `(images, labels)` dataset into training and held-out parts.
 
@@ -21,6 +23,8 @@ def split_by_content(
         fraction: share of the images to hold out, in (0, 1).
         batch_size: batch size of both results (constant, so every epoch has as many
             batches as the first).
+        task_name: the task, to warn when a class lands on one side only (classification
+            tasks; "" for none).
 
     Returns:
         `(train, held_out)` batched datasets of known length (0 batches when a side
@@ -37,12 +41,16 @@ def split_by_content(
     flagged = dataset.map(lambda images, *rest: (images, *rest, held_out(images, fraction)))
     # One pass counts both sides (the same test the filters use), so both results carry
     # their length: Keras then neither guesses the epoch length nor warns that the
-    # filtered data "ran out", and callers see an empty side as 0 batches.
-    held, total = flagged.map(lambda *item: tf.cast(item[-1], tf.int64)).unbatch().reduce(
-        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
-        lambda acc, h: (acc[0] + h, acc[1] + 1),
-    )
-    n_held, n_kept = int(held), int(total - held)
+    # filtered data "ran out", and callers see an empty side as 0 batches. The same pass
+    # reads every label, to warn of a class left on one side only.
+    labels, flags = [], []
+    for batch_labels, batch_flags in flagged.map(lambda *item: (item[1], item[-1])):
+        labels.append(batch_labels.numpy())
+        flags.append(batch_flags.numpy())
+    held = np.concatenate(flags) if flags else np.zeros(0, bool)
+    n_held, n_kept = int(held.sum()), int((~held).sum())
+    if task_name and n_held and n_kept:
+        warn_lost_classes(np.concatenate(labels), held, task_name)
     items = flagged.unbatch()
     train = items.filter(lambda *item: tf.logical_not(item[-1])).map(_drop_flag)
     validation = items.filter(lambda *item: item[-1]).map(_drop_flag)

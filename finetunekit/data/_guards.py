@@ -1,0 +1,271 @@
+"""Refusing data that would train (or predict) silently wrong: checks `prepare` adds.
+
+What is checked, and why an error or a warning:
+
+- **Pixels** (on the first batch: costs nothing measurable). finetunekit promises raw
+  0-255 pixels; the model preprocesses them itself. NaN or infinite pixels are always
+  an error (nothing valid looks like that). Negative pixels or every pixel within
+  [0, 1] mean `preprocess_input` or `/ 255` was applied already: the model would
+  preprocess twice and learn from near-constant images, so for a model known to take
+  raw pixels (a registry base, a file saved by finetunekit) it is an error naming the
+  fix. For a model of the user's own, whose preprocessing finetunekit cannot see, it is
+  a warning. All-black images (every value 0) pass. Values above 255 (16-bit images)
+  are a warning: they are not clearly wrong for every model.
+- **Labels, in full**: NaN, infinite or out-of-range labels anywhere in the data stop
+  the fit with a `DataError`, by a cheap assert on each batch as it is read (in the
+  cache's one pass, the content split's pass, or every epoch when uncached), turned
+  into a finetunekit error by `data_errors`; images holding NaN anywhere likewise.
+- **Infinite datasets** (`.repeat()`): refused. The content split, the label check and
+  the feature cache each pass over the data once; an endless dataset would hang them.
+  finetunekit takes one pass per epoch, so `steps_per_epoch` is not offered.
+- **Validation data of other classes**: both datasets carry `class_names`; different
+  names mean shifted labels and a meaningless `val_loss`, so it is an error.
+- **A class missing from one side of the content split** (a class of one image):
+  a warning, since training is still right, but the validation loss does not cover it
+  (or, held out, the model never sees it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from finetunekit.errors import DataError
+
+logger = logging.getLogger("finetunekit")
+
+#: Marks the assertions of `guard_labels` in TensorFlow's error messages.
+_MARK = "finetunekit-bad-batch"
+_RAW_FIX = (
+    "Pass raw 0-255 pixels (e.g. the images as loaded, or x * 255 if you divided by 255): "
+    "the model applies its own preprocessing, so preprocess_input or / 255 by hand means "
+    "preprocessing twice."
+)
+
+
+def check_pixels(images: Any, what: str, *, raw: bool = True) -> None:
+    """Checks a sample of images against the 0-255 promise (see the module's notes).
+
+    Args:
+        images: an array (or tensor) of images, e.g. the first batch.
+        what: how the message names the data, e.g. `"training data"`.
+        raw: the model is known to take raw 0-255 pixels: a clearly wrong range is an
+            error; else a warning.
+
+    Raises:
+        DataError: NaN or infinite pixels; with `raw`, negative pixels or all of them
+            within [0, 1].
+    """
+    sample = np.asarray(images)  # no copy: a batch of 32 at 224 px is checked in ms
+    if sample.size == 0:
+        return
+    if np.issubdtype(sample.dtype, np.floating) and not np.isfinite(sample).all():
+        raise DataError(
+            f"{what}: the images hold NaN or infinite pixel values. Clean or drop those "
+            "images first (e.g. ds.filter(lambda x, y: tf.reduce_all(tf.math.is_finite(x))))."
+        )
+    low, high = float(sample.min()), float(sample.max())
+    problem = None
+    if low < 0:
+        problem = (
+            f"{what}: pixel values go down to {low:.3g} (negative, in a sample of "
+            f"{len(sample)} images), as after preprocess_input."
+        )
+    elif 0 < high <= 1:
+        problem = (
+            f"{what}: every pixel value is within [0, 1] (largest {high:.3g} in a sample of "
+            f"{len(sample)} images), as after dividing by 255."
+        )
+    if problem is not None:
+        if raw:
+            raise DataError(f"{problem} {_RAW_FIX}")
+        logger.warning("%s If this model takes raw pixels: %s", problem, _RAW_FIX)
+    elif high > 256:
+        logger.warning(
+            "%s: pixel values up to %g exceed 255 (16-bit images?); finetunekit expects "
+            "8-bit 0-255 pixels.", what, high,
+        )
+
+
+def check_finite(dataset: tf.data.Dataset, what: str) -> None:
+    """Refuses an endless dataset (`.repeat()`), which every pass over the data would hang on.
+
+    Raises:
+        DataError: the dataset's cardinality is infinite.
+    """
+    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise DataError(
+            f"{what} is infinite (it repeats): finetunekit passes over the data once per "
+            "epoch (and once more to cache features or split it). Remove .repeat() (or use "
+            "ds.take(n) for a fixed number of batches)."
+        )
+
+
+def check_class_names(
+    train: Sequence[str] | None, validation: Sequence[str] | None
+) -> None:
+    """Refuses validation data whose class names differ from the training data's.
+
+    Raises:
+        DataError: both carry `class_names` and they differ, naming both.
+    """
+    if not train or not validation or list(train) == list(validation):
+        return
+    missing = sorted(set(train) - set(validation))
+    extra = sorted(set(validation) - set(train))
+    detail = (
+        f"missing from validation: {missing}" if missing else ""
+    ) + (f"{'; ' if missing else ''}only in validation: {extra}" if extra else "")
+    raise DataError(
+        f"The validation data has other classes than the training data (training "
+        f"{list(train)}, validation {list(validation)}"
+        + (f"; {detail}" if detail else "; same names, another order")
+        + "), so label i means another class in each and val_loss is meaningless. Load both "
+        "from folders with the same class subfolders (an empty class folder is an error), "
+        "or pass class_names=... to Keras' loader for both."
+    )
+
+
+def label_bounds(
+    task_name: str, label_mode: str, num_classes: int | None
+) -> tuple[float, float, bool]:
+    """`(lowest, highest, whole numbers only)` a label may be for the task."""
+    if task_name == "regression":
+        return -math.inf, math.inf, False
+    if task_name == "multiclass" and label_mode == "int":
+        top = math.inf if num_classes is None else float(num_classes - 1)
+        return 0.0, top, True
+    return 0.0, 1.0, False
+
+
+def guard_labels(
+    dataset: tf.data.Dataset, bounds: tuple[float, float, bool], what: str
+) -> tf.data.Dataset:
+    """`dataset` with every batch's labels (and finiteness of its images) asserted.
+
+    A cheap check on each batch as it is read, so a bad label at index 150 is caught in
+    the first pass that reaches it (the cache fill, the content split, or the epoch),
+    not only in the first batches `prepare` reads. Run the pass inside `data_errors`
+    to get a `DataError` instead of TensorFlow's `InvalidArgumentError`.
+    """
+    low, high, whole = bounds
+
+    def check(images: tf.Tensor, labels: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        values = tf.cast(labels, tf.float64)
+        ok = tf.reduce_all(tf.math.is_finite(values))
+        if math.isfinite(low):
+            ok = tf.logical_and(ok, tf.reduce_all(values >= low))
+        if math.isfinite(high):
+            ok = tf.logical_and(ok, tf.reduce_all(values <= high))
+        if whole:
+            ok = tf.logical_and(ok, tf.reduce_all(tf.equal(values, tf.floor(values))))
+        # One sum is finite iff every pixel is (0-255 values cannot overflow float32).
+        finite = tf.math.is_finite(tf.reduce_sum(tf.cast(images, tf.float32)))
+        asserts = [
+            tf.debugging.Assert(
+                ok, [f"{_MARK}:labels:{what}:", tf.reduce_min(values), tf.reduce_max(values)]
+            ),
+            tf.debugging.Assert(finite, [f"{_MARK}:images:{what}:"]),
+        ]
+        with tf.control_dependencies(asserts):  # the labels wait for both checks
+            return (images, tf.identity(labels), *rest)
+
+    return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+@contextlib.contextmanager
+def data_errors(
+    task_name: str = "", bounds: tuple[float, float, bool] | None = None
+) -> Iterator[None]:
+    """Turns TensorFlow's errors about bad batches into `DataError`s that name the fix.
+
+    Covers the assertions of `guard_labels` and batching images of different sizes.
+    """
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as exc:
+        raise _translated(exc, task_name, bounds) from None
+
+
+def _translated(
+    exc: tf.errors.InvalidArgumentError, task_name: str, bounds: tuple[float, float, bool] | None
+) -> Exception:
+    message = getattr(exc, "message", str(exc))
+    # e.g. "assertion failed: [finetunekit-bad-batch:labels:training data:] [0] [7]"
+    found = re.search(
+        _MARK + r":(labels|images):([^:]*):\](?: \[([^\]]*)\] \[([^\]]*)\])?", message
+    )
+    if found:
+        kind, what = found.group(1), found.group(2)
+        if kind == "images":
+            return DataError(
+                f"{what}: an image holds NaN or infinite pixel values (found while training, "
+                "past the first batch checked up front). Clean or drop those images, e.g. "
+                "ds.filter(lambda x, y: tf.reduce_all(tf.math.is_finite(x)))."
+            )
+        low, high = found.group(3), found.group(4)
+        expected = _expected(task_name, bounds)
+        return DataError(
+            f"{what}: a batch holds labels from {low} to {high}, outside what "
+            f"task={task_name!r} takes ({expected}), or NaN (found while reading the data, "
+            "past the first batches checked up front). Fix or drop those labels"
+            + (", or set num_classes to the number of classes." if task_name == "multiclass"
+               else ".")
+        )
+    if "Cannot batch tensors with different shapes" in message:
+        shapes = re.search(r"First element had shape (\[[^\]]*\]) and element \d+ had shape "
+                           r"(\[[^\]]*\])", message)
+        seen = f" ({shapes.group(1)} and {shapes.group(2)})" if shapes else ""
+        return DataError(
+            f"The images have different sizes{seen} and cannot be batched. Resize them to "
+            "one size first, e.g. ds.map(lambda x, y: (tf.image.resize(x, (224, 224)), y)), "
+            "or load folders with finetunekit.data.from_directory(..., image_size=224)."
+        )
+    return exc
+
+
+def _expected(task_name: str, bounds: tuple[float, float, bool] | None) -> str:
+    if bounds is None:
+        return "finite values"
+    low, high, whole = bounds
+    if whole and math.isfinite(high):
+        return f"class indices 0..{int(high)}"
+    if math.isfinite(low) and math.isfinite(high):
+        return f"values from {low:g} to {high:g}"
+    return "finite values"
+
+
+def warn_lost_classes(labels: np.ndarray, held: np.ndarray, task_name: str) -> None:
+    """Warns when the content split leaves a class on one side only (e.g. a class of one image).
+
+    Args:
+        labels: every training label (indices, or one-hot rows).
+        held: one bool per example: held out for validation.
+        task_name: the task (only classification tasks are checked).
+    """
+    if task_name not in ("multiclass", "binary") or len(labels) == 0 or not held.any():
+        return
+    labels = np.asarray(labels)
+    classes = labels.reshape(len(labels), -1)
+    index = classes.argmax(axis=1) if classes.shape[1] > 1 else classes[:, 0].astype("int64")
+    kept_classes, held_classes = set(index[~held].tolist()), set(index[held].tolist())
+    only_held = sorted(held_classes - kept_classes)
+    only_kept = sorted(kept_classes - held_classes)
+    if only_held:
+        logger.warning(
+            "the content split holds out every image of class %s: the model never trains "
+            "on it. Add images of it, or pass validation_data.", only_held,
+        )
+    if only_kept:
+        logger.warning(
+            "the content split leaves class %s out of the validation images (too few "
+            "images of it): early stopping does not watch it. Add images of it, or pass "
+            "validation_data.", only_kept,
+        )

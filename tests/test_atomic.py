@@ -1,0 +1,83 @@
+"""Saving never destroys what was there: save, save_model and export write beside, then rename."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+
+import keras
+import pytest
+from _colors import COLOURS, colour_model
+
+import finetunekit as ftk
+from finetunekit._atomic import write_beside
+
+
+def _broken(*args, **kwargs):
+    raise OSError("No space left on device")
+
+
+def test_write_beside_replaces_only_when_the_write_finished(tmp_path, caplog):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt), write_beside(target) as temp:
+        assert temp.parent == tmp_path and temp.name.startswith(".a.") and temp.suffix == ".txt"
+        temp.write_text("half")
+        raise KeyboardInterrupt
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    with caplog.at_level(logging.INFO, logger="finetunekit"), write_beside(target) as temp:
+        temp.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    assert "replaced the existing" in caplog.text
+
+
+def test_a_failed_folder_write_keeps_the_old_folder(tmp_path):
+    target = tmp_path / "served"
+    target.mkdir()
+    (target / "old.txt").write_text("previous")
+    with pytest.raises(OSError), write_beside(target, folder=True) as temp:
+        temp.mkdir()
+        (temp / "part").write_text("x")
+        _broken()
+    assert (target / "old.txt").read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["served"]
+
+
+def test_tuner_save_over_a_file_keeps_it_when_the_writer_fails(tmp_path, monkeypatch, caplog):
+    tuner = ftk.FineTuner(
+        "mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3), alpha=0.35
+    )
+    tuner.load_base().add_head()
+    target = tmp_path / "m.keras"
+    tuner.save(target)
+    before = target.read_bytes()
+    monkeypatch.setattr(tuner.model, "save", _broken)
+    with pytest.raises(OSError, match="No space left"):
+        tuner.save(target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="finetunekit"):
+        tuner.save(target)
+    assert "replaced the existing" in caplog.text
+    assert keras.models.load_model(target).count_params() == tuner.model.count_params()
+
+
+def test_a_save_killed_inside_the_zip_write_leaves_the_old_file(tmp_path, monkeypatch):
+    target = ftk.save_model(colour_model(), tmp_path / "m.keras", class_names=COLOURS)
+    before = target.read_bytes()
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", _broken)  # fails after Keras wrote
+    with pytest.raises(OSError):
+        ftk.save_model(colour_model(), target, class_names=COLOURS)
+    assert target.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+
+
+def test_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    written = ftk.save_model(colour_model(), "~/m.keras", class_names=COLOURS)
+    assert written == tmp_path / "home" / "m.keras" and written.is_file()
+    report = ftk.export(colour_model(), "~/m.tflite")
+    assert report.path == tmp_path / "home" / "m.tflite" and report.path.is_file()
+    assert not (tmp_path / "~").exists()

@@ -1,0 +1,286 @@
+"""Silent wrong input is refused: pixels, labels in full, endless data, class lists, NaN loss."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from _colors import COLOURS, colour_model, pixels, write_image
+
+import finetunekit as ftk
+from finetunekit import bases, data, training
+from finetunekit._nan import RaiseOnNaN
+from finetunekit.errors import ConfigError, DataError, TrainingDivergedError
+
+TINY = dict(weights=None, input_shape=(32, 32, 3), alpha=0.35)
+FAST = dict(head_epochs=1, finetune_epochs=0, verbose=0)
+
+
+def tuner(**kwargs):
+    return ftk.FineTuner("mobilenet_v2", **{"num_classes": 3, **TINY, **kwargs})
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, size=(160, 32, 32, 3)).astype("float32")
+    return x, np.arange(160) % 3
+
+
+def batches(x, y, size=8):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(size)
+
+
+# -- pixels ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scale, says",
+    [
+        (lambda x: x / 255, "within [0, 1]"),
+        (lambda x: x / 127.5 - 1, "negative"),
+        (lambda x: keras.applications.mobilenet_v2.preprocess_input(x.copy()), "negative"),
+    ],
+)
+def test_preprocessed_pixels_are_refused_before_training(images, scale, says):
+    x, y = images
+    with pytest.raises(DataError, match=re.escape(says)) as caught:
+        tuner().fit(batches(scale(x), y), **FAST)
+    assert "raw 0-255 pixels" in str(caught.value) and "x * 255" in str(caught.value)
+
+
+def test_all_black_and_raw_images_pass_the_pixel_check():
+    data.check_pixels(np.zeros((4, 8, 8, 3)), "x")
+    data.check_pixels(np.full((4, 8, 8, 3), 255.0), "x")
+
+
+def test_a_model_of_the_users_own_gets_a_warning_not_an_error(images, caplog):
+    x, y = images
+    inputs = keras.Input((32, 32, 3))
+    own = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))  # no finetunekit preprocessing
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        ftk.FineTuner(own, num_classes=3).fit(x[:24] / 255, y[:24], **FAST)
+    assert "within [0, 1]" in caplog.text
+
+
+def test_predict_and_evaluate_check_pixels_too():
+    classifier = ftk.Classifier(colour_model(), COLOURS)
+    classifier.info = ftk.classifier.ModelInfo(COLOURS, "multiclass", "mobilenet_v2", None)
+    with pytest.raises(DataError, match="within \\[0, 1\\]"):
+        classifier.predict(pixels("red") / 255)
+    with pytest.raises(DataError, match="negative"):
+        ftk.evaluate(classifier, (pixels("red")[None] / 127.5 - 1, np.array([0])))
+    assert classifier.predict(pixels("red"))[0].label  # raw pixels pass
+
+
+def test_nan_pixels_past_the_first_batch_are_named(images):
+    x, y = images
+    x = x.copy()
+    x[150, 0, 0, 0] = np.nan
+    with pytest.raises(DataError, match="NaN or infinite pixel values"):
+        tuner(cache=False).fit(batches(x, y), validation_split=0, **FAST)
+
+
+# -- labels -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache", ["auto", False])
+def test_a_bad_label_at_index_150_of_a_dataset_is_a_data_error(images, cache):
+    x, y = images
+    y = y.copy()
+    y[150] = 7
+    with pytest.raises(DataError, match="labels from 0 to 7") as caught:
+        tuner(cache=cache).fit(batches(x, y), **FAST)
+    assert "class indices 0..2" in str(caught.value)
+
+
+def test_array_labels_are_checked_in_full_before_anything_trains(images, monkeypatch):
+    x, y = images
+    y = y.copy()
+    y[150] = 7
+    monkeypatch.setattr(training, "run_phases", lambda *a, **k: pytest.fail("training began"))
+    with pytest.raises(DataError, match="Label 7 is out of range for 3 classes"):
+        tuner().fit(x, y, **FAST)
+
+
+def test_label_2_in_a_binary_dataset_is_refused(images):
+    x, _ = images
+    y = np.arange(160) % 2
+    y[150] = 2
+    with pytest.raises(DataError, match="task='binary'"):
+        ftk.FineTuner("mobilenet_v2", task="binary", **TINY).fit(batches(x, y), **FAST)
+
+
+def test_nan_regression_targets_are_refused(images):
+    x, _ = images
+    targets = np.ones(160)
+    targets[150] = np.nan
+    with pytest.raises(DataError, match="NaN or infinite"):
+        ftk.FineTuner("mobilenet_v2", task="regression", **TINY).fit(x, targets, **FAST)
+
+
+# -- datasets ---------------------------------------------------------------------------
+
+
+def test_an_infinite_dataset_is_refused_instead_of_hanging(images):
+    x, y = images
+    with pytest.raises(DataError, match="infinite") as caught:
+        tuner().fit(batches(x, y).repeat(), **FAST)
+    assert "Remove .repeat()" in str(caught.value)
+
+
+def test_validation_data_of_other_classes_is_refused(images):
+    x, y = images
+    train, validation = batches(x, y), batches(x, y % 2)
+    train.class_names = ["daisy", "roses", "tulips"]
+    validation.class_names = ["daisy", "tulips"]
+    with pytest.raises(DataError, match="other classes") as caught:
+        tuner().fit(train, validation_data=validation, **FAST)
+    assert "missing from validation: ['roses']" in str(caught.value)
+
+
+def test_unbatched_images_of_mixed_sizes_name_the_fix():
+    sizes = [32] * 5 + [40]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: ((np.full((s, s, 3), 100.0, "float32"), i % 3) for i, s in enumerate(sizes)),
+        output_signature=(tf.TensorSpec((None, None, 3)), tf.TensorSpec((), tf.int64)),
+    )
+    with pytest.raises(DataError, match="different sizes") as caught:
+        tuner().fit(dataset, **FAST)
+    assert "tf.image.resize" in str(caught.value)
+
+
+def test_a_class_of_one_image_left_out_of_the_validation_split_is_warned(caplog):
+    labels = np.array([0, 0, 1, 1, 2])
+    held = np.array([True, False, True, False, False])
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        data.warn_lost_classes(labels, held, "multiclass")
+    assert "leaves class [2] out of the validation images" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        data.warn_lost_classes(labels, ~held, "multiclass")
+    assert "holds out every image of class [2]: the model never trains on it" in caplog.text
+    data.warn_lost_classes(np.eye(3)[labels], np.array([1, 0, 1, 0, 1], bool), "multiclass")
+
+
+@pytest.mark.parametrize("cache", ["auto", False])
+def test_the_content_split_warns_when_a_class_lands_on_one_side(images, cache, caplog):
+    x, y = images
+    y = y.copy()
+    y[:] = np.arange(160) % 2
+    y[0] = 2  # a class of one image
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        tuner(cache=cache).fit(x, y, **FAST)
+    assert "class [2]" in caplog.text
+
+
+def test_hidden_folders_in_class_folders_are_refused_and_never_predicted_on(tmp_path):
+    for name in ("red", "green"):
+        write_image(tmp_path / name / "a.png", pixels(name))
+        write_image(tmp_path / name / "b.png", pixels(name))
+    write_image(tmp_path / "red" / ".ipynb_checkpoints" / "a-checkpoint.png", pixels("red"))
+    with pytest.raises(DataError, match="hidden") as caught:
+        data.from_directory(tmp_path, image_size=32)
+    assert "rm -r" in str(caught.value) and ".ipynb_checkpoints" in str(caught.value)
+    files = ftk.classifier.image_files(tmp_path)
+    assert len(files) == 4 and not any(".ipynb" in f for f in files)
+
+
+# -- NaN loss -----------------------------------------------------------------------------
+
+
+def test_a_diverging_fit_stops_at_the_first_nan_loss_with_an_error(images):
+    x, _ = images
+    regression = ftk.FineTuner("mobilenet_v2", task="regression", **TINY)
+    with pytest.raises(TrainingDivergedError, match="loss became inf") as caught:
+        regression.fit(x[:24], np.full(24, 1e30), **FAST)
+    assert "in epoch 1 of the head phase" in str(caught.value)
+    assert "lower the learning rate" in str(caught.value)
+    assert isinstance(caught.value, ArithmeticError)
+
+
+def test_the_nan_callback_names_a_float16_policy(monkeypatch):
+    monkeypatch.setattr(keras.config, "dtype_policy", lambda: keras.DTypePolicy("mixed_float16"))
+    callback = RaiseOnNaN("finetune", 1e-5)
+    callback.on_batch_end(0, {"loss": 1.0})
+    with pytest.raises(TrainingDivergedError, match="'mixed_float16': float16 overflows"):
+        callback.on_batch_end(3, {"loss": float("nan")})
+
+
+# -- the base -------------------------------------------------------------------------------
+
+
+def test_a_tuner_on_another_tuners_model_leaves_that_model_alone(images):
+    x, y = images
+    first = tuner()
+    first.load_base().freeze().add_head()
+    before = [w.copy() for w in first.model.get_weights()]
+    second = ftk.FineTuner(first.model, num_classes=3)
+    second.fit(x[:24], y[:24], head_epochs=1, finetune_epochs=1, verbose=0)
+    assert second.base is not first.base
+    after = first.model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_unfreeze_is_checked_against_the_base_before_any_image_is_read(monkeypatch):
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(ConfigError, match="n=1000 but the base"):
+        tuner().fit(np.zeros((4, 32, 32, 3)), np.arange(4) % 3, unfreeze=1000)
+
+
+def test_a_folder_named_like_a_base_does_not_hijack_the_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mobilenet_v2").mkdir()
+    assert not bases._looks_like_path("mobilenet_v2")
+    assert bases._looks_like_path("./mobilenet_v2") or bases._looks_like_path("mobilenet_v2/")
+    assert ftk.load_base("mobilenet_v2", **TINY).name.startswith("mobilenetv2")
+
+
+def test_a_cut_short_file_in_the_keras_cache_is_named(tmp_path, monkeypatch):
+    from keras.src.backend import config as keras_config
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    good = tmp_path / "w.weights.h5"
+    ftk.load_base("mobilenet_v2", **TINY).save_weights(good)
+    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5"
+    (tmp_path / "models" / name).write_bytes(good.read_bytes()[:3000])
+    with pytest.raises(ftk.errors.WeightsUnavailableError, match="cut short") as caught:
+        ftk.load_base("mobilenet_v2", alpha=0.35, input_shape=(96, 96, 3))
+    assert name in str(caught.value) and "Delete the file" in str(caught.value)
+    assert "unknown URL" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "folder", "renamed"])
+def test_unreadable_weights_files_name_the_real_cause(tmp_path, kind):
+    base = ftk.load_base("mobilenet_v2", **TINY)
+    if kind == "truncated":
+        base.save_weights(tmp_path / "w.weights.h5")
+        path = tmp_path / "w.h5"
+        path.write_bytes((tmp_path / "w.weights.h5").read_bytes()[:5000])
+        says = "is cut short"
+    elif kind == "folder":
+        path = tmp_path / "w.h5"
+        path.mkdir()
+        says = "is a folder"
+    else:
+        base.save(tmp_path / "m.keras")
+        path = tmp_path / "m.h5"
+        path.write_bytes((tmp_path / "m.keras").read_bytes())
+        says = "is a Keras '.keras' archive named '.h5'"
+    with pytest.raises(ConfigError, match=says) as caught:
+        ftk.load_base("mobilenet_v2", **{**TINY, "weights": path})
+    assert "do not fit" not in str(caught.value)
+
+
+def test_a_truncated_keras_file_is_not_reported_missing(tmp_path):
+    ftk.load_base("mobilenet_v2", **TINY).save(tmp_path / "m.keras")
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes((tmp_path / "m.keras").read_bytes()[:2000])
+    with pytest.raises(ConfigError, match="not a complete '.keras' archive") as caught:
+        ftk.load_base(cut)
+    assert "File not found" not in str(caught.value)
