@@ -191,6 +191,8 @@ class Tracker:
         self._arrays: dict[str, np.ndarray] = {}
         self._pending: list[tuple[str, dict[str, Any]]] = []  # epochs of the running phase
         self.history: Any = None
+        #: Values the run decided once and a resume must reuse (the found head rate).
+        self.extra: dict[str, Any] = {}
         if self.directory is None:
             if resume:
                 raise CheckpointError(
@@ -228,6 +230,7 @@ class Tracker:
                 f"finetunekit writes format {FORMAT}. Delete it or pass a new checkpoint_dir."
             )
         self.state, self._arrays = state, arrays
+        self.extra = dict(state.get("extra", {}))
 
     def bind(self, call: dict[str, Any], data: dict[str, Any]) -> None:
         """Sets the call and data this run is; refuses a stored run of another.
@@ -398,6 +401,7 @@ class Tracker:
             "epoch": epochs,
             "phases": phases,
             "reports": [dataclasses.asdict(r) for r in self.history.reports],
+            "extra": _plain(self.extra),
             "best": {
                 "loss": None if best is None or math.isinf(best.best) else best.best,
                 "epoch": None if best is None else best.best_epoch,

@@ -423,18 +423,23 @@ class FineTuner:
         model = self._need_model()
         run_settings = self._settings(prepared, user_callbacks, verbose)
         run_settings.augment_views = chosen.views()
+        if checkpoint_dir is not None:  # after _prepare: classes and size are known then
+            call = checkpoints.describe_call(self, chosen)
+            if find:  # the call asked for a sweep; the rate it found is stored beside
+                call["recipe"]["head_learning_rate"] = "find"
+            tracker.bind(call, checkpoints.fingerprint(train, y, validation_data))
         if find and chosen.head_epochs:
             from finetunekit.lr_finder import with_found_rate
 
-            rate = with_found_rate(self, prepared, run_settings)
+            # A resumed run takes the rate its first run found: a new sweep (from other
+            # initial weights, or a head already trained) would find another.
+            rate = tracker.extra.get("found_rate")
+            if rate is None:
+                rate = with_found_rate(self, prepared, run_settings)
+            tracker.extra["found_rate"] = rate
             chosen = dataclasses.replace(chosen, head_learning_rate=rate)
         phases = chosen.phases(validation=prepared.has_validation)
         planned = plan_phases(model, phases)  # also checks `unfreeze` against the base
-        if checkpoint_dir is not None:  # after _prepare: classes and size are known then
-            tracker.bind(
-                checkpoints.describe_call(self, chosen),
-                checkpoints.fingerprint(train, y, validation_data),
-            )
         try:
             with prepared.errors():  # a bad label or NaN image past the first batches
                 history = training.run_phases(

@@ -529,7 +529,10 @@ def _steps_per_epoch(
     stored = run.stored.get(index)
     if stored is not None:
         part: caching.Part = "train" if data.holdout > 0 else "all"
-        return max(-(-stored.train.count(part) // settings.batch_size(stored.train.batch_size)), 1)
+        n, size = stored.train.count(part), settings.batch_size(stored.train.batch_size)
+        replicas = settings.replicas  # as FeatureCache.dataset cuts batches for replicas
+        steps = n // size + (1 if n % size >= replicas else 0) if replicas > 1 else -(-n // size)
+        return max(steps, 1)
     images, _ = data.datasets()
     count = int(images.cardinality())
     if count < 0:  # unknown length: counted once, on the labels

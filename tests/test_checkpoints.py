@@ -168,6 +168,32 @@ def test_a_finished_run_returns_its_result_and_other_calls_are_refused(
     assert "delete" in str(caught.value) and "new checkpoint_dir" in str(caught.value)
 
 
+def test_a_found_head_rate_is_stored_and_reused_on_resume(
+    tmp_path: Path, tiny_images: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetunekit import lr_finder
+
+    x, y = tiny_images
+    folder = tmp_path / "ckpt"
+    sweeps: list[float] = []
+    real = lr_finder.with_found_rate
+
+    def counted(*args: object) -> float:
+        sweeps.append(real(*args))  # type: ignore[arg-type]
+        return sweeps[-1]
+
+    monkeypatch.setattr(lr_finder, "with_found_rate", counted)
+    first = _tuner().fit(x, y, checkpoint_dir=folder, **{**FIT, "head_learning_rate": "find"})
+    assert len(sweeps) == 1
+    stored = checkpoints.read(folder)
+    assert stored is not None and stored[0]["extra"]["found_rate"] == pytest.approx(sweeps[0])
+    assert stored[0]["call"]["recipe"]["head_learning_rate"] == "find"
+    # The same call again: no second sweep (it would find another rate), the stored run.
+    again = _tuner().fit(x, y, checkpoint_dir=folder, **{**FIT, "head_learning_rate": "find"})
+    assert len(sweeps) == 1
+    assert again.history == first.history
+
+
 def test_resume_needs_a_checkpoint_and_a_folder(tmp_path: Path,
                                                 tiny_images: tuple[np.ndarray, np.ndarray]) -> None:
     x, y = tiny_images

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from finetunekit._orders import attach, orders_of
 from finetunekit.errors import DataError
 
 logger = logging.getLogger("finetunekit")
@@ -177,7 +178,9 @@ def guard_labels(
         with tf.control_dependencies(asserts):  # the labels wait for both checks
             return (images, tf.identity(labels), *rest)
 
-    return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    guarded = dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    orders = orders_of(dataset)  # the epoch-keyed shuffle stays visible to the fit
+    return guarded if orders is None else attach(guarded, orders)
 
 
 @contextlib.contextmanager
