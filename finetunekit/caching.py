@@ -10,6 +10,7 @@ stored outputs. The trainer model is built from the model's own layers
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -22,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import data, structure
+from finetunekit import data, distribute, structure
 from finetunekit._orders import EpochOrders, attach
 from finetunekit.errors import DataError
 
@@ -467,6 +468,16 @@ class FeatureCache:
         canonical = np.lexsort((label_key, np.concatenate(sums)))
         by_image = np.concatenate(image_rows)[canonical]
         in_order = flags[canonical]
+        #: A digest of the stored images' content keys and labels, whatever the order of
+        #: the pass: workers of one multi-worker fit compare theirs.
+        self.digest = int.from_bytes(
+            hashlib.sha256(
+                np.concatenate(sums)[canonical].tobytes()
+                + np.ascontiguousarray(label_key[canonical]).tobytes()
+                + in_order.tobytes()
+            ).digest()[:8],
+            "little",
+        )
         # With views, "train" and "all" hold one row per (image, view): (images, views).
         wide = self.views > 1
         self._parts: dict[str, np.ndarray] = {
@@ -783,6 +794,7 @@ def fit_on_features(
         steps=steps if steps > 0 else None,
     )
     trainer.history = history  # Keras' fit returns the trainer's own, which callbacks set
+    distribute.prepare_model(trainer)
     trainer.fit(
         train,
         validation_data=validation,

@@ -1,25 +1,43 @@
-"""Which `tf.distribute` strategies `fit` can train under, checked before any image is read.
+"""Training across workers: what `fit` adds to Keras under `MultiWorkerMirroredStrategy`.
 
 Keras 3 (up to 3.15 at least) cannot run `model.fit` under a
-`MultiWorkerMirroredStrategy` that spans more than one worker: it builds the model
-from `strategy.reduce("MEAN", first_batch)`, which the multi-worker strategy cannot
-reduce for a batch of several tensors, and it reduces every step's scalar logs along
-axis 0 (keras-team/keras#20585, tensorflow/tensorflow#72388). A fit would fail with a
-raw `PerReplica` error on every worker after loading the data, so it is refused here
-with what to use instead. A `MultiWorkerMirroredStrategy` of ONE worker (no
-`TF_CONFIG`, or a cluster of one) trains, cached or not, like `MirroredStrategy`.
+`MultiWorkerMirroredStrategy` that spans more than one worker, for two reasons that are
+both in its TensorFlow trainer (keras-team/keras#20585, tensorflow/tensorflow#72388):
+
+1. Before the first step it builds the model from `strategy.reduce("MEAN",
+   first_batch)`, a collective over a batch of several tensors that fails with a raw
+   `PerReplica` error. The build needs only the shapes and dtypes of one batch, so
+   `prepare_model` builds from this worker's own part of the batch instead: no
+   collective, the same variables.
+2. It reduces every step's logs with `strategy.reduce("MEAN", logs, axis=0)`, which
+   fails for the scalar losses and metrics every step returns ("Invalid reduction
+   dimension 0 for input with 0 dimensions"). `prepare_model` makes the training and
+   test steps return each scalar as a vector of one; the reduce then averages the
+   replicas' (already synchronised) values into the same scalar.
+
+Both are patches of one model instance, applied only across several workers; the rest
+of the step (gradients all-reduced across workers, variables mirrored) is Keras' own.
+
+Every worker must see the same data: the shuffles of `fit` are drawn from one seed,
+which the workers agree on (`shared_seed`: worker 0's, when none is given), and
+`check_same_data` stops a fit whose workers were handed different images.
 """
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from finetunekit.errors import ConfigError
+from finetunekit.errors import ConfigError, DataError
 
-__all__ = ["workers", "check_strategy"]
+__all__ = ["workers", "is_multi_worker", "prepare_model", "shared_seed", "check_same_data"]
+
+#: Set on a model once `prepare_model` has patched it.
+_PATCHED = "_finetunekit_multi_worker"
 
 
 def workers(strategy: tf.distribute.Strategy | None) -> int:
@@ -31,20 +49,112 @@ def workers(strategy: tf.distribute.Strategy | None) -> int:
     return max(1, sum(spec.num_tasks(job) for job in spec.jobs if job in ("chief", "worker")))
 
 
-def check_strategy(strategy: tf.distribute.Strategy | None) -> None:
-    """Refuses a strategy Keras' `fit` cannot train under (see the module's docstring).
+def is_multi_worker(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` across several workers."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and workers(strategy) > 1
+
+
+def prepare_model(model: keras.Model) -> keras.Model:
+    """Lets Keras' `fit` and `evaluate` run `model` across workers (see the module's docstring).
+
+    Does nothing unless the model was built under a multi-worker strategy; patches a
+    model once.
+
+    Args:
+        model: a Keras model built under its `distribute_strategy`.
+
+    Returns:
+        The same model.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if not is_multi_worker(strategy) or getattr(model, _PATCHED, False):
+        return model
+
+    def build_from_own_part(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
+        if iterator is not None:
+            for _, _, batches in iterator:
+                batch = next(batches)
+                data_batch = tf.nest.map_structure(_own_part(self.distribute_strategy), batch)
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(build_from_own_part, model)
+    for name in ("train_step", "test_step"):
+        setattr(model, name, _vector_logs(getattr(model, name)))
+    setattr(model, _PATCHED, True)
+    return model
+
+
+def _own_part(strategy: tf.distribute.Strategy) -> Any:
+    def part(value: Any) -> Any:
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    return part
+
+
+def _vector_logs(step: Any) -> Any:
+    def wrapped(data: Any) -> Any:
+        logs = step(data)
+        if not isinstance(logs, dict):
+            return logs
+        return {
+            key: tf.reshape(value, [1])
+            if isinstance(value, (tf.Tensor, tf.Variable)) and value.shape.rank == 0
+            else value
+            for key, value in logs.items()
+        }
+
+    return wrapped
+
+
+def _gather(strategy: tf.distribute.Strategy, values: list[int]) -> np.ndarray:
+    """Every replica's `values` (int64), one row per replica, worker 0's first."""
+    local = tf.constant([values], tf.int64)
+    gathered = strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0)
+    return np.asarray(gathered).reshape(-1, len(values))
+
+
+def shared_seed(strategy: tf.distribute.Strategy | None, seed: int | None) -> int | None:
+    """The seed of the shuffles, the same on every worker.
+
+    One worker: `seed` as given. Several: `seed` when every worker was given the same
+    one; worker 0's random draw when none was given.
 
     Raises:
-        ConfigError: a `MultiWorkerMirroredStrategy` across more than one worker.
+        ConfigError: the workers were given different seeds.
     """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return
-    count = workers(strategy)
-    if count > 1:
+    if not is_multi_worker(strategy):
+        return seed
+    assert strategy is not None
+    drawn = int(np.random.default_rng().integers(2**31)) if seed is None else int(seed)
+    rows = _gather(strategy, [drawn, seed is None])
+    if seed is None:
+        return int(rows[0, 0])
+    if not np.all(rows[:, 0] == rows[0, 0]) or rows[:, 1].any():
         raise ConfigError(
-            f"MultiWorkerMirroredStrategy across {count} workers: Keras {keras.__version__}'s "
-            "model.fit cannot train under it (it fails reducing the first batch and each "
-            "step's logs across workers: keras-team/keras#20585). Train on one machine: "
-            "MirroredStrategy() over its GPUs, or MultiWorkerMirroredStrategy() without "
-            "TF_CONFIG (one worker)."
+            f"The workers were given different seeds ({sorted(set(rows[:, 0].tolist()))}, "
+            "None shown as a random draw): every worker must run the same FineTuner(seed=...)."
+        )
+    return seed
+
+
+def check_same_data(strategy: tf.distribute.Strategy | None, key: int, what: str) -> None:
+    """Stops a multi-worker fit whose workers hold different data (`key`: its digest).
+
+    Raises:
+        DataError: the workers' digests differ.
+    """
+    if not is_multi_worker(strategy):
+        return
+    assert strategy is not None
+    rows = _gather(strategy, [key & (2**62 - 1)])
+    if not np.all(rows == rows[0]):
+        raise DataError(
+            f"The workers hold different {what}: every worker must read the same images "
+            "with the same labels (each shuffles and splits them alike, by the fit's seed). "
+            "A dataset split or shuffled with seed=None differs per worker: pass the same "
+            "seed= to from_directory (or keras.utils.image_dataset_from_directory)."
         )

@@ -74,7 +74,10 @@ class FineTuner:
         task: `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`.
         weights: `"imagenet"`, None, or a weights path (see `load_base`).
         input_shape: `(height, width, 3)`; the base's native size when None.
-        strategy: a `tf.distribute.Strategy` to build, compile and train under.
+        strategy: a `tf.distribute.Strategy` to build, compile and train under:
+            `MirroredStrategy` over the GPUs of one machine, `MultiWorkerMirroredStrategy`
+            across machines (every worker runs the same script; see
+            `finetunekit.distribute`).
         augment: `"default"` for `finetunekit.data.augmentation()`, a Keras layer of random
             transforms, or None. Applied to training images only (in pixel space, before
             the frozen layers), never to validation or held-out data or at inference.
@@ -99,8 +102,6 @@ class FineTuner:
     Raises:
         ConfigError: bad `task`, `num_classes`, `cache` or `cache_budget`.
         ArgumentTypeError: `strategy` is not a `tf.distribute.Strategy`.
-        ConfigError: a `MultiWorkerMirroredStrategy` across several workers, which Keras'
-            `fit` cannot train under (see `finetunekit.distribute`).
     """
 
     def __init__(
@@ -130,7 +131,6 @@ class FineTuner:
                 f"strategy must be a tf.distribute.Strategy (e.g. MirroredStrategy()); "
                 f"received {type(strategy).__name__}."
             )
-        distribute.check_strategy(strategy)
         self._base_arg = base
         self.num_classes = num_classes
         self.task = task
@@ -144,6 +144,7 @@ class FineTuner:
         self.cache = cache
         self.cache_budget = cache_budget
         self.seed = seed
+        self._seed_now = seed  # the seed of this call's shuffles: shared across workers
         self._compile_args: dict[str, Any] = {}
         self._label_mode: str | None = None
         #: The History of the last `train` (or the `FineTuneHistory` of the last `fit`).
@@ -574,10 +575,11 @@ class FineTuner:
         self, train: Any, y: Any, validation_data: Any, batch_size: int, *, holdout: float
     ) -> data.Prepared:
         """The data of one fit or train, checked against the task; loads the base if needed."""
+        self._seed_now = distribute.shared_seed(self.strategy, self.seed)
         prepared = data.prepare(
             train, y, task=self._task, num_classes=self.num_classes,
             validation_data=validation_data, holdout=holdout, batch_size=batch_size,
-            seed=self.seed, raw_pixels=self._takes_raw_pixels(),
+            seed=self._seed_now, raw_pixels=self._takes_raw_pixels(),
         )
         if self.base is None:
             if self.input_shape is None and not isinstance(self._base_arg, keras.Model):
@@ -624,7 +626,7 @@ class FineTuner:
             metrics=self._compile_args.get("metrics"),
             cache=self.cache,
             cache_budget=self.cache_budget,
-            seed=self.seed,
+            seed=self._seed_now,
             strategy=self.strategy,
             augment=self.augment,
             callbacks=training.check_callbacks(callbacks),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import _orders, caching, checkpoints, freezing, schedules, tasks
+from finetunekit import _orders, caching, checkpoints, distribute, freezing, schedules, tasks
 from finetunekit._nan import RaiseOnNaN
 from finetunekit.data import Prepared, warn_lost_classes
 from finetunekit.errors import ArgumentTypeError
@@ -436,6 +437,9 @@ def _fill(
         data.no_holdout()
     elif holdout:
         warn_lost_classes(train.labels, train.held_out_mask(), settings.task.name)
+    distribute.check_same_data(settings.strategy, train.digest, "training images")
+    if validation is not None:
+        distribute.check_same_data(settings.strategy, validation.digest, "validation images")
     for i, split in splits.items():
         run.stored[i] = _Stored(split, train, validation, unique[id(split.prefix.output)])
     run.fill_seconds = time.perf_counter() - start
@@ -638,6 +642,11 @@ def _fit_images(
     fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], _orders.FollowEpochs(data.train)]}
     if settings.printing:  # the same bar as on stored features
         fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], caching.ProgressBar()]}
+    if distribute.is_multi_worker(settings.strategy):
+        # Keras gives each worker its share of every batch, so all must read the same
+        # batches in the same order: compared on the first one.
+        distribute.check_same_data(settings.strategy, _batch_digest(train), "batches")
+        distribute.prepare_model(model)
     with settings.scope():
         return model.fit(
             train.prefetch(tf.data.AUTOTUNE),
@@ -645,6 +654,13 @@ def _fit_images(
             shuffle=False,  # datasets are reshuffled by tf.data itself
             **fit_args,
         )
+
+
+def _batch_digest(dataset: tf.data.Dataset) -> int:
+    """A digest of the first batch's pixels and labels."""
+    images, labels, *_ = next(iter(dataset))
+    digest = hashlib.sha256(np.asarray(images).tobytes() + np.asarray(labels).tobytes())
+    return int.from_bytes(digest.digest()[:8], "little")
 
 
 def _fit_stored(

@@ -1,12 +1,13 @@
 """FineTuner under tf.distribute.MultiWorkerMirroredStrategy.
 
 Two worker processes on this machine (TF_CONFIG with 127.0.0.1 ports, bounded
-time) form a real two-worker cluster. Keras' `fit` cannot train under it
-(keras-team/keras#20585), so FineTuner refuses it on every worker with a clear
-error; a plain Keras fit in the same cluster shows the upstream failure (when it
-stops failing, this test says so and the guard in `finetunekit.distribute` should
-go). With one worker, the strategy trains cached and uncached, and matches a run
-without any strategy.
+time) form a real two-worker cluster and fine-tune a tiny model together, cached
+and uncached: both workers must end with the same weights, equal (float tolerance)
+to a run of one process without any strategy on the same data. The same cluster
+checks the guards (a seed left to chance is shared; workers handed different data
+stop with our error) and that plain Keras' `fit` still fails there without
+`finetunekit.distribute.prepare_model` (when it stops failing, this test says so).
+With one worker, the strategy trains cached and uncached as without one.
 """
 
 from __future__ import annotations
@@ -29,21 +30,62 @@ import numpy as np
 import tensorflow as tf
 import keras
 import finetunekit as ftk
+from finetunekit import distribute
 from finetunekit.distribute import workers
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
+index = int(os.environ["WORKER_INDEX"])
 report = {"replicas": strategy.num_replicas_in_sync, "workers": workers(strategy)}
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 255, (24, 32, 32, 3)).astype("float32")
+y = rng.integers(0, 3, 24)
+fit = dict(head_epochs=2, finetune_epochs=2, unfreeze=1, batch_size=8, dropout=0.0,
+           early_stopping=False, verbose=0)
+
+
+def tuner(**kwargs):
+    keras.utils.set_random_seed(0)
+    return ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3),
+                         alpha=0.35, **kwargs)
+
+
+weights = {}
+for name, kwargs in (("cached", dict(strategy=strategy, cache=True)),
+                     ("uncached", dict(strategy=strategy, cache=False)),
+                     ("alone", dict(cache=True)), ("alone_uncached", dict(cache=False))):
+    t = tuner(seed=0, **kwargs)
+    history = t.fit(x, y, validation_data=(x[:8], y[:8]), **fit)
+    report[name] = [r.cached for r in history.reports]
+    weights[name] = [w.numpy() for w in t.model.weights]
+for name, alone in (("cached", "alone"), ("uncached", "alone_uncached")):
+    report[name + "_diff"] = max(float(np.max(np.abs(a - b)))
+                                 for a, b in zip(weights[name], weights[alone], strict=True))
+    report[name + "_sum"] = float(sum(float(np.sum(w, dtype="float64")) for w in weights[name]))
+
+# seed=None: each worker would draw its own shuffles; they share worker 0's.
+report["shared_seed"] = [distribute.shared_seed(strategy, None) for _ in range(2)]
+t = tuner(seed=None, strategy=strategy)
+history = t.fit(x, y, **{**fit, "early_stopping": True})
+report["unseeded_epochs"] = len(history.history["loss"])
 try:
-    ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3),
-                  alpha=0.35, strategy=strategy)
-    report["refused"] = None
+    tuner(seed=index, strategy=strategy).fit(x, y, **fit)
+    report["other_seeds"] = "trained"
 except ftk.FinetuneKitError as error:
-    report["refused"] = [type(error).__name__, isinstance(error, ValueError), str(error)]
-# The upstream failure itself, on a plain Keras model.
+    report["other_seeds"] = [type(error).__name__, str(error)]
+
+# Each worker handed other images: stopped on both, before training.
+other = np.random.default_rng(index + 1).uniform(0, 255, x.shape).astype("float32")
+for name, cache in (("different_cached", True), ("different_uncached", False)):
+    try:
+        tuner(seed=0, strategy=strategy, cache=cache).fit(other, y, **fit)
+        report[name] = "trained"
+    except ftk.FinetuneKitError as error:
+        report[name] = [type(error).__name__, str(error)]
+
+# Plain Keras, without prepare_model: still fails across workers (keras-team/keras#20585).
 with strategy.scope():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile("sgd", "mse")
-rng = np.random.default_rng(int(os.environ["WORKER_INDEX"]))
 data = tf.data.Dataset.from_tensor_slices(
     (rng.normal(size=(8, 4)).astype("float32"), np.zeros((8, 2), "float32"))).batch(8)
 try:
@@ -74,7 +116,7 @@ def _reports(outputs: list[str]) -> list[dict]:
     return reports
 
 
-def test_two_workers_form_a_cluster_and_fit_is_refused_clearly(tmp_path):
+def test_two_workers_fine_tune_together_cached_and_not(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -89,7 +131,7 @@ def test_two_workers_form_a_cluster_and_fit_is_refused_clearly(tmp_path):
     outputs = []
     try:
         for proc in procs:
-            outputs.append(proc.communicate(timeout=240)[0])
+            outputs.append(proc.communicate(timeout=300)[0])
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -98,13 +140,25 @@ def test_two_workers_form_a_cluster_and_fit_is_refused_clearly(tmp_path):
     reports = _reports(outputs)
     for report in reports:
         assert report["replicas"] == 2 and report["workers"] == 2  # a real 2-worker cluster
-        name, is_value_error, message = report["refused"]
-        assert name == "ConfigError" and is_value_error
-        assert "across 2 workers" in message and "MirroredStrategy()" in message
-        # When Keras fixes multi-worker fit, this fails: lift the guard and train across
-        # workers instead (each worker storing the features of its own shard).
+        assert report["cached"] == [True, True] and report["uncached"] == [False, False]
+        # the same updates as one process alone: each global batch is the same images
+        assert report["cached_diff"] < 1e-5, report
+        assert report["uncached_diff"] < 1e-5, report
+        for name in ("different_cached", "different_uncached"):
+            kind, message = report[name]
+            assert kind == "DataError" and "workers hold different" in message, report[name]
+            assert "seed=" in message
+        assert report["unseeded_epochs"] >= 2
+        kind, message = report["other_seeds"]
+        assert kind == "ConfigError" and "different seeds ([0, 1]" in message, message
+        # When Keras fixes multi-worker fit, this fails: prepare_model's patches can go.
         assert report["keras_fit"] != "trained", "Keras now fits under MultiWorkerMirrored"
         assert "PerReplica" in report["keras_fit"], report["keras_fit"]
+    first, second = reports
+    for name in ("cached_sum", "uncached_sum"):  # mirrored: the same weights
+        assert first[name] == second[name], (name, first[name], second[name])
+    seeds = first["shared_seed"]  # worker 0's draw on both, a new one at every call
+    assert seeds == second["shared_seed"] and seeds[0] != seeds[1], (seeds, second)
 
 
 ONE_WORKER = r"""
