@@ -48,32 +48,39 @@ class EpochOrders:
         """`0..n-1` in a new order at every iteration (of the epoch set, when one is)."""
         return self.rows(np.arange(n, dtype=np.int64))
 
-    def rows(self, index: np.ndarray, *, permute: bool = True) -> tf.data.Dataset:
+    def rows(
+        self, index: np.ndarray, *, permute: bool = True, length: int | None = None
+    ) -> tf.data.Dataset:
         """The entries of `index`, in a new order at every iteration when `permute`.
 
         A 2-D `index` (one row per image, one column per stored augmented view) gives
         one entry per image: a view drawn afresh at every iteration, from the same
         `(seed, epoch)` as the order, so a resumed fit draws the same views too.
+        `length` (at least `len(index)`) pads the order by starting it over, as
+        PyTorch's `DistributedSampler` pads a shard.
         """
         index = np.asarray(index, np.int64)
         n = len(index)
+        size = n if length is None else length
 
         def pick(_: np.ndarray) -> np.ndarray:
             rng = self._generator()
             order = rng.permutation(n) if permute else np.arange(n)
             if index.ndim == 1:
-                return index[order]
-            return index[order, rng.integers(index.shape[1], size=n)]
+                picked = index[order]
+            else:
+                picked = index[order, rng.integers(index.shape[1], size=n)]
+            return np.resize(picked, size)
 
         def draw(_: tf.Tensor) -> tf.Tensor:
             picked = tf.numpy_function(pick, [tf.constant(0, tf.int64)], tf.int64)
-            picked.set_shape((n,))
+            picked.set_shape((size,))
             return picked
 
         # The order is drawn when the iteration reads its first element (after Keras'
         # on_epoch_begin), not when an iterator is made.
         picked = tf.data.Dataset.from_tensors(0).map(draw).unbatch()
-        return picked.apply(tf.data.experimental.assert_cardinality(n))
+        return picked.apply(tf.data.experimental.assert_cardinality(size))
 
 
 def attach(dataset: tf.data.Dataset, orders: EpochOrders) -> tf.data.Dataset:

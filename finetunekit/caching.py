@@ -10,6 +10,7 @@ stored outputs. The trainer model is built from the model's own layers
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -32,6 +33,8 @@ __all__ = [
     "split_frozen_prefix",
     "joint_prefix",
     "FeatureCache",
+    "Slots",
+    "in_shard",
     "fit_on_features",
     "random_layers_before",
     "estimate_bytes",
@@ -59,6 +62,29 @@ class Split:
     prefix: keras.Model
     trainer: keras.Model
     cut: str
+
+
+@dataclass(frozen=True)
+class Slots:
+    """Where a worker's stored rows go in each global batch of a multi-worker fit.
+
+    Keras splits every global batch into one piece per replica and hands piece `j` to
+    worker `j % workers` (its local replica `j // workers`). A worker that stores only
+    its own shard fills its pieces with its rows and the others with zeros, which it
+    never trains on; every worker makes `steps` full batches per epoch, the shorter
+    shards padded by starting their order over (see `finetunekit.distribute`).
+
+    Attributes:
+        position: this worker's place among the workers (0 first).
+        workers: workers in the cluster.
+        local_replicas: replicas on each worker.
+        steps: batches per epoch, the same on every worker.
+    """
+
+    position: int
+    workers: int
+    local_replicas: int
+    steps: int
 
 
 def random_layers_before(split: Split) -> list[str]:
@@ -218,6 +244,46 @@ def _pixel_sums(images: tf.Tensor) -> np.ndarray:
     return flat.sum(axis=1)
 
 
+def _into_slots(
+    features: tf.Tensor, labels: tf.Tensor, *, slots: Slots, size: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """A worker's local batch spread into its pieces of a global batch (see `Slots`)."""
+    replicas = slots.workers * slots.local_replicas
+    piece = size // replicas
+    where = [[local * slots.workers + slots.position] for local in range(slots.local_replicas)]
+
+    def spread(part: tf.Tensor) -> tf.Tensor:
+        pieces = tf.reshape(part, (slots.local_replicas, piece, *part.shape[1:]))
+        full = tf.scatter_nd(where, pieces, (replicas, piece, *part.shape[1:]))
+        return tf.reshape(full, (size, *part.shape[1:]))
+
+    return spread(features), spread(labels)
+
+
+def _label_key(labels: np.ndarray) -> np.ndarray:
+    """One float per image of its label (an index, or a one-/multi-hot row)."""
+    columns = labels.reshape(len(labels), -1).astype(np.float64)
+    return columns @ np.arange(1, columns.shape[1] + 1, dtype=np.float64)
+
+
+def _digest(sums: np.ndarray, label_key: np.ndarray) -> int:
+    """A digest of images' (pixel sum, label) pairs, whatever their order."""
+    order = np.lexsort((label_key, sums))
+    pairs = np.stack([sums[order], label_key[order]], axis=1)
+    return int.from_bytes(hashlib.sha256(pairs.tobytes()).digest()[:8], "little")
+
+
+def in_shard(images: tf.Tensor, position: int, workers: int) -> np.ndarray:
+    """Whether each image belongs to the shard `position` of `workers`, by its content.
+
+    The pixel sum spread by 2**0.5 - 1 (not the golden ratio of the held-out split, so
+    shards and split are independent): the same images on every worker, whatever the
+    order they are read in, and duplicates in one shard.
+    """
+    total = _pixel_sums(images)
+    return np.floor(total * 0.41421356237309503).astype(np.int64) % workers == position
+
+
 def _view_function(prefix: keras.Model, dataset: tf.data.Dataset, augment: Any) -> Any:
     """`augment` (in training mode: random) then `prefix` (inference), as ONE traced function.
 
@@ -360,6 +426,9 @@ class FeatureCache:
         views: with `augment`, how many augmented views of each kept image are stored
             (the prefix runs once per view); `dataset(part="train")` then serves one
             view per image, drawn afresh every epoch.
+        shard: `(position, workers)`: store only this worker's shard of the training
+            images (chosen by content, see `in_shard`) and every held-out image; the
+            other images are read, not run. None: every image.
     """
 
     def __init__(
@@ -372,8 +441,10 @@ class FeatureCache:
         holdout: float = 0.0,
         augment: keras.layers.Layer | None = None,
         views: int = 1,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.paths: list[str] = []
+        self.shard = shard
         self.batch_size = _batch_size(dataset)
         self.views = views if augment is not None else 1
         n_out = len(prefix.outputs)
@@ -386,6 +457,8 @@ class FeatureCache:
         held: list[np.ndarray] = []
         sums: list[np.ndarray] = []
         image_labels: list[np.ndarray] = []
+        every_sum: list[np.ndarray] = []  # of every image read (a shard stores some)
+        every_label: list[np.ndarray] = []
         in_memory = rows = 0
         remove_stale_spills(directory)
         run = _inference_function(prefix, dataset, holdout)
@@ -402,6 +475,15 @@ class FeatureCache:
         try:
             for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
                 batch_labels = np.asarray(batch_labels)
+                if shard is not None:
+                    every_sum.append(_pixel_sums(images))
+                    every_label.append(batch_labels)
+                    keep = in_shard(images, *shard)
+                    if holdout:
+                        keep = keep | data.held_out(images, holdout).numpy()
+                    images, batch_labels = tf.boolean_mask(images, keep), batch_labels[keep]
+                    if not len(batch_labels):
+                        continue
                 image_labels.append(batch_labels)
                 if run_view is not None:
                     outs, flags = self._views_of(images, holdout, run, run_view, n_out)
@@ -445,8 +527,11 @@ class FeatureCache:
             quiet.close()
         for handle in handles:
             handle.close()
-        if rows == 0:
+        if rows == 0 and shard is None:
             raise DataError("The dataset is empty; there is nothing to train on.")
+        if rows == 0:  # an empty shard: judged by all the workers together (training.py)
+            self._empty(prefix, dataset, every_sum, every_label)
+            return
         self.labels = np.concatenate(labels)
         self._tensors: list[tf.Tensor] = []
         if handles:
@@ -462,21 +547,16 @@ class FeatureCache:
         # label), not of the pass: a dataset that shuffles itself stores its images in
         # another order at each pass, and a resumed fit's epoch-keyed shuffle of the rows
         # must pick the same images as the uninterrupted fit's did.
-        per_image_labels = np.concatenate(image_labels)
-        columns = per_image_labels.reshape(len(flags), -1).astype(np.float64)
-        label_key = columns @ np.arange(1, columns.shape[1] + 1, dtype=np.float64)
+        label_key = _label_key(np.concatenate(image_labels))
         canonical = np.lexsort((label_key, np.concatenate(sums)))
         by_image = np.concatenate(image_rows)[canonical]
         in_order = flags[canonical]
-        #: A digest of the stored images' content keys and labels, whatever the order of
-        #: the pass: workers of one multi-worker fit compare theirs.
-        self.digest = int.from_bytes(
-            hashlib.sha256(
-                np.concatenate(sums)[canonical].tobytes()
-                + np.ascontiguousarray(label_key[canonical]).tobytes()
-                + in_order.tobytes()
-            ).digest()[:8],
-            "little",
+        #: A digest of the content keys and labels of every image read, whatever the
+        #: order of the pass: the workers of one multi-worker fit compare theirs.
+        self.digest = (
+            _digest(np.concatenate(sums), label_key)
+            if shard is None
+            else _digest(np.concatenate(every_sum), _label_key(np.concatenate(every_label)))
         )
         # With views, "train" and "all" hold one row per (image, view): (images, views).
         wide = self.views > 1
@@ -492,6 +572,26 @@ class FeatureCache:
             f" ({self.count('held_out')} held out)" if holdout else "",
             [tuple(shape) for shape, _ in self._specs],
             "on disk" if self.paths else "in memory",
+        )
+
+    def _empty(
+        self,
+        prefix: keras.Model,
+        dataset: tf.data.Dataset,
+        every_sum: list[np.ndarray],
+        every_label: list[np.ndarray],
+    ) -> None:
+        """The state of a shard that holds no image."""
+        label_spec = dataset.element_spec[1]
+        self.labels = np.zeros((0, *label_spec.shape[1:]), label_spec.dtype.as_numpy_dtype)
+        self._specs = [(tuple(o.shape[1:]), np.dtype(o.dtype)) for o in prefix.outputs]
+        self._tensors = [tf.zeros((0, *shape), dtype) for shape, dtype in self._specs]
+        self.features = [t.numpy() for t in self._tensors]
+        rows = np.zeros((0, self.views) if self.views > 1 else (0,), np.int64)
+        self._parts = {"all": rows, "train": rows, "held_out": np.zeros((0,), np.int64)}
+        self.digest = _digest(
+            np.concatenate(every_sum) if every_sum else np.zeros(0),
+            _label_key(np.concatenate(every_label)) if every_label else np.zeros(0),
         )
 
     def _views_of(
@@ -554,6 +654,7 @@ class FeatureCache:
         part: Part = "train",
         batch_size: int | None = None,
         replicas: int = 1,
+        slots: Slots | None = None,
     ) -> tf.data.Dataset:
         """Batches of `(features, labels)` of one part, reshuffled every epoch when `shuffle`.
 
@@ -562,19 +663,26 @@ class FeatureCache:
         content, so a resumed fit draws the orders of an uninterrupted one.
         `batch_size` defaults to the batch size of the dataset the features came from.
         With `replicas`, every batch is cut down to a multiple of them (see
-        `training.Settings.for_replicas`).
+        `training.Settings.for_replicas`). With `slots` (a shard's cache in a
+        multi-worker fit), every batch is a full global batch of `batch_size` (a
+        multiple of the replicas) with this worker's rows in its own pieces.
         """
         index = self._parts[part]
         n = len(index)
         size = batch_size or self.batch_size
+        length = None
+        if slots is not None:
+            local = size // slots.workers
+            length = slots.steps * local
         orders = EpochOrders(seed) if (shuffle or index.ndim == 2) and n > 0 else None
         if orders is not None:  # orders (and views) keyed by (seed, epoch) in a fit: _orders.py
-            ds = orders.rows(index, permute=shuffle)
+            ds = orders.rows(index, permute=shuffle, length=length)
         else:
-            ds = tf.data.Dataset.from_tensor_slices(index)
-        ds = ds.batch(size)
-        batches = -(-n // size)
-        if replicas > 1:
+            rows = index if length is None else np.resize(index, length)
+            ds = tf.data.Dataset.from_tensor_slices(rows)
+        ds = ds.batch(size if slots is None else local)
+        batches = -(-n // size) if slots is None else slots.steps
+        if replicas > 1 and slots is None:
             ds = ds.map(lambda rows: rows[: tf.shape(rows)[0] // replicas * replicas])
             ds = ds.filter(lambda rows: tf.shape(rows)[0] > 0)
             batches = n // size + (1 if n % size >= replicas else 0)
@@ -588,6 +696,8 @@ class FeatureCache:
             ds = ds.map(take)
         else:
             ds = ds.map(self._reader(output))
+        if slots is not None:
+            ds = ds.map(functools.partial(_into_slots, slots=slots, size=size))
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(
             tf.data.AUTOTUNE
         )

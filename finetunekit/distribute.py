@@ -18,6 +18,11 @@ both in its TensorFlow trainer (keras-team/keras#20585, tensorflow/tensorflow#72
 Both are patches of one model instance, applied only across several workers; the rest
 of the step (gradients all-reduced across workers, variables mirrored) is Keras' own.
 
+Cached, the frozen layers' pass is split: each worker stores the features of its own
+shard of the training images (`caching.in_shard`, by content) and fills its pieces of
+every global batch from it (`caching.Slots`); `placement` and `gather_counts` tell each
+worker where its pieces go and how many steps every worker makes.
+
 Every worker must see the same data: the shuffles of `fit` are drawn from one seed,
 which the workers agree on (`shared_seed`: worker 0's, when none is given), and
 `check_same_data` stops a fit whose workers were handed different images.
@@ -34,7 +39,15 @@ import tensorflow as tf
 
 from finetunekit.errors import ConfigError, DataError
 
-__all__ = ["workers", "is_multi_worker", "prepare_model", "shared_seed", "check_same_data"]
+__all__ = [
+    "workers",
+    "is_multi_worker",
+    "prepare_model",
+    "placement",
+    "gather_counts",
+    "shared_seed",
+    "check_same_data",
+]
 
 #: Set on a model once `prepare_model` has patched it.
 _PATCHED = "_finetunekit_multi_worker"
@@ -115,6 +128,31 @@ def _gather(strategy: tf.distribute.Strategy, values: list[int]) -> np.ndarray:
     local = tf.constant([values], tf.int64)
     gathered = strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0)
     return np.asarray(gathered).reshape(-1, len(values))
+
+
+def placement(strategy: tf.distribute.Strategy | None) -> tuple[int, int, int] | None:
+    """`(this worker's position, workers, replicas per worker)`; None on one worker.
+
+    The position is this worker's place in the order of `strategy.gather` (worker 0
+    first), the order in which Keras hands out the pieces of a batch.
+    """
+    if not is_multi_worker(strategy):
+        return None
+    assert strategy is not None
+    local = len(strategy.extended.worker_devices)
+    token = int(np.random.default_rng().integers(2**62))
+    rows = _gather(strategy, [token])[:, 0]
+    first = int(np.flatnonzero(rows == token)[0])
+    return first // local, len(rows) // local, local
+
+
+def gather_counts(strategy: tf.distribute.Strategy | None, count: int) -> list[int]:
+    """Every worker's `count`, worker 0's first (`[count]` on one worker)."""
+    if not is_multi_worker(strategy):
+        return [count]
+    assert strategy is not None
+    local = len(strategy.extended.worker_devices)
+    return [int(c) for c in _gather(strategy, [count])[::local, 0]]
 
 
 def shared_seed(strategy: tf.distribute.Strategy | None, seed: int | None) -> int | None:

@@ -30,7 +30,7 @@ import tensorflow as tf
 from finetunekit import _orders, caching, checkpoints, distribute, freezing, schedules, tasks
 from finetunekit._nan import RaiseOnNaN
 from finetunekit.data import Prepared, warn_lost_classes
-from finetunekit.errors import ArgumentTypeError
+from finetunekit.errors import ArgumentTypeError, DataError
 from finetunekit.recipe import HEAD, Phase, Plan, is_finetune
 
 __all__ = [
@@ -341,6 +341,7 @@ class _Stored:
     train: caching.FeatureCache
     validation: caching.FeatureCache | None
     output: int
+    slots: caching.Slots | None = None  # a shard's cache in a multi-worker fit
 
 
 @dataclass
@@ -418,6 +419,7 @@ def _fill(
     prefix = caching.joint_prefix(*order)
     budget = settings.cache_budget
     holdout = data.holdout if data.validation is None else 0.0
+    placement = distribute.placement(settings.strategy)  # None on one worker
     train = stack.enter_context(
         caching.FeatureCache(
             prefix,
@@ -426,23 +428,49 @@ def _fill(
             holdout=holdout,
             augment=settings.augment,
             views=settings.augment_views,
+            shard=None if placement is None else placement[:2],
         )
     )
+    distribute.check_same_data(settings.strategy, train.digest, "training images")
+    slots = None
+    if placement is not None:
+        slots = _slots(train, placement, settings)
     validation = None
     if data.validation is not None:
         validation = stack.enter_context(
             caching.FeatureCache(prefix, data.validation, budget=budget)
         )
-    elif holdout and (train.count("held_out") == 0 or train.count("train") == 0):
+        distribute.check_same_data(settings.strategy, validation.digest, "validation images")
+    elif holdout and (train.count("held_out") == 0 or (slots is None and not train.count())):
         data.no_holdout()
     elif holdout:
         warn_lost_classes(train.labels, train.held_out_mask(), settings.task.name)
-    distribute.check_same_data(settings.strategy, train.digest, "training images")
-    if validation is not None:
-        distribute.check_same_data(settings.strategy, validation.digest, "validation images")
     for i, split in splits.items():
-        run.stored[i] = _Stored(split, train, validation, unique[id(split.prefix.output)])
+        output = unique[id(split.prefix.output)]
+        run.stored[i] = _Stored(split, train, validation, output, slots)
     run.fill_seconds = time.perf_counter() - start
+
+
+def _slots(
+    train: caching.FeatureCache, placement: tuple[int, int, int], settings: Settings
+) -> caching.Slots:
+    """Where this worker's shard goes in the global batches, from every shard's size."""
+    position, workers, local = placement
+    counts = distribute.gather_counts(settings.strategy, train.count("train"))
+    if min(counts) == 0:  # raised on every worker alike: each has the same counts
+        raise DataError(
+            f"Across {workers} workers, a worker's shard of the training images is empty "
+            f"(shards of {counts} images): there are too few images for this many workers. "
+            "Train on fewer workers, or on more images."
+        )
+    size = settings.batch_size(train.batch_size) // workers
+    steps = max(-(-count // size) for count in counts)
+    logger.info(
+        "worker %d of %d: the frozen layers ran on its shard of %d training images "
+        "(shards %s); %d batches of %d per epoch on each worker, shorter shards padded",
+        position, workers, counts[position], counts, steps, size,
+    )
+    return caching.Slots(position, workers, local, steps)
 
 
 def run_phases(
@@ -531,6 +559,8 @@ def _steps_per_epoch(
     if not phase.warmup and not phase.cosine:
         return None
     stored = run.stored.get(index)
+    if stored is not None and stored.slots is not None:
+        return stored.slots.steps
     if stored is not None:
         part: caching.Part = "train" if data.holdout > 0 else "all"
         n, size = stored.train.count(part), settings.batch_size(stored.train.batch_size)
@@ -682,12 +712,14 @@ def _fit_stored(
             metrics=settings.metrics,
         )
     part: caching.Part = "train" if data.holdout > 0 else "all"
-    batching = dict(
+    batching: dict[str, Any] = dict(
         output=stored.output,
         batch_size=settings.batch_size(stored.train.batch_size),
         replicas=settings.replicas,
     )
-    train = stored.train.dataset(shuffle=True, seed=settings.seed, part=part, **batching)
+    train = stored.train.dataset(
+        shuffle=True, seed=settings.seed, part=part, slots=stored.slots, **batching
+    )
     if stored.validation is not None:
         validation = stored.validation.dataset(shuffle=False, part="all", **batching)
     elif data.holdout > 0:

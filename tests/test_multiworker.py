@@ -25,19 +25,39 @@ PYTHONPATH = os.pathsep.join(
 )
 
 WORKER = r"""
-import json, os, sys
+import json, logging, os, sys
 import numpy as np
 import tensorflow as tf
 import keras
 import finetunekit as ftk
 from finetunekit import distribute
+from finetunekit.caching import in_shard
 from finetunekit.distribute import workers
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 index = int(os.environ["WORKER_INDEX"])
 report = {"replicas": strategy.num_replicas_in_sync, "workers": workers(strategy)}
+
+
+class Shards(logging.Handler):  # the shard sizes each worker logs after its pass
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        if "frozen layers ran on its shard" in record.getMessage():
+            self.lines.append(record.getMessage())
+
+
+shards = Shards()
+logging.getLogger("finetunekit").addHandler(shards)
+logging.getLogger("finetunekit").setLevel(logging.INFO)
+# 12 images of each worker's shard: one batch of 24 per epoch is then the same
+# gradient whether one process sees all 24 or each worker its 12.
 rng = np.random.default_rng(0)
-x = rng.uniform(0, 255, (24, 32, 32, 3)).astype("float32")
+pool = rng.uniform(0, 255, (96, 32, 32, 3)).astype("float32")
+mine = in_shard(pool, 0, 2)
+x = np.concatenate([pool[mine][:12], pool[~mine][:12]])
 y = rng.integers(0, 3, 24)
 fit = dict(head_epochs=2, finetune_epochs=2, unfreeze=1, batch_size=8, dropout=0.0,
            early_stopping=False, verbose=0)
@@ -49,18 +69,31 @@ def tuner(**kwargs):
                          alpha=0.35, **kwargs)
 
 
+def total(model):
+    return float(sum(float(np.sum(w, dtype="float64")) for w in model.weights))
+
+
 weights = {}
-for name, kwargs in (("cached", dict(strategy=strategy, cache=True)),
-                     ("uncached", dict(strategy=strategy, cache=False)),
-                     ("alone", dict(cache=True)), ("alone_uncached", dict(cache=False))):
+for name, kwargs, batch in (("cached", dict(strategy=strategy, cache=True), 24),
+                            ("alone", dict(cache=True), 24),
+                            ("uncached", dict(strategy=strategy, cache=False), 8),
+                            ("alone_uncached", dict(cache=False), 8)):
     t = tuner(seed=0, **kwargs)
-    history = t.fit(x, y, validation_data=(x[:8], y[:8]), **fit)
+    history = t.fit(x, y, validation_data=(x[:8], y[:8]), **{**fit, "batch_size": batch})
     report[name] = [r.cached for r in history.reports]
     weights[name] = [w.numpy() for w in t.model.weights]
+    report[name + "_sum"] = total(t.model)
 for name, alone in (("cached", "alone"), ("uncached", "alone_uncached")):
     report[name + "_diff"] = max(float(np.max(np.abs(a - b)))
                                  for a, b in zip(weights[name], weights[alone], strict=True))
-    report[name + "_sum"] = float(sum(float(np.sum(w, dtype="float64")) for w in weights[name]))
+report["shards"] = list(shards.lines)
+
+# Shards of 17 and 12 images in batches of 8 (4 per worker): the shorter one is padded.
+uneven = np.concatenate([x, pool[mine][12:17]])
+t = tuner(seed=0, strategy=strategy)
+history = t.fit(uneven, rng.integers(0, 3, len(uneven)), **fit)
+report["uneven_sum"] = total(t.model)
+report["uneven_shards"] = shards.lines[-1]
 
 # seed=None: each worker would draw its own shuffles; they share worker 0's.
 report["shared_seed"] = [distribute.shared_seed(strategy, None) for _ in range(2)]
@@ -155,7 +188,13 @@ def test_two_workers_fine_tune_together_cached_and_not(tmp_path):
         assert report["keras_fit"] != "trained", "Keras now fits under MultiWorkerMirrored"
         assert "PerReplica" in report["keras_fit"], report["keras_fit"]
     first, second = reports
-    for name in ("cached_sum", "uncached_sum"):  # mirrored: the same weights
+    # each worker ran the frozen layers on its own 12 of the 24 training images
+    assert len(first["shards"]) == 1, first["shards"]
+    for position, report in enumerate(reports):
+        assert f"worker {position} of 2" in report["shards"][0], report["shards"]
+        assert "shard of 12 training images (shards [12, 12])" in report["shards"][0]
+        assert "shards [17, 12]); 5 batches of 4 per epoch" in report["uneven_shards"]
+    for name in ("cached_sum", "uncached_sum", "uneven_sum"):  # mirrored: the same weights
         assert first[name] == second[name], (name, first[name], second[name])
     seeds = first["shared_seed"]  # worker 0's draw on both, a new one at every call
     assert seeds == second["shared_seed"] and seeds[0] != seeds[1], (seeds, second)
