@@ -369,12 +369,15 @@ class Predictions(Sequence[Prediction]):
         return "\n".join(lines)
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Writes one row per image: source, then class and probability for each of the top k."""
+        """Writes one row per image: source, then class and probability for each of the top k.
+
+        Written beside `path` and renamed over it when complete: an interrupted write
+        leaves an existing file as it was.
+        """
         target = Path(os.fspath(path))
         top = max((len(r.top) for r in self.rows), default=1)
         header = ["image"] + [f"{kind}_{i + 1}" for i in range(top) for kind in ("class", "p")]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "w", newline="") as handle:
+        with write_beside(target) as temp, open(temp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             for index, row in enumerate(self.rows):

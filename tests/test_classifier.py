@@ -116,7 +116,7 @@ def test_predict_on_files_and_arrays(saved, tmp_path):
     assert [p.label for p in mixed] == ["red", "green"]
 
 
-def test_predictions_table_and_csv(saved, tmp_path):
+def test_predictions_table_and_csv(saved, tmp_path, monkeypatch):
     folder = colour_folder(tmp_path / "p", {"x": ["red", "green"]})
     predictions = ftk.load(saved).predict(folder, top=2)
     text = str(predictions)
@@ -127,6 +127,25 @@ def test_predictions_table_and_csv(saved, tmp_path):
     assert rows[1][0].endswith("0_red.png") and rows[1][1] == "red"
     assert float(rows[1][2]) == pytest.approx(1.0, abs=1e-6)
     assert rows[2][1] == "green"
+    # A write stopped half-way (Ctrl-C after the header) keeps the old file whole.
+    before = written.read_bytes()
+    calls, real = [], csv.writer
+
+    class Stopping:
+        def __init__(self, handle):
+            self.inner = real(handle)
+
+        def writerow(self, row):
+            calls.append(row)
+            if len(calls) > 1:
+                raise KeyboardInterrupt
+            self.inner.writerow(row)
+
+    monkeypatch.setattr(csv, "writer", Stopping)
+    with pytest.raises(KeyboardInterrupt):
+        predictions.to_csv(written)
+    assert len(calls) == 2 and written.read_bytes() == before
+    assert sorted(p.name for p in written.parent.iterdir()) == ["predictions.csv"]
 
 
 def test_binary_multilabel_and_regression_predictions(tmp_path):
