@@ -111,6 +111,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _views(text: str) -> int | str:
+    """`--augment-views 4`, or `auto`."""
+    if text == "auto":
+        return text
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto'; received {text!r}"
+        ) from None
+
+
 def _stages(text: str) -> int | tuple[int, ...]:
     """`--unfreeze 2` or, unfreezing gradually, `--unfreeze 1,2,4`."""
     parts = [part.strip() for part in text.split(",")]
@@ -238,6 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="sweep the head's learning rate first (finetunekit.find_lr) and train at its "
         "suggestion instead of --head-lr",
+    )
+    train.add_argument(
+        "--augment",
+        choices=("none", "light", "default", "strong"),
+        default="none",
+        help="random flips, rotations and zooms of the training images (finetunekit.data."
+        "augmentation presets); validation images are never augmented",
+    )
+    train.add_argument(
+        "--augment-views",
+        type=_views,
+        default=D.augment_views,
+        metavar="K",
+        help="with --augment and cached phases: augmented views of each image stored (the "
+        "frozen layers run once per view), or 'auto'",
     )
     train.add_argument(
         "--unit", choices=("block", "layer"), default="block", help="what --unfreeze counts"
@@ -618,6 +645,7 @@ def _recipe_settings(args: argparse.Namespace) -> dict[str, Any]:
         lr_decay=args.lr_decay,
         warmup=args.warmup,
         cosine=args.cosine,
+        augment_views=args.augment_views,
     )
 
 
@@ -658,6 +686,7 @@ def _train(args: argparse.Namespace) -> int:
         weights=args.weights,
         input_shape=None if size is None else (size, size, 3),
         seed=args.seed,  # the cached phases' shuffles too: a resumed run draws the same
+        augment=None if args.augment == "none" else args.augment,
         **_base_kwargs(args),
     )
     split = args.validation_split or None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -275,6 +276,8 @@ def test_out_is_checked_before_training(capsys, tmp_path, no_training, out, expe
         (["--finetune-epochs", "2", "--warmup", "2"], "--warmup 2 epochs is not shorter"),
         (["--finetune-lr", "0"], "--finetune-lr must be a positive number"),
         (["--seed", "-1"], "--seed: expected an integer >= 0"),
+        (["--augment-views", "0"], "--augment-views: expected a positive integer or 'auto'"),
+        (["--augment", "heavy"], "--augment: invalid choice: 'heavy'"),
         (["--base-arg", "weights=None"], "use --weights instead"),
         (["--base-arg", "input_shape=(32, 32, 3)"], "use --image-size instead"),
     ],
@@ -283,7 +286,7 @@ def test_other_arguments_are_checked_before_training(
     capsys, tmp_path, no_training, extra, expected
 ):
     root = shapes_folder(tmp_path / "data", per_class=2)
-    usage = extra[0] == "--seed"  # argparse's own check: a usage error
+    usage = extra[0] in ("--seed", "--augment-views", "--augment")  # argparse's: usage errors
     assert main(["train", str(root), "--weights", "none", *extra]) == (2 if usage else 1)
     assert expected in _one_error_line(capsys.readouterr().err)
 
@@ -439,3 +442,19 @@ def test_train_unfreezes_gradually_with_per_block_rates_and_a_found_rate(capsys,
     assert recipe["warmup"] == 0.5 and recipe["cosine"] is True
     assert recipe["head_learning_rate"] != finetunekit.DEFAULTS.head_learning_rate
     assert isinstance(keras.models.load_model(out).optimizer, keras.optimizers.MultiOptimizer)
+
+
+def test_train_with_augmented_views(capsys, tmp_path, caplog):
+    root = shapes_folder(tmp_path / "data")
+    out = tmp_path / "model.keras"
+    argv = [
+        "train", str(root), "--weights", "none", "--alpha", "0.35", "--image-size", "32",
+        "--head-epochs", "1", "--finetune-epochs", "1", "--unfreeze", "1", "--batch-size", "4",
+        "--validation-split", "0.25", "--augment", "default", "--augment-views", "2",
+        "--out", str(out),
+    ]
+    with caplog.at_level(logging.INFO, logger="finetunekit"):
+        assert main(argv) == 0
+    assert finetunekit.load(out).info.recipe["augment_views"] == 2
+    cached = [r.getMessage() for r in caplog.records if "augmented views" in r.getMessage()]
+    assert any("x 2 augmented views" in line for line in cached), cached
