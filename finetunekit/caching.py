@@ -280,8 +280,11 @@ def in_shard(images: tf.Tensor, position: int, workers: int) -> np.ndarray:
     shards and split are independent): the same images on every worker, whatever the
     order they are read in, and duplicates in one shard.
     """
-    total = _pixel_sums(images)
-    return np.floor(total * 0.41421356237309503).astype(np.int64) % workers == position
+    return _in_shard_by_sums(_pixel_sums(images), position, workers)
+
+
+def _in_shard_by_sums(sums: np.ndarray, position: int, workers: int) -> np.ndarray:
+    return np.floor(sums * 0.41421356237309503).astype(np.int64) % workers == position
 
 
 def _view_function(prefix: keras.Model, dataset: tf.data.Dataset, augment: Any) -> Any:
@@ -478,7 +481,7 @@ class FeatureCache:
                 if shard is not None:
                     every_sum.append(_pixel_sums(images))
                     every_label.append(batch_labels)
-                    keep = in_shard(images, *shard)
+                    keep = _in_shard_by_sums(every_sum[-1], *shard)
                     if holdout:
                         keep = keep | data.held_out(images, holdout).numpy()
                     images, batch_labels = tf.boolean_mask(images, keep), batch_labels[keep]

@@ -213,6 +213,21 @@ class Tracker:
             )
 
     @property
+    def position(self) -> tuple[int, int, int, bool, bool]:
+        """Where the stored run stands: (epochs done, phase, epoch in it, phase done,
+        finished); all zeros and False without one."""
+        if self.state is None:
+            return (0, 0, 0, False, False)
+        state = self.state
+        return (
+            int(state["epochs_done"]),
+            int(state["phase"]),
+            int(state["in_phase"]),
+            bool(state["phase_done"]),
+            bool(state.get("finished")),
+        )
+
+    @property
     def path(self) -> Path | None:
         return None if self.directory is None else self.directory / FILE
 

@@ -13,7 +13,8 @@ both in its TensorFlow trainer (keras-team/keras#20585, tensorflow/tensorflow#72
    fails for the scalar losses and metrics every step returns ("Invalid reduction
    dimension 0 for input with 0 dimensions"). `prepare_model` makes the training and
    test steps return each scalar as a vector of one; the reduce then averages the
-   replicas' (already synchronised) values into the same scalar.
+   replicas' values into one scalar, the same on every worker (as `MirroredStrategy`
+   does on one machine).
 
 Both are patches of one model instance, applied only across several workers; the rest
 of the step (gradients all-reduced across workers, variables mirrored) is Keras' own.
@@ -30,7 +31,9 @@ which the workers agree on (`shared_seed`: worker 0's, when none is given), and
 
 from __future__ import annotations
 
+import contextlib
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -46,6 +49,8 @@ __all__ = [
     "placement",
     "gather_counts",
     "shared_seed",
+    "together",
+    "by_batches",
     "check_same_data",
 ]
 
@@ -159,40 +164,101 @@ def shared_seed(strategy: tf.distribute.Strategy | None, seed: int | None) -> in
     """The seed of the shuffles, the same on every worker.
 
     One worker: `seed` as given. Several: `seed` when every worker was given the same
-    one; worker 0's random draw when none was given.
+    one; worker 0's random draw when none was. Decided from what every worker was
+    given, so all of them return, or all raise.
 
     Raises:
-        ConfigError: the workers were given different seeds.
+        ConfigError: the workers were given different seeds (or some None, some not).
     """
     if not is_multi_worker(strategy):
         return seed
     assert strategy is not None
     drawn = int(np.random.default_rng().integers(2**31)) if seed is None else int(seed)
     rows = _gather(strategy, [drawn, seed is None])
-    if seed is None:
+    unseeded = rows[:, 1].astype(bool)
+    if unseeded.all():
         return int(rows[0, 0])
-    if not np.all(rows[:, 0] == rows[0, 0]) or rows[:, 1].any():
+    if unseeded.any() or not np.all(rows[:, 0] == rows[0, 0]):
+        given = ["None" if none else str(int(value)) for value, none in rows]
         raise ConfigError(
-            f"The workers were given different seeds ({sorted(set(rows[:, 0].tolist()))}, "
-            "None shown as a random draw): every worker must run the same FineTuner(seed=...)."
+            f"The workers were given different seeds ({', '.join(given)}, worker 0 first): "
+            "every worker must run the same FineTuner(seed=...)."
         )
     return seed
 
 
-def check_same_data(strategy: tf.distribute.Strategy | None, key: int, what: str) -> None:
-    """Stops a multi-worker fit whose workers hold different data (`key`: its digest).
+@contextlib.contextmanager
+def together(strategy: tf.distribute.Strategy | None, what: str) -> Iterator[None]:
+    """Runs a step of every worker's own (reading data, a pass): all go on, or all stop.
+
+    A worker that failed alone would leave the others waiting forever at the next
+    collective, so every worker reports whether its step failed: the failed worker
+    raises its own error, the others a `DataError` that points to its log.
 
     Raises:
-        DataError: the workers' digests differ.
+        DataError: another worker failed this step.
+    """
+    if not is_multi_worker(strategy):
+        yield
+        return
+    assert strategy is not None
+    failed: Exception | None = None
+    try:
+        yield
+    except Exception as error:  # KeyboardInterrupt ends the process anyway
+        failed = error
+    flags = _gather(strategy, [failed is not None])[:, 0]
+    if failed is not None:
+        raise failed
+    if flags.any():
+        local = len(strategy.extended.worker_devices)
+        who = sorted({int(i) // local for i in np.flatnonzero(flags)})
+        raise DataError(
+            f"Worker {', '.join(map(str, who))} failed {what}; its own log says why. Every "
+            "worker stops here instead of waiting for it."
+        )
+
+
+def by_batches(dataset: tf.data.Dataset | None) -> tf.data.Dataset | None:
+    """`dataset` shared among workers by batches (each its pieces of every batch).
+
+    Keras leaves tf.data's AUTO policy, which shards a dataset of several files by
+    files instead: other batch counts per worker, and the zeros of `caching.Slots` would
+    be trained on.
+    """
+    if dataset is None:
+        return None
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+#: What `check_same_data` tells the user to do about different data.
+_SAME_DATA = (
+    "every worker must read the same images with the same labels (each shuffles and "
+    "splits them alike, by the fit's seed). A dataset split or shuffled with seed=None "
+    "differs per worker: pass the same seed= to from_directory (or "
+    "keras.utils.image_dataset_from_directory)."
+)
+
+
+def check_same_data(
+    strategy: tf.distribute.Strategy | None, key: int, what: str, fix: str = _SAME_DATA
+) -> None:
+    """Stops a multi-worker fit whose workers hold different data (`key`: its digest).
+
+    Args:
+        strategy: the fit's strategy (nothing is checked on one worker).
+        key: this worker's digest of what must be the same everywhere.
+        what: what the digest is of, for the message.
+        fix: what to do about it, for the message.
+
+    Raises:
+        DataError: the workers' digests differ (on every worker alike).
     """
     if not is_multi_worker(strategy):
         return
     assert strategy is not None
     rows = _gather(strategy, [key & (2**62 - 1)])
     if not np.all(rows == rows[0]):
-        raise DataError(
-            f"The workers hold different {what}: every worker must read the same images "
-            "with the same labels (each shuffles and splits them alike, by the fit's seed). "
-            "A dataset split or shuffled with seed=None differs per worker: pass the same "
-            "seed= to from_directory (or keras.utils.image_dataset_from_directory)."
-        )
+        raise DataError(f"The workers hold different {what}: {fix}")

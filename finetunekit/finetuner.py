@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from finetunekit import (
 )
 from finetunekit._checks import check_bool, check_choice, check_int
 from finetunekit.classifier import save_model
-from finetunekit.errors import ArgumentTypeError, StepOrderError
+from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
 from finetunekit.recipe import (
     DEFAULTS,
     FINETUNE,
@@ -407,12 +408,19 @@ class FineTuner:
             True
         """
         find = settings.get("head_learning_rate") == "find"
+        if find and distribute.is_multi_worker(self.strategy):
+            raise ConfigError(
+                "head_learning_rate='find' is not supported across workers: run "
+                "finetunekit.find_lr on one machine, then pass its suggestion as "
+                "head_learning_rate=..."
+            )
         if find:
             settings = {**settings, "head_learning_rate": DEFAULTS.head_learning_rate}
         chosen = Recipe.from_keywords(recipe, **settings)
         user_callbacks = training.check_callbacks(callbacks)
         check_bool("resume", resume)
-        tracker = checkpoints.Tracker(checkpoint_dir, resume=resume)
+        with distribute.together(self.strategy, "opening its checkpoint"):
+            tracker = checkpoints.Tracker(checkpoint_dir, resume=resume)
         self._check_unfreeze_before_data(chosen)
         holdout = chosen.validation_split if chosen.early_stopping else 0.0
         prepared = self._prepare(train, y, validation_data, chosen.batch_size, holdout=holdout)
@@ -428,7 +436,14 @@ class FineTuner:
             call = checkpoints.describe_call(self, chosen)
             if find:  # the call asked for a sweep; the rate it found is stored beside
                 call["recipe"]["head_learning_rate"] = "find"
-            tracker.bind(call, checkpoints.fingerprint(train, y, validation_data))
+            with distribute.together(self.strategy, "checking its checkpoint"):
+                tracker.bind(call, checkpoints.fingerprint(train, y, validation_data))
+            position = ",".join(map(str, tracker.position)).encode()
+            distribute.check_same_data(
+                self.strategy, int.from_bytes(hashlib.sha256(position).digest()[:8], "little"),
+                "checkpoints (each would resume at another epoch)",
+                "give every worker its own copy of the same checkpoint_dir, or a new one.",
+            )
         if find and chosen.head_epochs:
             from finetunekit.lr_finder import with_found_rate
 
@@ -576,6 +591,12 @@ class FineTuner:
     ) -> data.Prepared:
         """The data of one fit or train, checked against the task; loads the base if needed."""
         self._seed_now = distribute.shared_seed(self.strategy, self.seed)
+        with distribute.together(self.strategy, "reading the data"):
+            return self._prepare_here(train, y, validation_data, batch_size, holdout=holdout)
+
+    def _prepare_here(
+        self, train: Any, y: Any, validation_data: Any, batch_size: int, *, holdout: float
+    ) -> data.Prepared:
         prepared = data.prepare(
             train, y, task=self._task, num_classes=self.num_classes,
             validation_data=validation_data, holdout=holdout, batch_size=batch_size,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import keras
 import numpy as np
 
-from finetunekit import caching, freezing, schedules, tasks
+from finetunekit import caching, distribute, freezing, schedules, tasks
 from finetunekit._checks import check_choice, check_float, check_int
 from finetunekit.data import Prepared
 from finetunekit.errors import ConfigError, StepOrderError
@@ -137,7 +137,8 @@ def find_lr(
         An `LRFinderResult`: `.rates`, `.losses`, `.suggestion`, `.suggestions`, `.plot()`.
 
     Raises:
-        ConfigError: bad `phase`, `start`, `end` or `steps`, or nothing trainable.
+        ConfigError: bad `phase`, `start`, `end` or `steps`, nothing trainable, or a
+            tuner under a multi-worker strategy.
         DataError: data or labels that do not fit the task.
 
     Example:
@@ -151,6 +152,11 @@ def find_lr(
         raise StepOrderError(
             f"find_lr needs a finetunekit.FineTuner; received {type(tuner).__name__}. Build "
             "one: FineTuner('mobilenet_v2', num_classes=5)."
+        )
+    if distribute.is_multi_worker(tuner.strategy):
+        raise ConfigError(
+            "find_lr runs on one machine: build the tuner without a multi-worker strategy "
+            "(or with MirroredStrategy) to sweep, then pass the suggestion to the workers' fit."
         )
     check_choice("phase", phase, (HEAD, FINETUNE))
     blocks = check_int("unfreeze", unfreeze, minimum=0)

@@ -420,30 +420,32 @@ def _fill(
     budget = settings.cache_budget
     holdout = data.holdout if data.validation is None else 0.0
     placement = distribute.placement(settings.strategy)  # None on one worker
-    train = stack.enter_context(
-        caching.FeatureCache(
-            prefix,
-            data.train,
-            budget=budget,
-            holdout=holdout,
-            augment=settings.augment,
-            views=settings.augment_views,
-            shard=None if placement is None else placement[:2],
+    with distribute.together(settings.strategy, "the frozen layers' pass"):
+        train = stack.enter_context(
+            caching.FeatureCache(
+                prefix,
+                data.train,
+                budget=budget,
+                holdout=holdout,
+                augment=settings.augment,
+                views=settings.augment_views,
+                shard=None if placement is None else placement[:2],
+            )
         )
-    )
     distribute.check_same_data(settings.strategy, train.digest, "training images")
     slots = None
     if placement is not None:
         slots = _slots(train, placement, settings)
     validation = None
     if data.validation is not None:
-        validation = stack.enter_context(
-            caching.FeatureCache(prefix, data.validation, budget=budget)
-        )
+        with distribute.together(settings.strategy, "the frozen layers' pass"):
+            validation = stack.enter_context(
+                caching.FeatureCache(prefix, data.validation, budget=budget)
+            )
         distribute.check_same_data(settings.strategy, validation.digest, "validation images")
     elif holdout and (train.count("held_out") == 0 or (slots is None and not train.count())):
         data.no_holdout()
-    elif holdout:
+    elif holdout and slots is None:  # a shard holds only some of the classes' images
         warn_lost_classes(train.labels, train.held_out_mask(), settings.task.name)
     for i, split in splits.items():
         output = unique[id(split.prefix.output)]
@@ -663,6 +665,14 @@ def _fit_images(
     images, held = data.datasets()
     train, validation = settings.for_replicas(images), settings.for_replicas(held)
     assert train is not None
+    if distribute.is_multi_worker(settings.strategy):
+        # Keras gives each worker its share of every batch, so all must read the same
+        # batches in the same order: compared on the first one (before augmentation,
+        # which draws differently on each worker). Shared by batches, never by files.
+        distribute.check_same_data(settings.strategy, _batch_digest(train), "batches")
+        distribute.prepare_model(model)
+        train, validation = distribute.by_batches(train), distribute.by_batches(validation)
+        assert train is not None
     if settings.augment is not None:
         augment = settings.augment
         train = train.map(
@@ -672,11 +682,6 @@ def _fit_images(
     fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], _orders.FollowEpochs(data.train)]}
     if settings.printing:  # the same bar as on stored features
         fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], caching.ProgressBar()]}
-    if distribute.is_multi_worker(settings.strategy):
-        # Keras gives each worker its share of every batch, so all must read the same
-        # batches in the same order: compared on the first one.
-        distribute.check_same_data(settings.strategy, _batch_digest(train), "batches")
-        distribute.prepare_model(model)
     with settings.scope():
         return model.fit(
             train.prefetch(tf.data.AUTOTUNE),
@@ -727,6 +732,8 @@ def _fit_stored(
     else:
         validation = None
     fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], _orders.FollowEpochs(train)]}
+    if distribute.is_multi_worker(settings.strategy):  # after FollowEpochs read the orders
+        train, validation = distribute.by_batches(train), distribute.by_batches(validation)
     with settings.scope():
         return caching.fit_on_features(
             trainer,
