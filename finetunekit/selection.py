@@ -507,9 +507,10 @@ def _pooled_function(base: keras.Model, dataset: tf.data.Dataset, size: tuple[in
     """The base in inference mode, resizing to `size` and pooling, called eagerly.
 
     Not a `tf.function`: tracing EfficientNet keeps about 28 MB per trace alive inside
-    TensorFlow after the function and the model are gone (measured with TF 2.21), so
-    memory would grow with every candidate. One pass of convolutions costs the same
-    eagerly.
+    TensorFlow after the function and the model are gone (measured with TF 2.21, also
+    through `stateless_call` and with Grappler or oneDNN off), so memory would grow
+    with every candidate. Eager costs speed: about 3x the traced pass for MobileNetV2
+    at 224 px on a 2-core CPU (docs/selection.md).
     """
     spec = dataset.element_spec[0]
     resize = tuple(spec.shape[1:3]) != size
