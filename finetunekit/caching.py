@@ -447,7 +447,6 @@ class FeatureCache:
         shard: tuple[int, int] | None = None,
     ) -> None:
         self.paths: list[str] = []
-        self.shard = shard
         self.batch_size = _batch_size(dataset)
         self.views = views if augment is not None else 1
         n_out = len(prefix.outputs)
