@@ -63,6 +63,47 @@ def test_quantized_files_are_smaller_and_still_agree(tmp_path, images):
     assert details["dtype"] == np.float32  # raw pixels in, as the Keras model takes them
 
 
+def _layout(path):
+    """Where each weight buffer starts, and each zero-point vector, in a .tflite file."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    starts = []
+    for i in range(model.BuffersLength()):
+        table = model.Buffers(i)._tab
+        if model.Buffers(i).DataLength():
+            starts.append(table.Vector(table.Offset(4)))
+    zero_points = []
+    subgraph = model.Subgraphs(0)
+    for i in range(subgraph.TensorsLength()):
+        quantization = subgraph.Tensors(i).Quantization()
+        if quantization is not None and quantization.ZeroPointLength():
+            table = quantization._tab
+            zero_points.append(table.Vector(table.Offset(10)))
+    return starts, zero_points
+
+
+def test_litert_files_are_compacted_without_changing_an_output(tmp_path, images, monkeypatch):
+    model = conv_model()
+    compact = ftk.export(model, tmp_path / "c.tflite", quantize="int8", representative_data=images)
+    monkeypatch.setattr(export_module, "_compact_litert", lambda flatbuffer: flatbuffer)
+    plain = ftk.export(model, tmp_path / "p.tflite", quantize="int8", representative_data=images)
+    assert compact.size_bytes < plain.size_bytes
+    batch = export_module._images(images, export_module.as_classifier(model), 24, "images")
+    outputs = [export_module._litert_runner(r.path)[1](batch) for r in (compact, plain)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    starts, zero_points = _layout(compact.path)
+    assert starts and all(start % 16 == 0 for start in starts)  # the schema's force_align
+    _, plain_zero_points = _layout(plain.path)
+    # A weight and its bias share one vector of per-channel zero points, at least.
+    assert len(zero_points) == len(plain_zero_points) > len(set(zero_points))
+    assert len(set(plain_zero_points)) == len(plain_zero_points)
+    _, interpreter = export_module._interpreter_class()
+    assert interpreter(model_path=str(compact.path)).get_signature_list() == {
+        "serving_default": {"inputs": ["image"], "outputs": ["output_0"]}
+    }
+
+
 def test_saved_model_export_replaces_the_folder(tmp_path, images):
     model = colour_model()
     target = tmp_path / "served"
