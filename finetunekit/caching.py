@@ -173,15 +173,22 @@ def _batch_size(dataset: tf.data.Dataset) -> int:
 class _OwnRetracing(logging.Filter):
     """Drops TensorFlow's "triggered tf.function retracing" warning about our own traces.
 
-    Each phase trains a new trainer and each fit runs a new prefix, each traced once,
-    on purpose. TensorFlow counts traces by the Python code they come from (Keras'
-    training loop, the feature pass), so after a few phases in one process (a
-    notebook) it warns that the caller "retraces". Dropped only for those functions,
-    and only while finetunekit trains (see `quiet_retracing`).
+    Each phase trains a new trainer, each fit runs a new prefix and each model that
+    `load`, `evaluate` or `export` reads predicts with a step of its own, each traced
+    once, on purpose. TensorFlow counts traces by the Python code they come from
+    (Keras' training loop and predict step, the feature pass), so after a few phases
+    or loads in one process (a notebook) it warns that the caller "retraces". Dropped
+    only for those functions, and only inside finetunekit's own calls (see
+    `quiet_retracing`).
     """
 
     active = 0
-    OURS = ("_inference_function", "multi_step_on_iterator", "one_step_on_iterator")
+    OURS = (
+        "_inference_function",
+        "multi_step_on_iterator",
+        "one_step_on_iterator",
+        "one_step_on_data_distributed",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.active:

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import bases, structure
+from finetunekit import bases, caching, structure
 from finetunekit import data as ftk_data
 from finetunekit._atomic import expand, write_beside
 from finetunekit._version import __version__
@@ -447,7 +447,8 @@ class Classifier:
         if sources and sources[0] is None:  # arrays: files are 0-255 by construction
             self.check_pixels(next(iter(dataset.take(1))), "images")
         try:
-            outputs = self.model.predict(dataset, verbose=0)
+            with caching.quiet_retracing():
+                outputs = self.model.predict(dataset, verbose=0)
         except tf.errors.InvalidArgumentError as exc:
             # Files are decoded once, while predicting; only a failure reads them again.
             raise _decode_failure(sources) from exc

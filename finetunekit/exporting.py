@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetunekit._atomic import expand, write_beside
+from finetunekit.caching import quiet_retracing
 from finetunekit.classifier import Classifier, as_classifier, image_dataset
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
 
@@ -178,7 +179,8 @@ def export(
         runtime, run = (
             _litert_runner(destination) if format == "litert" else _saved_model_runner(destination)
         )
-        expected = np.asarray(classifier.model.predict(check, verbose=0, batch_size=32))
+        with quiet_retracing():
+            expected = np.asarray(classifier.model.predict(check, verbose=0, batch_size=32))
         got = np.concatenate([run(check[i : i + 32]) for i in range(0, len(check), 32)])
         expected = expected.reshape(len(check), -1)
         got = got.reshape(len(check), -1)

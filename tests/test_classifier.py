@@ -222,3 +222,26 @@ def test_bad_inputs_to_load_and_predict(saved, tmp_path):
     (tmp_path / "bad" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="broken.jpg"):
         classifier.predict(tmp_path / "bad")
+
+
+def test_loading_and_predicting_again_and_again_raises_no_retracing_warning(saved, tmp_path):
+    """Each loaded model traces its own predict step once, by design; TensorFlow counts
+    traces by the code they come from (Keras' predict step), so it used to warn."""
+    import logging
+
+    folder = colour_folder(tmp_path / "images", {"x": ["red", "green", "blue"]})
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        for _ in range(8):
+            assert ftk.load(saved).predict(folder)[0].label == "red"
+            ftk.export(saved, tmp_path / "m.tflite", parity_data=folder)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [r for r in records if "retracing" in r.getMessage()]
