@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetunekit import data as ftk_data
+from finetunekit.caching import quiet_retracing
 from finetunekit.classifier import Classifier, _load_image, as_classifier
 from finetunekit.data import _arrays, _folders
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
@@ -337,7 +338,9 @@ def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str
     for images, labels in _iterate(batches):
         if tuple(images.shape[1:3]) != tuple(size):
             images = tf.image.resize(images, size).numpy()
-        out = np.asarray(model.predict_on_batch(images), dtype="float64").reshape(len(images), -1)
+        with quiet_retracing():  # each loaded model traces its own step (see caching)
+            out = np.asarray(model.predict_on_batch(images), dtype="float64")
+        out = out.reshape(len(images), -1)
         truth = _targets(labels, task, len(names), out.shape[1])
         losses = _losses(out, truth, task)
         for i in np.argsort(-losses)[:WORST_KEPT]:

@@ -259,14 +259,20 @@ def _compact_litert(flatbuffer: bytes) -> bytes:
     TensorFlow has no such pass (its own rewrite, `_deduplicate_readonly_buffers`,
     shares identical weight buffers only), so it is written here, on TensorFlow's
     flatbuffer object API (`tensorflow.lite.tools.flatbuffer_utils`), as that rewrite
-    is. Where the API is missing or the model keeps its weights outside the
-    flatbuffer (files over 2 GB), the model is returned as it came.
+    is. Where the rewrite fails or is not smaller, or the model keeps its weights
+    outside the flatbuffer (files over 2 GB), the model is returned as it came.
     """
     try:
-        import flatbuffers
-        from tensorflow.lite.tools import flatbuffer_utils
-    except ImportError:  # pragma: no cover - both ship with tensorflow
+        return _compacted(flatbuffer)
+    except Exception as exc:  # noqa: BLE001 - as TensorFlow's own rewrite, never fail the export
+        logger.info("LiteRT file written as converted (not compacted: %s)", exc)
         return flatbuffer
+
+
+def _compacted(flatbuffer: bytes) -> bytes:
+    import flatbuffers
+    from tensorflow.lite.tools import flatbuffer_utils
+
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     if any(meta.name == b"buffer_location" for meta in model.metadata or ()):
         return flatbuffer
