@@ -173,13 +173,13 @@ def _batch_size(dataset: tf.data.Dataset) -> int:
 class _OwnRetracing(logging.Filter):
     """Drops TensorFlow's "triggered tf.function retracing" warning about our own traces.
 
-    Each phase trains a new trainer, each fit runs a new prefix and each model that
-    `load`, `evaluate` or `export` reads predicts with a step of its own, each traced
-    once, on purpose. TensorFlow counts traces by the Python code they come from
-    (Keras' training loop and predict step, the feature pass), so after a few phases
-    or loads in one process (a notebook) it warns that the caller "retraces". Dropped
-    only for those functions, and only inside finetunekit's own calls (see
-    `quiet_retracing`).
+    Each phase trains a new trainer, each fit runs a new prefix, each candidate of
+    `rank_bases` runs its own pass and each model that `load`, `evaluate` or `export`
+    reads predicts with a step of its own, each traced once, on purpose. TensorFlow
+    counts traces by the Python code they come from (Keras' training loop and predict
+    step, the feature pass), so after a few phases or loads in one process (a
+    notebook) it warns that the caller "retraces". Dropped only for those functions,
+    and only inside finetunekit's own calls (see `quiet_retracing`).
     """
 
     active = 0
@@ -188,6 +188,7 @@ class _OwnRetracing(logging.Filter):
         "multi_step_on_iterator",
         "one_step_on_iterator",
         "one_step_on_data_distributed",
+        "_pooled_function",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
