@@ -508,8 +508,9 @@ def _size(base: keras.Model, input_shape: tuple[int, int, int] | None) -> tuple[
 def _pooled_function(base: keras.Model, dataset: tf.data.Dataset, size: tuple[int, int]) -> Any:
     """The base in inference mode, resizing to `size` and pooling, as one traced function.
 
-    Traced once per candidate (the batch dimension left open), which on 350 images at
-    224 px runs MobileNetV2 in about a third of the eager time. Tracing an op made with
+    Traced once per candidate (the batch dimension left open): on 350 images at 224 px
+    MobileNetV2 then runs in about a third of the eager time, plus about 1.5 s of
+    tracing (docs/selection.md). Tracing an op made with
     `tf.custom_gradient` (swish, in EfficientNet) would keep the whole trace alive; see
     `_forget_custom_gradients`, which the caller runs once the pass is done.
     """
