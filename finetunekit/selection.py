@@ -509,10 +509,10 @@ def _pooled_function(base: keras.Model, dataset: tf.data.Dataset, size: tuple[in
     """The base in inference mode, resizing to `size` and pooling, as one traced function.
 
     Traced once per candidate (the batch dimension left open): on 350 images at 224 px
-    MobileNetV2 then runs in about a third of the eager time, plus about 1.5 s of
-    tracing (docs/selection.md). Tracing an op made with
-    `tf.custom_gradient` (swish, in EfficientNet) would keep the whole trace alive; see
-    `_forget_custom_gradients`, which the caller runs once the pass is done.
+    MobileNetV2 then runs in about a third of the eager time, plus about 1 s for the
+    trace and its first call (docs/selection.md). Tracing an op made with
+    `tf.custom_gradient` (swish, in EfficientNet) would keep the whole trace alive;
+    see `_forget_custom_gradients`, which the caller runs once the pass is done.
     """
     spec = dataset.element_spec[0]
     resize = tuple(spec.shape[1:3]) != size
@@ -552,15 +552,18 @@ def _forget_custom_gradients(pooled: Any, before: set[str]) -> None:
     the same way). Entries of other graphs, traced meanwhile by other threads, stay.
     """
     registry = _custom_gradients()
-    added = [name for name in registry if name not in before and name.startswith("CustomGradient")]
+    added = [n for n in list(registry) if n not in before and n.startswith("CustomGradient")]
     if not added or not pooled.experimental_get_tracing_count():
         return
-    graphs = {id(pooled.get_concrete_function().graph)}
-    for name in added:
-        entry = registry.get(name)
-        function = entry.get("type") if isinstance(entry, dict) else None
-        if function is not None and _reaches(function, graphs):
-            del registry[name]
+    try:
+        graphs = {id(pooled.get_concrete_function().graph)}
+        for name in added:
+            entry = registry.get(name)
+            function = entry.get("type") if isinstance(entry, dict) else None
+            if function is not None and _reaches(function, graphs):
+                registry.pop(name, None)
+    except Exception as exc:  # noqa: BLE001 - memory only: the ranking itself is done
+        logger.debug("custom gradients of the pass kept (%s)", exc)
 
 
 def _reaches(function: Any, graphs: set[int], depth: int = 4) -> bool:
