@@ -16,6 +16,7 @@ import tensorflow as tf
 from typing_extensions import Unpack
 
 from finetunekit import (
+    _gradients,
     bases,
     caching,
     checkpoints,
@@ -456,6 +457,7 @@ class FineTuner:
             chosen = dataclasses.replace(chosen, head_learning_rate=rate)
         phases = chosen.phases(validation=prepared.has_validation)
         planned = plan_phases(model, phases)  # also checks `unfreeze` against the base
+        registered = _gradients.snapshot()
         try:
             with prepared.errors():  # a bad label or NaN image past the first batches
                 history = training.run_phases(
@@ -465,6 +467,10 @@ class FineTuner:
             if tracker.history is not None:
                 self.history = tracker.history  # the epochs that ran
             raise
+        finally:
+            # The phases' own models and traces are gone; what TensorFlow's gradient
+            # registry still holds of them (swish bases) is released with them.
+            _gradients.release(registered)
         last = phases[-1] if phases else None
         self._compile_args = {
             "learning_rate": last.learning_rate if last else DEFAULTS.head_learning_rate,

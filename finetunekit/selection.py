@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import bases, caching, data, evaluation, tasks
+from finetunekit import _gradients, bases, caching, data, evaluation, tasks
 from finetunekit.data._labels import _label_info
 from finetunekit.errors import (
     ArgumentTypeError,
@@ -484,12 +484,14 @@ def _run_candidate(
     params = int(base.count_params())
     dataset = source.images(size)
     pooled = _pooled_function(base, dataset, size)
-    registered = set(_custom_gradients())
+    registered = _gradients.snapshot()
     try:
         with caching.quiet_retracing():  # one trace per candidate, on purpose
             features, labels = zip(*_batches(pooled, dataset, max_images), strict=True)
     finally:
-        _forget_custom_gradients(pooled, registered)
+        if pooled.experimental_get_tracing_count():
+            # The pass never differentiates: the gradients its trace registered go with it.
+            _gradients.release(registered, {id(pooled.get_concrete_function().graph)})
         # Only references go: the caller's own models stay usable (clear_session would not).
         del base, pooled
         gc.collect()
@@ -512,7 +514,7 @@ def _pooled_function(base: keras.Model, dataset: tf.data.Dataset, size: tuple[in
     MobileNetV2 then runs in about a third of the eager time, plus about 1 s for the
     trace and its first call (docs/selection.md). Tracing an op made with
     `tf.custom_gradient` (swish, in EfficientNet) would keep the whole trace alive;
-    see `_forget_custom_gradients`, which the caller runs once the pass is done.
+    `finetunekit._gradients.release`, which the caller runs once the pass is done.
     """
     spec = dataset.element_spec[0]
     resize = tuple(spec.shape[1:3]) != size
@@ -529,59 +531,6 @@ def _pooled_function(base: keras.Model, dataset: tf.data.Dataset, size: tuple[in
 
     shape = None if spec.shape.rank is None else (None, *spec.shape[1:])
     return tf.function(pooled, input_signature=[tf.TensorSpec(shape, spec.dtype)])
-
-
-def _custom_gradients() -> dict[str, Any]:
-    """TensorFlow's global gradient registry (name -> entry), or {} if it moved."""
-    from tensorflow.python.framework import ops as tf_ops
-
-    registry = getattr(getattr(tf_ops, "_gradient_registry", None), "_registry", None)
-    return registry if isinstance(registry, dict) else {}
-
-
-def _forget_custom_gradients(pooled: Any, before: set[str]) -> None:
-    """Drops the gradients TensorFlow registered while `pooled` was traced.
-
-    Inside a `tf.function`, every op made with `tf.custom_gradient` registers its gradient
-    under a new name ("CustomGradient-N") in TensorFlow's global registry, for good, and
-    the registered closure holds tensors of the traced graph: the graph stays alive
-    (tensorflow/tensorflow#27492, #97697), about 28 MB per EfficientNet-B0 trace, so
-    memory grew with every candidate. TensorFlow has no way to release them; the
-    ranking's pass never differentiates, so the entries registered since `before` whose
-    closures reach this pass's graph are removed (keras-team/tf-keras#898 purges them
-    the same way). Entries of other graphs, traced meanwhile by other threads, stay.
-    """
-    registry = _custom_gradients()
-    added = [n for n in list(registry) if n not in before and n.startswith("CustomGradient")]
-    if not added or not pooled.experimental_get_tracing_count():
-        return
-    try:
-        graphs = {id(pooled.get_concrete_function().graph)}
-        for name in added:
-            entry = registry.get(name)
-            function = entry.get("type") if isinstance(entry, dict) else None
-            if function is not None and _reaches(function, graphs):
-                registry.pop(name, None)
-    except Exception as exc:  # noqa: BLE001 - memory only: the ranking itself is done
-        logger.debug("custom gradients of the pass kept (%s)", exc)
-
-
-def _reaches(function: Any, graphs: set[int], depth: int = 4) -> bool:
-    """Whether a closure of `function` (followed `depth` deep) holds a tensor of `graphs`."""
-    for cell in getattr(function, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        for item in value if isinstance(value, (list, tuple)) else (value,):
-            graph = getattr(item, "graph", None)
-            while graph is not None:
-                if id(graph) in graphs:
-                    return True
-                graph = getattr(graph, "outer_graph", None)
-            if depth > 1 and callable(item) and _reaches(item, graphs, depth - 1):
-                return True
-    return False
 
 
 def _batches(
