@@ -89,5 +89,5 @@ def test_fits_of_a_swish_base_do_not_pile_up_in_memory():
     # From the second fit on (the first pays TensorFlow's warm-up). Kept, the entries
     # added about 120 MB a fit here (240 over these two); released only at the end of
     # their own fit (the live model still holds the last phase's), about 70 MB a fit.
-    # Released as here, about 30 MB a fit, unevenly (the allocator).
+    # Released as here, about 26 MB a fit, unevenly (benchmarks/bench_many_fits.py).
     assert rss[-1] - rss[1] < 100 * 2**20, [r >> 20 for r in rss]
