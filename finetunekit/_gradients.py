@@ -10,12 +10,17 @@ that releases them (keras-team/tf-keras#898 proposes purging them all in
 `clear_session`), so it is written here.
 
 Only entries added during one of finetunekit's own calls are considered, and of those
-only the ones whose graph nothing can use any more: its trace has finished and no live
-`ConcreteFunction` holds it. Differentiating a graph again needs a function that holds
-it, and such entries stay; they are looked at again by the next release (the model of
-the last fit keeps its train function until the model goes, so its entries go at the
-fit after). The registry is TensorFlow's private
-`ops._gradient_registry`; where it is missing or changes shape, nothing is released.
+only the ones of Keras' own step functions (the train, test and predict steps that
+`fit`, `evaluate` and `predict` trace, which compute their gradients inside the trace
+and which nothing differentiates from outside) whose graph nothing can use any more:
+its trace has finished and no live `ConcreteFunction` or `AtomicFunction` holds it.
+A function of the caller's, traced meanwhile (by a callback, or another thread), is
+never touched: it may be called inside another function and differentiated later,
+through a gradient hook that holds its graph and nothing else. Entries still in use
+are looked at again by the next release (the model of the last fit keeps its train
+function until the model goes, so its entries go at the fit after). The registry is
+TensorFlow's private `ops._gradient_registry`; where it is missing or changes shape,
+nothing is released.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ __all__ = ["snapshot", "release"]
 logger = logging.getLogger("finetunekit")
 
 PREFIX = "CustomGradient"
+
+#: The names of the functions Keras' TensorFlow trainer traces (train, test, predict).
+KERAS_STEPS = frozenset(
+    {"one_step_on_data", "one_step_on_iterator", "multi_step_on_iterator",
+     "one_step_on_data_distributed"}
+)  # fmt: skip
 
 # Entries of our calls that were still in use when their call ended.
 _pending: set[str] = set()
@@ -54,7 +65,8 @@ def release(before: set[str], graphs: set[int] | None = None) -> int:
     Args:
         before: a `snapshot()` taken before the traces.
         graphs: ids of graphs the caller knows it is done with (and never
-            differentiates); None: every finished graph that no live function holds.
+            differentiates); None: the finished graphs of Keras' step functions
+            that no live function holds.
 
     Returns:
         How many entries were removed.
@@ -88,7 +100,11 @@ def _release(before: set[str], graphs: set[int] | None) -> int:
             if graphs is not None:
                 done = bool(ids & graphs)
             else:
-                done = not ids & live and all(_finished(graph) for graph in reached)
+                done = (
+                    any(graph.name in KERAS_STEPS for graph in reached)
+                    and not ids & live
+                    and all(_finished(graph) for graph in reached)
+                )
             if done:
                 registry.pop(name, None)
                 _pending.discard(name)
@@ -133,12 +149,13 @@ def _function_graphs(graph: Any) -> list[Any]:
 
 
 def _live_graphs() -> set[int]:
-    """Ids of the graphs (and outer graphs) that live `ConcreteFunction`s hold."""
+    """Ids of the graphs (and outer graphs) that live functions hold."""
+    from tensorflow.python.eager.polymorphic_function.atomic_function import AtomicFunction
     from tensorflow.python.eager.polymorphic_function.concrete_function import ConcreteFunction
 
     live: set[int] = set()
     for obj in gc.get_objects():
-        if isinstance(obj, ConcreteFunction):
+        if isinstance(obj, (ConcreteFunction, AtomicFunction)):
             live.update(id(graph) for graph in _function_graphs(getattr(obj, "graph", None)))
     return live
 

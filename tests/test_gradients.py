@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,21 @@ def _ours(before):
     return _gradients.snapshot() - before
 
 
-def test_only_the_gradients_of_functions_gone_are_released():
+def _step(offset=0.0):
+    """A tf.function named as Keras' trainer names its steps."""
+
+    def one_step_on_data(x):
+        return _double(x) + offset
+
+    return tf.function(one_step_on_data)
+
+
+def test_only_the_gradients_of_keras_steps_gone_are_released():
     before = _gradients.snapshot()
-    kept = tf.function(lambda x: _double(x))
+    kept = _step()
     kept(tf.constant(1.0))
     kept_name = _ours(before)
-    dropped = tf.function(lambda x: _double(x))
+    dropped = _step()
     dropped(tf.constant(1.0))
     assert len(_ours(before)) == 2
     del dropped
@@ -49,13 +59,43 @@ def test_only_the_gradients_of_functions_gone_are_released():
     assert not _ours(before)
 
 
+def _nested():
+    inner = tf.function(lambda x: _double(x)).get_concrete_function(tf.constant(1.0))
+    outer = tf.function(lambda x: inner(x)).get_concrete_function(tf.constant(1.0))
+    return outer, weakref.ref(inner)
+
+
+def test_the_callers_functions_are_never_released():
+    # A function of the caller's, traced on its own and then called inside another:
+    # the outer graph's call op holds the inner graph through a gradient hook, with no
+    # ConcreteFunction left, and differentiating the outer function needs the entry.
+    before = _gradients.snapshot()
+    outer, inner = _nested()
+    gc.collect()
+    assert inner() is None  # only the call op's gradient hook holds its graph now
+    _gradients.release(before)
+    assert len(_ours(before)) == 1
+    x = tf.constant(1.0)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = outer(x)
+    assert float(tape.gradient(y, x)) == 3.0
+    # A function of another name (the caller's own, traced meanwhile) stays, gone or not.
+    mark = _gradients.snapshot()
+    own = tf.function(lambda x: _double(x))
+    own(tf.constant(1.0))
+    del own
+    _gradients.release(mark)
+    assert len(_ours(mark)) == 1
+
+
 def test_gradients_of_named_graphs_are_released_even_while_their_function_lives():
     before = _gradients.snapshot()
     function = tf.function(lambda x: _double(x))
     function(tf.constant(1.0))
     graph = function.get_concrete_function(tf.constant(1.0)).graph  # the trace made above
     mine = _ours(before)
-    other = tf.function(lambda x: _double(x) + 1)
+    other = _step(1.0)
     other(tf.constant(1.0))
     assert _gradients.release(before, {id(graph)}) == 1
     left = _ours(before)
