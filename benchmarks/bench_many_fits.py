@@ -1,13 +1,14 @@
 """Memory of many `FineTuner.fit` calls in one process (docs/finetuner.md, "Many fits").
 
 Each fit builds a fresh tuner, `FineTuner(base, num_classes=3, weights=None,
-input_shape=(32, 32, 3), seed=0).fit((x, y), head_epochs=1, finetune_epochs=1,
-verbose=0)` on 48 random images, then drops it and collects garbage; the resident
-memory is read after each fit. Bases whose ops are made with `tf.custom_gradient`
-(the swish of EfficientNet) register each op's gradient in TensorFlow's global
-registry when traced; `fit` removes the entries of its own finished traces. With
-`--keep`, that release is switched off, to show what it saves. Each setting runs in
-a process of its own, so one cannot inherit the other's memory.
+input_shape=(32, 32, 3), seed=0).fit((x, y), head_epochs=1, finetune_epochs=1)` on
+48 random images (default verbosity, early stopping on), then drops it and collects
+garbage; the resident memory is read after each fit. Bases whose ops are made with
+`tf.custom_gradient` (the swish of EfficientNet) register each op's gradient in
+TensorFlow's global registry when traced; `fit` removes the entries of Keras' steps
+once nothing holds them. With `--keep`, that release is switched off, to show what
+it saves. Each setting runs in a process of its own, so one cannot inherit the
+other's memory.
 
     python benchmarks/bench_many_fits.py                        # EfficientNet-B0, both ways
     python benchmarks/bench_many_fits.py --base mobilenet_v2 --alpha 0.35 --fits 8
@@ -47,7 +48,7 @@ def fits(base: str, alpha: float | None, count: int, keep: bool) -> list[int]:
         tuner = ftk.FineTuner(
             base, num_classes=3, weights=None, input_shape=(32, 32, 3), seed=0, **kwargs
         )
-        tuner.fit((x, y), head_epochs=1, finetune_epochs=1, verbose=0)
+        tuner.fit((x, y), head_epochs=1, finetune_epochs=1)
         del tuner
         gc.collect()
         after.append(rss_mb())
@@ -63,7 +64,8 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(" ".join(map(str, fits(args.base, args.alpha, args.fits, args.keep))))
+        rss = fits(args.base, args.alpha, args.fits, args.keep)
+        print("RSS", " ".join(map(str, rss)))  # the last line; the fits' own output above
         return
     print(f"{args.base}{'' if args.alpha is None else f' alpha {args.alpha}'}, {args.fits} fits")
     for keep in (False, True):
@@ -71,8 +73,8 @@ def main() -> None:
         command += [str(args.fits)] + ([] if args.alpha is None else ["--alpha", str(args.alpha)])
         out = subprocess.run(
             command + (["--keep"] if keep else []), check=True, capture_output=True, text=True
-        ).stdout.split()
-        rss = [int(v) for v in out]
+        ).stdout.splitlines()[-1].split()
+        rss = [int(v) for v in out[1:]]
         # From the second fit on: the first pays TensorFlow's own warm-up.
         per_fit = (rss[-1] - rss[1]) / max(len(rss) - 2, 1)
         label = "entries kept (control)" if keep else "released (the default)"

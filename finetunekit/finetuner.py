@@ -468,8 +468,8 @@ class FineTuner:
                 self.history = tracker.history  # the epochs that ran
             raise
         finally:
-            # The phases' own models and traces are gone; what TensorFlow's gradient
-            # registry still holds of them (swish bases) is released with them.
+            # What TensorFlow's gradient registry holds of the phases' finished steps
+            # (swish bases) goes; the last phase's, which the model holds, at the next fit.
             _gradients.release(registered)
         last = phases[-1] if phases else None
         self._compile_args = {
