@@ -87,6 +87,11 @@ def _release(before: set[str], graphs: set[int] | None) -> int:
     try:
         live: set[int] = set()
         if graphs is None:
+            if gc.get_freeze_count():
+                # Frozen objects (gc.freeze, e.g. during another thread's rank_bases) are
+                # invisible to gc.get_objects: a live function could be missed. Keep all.
+                _pending.update(added)
+                return 0
             gc.collect()  # the functions of the call that just ended
             live = _live_graphs()
         removed = 0

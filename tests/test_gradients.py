@@ -59,6 +59,29 @@ def test_only_the_gradients_of_keras_steps_gone_are_released():
     assert not _ours(before)
 
 
+def test_nothing_is_released_while_objects_are_frozen():
+    # gc.get_objects does not list frozen objects (rank_bases freezes the heap while it
+    # runs, another thread may freeze it too): a live function would look gone.
+    before = _gradients.snapshot()
+    live = _step()
+    live(tf.constant(1.0))
+    assert len(_ours(before)) == 1
+    gc.freeze()
+    try:
+        assert _gradients.release(before) == 0
+    finally:
+        gc.unfreeze()
+    assert len(_ours(before)) == 1
+    x = tf.constant(1.0)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = live(x)
+    assert float(tape.gradient(y, x)) == 3.0
+    del live, tape, y
+    _gradients.release(_gradients.snapshot())  # pending: goes now
+    assert not _ours(before)
+
+
 def _nested():
     inner = tf.function(lambda x: _double(x)).get_concrete_function(tf.constant(1.0))
     outer = tf.function(lambda x: inner(x)).get_concrete_function(tf.constant(1.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -231,6 +232,39 @@ def test_max_images_scores_the_same_subset_for_every_candidate():
     assert ranking.images == 30
 
 
+def test_the_heap_is_frozen_only_while_ranking_and_a_callers_freeze_is_kept():
+    x, y = _colour_data(4)
+    during: list[int] = []
+
+    class FreezeCount(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("ranked"):
+                during.append(gc.get_freeze_count())
+
+    handler = FreezeCount()
+    logger = logging.getLogger("finetunekit")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        ftk.rank_bases((x, y), {"a": _hue_base(), "b": _brightness_base()}, seed=0)
+        assert len(during) == 2 and all(count > 0 for count in during)  # collections skip them
+        assert gc.get_freeze_count() == 0  # and everything is back afterwards
+        gc.freeze()
+        frozen = gc.get_freeze_count()
+        try:
+            ftk.rank_bases((x, y), {"a": _hue_base(), "b": _brightness_base()}, seed=0)
+            # The caller's own freeze is neither undone nor added to (frozen objects that
+            # are freed leave it, so the count only shrinks).
+            assert frozen * 0.9 < gc.get_freeze_count() <= frozen
+            assert len(during) == 4 and all(frozen * 0.9 < n <= frozen for n in during[2:])
+        finally:
+            gc.unfreeze()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def test_a_folder_is_read_at_each_candidates_size(tmp_path, caplog):
     root = shapes_folder(tmp_path / "data", per_class=6)
     small = ftk.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpha=0.35)
@@ -322,9 +356,12 @@ def test_memory_stays_flat_across_candidates():
         4 * ftk.load_base("efficientnet_b0", weights=None, input_shape=SHAPE).count_params()
     )
     assert len(handler.rss) == 6
-    # From the second candidate on (the first pays TensorFlow's warm-up), four more
-    # candidates may not add two models' worth of memory; keeping each would add four.
-    assert handler.rss[-1] - handler.rss[1] < 2 * weights_bytes, [r >> 20 for r in handler.rss]
+    # From the level of the first two candidates (the first pays TensorFlow's warm-up),
+    # four more candidates may not add two models' worth of memory; keeping each would
+    # add four. (The allocator can hand memory back after either of the first two: after
+    # other tests, [834, 805, 838, 839, 841, 839] MB.)
+    start = max(handler.rss[:2])
+    assert handler.rss[-1] - start < 2 * weights_bytes, [r >> 20 for r in handler.rss]
 
 
 # -- real data ------------------------------------------------------------------------------
