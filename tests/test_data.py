@@ -184,6 +184,30 @@ def test_corrupt_files_are_named(tmp_path):
     assert "on_bad_image='skip'" in message
 
 
+def test_a_folder_read_again_is_decoded_again_only_where_a_file_changed(tmp_path, monkeypatch):
+    from finetunekit.data import _folders
+
+    make_folder(tmp_path, {"a": 3, "b": 3})
+    decoded: list[int] = []
+    real = _folders._decoded_shape
+
+    def counting(index, path):
+        decoded.append(1)  # runs once per trace of the check's map, i.e. once per check
+        return real(index, path)
+
+    monkeypatch.setattr(_folders, "_decoded_shape", counting)
+    data.from_directory(tmp_path, image_size=8)
+    data.from_directory(tmp_path, image_size=16)  # the same files: not checked again
+    assert len(decoded) == 1
+    # The same size and another content (a later modification time): checked, and named.
+    target = tmp_path / "a" / "00.png"
+    size = target.stat().st_size
+    target.write_bytes(np.random.default_rng(1).bytes(size))
+    with pytest.raises(DataError, match="a/00.png"):
+        data.from_directory(tmp_path, image_size=8)
+    assert len(decoded) == 2
+
+
 def test_skip_leaves_corrupt_files_out_with_a_warning(tmp_path, caplog):
     make_folder(tmp_path, {"a": 3, "b": 3})
     (tmp_path / "a" / "broken.png").write_bytes(b"")

@@ -7,6 +7,8 @@ import io
 import logging
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +30,12 @@ DEFAULT_IMAGE_SIZE = (224, 224)
 _LABEL_MODES = ("int", "categorical", "binary")
 _BAD_IMAGE_POLICIES = ("raise", "skip")
 _NAMES_SHOWN = 10
+#: Lists of files that decoded without an error, each file with its modification time
+#: and size, so that reading the same folder again (each candidate of `rank_bases`, a
+#: fit and then an evaluation) does not decode every file again; the last few are kept.
+_DECODED: OrderedDict[tuple[tuple[str, int, int], ...], None] = OrderedDict()
+_DECODED_KEPT = 8
+_decoded_lock = threading.Lock()
 
 
 
@@ -308,9 +316,18 @@ def _decoded_shape(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Ten
 
 
 def _find_bad_images(paths: list[str]) -> dict[str, str]:
-    """Decodes every file once, in parallel; returns path -> reason for the ones that fail."""
+    """Decodes every file once, in parallel; returns path -> reason for the ones that fail.
+
+    Files that all decoded before, unchanged since (same modification time and size), are
+    not decoded again: 350 photos took about 0.1 s on 2 cores, every read of the folder.
+    """
     if not paths:
         return {}
+    key = _stat_key(paths)
+    with _decoded_lock:
+        if key is not None and key in _DECODED:
+            _DECODED.move_to_end(key)
+            return {}
     decoded = (
         tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
         .map(_decoded_shape, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
@@ -318,7 +335,24 @@ def _find_bad_images(paths: list[str]) -> dict[str, str]:
         .batch(1024)
     )
     good = {int(i) for indices, _ in decoded.as_numpy_iterator() for i in indices}
-    return {path: _decode_error(path) for i, path in enumerate(paths) if i not in good}
+    bad = {path: _decode_error(path) for i, path in enumerate(paths) if i not in good}
+    if not bad and key is not None:
+        with _decoded_lock:
+            _DECODED[key] = None
+            while len(_DECODED) > _DECODED_KEPT:
+                _DECODED.popitem(last=False)
+    return bad
+
+
+def _stat_key(paths: list[str]) -> tuple[tuple[str, int, int], ...] | None:
+    """Each path with its modification time and size; None when one cannot be read."""
+    try:
+        stats = [os.stat(path) for path in paths]
+    except OSError:
+        return None
+    return tuple(
+        (path, stat.st_mtime_ns, stat.st_size) for path, stat in zip(paths, stats, strict=True)
+    )
 
 
 def _decode_error(path: str) -> str:
