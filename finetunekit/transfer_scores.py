@@ -303,13 +303,6 @@ def _stratified_folds(labels: np.ndarray, folds: int, rng: np.random.Generator) 
     return assignment
 
 
-def _fit_predict(
-    train: np.ndarray, labels: np.ndarray, test: np.ndarray, num_classes: int
-) -> np.ndarray:
-    """Logits of `test` from a softmax regression fitted on `train`."""
-    return _fit_predict_all([(train, labels, test)], num_classes)[0]
-
-
 def _fit_predict_all(
     problems: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int
 ) -> list[np.ndarray]:
@@ -333,13 +326,6 @@ def _fit_predict_all(
         tests.append(test)
     fitted = _softmax_regressions(xs, ys, num_classes)
     return [test @ weights + bias for test, (weights, bias) in zip(tests, fitted, strict=True)]
-
-
-def _softmax_regression(
-    x: np.ndarray, labels: np.ndarray, num_classes: int, *, l2: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """`(weights, bias)` of a softmax regression; see `_softmax_regressions`."""
-    return _softmax_regressions([x], [labels], num_classes, l2=l2)[0]
 
 
 def _softmax_regressions(
