@@ -460,6 +460,13 @@ def _add_model_commands(commands: Any) -> None:
     export.add_argument(
         "--check", metavar="FOLDER", help="images to check the export on (default: --calibration)"
     )
+    export.add_argument(
+        "--no-fit-head",
+        dest="fit_head",
+        action="store_false",
+        help="int8: write the converter's output, without fitting the output layer to the "
+        "int8 features of the calibration images",
+    )
     export.set_defaults(handler=_export)
 
 
@@ -496,6 +503,7 @@ def _export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         representative_data=args.calibration,
         parity_data=args.check,
+        fit_head=args.fit_head,
     )
     print(report)
     return 0

@@ -11,8 +11,10 @@ agreement. The preprocessing stays inside the exported model: it takes raw
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,16 @@ FORMATS = ("litert", "saved_model")
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 #: Most images `export` reads from `representative_data` to calibrate int8 and to check.
 MAX_IMAGES = 500
+#: Fitting the output layer of an int8 export to its int8 inputs (`fit_head=True`): Adam
+#: steps at this rate from the Keras weights, with this L2 pull back toward them. The
+#: pull was chosen on flowers-large/train (training photos, never flowers/test) for one
+#: fine-tuned MobileNetV2 and checked on three more; see docs/using-the-model.md.
+HEAD_FIT_STEPS = 300
+HEAD_FIT_RATE = 1e-3
+HEAD_FIT_PENALTY = 3e-4
+#: Fewer calibration images than this and the output layer is not fitted: a guard
+#: against fitting a layer to a handful of images, not a measured threshold.
+MIN_HEAD_FIT_IMAGES = 100
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,10 @@ class ExportReport:
             (for a one-output sigmoid: the same side of 0.5; None for a regression).
         runtime: what ran the exported model: `"ai-edge-litert"`, `"tf.lite"` or
             `"tf.saved_model"`.
+        head_fitted: True when the int8 file's output layer was fitted to its int8
+            inputs on the calibration images (`fit_head=True`).
+        on_calibration: True when the parity check ran on the calibration images
+            (no `parity_data`): with a fitted head, an optimistic figure.
     """
 
     path: Path
@@ -61,6 +77,8 @@ class ExportReport:
     max_abs_diff: float | None
     top1_agreement: float | None
     runtime: str | None
+    head_fitted: bool = False
+    on_calibration: bool = False
 
     def __str__(self) -> str:
         kind = self.format + (f" ({self.quantize})" if self.quantize else "")
@@ -75,6 +93,11 @@ class ExportReport:
                 f"parity with Keras on {self.images} images ({self.runtime}): "
                 f"max |diff| {self.max_abs_diff:.2e}{agreement}"
             )
+            if self.head_fitted and self.on_calibration:
+                lines.append(
+                    "  (on the calibration images, which fitted the output layer: pass "
+                    "parity_data with other images for a fair figure)"
+                )
         else:
             lines.append("parity not checked: pass representative_data or parity_data images")
         return "\n".join(lines)
@@ -89,6 +112,7 @@ def export(
     representative_data: Any = None,
     parity_data: Any = None,
     max_images: int = MAX_IMAGES,
+    fit_head: bool = True,
 ) -> ExportReport:
     """Exports a model for inference outside Keras and checks it against the Keras model.
 
@@ -112,13 +136,23 @@ def export(
             int8 and, unless `parity_data` is given, runs the parity check.
         parity_data: images for the parity check (same forms), e.g. a test folder.
         max_images: most images read from each of these.
+        fit_head: int8 only. Fit the model's output layer (a float32 `Dense` with
+            softmax or sigmoid) to the int8 features of the calibration images (at
+            least 100), so that the int8 file's outputs follow the Keras model's: 300
+            gradient steps from the Keras weights, pulled back toward them. It costs
+            a second conversion; the Keras model is given back its own weights.
+            Rounding every activation to 8 bits shifts the features the output layer
+            sees; on four fine-tuned MobileNetV2s (softmax) this raised the agreement
+            on 1,989 photos outside the calibration by 0.4-1.0 points. False writes
+            the converter's output as it is.
 
     Returns:
         An `ExportReport` with the size and the parity check.
 
     Raises:
         ConfigError: unknown `format` or `quantize`, quantization of a SavedModel, int8
-            without `representative_data`, or a LiteRT target not ending in `.tflite`.
+            without `representative_data`, a LiteRT target not ending in `.tflite`, or
+            a `fit_head` that is not a bool.
         WeightsNotFoundError: there is no model file at `model_or_path`.
         DataError, DataNotFoundError: the images cannot be read.
         MissingExtraError: no LiteRT interpreter to run the check
@@ -149,6 +183,8 @@ def export(
         )
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
         raise ConfigError(f"max_images must be a positive int; received {max_images!r}.")
+    if not isinstance(fit_head, bool):
+        raise ConfigError(f"fit_head must be True or False; received {fit_head!r}.")
     if not isinstance(target, (str, os.PathLike)):
         raise ArgumentTypeError(f"target must be a str or os.PathLike; received {target!r}.")
     destination = expand(target)
@@ -168,13 +204,22 @@ def export(
     check = calibration
     if parity_data is not None:
         check = _images(parity_data, classifier, max_images, "parity_data")
+    head_fitted = False
     if format == "litert":
-        _write_litert(classifier, destination, quantize, calibration)
+        head = None
+        if quantize == "int8" and fit_head and calibration is not None:
+            head = _head_fitted_to_int8(classifier.model, calibration)
+        head_fitted = head is not None
+        with _weights_swapped(head):
+            _write_litert(classifier, destination, quantize, calibration)
         size = destination.stat().st_size
     else:
         _write_saved_model(classifier, destination)
         size = sum(p.stat().st_size for p in destination.rglob("*") if p.is_file())
-    report = ExportReport(destination, format, quantize, size, 0, None, None, None)
+    on_calibration = check is not None and parity_data is None
+    report = ExportReport(
+        destination, format, quantize, size, 0, None, None, None, head_fitted, on_calibration
+    )
     if check is not None:
         runtime, run = (
             _litert_runner(destination) if format == "litert" else _saved_model_runner(destination)
@@ -193,6 +238,8 @@ def export(
             float(np.max(np.abs(got - expected))),
             _agreement(classifier, expected, got),
             runtime,
+            head_fitted,
+            on_calibration,
         )
     logger.info("%s", report)
     return report
@@ -242,6 +289,131 @@ def _write_litert(
     with write_beside(destination) as temp:
         classifier.model.export(temp, format="litert", verbose=False, **options)
         temp.write_bytes(_compact_litert(temp.read_bytes()))
+
+
+def _output_dense(model: Any) -> tuple[Any, str] | tuple[None, str]:
+    """The model's output layer and its loss when the head fit applies; else None, why."""
+    import keras
+
+    try:
+        outputs = model.outputs
+        layer = model.layers[-1] if model.layers else None
+    except (AttributeError, ValueError):  # a subclassed model has no graph to cut
+        return None, "the model has no graph to cut at its output layer"
+    if not isinstance(layer, keras.layers.Dense) or len(outputs) != 1:
+        return None, "its output is not a single Dense layer"
+    if layer.output is not outputs[0] or len(layer.input.shape) != 2:
+        return None, "its output Dense is not called once on flat features"
+    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+        return None, "its output Dense is quantized or has LoRA weights"
+    if layer.dtype_policy.compute_dtype != "float32" or layer.input.dtype != "float32":
+        return None, "its output Dense does not compute in float32"
+    # Compared by identity: `serialize` of a user's function or `tf.nn.softmax` is a dict.
+    activation = layer.activation
+    if activation is keras.activations.softmax:
+        return layer, "categorical"
+    if activation is keras.activations.sigmoid:
+        return layer, "binary"
+    return None, "its output Dense is not softmax or sigmoid"
+
+
+def _head_fitted_to_int8(model: Any, calibration: np.ndarray) -> tuple[Any, list[Any]] | None:
+    """The output layer and new weights for it, fitted to its int8 inputs, or None.
+
+    The model up to the output layer is converted to int8 as the export will be,
+    and run on the calibration images; the output layer's kernel and bias are then
+    fitted so that, on those int8 features, it gives what the Keras model gives (its
+    outputs as soft targets), starting from its own weights and pulled back toward
+    them. TensorFlow's converter corrects nothing after calibrating, and
+    quantization-aware training is not in Keras 3 for convolutions, so this is
+    written here; it costs one more conversion and about a second of steps.
+    Returns None, and the export keeps the converter's output, for a model whose
+    output layer is not a float32 softmax or sigmoid `Dense`, for fewer than
+    `MIN_HEAD_FIT_IMAGES` images, or when the fit fails.
+    """
+    dense, why = _output_dense(model)
+    if dense is None:
+        logger.info("int8 export: the output layer is not fitted: %s", why)
+        return None
+    if len(calibration) < MIN_HEAD_FIT_IMAGES:
+        logger.info(
+            "int8 export: the output layer is not fitted: %d calibration images, fewer than %d",
+            len(calibration),
+            MIN_HEAD_FIT_IMAGES,
+        )
+        return None
+    try:
+        return dense, _fit_head(model, dense, why, calibration)
+    except Exception as exc:  # noqa: BLE001 - the converter's output is still a good export
+        logger.warning("int8 export: fitting the output layer failed (%s); not fitted", exc)
+        return None
+
+
+def _fit_head(model: Any, dense: Any, loss_kind: str, calibration: np.ndarray) -> list[Any]:
+    import keras
+
+    body = keras.Model(model.inputs, dense.input)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "body.tflite"
+        options = {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "representative_dataset": _representative(calibration),
+        }
+        body.export(str(path), format="litert", verbose=False, **options)
+        _, run = _litert_runner(path)
+        features = np.concatenate(
+            [run(calibration[i : i + 32]) for i in range(0, len(calibration), 32)]
+        )
+    with quiet_retracing():
+        targets = np.asarray(model.predict(calibration, verbose=0, batch_size=32), "float32")
+    start = [tf.constant(np.asarray(dense.kernel, "float32"))]
+    if dense.bias is not None:
+        start.append(tf.constant(np.asarray(dense.bias, "float32")))
+    weights = [tf.Variable(w) for w in start]
+    x = tf.constant(features.reshape(len(features), -1), tf.float32)
+    y = tf.constant(targets.reshape(len(targets), -1), tf.float32)
+    optimizer = keras.optimizers.Adam(HEAD_FIT_RATE)
+
+    @tf.function
+    def step() -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            logits = tf.matmul(x, weights[0]) + (weights[1] if len(weights) > 1 else 0.0)
+            if loss_kind == "categorical":
+                fit = tf.nn.softmax_cross_entropy_with_logits(y, logits)
+            else:
+                fit = tf.nn.sigmoid_cross_entropy_with_logits(y, logits)
+            pull = sum(
+                tf.reduce_sum(tf.square(w - w0)) for w, w0 in zip(weights, start, strict=True)
+            )
+            loss = tf.reduce_mean(fit) + HEAD_FIT_PENALTY * pull
+        optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights, strict=True))
+        return loss
+
+    for _ in range(HEAD_FIT_STEPS):
+        step()
+    return [w.numpy() for w in weights]
+
+
+@contextlib.contextmanager
+def _weights_swapped(head: tuple[Any, list[Any]] | None) -> Iterator[None]:
+    """Gives the layer the fitted kernel and bias while the export converts, then its own.
+
+    The Keras model holds the fitted weights for as long as the conversion runs: do
+    not predict with it from another thread meanwhile.
+    """
+    if head is None:
+        yield
+        return
+    layer, fitted = head
+    variables = [layer.kernel] + ([layer.bias] if layer.bias is not None else [])
+    own = [v.numpy() for v in variables]
+    for variable, value in zip(variables, fitted, strict=True):
+        variable.assign(value)
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, own, strict=True):
+            variable.assign(value)
 
 
 def _compact_litert(flatbuffer: bytes) -> bytes:

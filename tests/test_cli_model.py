@@ -63,6 +63,21 @@ def test_export_int8_with_calibration(saved, folder, tmp_path, capsys):
     assert out.is_file() and "(int8)" in printed and "top-1 agreement 100.0%" in printed
 
 
+def test_export_passes_no_fit_head(saved, tmp_path, monkeypatch):
+    seen = {}
+
+    def export(*args, **kwargs):
+        seen.update(kwargs)
+        return "exported"
+
+    monkeypatch.setattr("finetunekit.exporting.export", export)
+    out = str(tmp_path / "m.tflite")
+    assert main(["-q", "export", str(saved), out, "--quantize", "int8", "--no-fit-head"]) == 0
+    assert seen["fit_head"] is False
+    assert main(["-q", "export", str(saved), out]) == 0
+    assert seen["fit_head"] is True
+
+
 @pytest.mark.parametrize(
     "argv, says",
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -61,6 +62,102 @@ def test_quantized_files_are_smaller_and_still_agree(tmp_path, images):
     _, interpreter = export_module._interpreter_class()
     details = interpreter(model_path=str(int8.path)).get_input_details()[0]
     assert details["dtype"] == np.float32  # raw pixels in, as the Keras model takes them
+
+
+def _outputs(report, batch):
+    return export_module._litert_runner(report.path)[1](batch)
+
+
+@pytest.fixture
+def many_images(tmp_path):
+    """As many random images as the head fit needs (MIN_HEAD_FIT_IMAGES)."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(export_module.MIN_HEAD_FIT_IMAGES):
+        image = rng.integers(0, 256, size=(32, 32, 3)).astype("uint8")
+        (folder / f"{i:03d}.png").write_bytes(tf.io.encode_png(image).numpy())
+    return folder
+
+
+def test_int8_fits_the_output_layer_and_leaves_the_keras_model_alone(tmp_path, many_images):
+    keras.utils.set_random_seed(0)
+    model = conv_model()
+    before = [w.copy() for w in model.get_weights()]
+    options = dict(quantize="int8", representative_data=many_images)
+    fitted = ftk.export(model, tmp_path / "f.tflite", **options)
+    plain = ftk.export(model, tmp_path / "p.tflite", fit_head=False, **options)
+    for kept, now in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(kept, now)
+    assert fitted.head_fitted and not plain.head_fitted
+    assert fitted.on_calibration and "which fitted the output layer" in str(fitted)
+    assert "fitted" not in str(plain)
+    classifier = export_module.as_classifier(model)
+    batch = export_module._images(many_images, classifier, 100, "images")
+    expected = model.predict(batch, verbose=0)
+    fitted_out, plain_out = _outputs(fitted, batch), _outputs(plain, batch)
+    assert not np.array_equal(fitted_out, plain_out)  # the file's head differs
+    # ... and its outputs follow the Keras model's more closely on those images.
+    assert np.abs(fitted_out - expected).mean() < np.abs(plain_out - expected).mean()
+    # Checked on other images, the report says nothing about calibration.
+    other = ftk.export(model, tmp_path / "o.tflite", parity_data=many_images, **options)
+    assert other.head_fitted and not other.on_calibration and "fitted" not in str(other)
+
+
+def _softmax_layer_model():
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(3)(x)
+    return keras.Model(inputs, keras.layers.Softmax()(x))
+
+
+def _tf_softmax_model():
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3, activation=tf.nn.softmax)(x))
+
+
+@pytest.mark.parametrize(
+    "build, fitted",
+    [
+        (lambda: colour_model("binary"), True),  # one sigmoid
+        (lambda: colour_model("regression"), False),  # no activation: left alone
+        (_softmax_layer_model, False),  # the output is not a Dense
+        (_tf_softmax_model, False),  # an activation Keras does not name
+    ],
+)
+def test_which_output_layers_are_fitted(tmp_path, many_images, build, fitted):
+    model = build()
+    before = [w.copy() for w in model.get_weights()]
+    report = ftk.export(
+        model, tmp_path / "m.tflite", quantize="int8", representative_data=many_images
+    )
+    assert report.head_fitted is fitted and report.max_abs_diff is not None
+    for kept, now in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(kept, now)
+
+
+def test_few_calibration_images_fit_nothing(tmp_path, images):
+    report = ftk.export(conv_model(), tmp_path / "m.tflite", quantize="int8",
+                        representative_data=images)
+    assert report.images == 24 and not report.head_fitted
+
+
+def test_a_failed_fit_keeps_the_converters_output(tmp_path, many_images, monkeypatch):
+    def fails(*args):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(export_module, "_fit_head", fails)
+    report = ftk.export(
+        conv_model(), tmp_path / "m.tflite", quantize="int8", representative_data=many_images
+    )
+    assert report.path.is_file() and not report.head_fitted
+
+
+def test_fit_head_must_be_a_bool(tmp_path):
+    with pytest.raises(ConfigError, match="fit_head must be True or False"):
+        ftk.export(colour_model(), tmp_path / "m.tflite", fit_head="yes")
 
 
 def _layout(path):
