@@ -80,8 +80,8 @@ def int8(model: keras.Model, calibration: np.ndarray, path: Path) -> Callable[..
     return run
 
 
-def rescaled(model: keras.Model, calibration: np.ndarray, cap: float = 16.0) -> keras.Model:
-    """A copy of `model` whose ReLU6 channels before a depthwise convolution fill [0, 6]."""
+def graph_of_copy(model: keras.Model) -> tuple[keras.Model, Any, dict[int, Any], dict[str, Any]]:
+    """A copy of `model`, its base, and the base's layers by output tensor and consumers."""
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     base = next(layer for layer in copy.layers if hasattr(layer, "layers"))
@@ -91,6 +91,12 @@ def rescaled(model: keras.Model, calibration: np.ndarray, cap: float = 16.0) -> 
         for tensor in layer.input if isinstance(layer.input, list) else [layer.input]:
             if id(tensor) in producer:
                 consumers[producer[id(tensor)].name].append(layer)
+    return copy, base, producer, consumers
+
+
+def rescaled(model: keras.Model, calibration: np.ndarray, cap: float = 16.0) -> keras.Model:
+    """A copy of `model` whose ReLU6 channels before a depthwise convolution fill [0, 6]."""
+    copy, base, producer, consumers = graph_of_copy(model)
     pairs = []
     for relu in base.layers:
         if not isinstance(relu, keras.layers.ReLU) or len(consumers[relu.name]) != 1:
@@ -119,15 +125,7 @@ def rescaled(model: keras.Model, calibration: np.ndarray, cap: float = 16.0) -> 
 
 def equalized(model: keras.Model, calibration: np.ndarray, cap: float = 16.0) -> keras.Model:
     """A copy of `model` with its residual bottlenecks' channels equalized (see above)."""
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    base = next(layer for layer in copy.layers if hasattr(layer, "layers"))
-    producer = {id(layer.output): layer for layer in base.layers}
-    consumers: dict[str, list[Any]] = {layer.name: [] for layer in base.layers}
-    for layer in base.layers:
-        for tensor in layer.input if isinstance(layer.input, list) else [layer.input]:
-            if id(tensor) in producer:
-                consumers[producer[id(tensor)].name].append(layer)
+    copy, base, producer, consumers = graph_of_copy(model)
 
     def linear(layer: Any) -> bool:
         if isinstance(layer, keras.layers.Add):
