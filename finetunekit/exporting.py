@@ -276,9 +276,8 @@ def _agreement(classifier: Classifier, expected: np.ndarray, got: np.ndarray) ->
     return float(np.mean(np.argmax(expected, axis=1) == np.argmax(got, axis=1)))
 
 
-def _write_litert(
-    classifier: Classifier, destination: Path, quantize: str | None, calibration: Any
-) -> None:
+def _converter_options(quantize: str | None, calibration: Any) -> dict[str, Any]:
+    """What `model.export(format="litert")` passes to TensorFlow's converter."""
     options: dict[str, Any] = {}
     if quantize is not None:
         options["optimizations"] = [tf.lite.Optimize.DEFAULT]
@@ -286,6 +285,13 @@ def _write_litert(
         options["target_spec"] = {"supported_types": [tf.float16]}
     if quantize == "int8":
         options["representative_dataset"] = _representative(calibration)
+    return options
+
+
+def _write_litert(
+    classifier: Classifier, destination: Path, quantize: str | None, calibration: Any
+) -> None:
+    options = _converter_options(quantize, calibration)
     with write_beside(destination) as temp:
         classifier.model.export(temp, format="litert", verbose=False, **options)
         temp.write_bytes(_compact_litert(temp.read_bytes()))
@@ -331,9 +337,9 @@ def _head_fitted_to_int8(model: Any, calibration: np.ndarray) -> tuple[Any, list
     output layer is not a float32 softmax or sigmoid `Dense`, for fewer than
     `MIN_HEAD_FIT_IMAGES` images, or when the fit fails.
     """
-    dense, why = _output_dense(model)
+    dense, loss_or_why = _output_dense(model)
     if dense is None:
-        logger.info("int8 export: the output layer is not fitted: %s", why)
+        logger.info("int8 export: the output layer is not fitted: %s", loss_or_why)
         return None
     if len(calibration) < MIN_HEAD_FIT_IMAGES:
         logger.info(
@@ -343,7 +349,7 @@ def _head_fitted_to_int8(model: Any, calibration: np.ndarray) -> tuple[Any, list
         )
         return None
     try:
-        return dense, _fit_head(model, dense, why, calibration)
+        return dense, _fit_head(model, dense, loss_or_why, calibration)
     except Exception as exc:  # noqa: BLE001 - the converter's output is still a good export
         logger.warning("int8 export: fitting the output layer failed (%s); not fitted", exc)
         return None
@@ -355,10 +361,7 @@ def _fit_head(model: Any, dense: Any, loss_kind: str, calibration: np.ndarray) -
     body = keras.Model(model.inputs, dense.input)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "body.tflite"
-        options = {
-            "optimizations": [tf.lite.Optimize.DEFAULT],
-            "representative_dataset": _representative(calibration),
-        }
+        options = _converter_options("int8", calibration)  # as the export converts
         body.export(str(path), format="litert", verbose=False, **options)
         _, run = _litert_runner(path)
         features = np.concatenate(
