@@ -7,9 +7,14 @@ the Keras model of int8 LiteRT files, all calibrated on the 350 photos of flower
 on flowers/test (150 photos, for reporting) and on flowers-large/train (1,989 other
 photos, the set to choose on):
 
-- converter: TensorFlow's converter alone (`export(..., fit_head=False)`);
-- export: `finetunekit.export(..., quantize="int8")` with its defaults, whose output
-  layer is fitted to the int8 features of the calibration photos;
+- converter: TensorFlow's converter alone, weights rounded to nearest
+  (`export(..., gptq=False)`);
+- head fit: the converter's body, the output layer fitted to its int8 features of the
+  calibration photos (`export(..., gptq=False, fit_head=True)`);
+- GPTQ: convolution kernels rounded by GPTQ on 128 of the calibration photos
+  (`export(..., fit_head=False)`);
+- export: `finetunekit.export(..., quantize="int8")` with its defaults: GPTQ and the
+  head fit;
 - float head: the base in int8 and the head (normalisation, dense layer) in float; the
   base's pooled features are compared with the float ones (relative L2 error);
 - rescaled: the model rewritten before conversion so that every channel of a ReLU6
@@ -22,7 +27,7 @@ photos, the set to choose on):
   down as much. The float model is unchanged (to 1e-5).
 
     python benchmarks/bench_int8_rewrites.py                # about 3 minutes, 2 CPU cores
-    python benchmarks/bench_int8_rewrites.py --models four  # about 15 minutes
+    python benchmarks/bench_int8_rewrites.py --models four  # about 20 minutes
 """
 
 from __future__ import annotations
@@ -78,6 +83,13 @@ def int8(model: keras.Model, calibration: np.ndarray, path: Path) -> Callable[..
         return np.concatenate(results)
 
     return run
+
+
+def batched(run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """`run` over any number of images, 64 at a time."""
+    return lambda images: np.concatenate(
+        [run(images[i : i + 64]) for i in range(0, len(images), 64)]
+    )
 
 
 def graph_of_copy(model: keras.Model) -> tuple[keras.Model, Any, dict[int, Any], dict[str, Any]]:
@@ -221,9 +233,9 @@ def main() -> None:
     for label, (seed, alpha, size) in chosen:
         with tempfile.TemporaryDirectory() as tmp:
             rows += measure(Path(tmp), label, seed, alpha, size)
-    print("| model | images | converter | export | float head | feature error | rescaled "
-          "| equalized |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | images | converter | head fit | GPTQ | export (GPTQ + head fit) "
+          "| float head | feature error | rescaled | equalized |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row)
 
@@ -240,16 +252,22 @@ def measure(work: Path, label: str, seed: int, alpha: float, size: int) -> list[
     for layer in model.layers[model.layers.index(pool) + 1 :]:
         x = layer(x)
     head = keras.Model(head_input, x)
-    exported = ftk.export(
-        path, work / "export.tflite", quantize="int8", representative_data=bench.FLOWERS / "train"
-    )
-    fitted = exporting._litert_runner(exported.path)[1]
-    runs: dict[str, Callable[..., np.ndarray]] = {
-        "converter": int8(model, calibration, work / "whole.tflite"),
-        "export": lambda images: np.concatenate(
-            [fitted(images[i : i + 64]) for i in range(0, len(images), 64)]
-        ),
+    variants = {
+        "converter": dict(gptq=False),
+        "head fit": dict(gptq=False, fit_head=True),
+        "GPTQ": dict(fit_head=False),
+        "export": {},
     }
+    runs: dict[str, Callable[..., np.ndarray]] = {}
+    for name, options in variants.items():
+        exported = ftk.export(
+            path,
+            work / f"{len(runs)}.tflite",
+            quantize="int8",
+            representative_data=bench.FLOWERS / "train",
+            **options,  # type: ignore[arg-type]
+        )
+        runs[name] = batched(exporting._litert_runner(exported.path)[1])
     base_only = int8(body, calibration, work / "body.tflite")
     rewrites = {
         "rescaled": rescaled(model, calibration),
@@ -272,7 +290,8 @@ def measure(work: Path, label: str, seed: int, alpha: float, size: int) -> list[
         floating = np.mean(head.predict(got, verbose=0).argmax(1) == top)
         rows.append(
             f"| {label} | {name} ({len(images)}) | {agree['converter']:.1%} "
-            f"| {agree['export']:.1%} | {floating:.1%} | {error:.3f} | {agree['rescaled']:.1%} "
+            f"| {agree['head fit']:.1%} | {agree['GPTQ']:.1%} | {agree['export']:.1%} "
+            f"| {floating:.1%} | {error:.3f} | {agree['rescaled']:.1%} "
             f"| {agree['equalized']:.1%} |"
         )
         print(rows[-1], flush=True)

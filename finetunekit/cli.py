@@ -461,11 +461,18 @@ def _add_model_commands(commands: Any) -> None:
         "--check", metavar="FOLDER", help="images to check the export on (default: --calibration)"
     )
     export.add_argument(
-        "--no-fit-head",
-        dest="fit_head",
-        action="store_false",
-        help="int8: write the converter's output, without fitting the output layer to the "
-        "int8 features of the calibration images",
+        "--gptq",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="int8: round the convolution kernels by GPTQ on the calibration images "
+        "(default: on; --no-gptq rounds to nearest, as the converter does)",
+    )
+    export.add_argument(
+        "--fit-head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="int8: fit the output layer to the int8 features of the calibration "
+        "images (default: on)",
     )
     export.set_defaults(handler=_export)
 
@@ -503,6 +510,7 @@ def _export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         representative_data=args.calibration,
         parity_data=args.check,
+        gptq=args.gptq,
         fit_head=args.fit_head,
     )
     print(report)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from finetunekit import _gptq
 from finetunekit._atomic import expand, write_beside
 from finetunekit.caching import quiet_retracing
 from finetunekit.classifier import Classifier, as_classifier, image_dataset
@@ -66,7 +67,9 @@ class ExportReport:
         head_fitted: True when the int8 file's output layer was fitted to its int8
             inputs on the calibration images (`fit_head=True`).
         on_calibration: True when the parity check ran on the calibration images
-            (no `parity_data`): with a fitted head, an optimistic figure.
+            (no `parity_data`): with GPTQ kernels or a fitted head, an optimistic figure.
+        kernels_rounded: convolution kernels of the int8 file rounded by GPTQ on the
+            calibration images (`gptq=True`); 0 when none were.
     """
 
     path: Path
@@ -79,10 +82,13 @@ class ExportReport:
     runtime: str | None
     head_fitted: bool = False
     on_calibration: bool = False
+    kernels_rounded: int = 0
 
     def __str__(self) -> str:
         kind = self.format + (f" ({self.quantize})" if self.quantize else "")
         lines = [f"exported {kind} to {self.path}: {self.size_bytes / 1e6:.2f} MB"]
+        if self.kernels_rounded:
+            lines.append(f"{self.kernels_rounded} convolution kernels rounded by GPTQ")
         if self.images and self.max_abs_diff is not None:
             agreement = (
                 ""
@@ -93,10 +99,10 @@ class ExportReport:
                 f"parity with Keras on {self.images} images ({self.runtime}): "
                 f"max |diff| {self.max_abs_diff:.2e}{agreement}"
             )
-            if self.head_fitted and self.on_calibration:
+            if (self.head_fitted or self.kernels_rounded) and self.on_calibration:
                 lines.append(
-                    "  (on the calibration images, which fitted the output layer: pass "
-                    "parity_data with other images for a fair figure)"
+                    "  (on the calibration images, which the int8 weights were fitted to: "
+                    "pass parity_data with other images for a fair figure)"
                 )
         else:
             lines.append("parity not checked: pass representative_data or parity_data images")
@@ -112,6 +118,7 @@ def export(
     representative_data: Any = None,
     parity_data: Any = None,
     max_images: int = MAX_IMAGES,
+    gptq: bool = True,
     fit_head: bool = True,
 ) -> ExportReport:
     """Exports a model for inference outside Keras and checks it against the Keras model.
@@ -136,15 +143,23 @@ def export(
             int8 and, unless `parity_data` is given, runs the parity check.
         parity_data: images for the parity check (same forms), e.g. a test folder.
         max_images: most images read from each of these.
+        gptq: int8 only. Round the kernels of the `Conv2D` and `DepthwiseConv2D`
+            layers onto the converter's int8 grid with GPTQ: weight by weight, each
+            rounding error spread over the weights not yet rounded, so that the
+            layer's outputs on (up to 128 of) the calibration images move least,
+            instead of rounding each weight to its nearest step. Needs at least 100
+            calibration images; costs a few seconds; the file is the same size and
+            the Keras model keeps its own weights. On four fine-tuned MobileNetV2s
+            it raised the top-1 agreement on 1,989 photos outside the calibration
+            from 95.0-96.2 % to 97.5-98.0 %. False rounds to nearest, as the
+            converter does.
         fit_head: int8 only. Fit the model's output layer (a float32 `Dense` with
             softmax or sigmoid) to the int8 features of the calibration images (at
             least 100), so that the int8 file's outputs follow the Keras model's: 300
-            gradient steps from the Keras weights, pulled back toward them. It costs
-            a second conversion; the Keras model is given back its own weights.
-            Rounding every activation to 8 bits shifts the features the output layer
-            sees; on four fine-tuned MobileNetV2s (softmax) this raised the agreement
-            on 1,989 photos outside the calibration by 0.4-1.0 points. False writes
-            the converter's output as it is.
+            gradient steps from the Keras weights, pulled back toward them; it costs
+            a second conversion. Without GPTQ this raised the agreement on those
+            1,989 photos by 0.4-1.0 points, after GPTQ by -0.1 to +0.4 (mean
+            +0.15). False writes the converter's output layer as it is.
 
     Returns:
         An `ExportReport` with the size and the parity check.
@@ -152,7 +167,7 @@ def export(
     Raises:
         ConfigError: unknown `format` or `quantize`, quantization of a SavedModel, int8
             without `representative_data`, a LiteRT target not ending in `.tflite`, or
-            a `fit_head` that is not a bool.
+            a `gptq` or `fit_head` that is not a bool.
         WeightsNotFoundError: there is no model file at `model_or_path`.
         DataError, DataNotFoundError: the images cannot be read.
         MissingExtraError: no LiteRT interpreter to run the check
@@ -183,8 +198,9 @@ def export(
         )
     if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
         raise ConfigError(f"max_images must be a positive int; received {max_images!r}.")
-    if not isinstance(fit_head, bool):
-        raise ConfigError(f"fit_head must be True or False; received {fit_head!r}.")
+    for name, value in (("gptq", gptq), ("fit_head", fit_head)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False; received {value!r}.")
     if not isinstance(target, (str, os.PathLike)):
         raise ArgumentTypeError(f"target must be a str or os.PathLike; received {target!r}.")
     destination = expand(target)
@@ -205,20 +221,35 @@ def export(
     if parity_data is not None:
         check = _images(parity_data, classifier, max_images, "parity_data")
     head_fitted = False
+    kernels: list[tuple[Any, np.ndarray]] = []
     if format == "litert":
-        head = None
-        if quantize == "int8" and fit_head and calibration is not None:
-            head = _head_fitted_to_int8(classifier.model, calibration)
-        head_fitted = head is not None
-        with _weights_swapped(head):
-            _write_litert(classifier, destination, quantize, calibration)
+        if quantize == "int8" and calibration is not None and gptq:
+            kernels = _kernels_rounded(classifier.model, calibration)
+        with _weights_swapped(kernels):
+            head: list[tuple[Any, np.ndarray]] = []
+            if quantize == "int8" and calibration is not None and fit_head:
+                # Fitted to the features of the body as it will be written: GPTQ'd.
+                head = _head_fitted_to_int8(classifier.model, calibration)
+            head_fitted = bool(head)
+            with _weights_swapped(head):
+                _write_litert(classifier, destination, quantize, calibration)
         size = destination.stat().st_size
     else:
         _write_saved_model(classifier, destination)
         size = sum(p.stat().st_size for p in destination.rglob("*") if p.is_file())
     on_calibration = check is not None and parity_data is None
     report = ExportReport(
-        destination, format, quantize, size, 0, None, None, None, head_fitted, on_calibration
+        destination,
+        format,
+        quantize,
+        size,
+        0,
+        None,
+        None,
+        None,
+        head_fitted,
+        on_calibration,
+        len(kernels),
     )
     if check is not None:
         runtime, run = (
@@ -240,6 +271,7 @@ def export(
             runtime,
             head_fitted,
             on_calibration,
+            len(kernels),
         )
     logger.info("%s", report)
     return report
@@ -323,8 +355,29 @@ def _output_dense(model: Any) -> tuple[Any, str] | tuple[None, str]:
     return None, "its output Dense is not softmax or sigmoid"
 
 
-def _head_fitted_to_int8(model: Any, calibration: np.ndarray) -> tuple[Any, list[Any]] | None:
-    """The output layer and new weights for it, fitted to its int8 inputs, or None.
+def _kernels_rounded(model: Any, calibration: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """GPTQ values for the convolution kernels, as (variable, value) pairs; [] to skip.
+
+    Skipped (the converter rounds to nearest) for fewer than `MIN_HEAD_FIT_IMAGES`
+    calibration images, or when the rounding fails.
+    """
+    if len(calibration) < MIN_HEAD_FIT_IMAGES:
+        logger.info(
+            "int8 export: kernels rounded to nearest, not by GPTQ: %d calibration images, "
+            "fewer than %d",
+            len(calibration),
+            MIN_HEAD_FIT_IMAGES,
+        )
+        return []
+    try:
+        return _gptq.rounded_kernels(model, calibration)
+    except Exception as exc:  # noqa: BLE001 - rounding to nearest is still a good export
+        logger.warning("int8 export: GPTQ failed (%s); kernels rounded to nearest", exc)
+        return []
+
+
+def _head_fitted_to_int8(model: Any, calibration: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """New weights for the output layer, fitted to its int8 inputs, as (variable, value).
 
     The model up to the output layer is converted to int8 as the export will be,
     and run on the calibration images; the output layer's kernel and bias are then
@@ -333,26 +386,28 @@ def _head_fitted_to_int8(model: Any, calibration: np.ndarray) -> tuple[Any, list
     them. TensorFlow's converter corrects nothing after calibrating, and
     quantization-aware training is not in Keras 3 for convolutions, so this is
     written here; it costs one more conversion and about a second of steps.
-    Returns None, and the export keeps the converter's output, for a model whose
+    Returns [], and the export keeps the converter's output, for a model whose
     output layer is not a float32 softmax or sigmoid `Dense`, for fewer than
     `MIN_HEAD_FIT_IMAGES` images, or when the fit fails.
     """
     dense, loss_or_why = _output_dense(model)
     if dense is None:
         logger.info("int8 export: the output layer is not fitted: %s", loss_or_why)
-        return None
+        return []
     if len(calibration) < MIN_HEAD_FIT_IMAGES:
         logger.info(
             "int8 export: the output layer is not fitted: %d calibration images, fewer than %d",
             len(calibration),
             MIN_HEAD_FIT_IMAGES,
         )
-        return None
+        return []
     try:
-        return dense, _fit_head(model, dense, loss_or_why, calibration)
+        fitted = _fit_head(model, dense, loss_or_why, calibration)
     except Exception as exc:  # noqa: BLE001 - the converter's output is still a good export
         logger.warning("int8 export: fitting the output layer failed (%s); not fitted", exc)
-        return None
+        return []
+    variables = [dense.kernel] + ([dense.bias] if dense.bias is not None else [])
+    return list(zip(variables, fitted, strict=True))
 
 
 def _fit_head(model: Any, dense: Any, loss_kind: str, calibration: np.ndarray) -> list[Any]:
@@ -398,24 +453,19 @@ def _fit_head(model: Any, dense: Any, loss_kind: str, calibration: np.ndarray) -
 
 
 @contextlib.contextmanager
-def _weights_swapped(head: tuple[Any, list[Any]] | None) -> Iterator[None]:
-    """Gives the layer the fitted kernel and bias while the export converts, then its own.
+def _weights_swapped(pairs: list[tuple[Any, Any]]) -> Iterator[None]:
+    """Gives each variable its new value while the export converts, then its own.
 
-    The Keras model holds the fitted weights for as long as the conversion runs: do
+    The Keras model holds the new weights for as long as the conversion runs: do
     not predict with it from another thread meanwhile.
     """
-    if head is None:
-        yield
-        return
-    layer, fitted = head
-    variables = [layer.kernel] + ([layer.bias] if layer.bias is not None else [])
-    own = [v.numpy() for v in variables]
-    for variable, value in zip(variables, fitted, strict=True):
-        variable.assign(value)
+    own = [variable.numpy() for variable, _ in pairs]
     try:
+        for variable, value in pairs:
+            variable.assign(value)
         yield
     finally:
-        for variable, value in zip(variables, own, strict=True):
+        for (variable, _), value in zip(pairs, own, strict=True):
             variable.assign(value)
 
 

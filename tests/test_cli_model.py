@@ -63,7 +63,7 @@ def test_export_int8_with_calibration(saved, folder, tmp_path, capsys):
     assert out.is_file() and "(int8)" in printed and "top-1 agreement 100.0%" in printed
 
 
-def test_export_passes_no_fit_head(saved, tmp_path, monkeypatch):
+def test_export_passes_gptq_and_fit_head(saved, tmp_path, monkeypatch):
     seen = {}
 
     def export(*args, **kwargs):
@@ -72,10 +72,13 @@ def test_export_passes_no_fit_head(saved, tmp_path, monkeypatch):
 
     monkeypatch.setattr("finetunekit.exporting.export", export)
     out = str(tmp_path / "m.tflite")
-    assert main(["-q", "export", str(saved), out, "--quantize", "int8", "--no-fit-head"]) == 0
-    assert seen["fit_head"] is False
     assert main(["-q", "export", str(saved), out]) == 0
-    assert seen["fit_head"] is True
+    assert seen["gptq"] is True and seen["fit_head"] is True  # export's defaults
+    command = ["-q", "export", str(saved), out, "--quantize", "int8"]
+    assert main([*command, "--no-gptq", "--fit-head"]) == 0
+    assert seen["gptq"] is False and seen["fit_head"] is True
+    assert main([*command, "--gptq", "--no-fit-head"]) == 0
+    assert seen["gptq"] is True and seen["fit_head"] is False
 
 
 @pytest.mark.parametrize(

@@ -85,12 +85,13 @@ def test_int8_fits_the_output_layer_and_leaves_the_keras_model_alone(tmp_path, m
     model = conv_model()
     before = [w.copy() for w in model.get_weights()]
     options = dict(quantize="int8", representative_data=many_images)
-    fitted = ftk.export(model, tmp_path / "f.tflite", **options)
+    options = dict(options, gptq=False)  # the head fit alone
+    fitted = ftk.export(model, tmp_path / "f.tflite", fit_head=True, **options)
     plain = ftk.export(model, tmp_path / "p.tflite", fit_head=False, **options)
     for kept, now in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(kept, now)
     assert fitted.head_fitted and not plain.head_fitted
-    assert fitted.on_calibration and "which fitted the output layer" in str(fitted)
+    assert fitted.on_calibration and "which the int8 weights were fitted to" in str(fitted)
     assert "fitted" not in str(plain)
     classifier = export_module.as_classifier(model)
     batch = export_module._images(many_images, classifier, 100, "images")
@@ -100,7 +101,9 @@ def test_int8_fits_the_output_layer_and_leaves_the_keras_model_alone(tmp_path, m
     # ... and its outputs follow the Keras model's more closely on those images.
     assert np.abs(fitted_out - expected).mean() < np.abs(plain_out - expected).mean()
     # Checked on other images, the report says nothing about calibration.
-    other = ftk.export(model, tmp_path / "o.tflite", parity_data=many_images, **options)
+    other = ftk.export(
+        model, tmp_path / "o.tflite", parity_data=many_images, fit_head=True, **options
+    )
     assert other.head_fitted and not other.on_calibration and "fitted" not in str(other)
 
 
@@ -131,7 +134,8 @@ def test_which_output_layers_are_fitted(tmp_path, many_images, build, fitted):
     model = build()
     before = [w.copy() for w in model.get_weights()]
     report = ftk.export(
-        model, tmp_path / "m.tflite", quantize="int8", representative_data=many_images
+        model, tmp_path / "m.tflite", quantize="int8", representative_data=many_images,
+        fit_head=True,
     )
     assert report.head_fitted is fitted and report.max_abs_diff is not None
     for kept, now in zip(before, model.get_weights(), strict=True):
@@ -140,8 +144,9 @@ def test_which_output_layers_are_fitted(tmp_path, many_images, build, fitted):
 
 def test_few_calibration_images_fit_nothing(tmp_path, images):
     report = ftk.export(conv_model(), tmp_path / "m.tflite", quantize="int8",
-                        representative_data=images)
-    assert report.images == 24 and not report.head_fitted
+                        representative_data=images, fit_head=True)
+    assert report.images == 24 and not report.head_fitted and report.kernels_rounded == 0
+    assert "GPTQ" not in str(report)
 
 
 def test_a_failed_fit_keeps_the_converters_output(tmp_path, many_images, monkeypatch):
@@ -149,15 +154,23 @@ def test_a_failed_fit_keeps_the_converters_output(tmp_path, many_images, monkeyp
         raise RuntimeError("no")
 
     monkeypatch.setattr(export_module, "_fit_head", fails)
+    monkeypatch.setattr(export_module._gptq, "rounded_kernels", fails)
+    model = conv_model()
+    before = [w.copy() for w in model.get_weights()]
     report = ftk.export(
-        conv_model(), tmp_path / "m.tflite", quantize="int8", representative_data=many_images
+        model, tmp_path / "m.tflite", quantize="int8", representative_data=many_images,
+        fit_head=True,
     )
-    assert report.path.is_file() and not report.head_fitted
+    assert report.path.is_file() and not report.head_fitted and report.kernels_rounded == 0
+    assert report.top1_agreement is not None
+    for kept, now in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(kept, now)
 
 
-def test_fit_head_must_be_a_bool(tmp_path):
-    with pytest.raises(ConfigError, match="fit_head must be True or False"):
-        ftk.export(colour_model(), tmp_path / "m.tflite", fit_head="yes")
+@pytest.mark.parametrize("option", ["gptq", "fit_head"])
+def test_gptq_and_fit_head_must_be_bools(tmp_path, option):
+    with pytest.raises(ConfigError, match=f"{option} must be True or False"):
+        ftk.export(colour_model(), tmp_path / "m.tflite", **{option: "yes"})
 
 
 def _layout(path):
