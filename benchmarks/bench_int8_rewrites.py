@@ -8,7 +8,7 @@ on flowers/test (150 photos, for reporting) and on flowers-large/train (1,989 ot
 photos, the set to choose on):
 
 - converter: TensorFlow's converter alone, weights rounded to nearest
-  (`export(..., gptq=False)`);
+  (`export(..., gptq=False, fit_head=False)`);
 - head fit: the converter's body, the output layer fitted to its int8 features of the
   calibration photos (`export(..., gptq=False, fit_head=True)`);
 - GPTQ: convolution kernels rounded by GPTQ on 128 of the calibration photos
@@ -253,7 +253,7 @@ def measure(work: Path, label: str, seed: int, alpha: float, size: int) -> list[
         x = layer(x)
     head = keras.Model(head_input, x)
     variants = {
-        "converter": dict(gptq=False),
+        "converter": dict(gptq=False, fit_head=False),
         "head fit": dict(gptq=False, fit_head=True),
         "GPTQ": dict(fit_head=False),
         "export": {},

@@ -167,6 +167,52 @@ def test_a_failed_fit_keeps_the_converters_output(tmp_path, many_images, monkeyp
         np.testing.assert_array_equal(kept, now)
 
 
+def test_the_head_is_fitted_to_the_keras_models_own_outputs(tmp_path, many_images, monkeypatch):
+    # GPTQ's kernels are in place while the head is fitted, but the targets are what the
+    # unchanged Keras model gives: the model the parity check and the user compare with.
+    model = conv_model()
+    seen = {}
+
+    def far_from_the_model(model, images):
+        return [(v, np.zeros(v.shape, "float32")) for v in model.trainable_variables[:1]]
+
+    def fit_head(model, dense, loss_kind, calibration, targets):
+        seen["targets"], seen["images"] = targets, calibration
+        seen["outputs while fitted"] = model.predict(calibration, verbose=0)
+        return [np.asarray(w) for w in dense.weights]
+
+    monkeypatch.setattr(export_module._gptq, "rounded_kernels", far_from_the_model)
+    monkeypatch.setattr(export_module, "_fit_head", fit_head)
+    ftk.export(model, tmp_path / "m.tflite", quantize="int8", representative_data=many_images)
+    expected = model.predict(seen["images"], verbose=0)  # the weights are back
+    np.testing.assert_allclose(seen["targets"], expected, atol=1e-6)
+    assert np.abs(seen["outputs while fitted"] - expected).max() > 1e-3  # the swap was in
+
+
+def test_a_failed_conversion_restores_the_swapped_weights(tmp_path, many_images, monkeypatch):
+    def fails(*args):
+        raise RuntimeError("the converter failed")
+
+    monkeypatch.setattr(export_module, "_write_litert", fails)
+    model = conv_model()
+    before = [w.copy() for w in model.get_weights()]
+    swapped = []
+    rounded_kernels = export_module._gptq.rounded_kernels
+    monkeypatch.setattr(
+        export_module._gptq,
+        "rounded_kernels",
+        lambda *a: swapped.extend(rounded_kernels(*a)) or swapped,
+    )
+    with pytest.raises(RuntimeError, match="the converter failed"):
+        ftk.export(model, tmp_path / "m.tflite", quantize="int8", representative_data=many_images)
+    assert swapped and any(  # GPTQ did change a kernel, and it was put back
+        not np.array_equal(value, variable.numpy()) for variable, value in swapped
+    )
+    for kept, now in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(kept, now)
+    assert not (tmp_path / "m.tflite").exists()
+
+
 @pytest.mark.parametrize("option", ["gptq", "fit_head"])
 def test_gptq_and_fit_head_must_be_bools(tmp_path, option):
     with pytest.raises(ConfigError, match=f"{option} must be True or False"):
