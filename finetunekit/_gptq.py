@@ -197,8 +197,10 @@ def gptq(weights: np.ndarray, hessian: np.ndarray, damping: float = GPTQ_DAMPING
 
     Returns:
         The rounded weights, same shape: `q * scale` with integer |q| <= 127 and
-        scale = max|row| / 127. A row whose largest |q| would end below 127 (the
-        converter would find a finer scale and round again) keeps its own weights.
+        scale = max|row| / 127. The weight that sets a row's scale is rounded to
+        ±127 whatever the errors spread onto it, and its own error is spread like
+        any other: every row then keeps its scale, so the converter finds the same
+        grid and rounds nothing further.
     """
     w = weights.astype(np.float64).copy()
     h = hessian.astype(np.float64).copy()
@@ -214,11 +216,16 @@ def gptq(weights: np.ndarray, hessian: np.ndarray, damping: float = GPTQ_DAMPING
     # Upper Cholesky factor of H⁻¹, as in the paper: row j gives how the error of
     # weight j is spread over the weights after it.
     u = np.swapaxes(np.linalg.cholesky(np.linalg.inv(h)), -1, -2)
+    # The weight that sets each row's scale: pinned to ±127 when its turn comes (the
+    # errors spread onto it could round it lower, and the converter would then pick a
+    # finer scale and round the whole row again, to nearest).
+    peak = np.argmax(np.abs(w), axis=-1)
+    peak_sign = np.sign(np.take_along_axis(w, peak[..., None], axis=-1)[..., 0])
     q = np.zeros_like(w)
     for j in range(n):
         column = w[..., j]
-        q[..., j] = np.clip(np.round(column / scale[..., 0]), -127, 127)
+        rounded = np.clip(np.round(column / scale[..., 0]), -127, 127)
+        q[..., j] = np.where(peak == j, 127.0 * peak_sign, rounded)
         error = (column - q[..., j] * scale[..., 0]) / u[..., j, j][..., None]
         w[..., j + 1 :] -= error[..., :, None] * u[..., j, None, j + 1 :]
-    full = np.max(np.abs(q), axis=-1, keepdims=True) == 127
-    return np.where(full, q * scale, weights)
+    return (q * scale).astype(weights.dtype)

@@ -67,10 +67,11 @@ def test_gptq_rows_lie_on_the_int8_grid_and_move_the_output_less():
     w = rng.normal(size=(6, 12))
     h = x.T @ x
     q = _gptq.gptq(w, h)
-    scale = np.max(np.abs(q), axis=1, keepdims=True) / 127
+    # The grid of the original weights, which is the grid the converter finds in q.
+    scale = np.max(np.abs(w), axis=1, keepdims=True) / 127
     steps = q / scale
     np.testing.assert_allclose(steps, np.round(steps), atol=1e-6)
-    assert np.all(np.abs(np.round(steps)).max(axis=1) == 127)
+    np.testing.assert_allclose(np.abs(q).max(axis=1, keepdims=True), scale * 127, rtol=1e-12)
     nearest = np.round(w / (np.abs(w).max(axis=1, keepdims=True) / 127)) * (
         np.abs(w).max(axis=1, keepdims=True) / 127
     )
@@ -79,18 +80,29 @@ def test_gptq_rows_lie_on_the_int8_grid_and_move_the_output_less():
     assert gptq_error < 0.8 * nearest_error
 
 
-def test_a_row_that_would_leave_its_grid_keeps_its_weights():
+def test_the_weight_that_sets_the_scale_stays_at_127_steps():
     # The first weight rounds down by a quarter step; the second input follows the
-    # first closely, so GPTQ lowers the largest weight by 2.5 steps: its row would
-    # end at 125 steps, and the converter would choose a finer scale and round again.
+    # first closely, so the spread error would lower the largest weight by 2.5 steps,
+    # to 125: the converter would then choose a finer scale and round the row again.
+    # It is pinned at 127 steps instead, and its own error spreads like any other.
     h = np.array([[100.0, -9.9], [-9.9, 1.0]])
     w = np.array([[0.498, 1.0]])
-    np.testing.assert_array_equal(_gptq.gptq(w, h, damping=0.0), w)
+    np.testing.assert_allclose(_gptq.gptq(w, h, damping=0.0) * 127, [[63, 127]])
     # With the correlation the other way the largest weight is pushed up, clipped at
-    # 127 steps, and the row stays on its grid.
+    # 127 steps: the same grid.
     np.testing.assert_allclose(
         _gptq.gptq(w, h * [[1, -1], [-1, 1]], damping=0.0) * 127, [[63, 127]]
     )
+    # A third input that follows the second: the pinned weight's error is carried on,
+    # and the row's output moves less than with rounding to nearest.
+    z = np.random.default_rng(0).normal(size=(1000, 3))
+    second = -0.99 * z[:, 0] + 0.14 * z[:, 1]
+    x = np.stack([10 * z[:, 0], second, 0.8 * second + 0.5 * z[:, 2]], axis=1)
+    w = np.array([[0.498, 1.0, 0.3]])
+    q = _gptq.gptq(w, x.T @ x, damping=0.0)
+    np.testing.assert_allclose(q * 127, [[63, 127, 36]], atol=1e-9)  # nearest: 63, 127, 38
+    nearest = np.round(w * 127) / 127
+    assert np.linalg.norm(x @ (q - w).T) < 0.7 * np.linalg.norm(x @ (nearest - w).T)
 
 
 def test_the_int8_file_holds_the_gptq_kernels_exactly(tmp_path):
