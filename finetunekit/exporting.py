@@ -236,7 +236,8 @@ def export(
         with _weights_swapped(kernels):
             head: list[tuple[Any, np.ndarray]] = []
             if head_fit is not None and calibration is not None:
-                # Fitted on the features of the body as it will be written: GPTQ'd.
+                # Fitted on the features of the body as it will be written (with GPTQ's
+                # kernels, when there are any).
                 head = _head_fitted_to_int8(classifier.model, calibration, head_fit)
             head_fitted = bool(head)
             with _weights_swapped(head):

@@ -190,7 +190,10 @@ def test_the_head_is_fitted_to_the_keras_models_own_outputs(tmp_path, many_image
 
 
 def test_a_failed_conversion_restores_the_swapped_weights(tmp_path, many_images, monkeypatch):
-    def fails(*args):
+    during = {}
+
+    def fails(classifier, *args):
+        during.update({v.path: v.numpy().copy() for v in classifier.model.weights})
         raise RuntimeError("the converter failed")
 
     monkeypatch.setattr(export_module, "_write_litert", fails)
@@ -208,9 +211,14 @@ def test_a_failed_conversion_restores_the_swapped_weights(tmp_path, many_images,
     assert swapped and any(  # GPTQ did change a kernel, and it was put back
         not np.array_equal(value, variable.numpy()) for variable, value in swapped
     )
+    # While converting, both swaps were in: a convolution kernel (GPTQ) and the output
+    # layer's kernel (the head fit) differed from the model's own.
+    own = {v.path: v.numpy() for v in model.weights}
+    changed = {path for path, value in during.items() if not np.array_equal(value, own[path])}
+    assert any(path.startswith("conv2d") and path.endswith("kernel") for path in changed)
+    assert "head_output/kernel" in changed, changed
     for kept, now in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(kept, now)
-    assert not (tmp_path / "m.tflite").exists()
 
 
 @pytest.mark.parametrize("option", ["gptq", "fit_head"])
