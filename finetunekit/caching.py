@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import data, distribute, structure
+from finetunekit import _pieces, data, distribute, structure
 from finetunekit._orders import EpochOrders, attach
 from finetunekit.errors import DataError
 
@@ -473,6 +473,12 @@ class FeatureCache:
         remove_stale_spills(directory)
         run = _inference_function(prefix, dataset, holdout)
         run_view = None if augment is None else _view_function(prefix, dataset, augment)
+        # Each batch runs in pieces that keep the activations in the cache (see _pieces).
+        run = functools.partial(_pieces.call_in_pieces, run, piece=_pieces.piece_size(run))
+        if run_view is not None:
+            run_view = functools.partial(
+                _pieces.call_in_pieces, run_view, piece=_pieces.piece_size(run_view)
+            )
         estimate = estimate_bytes(prefix, dataset)
         if estimate is not None:
             logger.info(

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import _gradients, bases, caching, data, evaluation, tasks
+from finetunekit import _gradients, _pieces, bases, caching, data, evaluation, tasks
 from finetunekit.data._labels import _label_info
 from finetunekit.errors import (
     ArgumentTypeError,
@@ -560,9 +560,11 @@ def _batches(
     pooled: Any, dataset: tf.data.Dataset, max_images: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     seen = 0
+    piece = _pieces.piece_size(pooled)  # pieces that keep the activations in the cache
     for images, labels, *_ in dataset:
         take = min(len(images), max_images - seen)
-        yield np.asarray(pooled(images[:take]), np.float32), np.asarray(labels[:take])
+        features = _pieces.call_in_pieces(pooled, images[:take], piece)
+        yield np.asarray(features, np.float32), np.asarray(labels[:take])
         seen += take
         if seen >= max_images:
             return
