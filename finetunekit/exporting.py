@@ -224,8 +224,8 @@ def export(
         check = _images(parity_data, classifier, max_images, "parity_data")
     head_fitted = False
     kernels: list[tuple[Any, np.ndarray]] = []
+    head_fit = None
     if format == "litert":
-        head_fit = None
         if quantize == "int8" and calibration is not None:
             if fit_head:
                 # What the Keras model gives, taken before GPTQ's kernels are swapped in:
@@ -264,8 +264,13 @@ def export(
         runtime, run = (
             _litert_runner(destination) if format == "litert" else _saved_model_runner(destination)
         )
-        with quiet_retracing():
-            expected = np.asarray(classifier.model.predict(check, verbose=0, batch_size=32))
+        if head_fit is not None and check is calibration:
+            # The Keras model's outputs on these images, predicted once for the head fit
+            # (before any weights were swapped); a second pass would give the same.
+            expected = head_fit.targets
+        else:
+            with quiet_retracing():
+                expected = np.asarray(classifier.model.predict(check, verbose=0, batch_size=32))
         got = np.concatenate([run(check[i : i + 32]) for i in range(0, len(check), 32)])
         expected = expected.reshape(len(check), -1)
         got = got.reshape(len(check), -1)

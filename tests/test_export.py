@@ -189,6 +189,33 @@ def test_the_head_is_fitted_to_the_keras_models_own_outputs(tmp_path, many_image
     assert np.abs(seen["outputs while fitted"] - expected).max() > 1e-3  # the swap was in
 
 
+def test_the_parity_check_reuses_the_head_fits_predictions(tmp_path, many_images, monkeypatch):
+    # Without parity_data both run on the calibration images: the Keras model predicts
+    # them once, and the reference is what it predicts with its own weights.
+    model = conv_model()
+    calls = []
+    predict = model.predict
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[0]))
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(model, "predict", counted)
+    report = ftk.export(
+        model, tmp_path / "m.tflite", quantize="int8", representative_data=many_images
+    )
+    assert report.head_fitted and report.on_calibration
+    assert calls == [export_module.MIN_HEAD_FIT_IMAGES]  # one pass, not two
+    classifier = export_module.as_classifier(model)
+    batch = export_module._images(many_images, classifier, export_module.MAX_IMAGES, "x")
+    got = _outputs(report, batch)
+    assert report.max_abs_diff == pytest.approx(np.abs(got - predict(batch, verbose=0)).max())
+    calls.clear()
+    ftk.export(model, tmp_path / "p.tflite", quantize="int8", representative_data=many_images,
+               parity_data=many_images)  # fmt: skip
+    assert len(calls) == 2  # the head fit's pass, and the parity check's own
+
+
 def test_a_failed_conversion_restores_the_swapped_weights(tmp_path, many_images, monkeypatch):
     during = {}
 
