@@ -11,12 +11,14 @@ tensor.
 
 Neither Keras nor TensorFlow picks an inference batch by the model's activation size
 (`model.predict` runs the batch it is given), hence this module. Training steps keep the
-user's batch (it sets the optimisation, not only the speed), and accelerators, which want
-large batches, get the batch as it is.
+user's batch (it sets the optimisation, not only the speed), and GPUs and TPUs, which want
+large batches, get the batch as it is. `PIECE_BYTES` was measured on one machine; another
+CPU's cache may favour another size (benchmarks/bench_pieces.py measures it).
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import tensorflow as tf
@@ -32,9 +34,9 @@ def piece_size(function: Any) -> int | None:
     Returns:
         How many images to run at once: `PIECE_BYTES` over the bytes of the largest
         per-image tensor of the traced graph, at least 1. None (run the batch whole)
-        when a GPU is visible or no per-image size of the graph is static.
+        when a GPU or TPU is visible or no per-image size of the graph is static.
     """
-    if tf.config.list_logical_devices("GPU"):
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         return None
     peak = 0
     for op in function.get_concrete_function().graph.get_operations():
@@ -55,13 +57,15 @@ def piece_size(function: Any) -> int | None:
 def call_in_pieces(function: Any, images: tf.Tensor, piece: int | None) -> Any:
     """`function(images)`, called on consecutive pieces of at most `piece` images.
 
-    The pieces are of near-equal size (32 images in pieces of 13 run as 11 + 11 + 10), and
-    the outputs, any nest of tensors with the images along the first axis, are joined.
+    The pieces differ by at most one image (32 images in pieces of at most 13 run as
+    11 + 11 + 10, 10 in pieces of 3 as 3 + 3 + 2 + 2), and the outputs, any nest of tensors
+    with the images along the first axis, are joined in order.
     """
     count = int(images.shape[0]) if images.shape[0] is not None else int(tf.shape(images)[0])
     if piece is None or count <= piece:
         return function(images)
     pieces = -(-count // piece)
-    size = -(-count // pieces)
-    outputs = [function(images[start : start + size]) for start in range(0, count, size)]
+    small, larger = divmod(count, pieces)  # the first `larger` pieces get one image more
+    bounds = [k * small + min(k, larger) for k in range(pieces + 1)]
+    outputs = [function(images[start:end]) for start, end in itertools.pairwise(bounds)]
     return tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *outputs)

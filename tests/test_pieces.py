@@ -57,6 +57,10 @@ def test_pieces_are_even_and_joined_in_order() -> None:
     np.testing.assert_array_equal(joined["double"], images.numpy() * 2)
     np.testing.assert_array_equal(joined["first"], images.numpy()[:, 0])
     seen.clear()
+    joined = _pieces.call_in_pieces(function, images[:10], 3)
+    assert seen == [3, 3, 2, 2]  # not 3 + 3 + 3 + 1
+    np.testing.assert_array_equal(joined["double"], images.numpy()[:10] * 2)
+    seen.clear()
     _pieces.call_in_pieces(function, images, None)
     _pieces.call_in_pieces(function, images, 32)
     assert seen == [32, 32]
