@@ -154,3 +154,13 @@ def test_fits_of_a_swish_base_do_not_pile_up_in_memory():
     # their own fit (the live model still holds the last phase's), about 70 MB a fit.
     # Released as here, about 26 MB a fit, unevenly (benchmarks/bench_many_fits.py).
     assert rss[-1] - rss[1] < 100 * 2**20, [r >> 20 for r in rss]
+
+
+def test_functions_of_subclasses_are_seen_as_live():
+    # Live functions are found by exact type (isinstance against the ABCs is slow over a
+    # whole heap): a subclass of ConcreteFunction, such as wrap_function's, must count.
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.constant(1.0), [])
+    assert type(wrapped) is not tf.types.experimental.ConcreteFunction
+    assert id(wrapped.graph) in _gradients._live_graphs()
+    traced = tf.function(lambda x: x + 1).get_concrete_function(tf.constant(1.0))
+    assert id(traced.graph) in _gradients._live_graphs()
