@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import _pieces, data, distribute, structure
+from finetunekit import _folding, _pieces, data, distribute, structure
 from finetunekit._orders import EpochOrders, attach
 from finetunekit.errors import DataError
 
@@ -236,7 +236,7 @@ def _inference_function(prefix: keras.Model, dataset: tf.data.Dataset, holdout: 
 
         @tf.function(input_signature=[signature], autograph=False)
         def run(images: tf.Tensor) -> Any:
-            outputs = keras.tree.flatten(model()(images, training=False))  # type: ignore[misc]
+            outputs = keras.tree.flatten(_folding.frozen_call(model(), images))
             held = data.held_out(images, holdout) if holdout else tf.zeros((0,), tf.bool)
             flat = tf.reshape(tf.cast(images, tf.float64), (tf.shape(images)[0], -1))
             sums = tf.reduce_sum(flat, axis=1)  # the key of the content order (see below)
@@ -313,7 +313,7 @@ def _view_function(prefix: keras.Model, dataset: tf.data.Dataset, augment: Any) 
         @tf.function(input_signature=[signature], autograph=False)
         def run(images: tf.Tensor) -> Any:
             viewed = augment(images, training=True)
-            return keras.tree.flatten(model()(viewed, training=False))  # type: ignore[misc]
+            return keras.tree.flatten(_folding.frozen_call(model(), viewed))
 
         traced[key] = run
     return traced[key]

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import _gradients, _pieces, bases, caching, data, evaluation, tasks
+from finetunekit import _folding, _gradients, _pieces, bases, caching, data, evaluation, tasks
 from finetunekit.data._labels import _label_info
 from finetunekit.errors import (
     ArgumentTypeError,
@@ -545,7 +545,7 @@ def _pooled_function(base: keras.Model, dataset: tf.data.Dataset, size: tuple[in
     def pooled(images: tf.Tensor) -> tf.Tensor:
         if resize:
             images = tf.image.resize(images, size)
-        outputs = base(images, training=False)
+        outputs = _folding.frozen_call(base, images)
         if isinstance(outputs, (list, tuple)):
             outputs = outputs[-1]
         if outputs.shape.rank > 2:  # feature maps or tokens: the global average

@@ -373,6 +373,90 @@ def replay(model: keras.Model, tensors: dict[int, Any]) -> dict[int, Any]:
     return tensors
 
 
+def feeds_batch_norm(model: keras.Model) -> list[tuple[Any, Any]]:
+    """`(layer, BatchNormalization)` pairs where the normalization alone reads the layer's
+    only output, each of the two called once in `model` (nested models not entered).
+
+    Nothing is checked of the first layer's type: the caller decides which pairs it can
+    fold. A Sequential or subclassed model has none.
+    """
+    if not _is_functional(model) or isinstance(model, keras.Sequential):
+        return []
+    nodes = _ordered_nodes(model)
+    calls: dict[int, int] = {}
+    readers: dict[int, int] = {}
+    producer: dict[int, Any] = {}
+    for node in nodes:
+        calls[id(node.operation)] = calls.get(id(node.operation), 0) + 1
+        for tensor in node.input_tensors:
+            readers[id(tensor)] = readers.get(id(tensor), 0) + 1
+        if not node.is_input:
+            for tensor in node.outputs:
+                producer[id(tensor)] = node
+    for tensor in keras.tree.flatten(model.outputs):  # an output is read by the caller
+        readers[id(tensor)] = readers.get(id(tensor), 0) + 1
+    pairs = []
+    for node in nodes:
+        norm = node.operation
+        if not is_batch_norm(norm) or len(node.input_tensors) != 1:
+            continue
+        tensor = node.input_tensors[0]
+        source = producer.get(id(tensor))
+        if source is None or len(source.outputs) != 1 or readers.get(id(tensor)) != 1:
+            continue
+        if calls[id(norm)] == 1 and calls[id(source.operation)] == 1:
+            pairs.append((source.operation, norm))
+    return pairs
+
+
+def run_graph(model: keras.Model, inputs: Any, replace: Any) -> Any:
+    """`model(inputs, training=False)`, node by node, with some calls computed another way.
+
+    Runs the Functional graph with Keras' own runner, as `model.call` does, but asks
+    `replace(layer)` at every node first: a callable it returns gets the node's
+    arguments instead of the layer; None keeps the layer's own call (with
+    `training=False` where the layer takes it). Keras has no public hook for this.
+
+    Args:
+        model: a Functional model (not Sequential).
+        inputs: its inputs, as `model(...)` takes them.
+        replace: `layer -> callable | None`.
+
+    Returns:
+        What `model(inputs, training=False)` returns.
+    """
+
+    def operation(layer: Any) -> Any:
+        custom = replace(layer)
+        if custom is not None:
+            return custom
+        takes_training = "training" in getattr(layer, "_call_context_args", ())
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if takes_training:
+                kwargs["training"] = False
+            return layer(*args, **kwargs)
+
+        return call
+
+    # Under the model's name scope, as its own call opens it: a layer's scope is nested
+    # there (a layer named "_x" is no valid root scope).
+    with model._open_name_scope():
+        outputs = model._run_through_graph(
+            model._standardize_inputs(inputs), operation_fn=operation
+        )
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+        return outputs[0]  # as Functional.call unpacks a single output
+    return outputs
+
+
+def is_graph_model(model: Any) -> bool:
+    """Whether `run_graph` can run `model` (a Functional model, not a Sequential)."""
+    return isinstance(model, keras.Model) and _is_functional(model) and not isinstance(
+        model, keras.Sequential
+    )
+
+
 def frozen_cut(base: keras.Model, trainable_ids: set[int]) -> tuple[str, Any] | None:
     """The last cut of `base` before its first trainable layer: (layer name, alive tensor).
 
