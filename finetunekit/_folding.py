@@ -12,7 +12,8 @@ Keras has no inference-time folding (LiteRT's converter does it at export only),
 this module.
 
 Every pass through frozen layers (the feature cache and its augmented views, and
-`rank_bases`) runs through `frozen_call`; training steps run as Keras runs them.
+`rank_bases`) runs through `frozen_call`, and so do `Classifier.predict` and `evaluate`
+(`classifier.inference`); training steps run as Keras runs them.
 The folded kernel and bias are computed from the variables
 inside the traced function, at every call, so a trace stays right when weights change
 (a few small ops on the weights, nothing on the activations). Outputs differ from

@@ -175,7 +175,7 @@ class _OwnRetracing(logging.Filter):
 
     Each phase trains a new trainer, each fit runs a new prefix, each candidate of
     `rank_bases` runs its own pass and each model that `load`, `evaluate` or `export`
-    reads predicts with a step of its own, each traced once, on purpose. TensorFlow
+    reads predicts with a function of its own, each traced once, on purpose. TensorFlow
     counts traces by the Python code they come from (Keras' training loop and predict
     step, the feature pass), so after a few phases or loads in one process (a
     notebook) it warns that the caller "retraces". Dropped only for those functions,
@@ -189,6 +189,7 @@ class _OwnRetracing(logging.Filter):
         "one_step_on_iterator",
         "one_step_on_data_distributed",
         "_pooled_function",
+        "inference.<locals>",  # classifier.inference: one per loaded model
     )
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import os
+import weakref
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import bases, caching, structure
+from finetunekit import _folding, bases, caching, structure
 from finetunekit import data as ftk_data
 from finetunekit._atomic import expand, write_beside
 from finetunekit._version import __version__
@@ -446,9 +447,10 @@ class Classifier:
         dataset, sources = image_dataset(images, self.input_size, batch_size=batch_size)
         if sources and sources[0] is None:  # arrays: files are 0-255 by construction
             self.check_pixels(next(iter(dataset.take(1))), "images")
+        run = inference(self.model)
         try:
             with caching.quiet_retracing():
-                outputs = self.model.predict(dataset, verbose=0)
+                outputs = np.concatenate([run(batch) for batch in dataset.prefetch(2)])
         except tf.errors.InvalidArgumentError as exc:
             # Files are decoded once, while predicting; only a failure reads them again.
             raise _decode_failure(sources) from exc
@@ -513,6 +515,39 @@ class Classifier:
 
 
 # -- reading images ----------------------------------------------------------------------
+
+
+#: One traced inference function per model, kept while the model lives.
+_INFERENCE: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
+
+
+def inference(model: keras.Model) -> Any:
+    """`model(images, training=False)` on a batch, as numpy: what `model.predict` gives.
+
+    One traced function per model, with an open batch dimension (one trace for every
+    batch size), each BatchNormalization folded into the convolution before it (see
+    `finetunekit._folding`): a MobileNetV2 predicts about 1.5-2x faster on a CPU than
+    with `model.predict`, with outputs equal up to float rounding. A model with several
+    inputs runs through `model.predict_on_batch`.
+    """
+    if model in _INFERENCE:
+        return _INFERENCE[model]
+    if len(model.inputs) != 1:
+        function: Any = model.predict_on_batch
+    else:
+        spec = model.inputs[0]
+        owner = weakref.ref(model)  # the cache must not keep the model alive
+        traced = tf.function(
+            lambda images: _folding.frozen_call(owner(), images),
+            input_signature=[tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)],
+            autograph=False,
+        )
+
+        def function(images: Any) -> np.ndarray:
+            return np.asarray(traced(tf.cast(images, spec.dtype)))
+
+    _INFERENCE[model] = function
+    return function
 
 
 def image_files(source: str | os.PathLike[str]) -> list[str]:

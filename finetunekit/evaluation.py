@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from finetunekit import data as ftk_data
 from finetunekit.caching import quiet_retracing
-from finetunekit.classifier import Classifier, _load_image, as_classifier
+from finetunekit.classifier import Classifier, _load_image, as_classifier, inference
 from finetunekit.data import _arrays, _folders
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
 
@@ -329,7 +329,7 @@ def _iterate(dataset: tf.data.Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]
 def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str] | None) -> Report:
     task = classifier.task
     names = classifier.class_names
-    model = classifier.model
+    run = inference(classifier.model)
     size = classifier.input_size
     heap: list[tuple[float, int, Worst]] = []
     outputs: list[np.ndarray] = []
@@ -339,7 +339,7 @@ def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str
         if tuple(images.shape[1:3]) != tuple(size):
             images = tf.image.resize(images, size).numpy()
         with quiet_retracing():  # each loaded model traces its own step (see caching)
-            out = np.asarray(model.predict_on_batch(images), dtype="float64")
+            out = np.asarray(run(images), dtype="float64")
         out = out.reshape(len(images), -1)
         truth = _targets(labels, task, len(names), out.shape[1])
         losses = _losses(out, truth, task)
