@@ -45,6 +45,8 @@ def _foldable(conv: Any, norm: Any) -> bool:
         return False
     if isinstance(conv, keras.layers.Conv2D) and conv.groups != 1:
         return False
+    if max(conv.strides) > 1 and max(conv.dilation_rate) > 1:
+        return False  # Keras computes that in steps of its own, TensorFlow's op cannot
     if getattr(conv, "quantization_mode", None) or getattr(conv, "lora_enabled", False):
         return False
     policies = (getattr(layer, "dtype_policy", None) for layer in (conv, norm))

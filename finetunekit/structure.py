@@ -451,9 +451,15 @@ def run_graph(model: keras.Model, inputs: Any, replace: Any) -> Any:
 
 
 def is_graph_model(model: Any) -> bool:
-    """Whether `run_graph` can run `model` (a Functional model, not a Sequential)."""
-    return isinstance(model, keras.Model) and _is_functional(model) and not isinstance(
-        model, keras.Sequential
+    """Whether `run_graph` runs `model` as its own call does: a Functional model whose
+    `call` is Keras' (not a Sequential, nor a subclass with a `call` of its own)."""
+    from keras.src.models.functional import Functional
+
+    return (
+        isinstance(model, keras.Model)
+        and _is_functional(model)
+        and not isinstance(model, keras.Sequential)
+        and type(model).call is Functional.call
     )
 
 

@@ -122,17 +122,20 @@ def _conv_is_an_output():
         lambda: _conv_bn(keras.layers.Conv2D(4, 3, groups=2)),
         lambda: _conv_bn(keras.layers.Conv2D(4, 3, dtype="mixed_float16")),
         lambda: _conv_bn(keras.layers.SeparableConv2D(4, 3)),
+        lambda: _conv_bn(keras.layers.DepthwiseConv2D(3, strides=2, dilation_rate=2), size=12),
     ],
     ids=[
         "conv read twice", "conv is an output", "conv with activation", "axis 1",
         "subclassed normalization", "grouped", "mixed precision", "separable",
+        "depthwise strided and dilated",  # Keras computes it in steps of its own
     ],
 )
 def test_pairs_that_do_not_fold_exactly_run_as_keras_runs_them(build):
     model = build()
     _randomize_statistics(model, seed=2)
     assert _folding.foldable_pairs(model) == []
-    x = tf.constant(RNG.normal(size=(2, 8, 8, 4)).astype("float32"))
+    size = model.inputs[0].shape[1]
+    x = tf.constant(RNG.normal(size=(2, size, size, 4)).astype("float32"))
     got = keras.tree.flatten(_folding.frozen_call(model, x))
     want = keras.tree.flatten(model(x, training=False))
     for a, b in zip(got, want, strict=True):
@@ -146,6 +149,46 @@ def test_a_sequential_model_is_called_as_it_is():
     _randomize_statistics(model)
     x = tf.constant(RNG.normal(size=(2, 8, 8, 4)).astype("float32"))
     _close(_folding.frozen_call(model, x), model(x, training=False), rtol=1e-6)
+
+
+class _OwnCall(keras.Model):
+    """A Functional model built by a subclass whose `call` does more than the graph."""
+
+    def __init__(self):
+        inputs = keras.Input((8, 8, 4))
+        norm = keras.layers.BatchNormalization()
+        super().__init__(inputs, norm(keras.layers.Conv2D(4, 3)(inputs)))
+
+    def call(self, inputs, training=None):
+        return super().call(inputs * 0.5, training=training) + 1.0
+
+
+def test_a_model_with_a_call_of_its_own_is_called_as_it_is():
+    model = _OwnCall()
+    _randomize_statistics(model)
+    assert not structure.is_graph_model(model)
+    x = tf.constant(RNG.normal(size=(2, 8, 8, 4)).astype("float32"))
+    _close(_folding.frozen_call(model, x), model(x, training=False), rtol=1e-6)
+    # Nested in a full model, it is called as it is there too.
+    inputs = keras.Input((8, 8, 4))
+    outer = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(model(inputs)))
+    _close(_folding.frozen_call(outer, x), outer(x, training=False), rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Layer .* does not have a `quantize` method")
+def test_predict_follows_the_model_when_its_layers_are_quantized():
+    from finetunekit import classifier
+
+    base = ftk.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 3))
+    _randomize_statistics(base)
+    model = ftk.add_head(base, 3)
+    x = RNG.uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    before = classifier.inference(model)(x)
+    _close(before, model.predict(x, verbose=0), rtol=1e-5)
+    model.quantize("int8")  # the head's Dense: Keras traces its predict again
+    after = classifier.inference(model)(x)
+    _close(after, model.predict(x, verbose=0), rtol=1e-5)
+    assert not np.allclose(before, after)
 
 
 def test_a_trace_reads_the_weights_at_every_call():
