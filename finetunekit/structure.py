@@ -378,9 +378,9 @@ def feeds_batch_norm(model: keras.Model) -> list[tuple[Any, Any]]:
     only output, each of the two called once in `model` (nested models not entered).
 
     Nothing is checked of the first layer's type: the caller decides which pairs it can
-    fold. A Sequential or subclassed model has none.
+    fold. A model `run_graph` does not run (see `is_graph_model`) has none.
     """
-    if not _is_functional(model) or isinstance(model, keras.Sequential):
+    if not is_graph_model(model):
         return []
     nodes = _ordered_nodes(model)
     calls: dict[int, int] = {}
