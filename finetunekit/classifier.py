@@ -540,8 +540,8 @@ def inference(model: keras.Model) -> Any:
 
     One traced function per model, with an open batch dimension (one trace for every
     batch size), each BatchNormalization folded into the convolution before it (see
-    `finetunekit._folding`): a MobileNetV2 predicts 1.3-1.9x faster on a CPU than with
-    `model.predict`, with outputs equal up to float rounding. Traced again when the
+    `finetunekit._folding`; on a CPU a MobileNetV2's pass ran 1.3-1.9x faster folded),
+    with outputs equal to `model.predict`'s up to float rounding. Traced again when the
     model's layers change (quantized, LoRA enabled); a model with several inputs runs
     through `predict_on_batch`.
     """
