@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -30,10 +32,35 @@ def test_the_piece_holds_piece_bytes_of_the_largest_per_image_tensor(
         pytest.skip("on a GPU the batch runs whole (piece_size returns None)")
     model = _conv_model(32, channels=8)
     largest = 32 * 32 * 8 * 4  # the first convolution's output, float32, per image
-    monkeypatch.setattr(_pieces, "PIECE_BYTES", 5 * largest + 1)
+    monkeypatch.setattr(_pieces, "piece_bytes", lambda: 5 * largest + 1)
     assert _pieces.piece_size(_traced(model, (32, 32, 3))) == 5
-    monkeypatch.setattr(_pieces, "PIECE_BYTES", 1)
+    monkeypatch.setattr(_pieces, "piece_bytes", lambda: 1)
     assert _pieces.piece_size(_traced(model, (32, 32, 3))) == 1  # never below one image
+
+
+def test_the_piece_bytes_are_a_share_of_the_largest_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def caches(**sizes: str) -> int:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        for index, size in sizes.items():
+            (folder / index).mkdir(parents=True)
+            (folder / index / "size").write_text(size + "\n")
+        folder.mkdir(exist_ok=True)
+        monkeypatch.setattr(_pieces, "_CACHES", folder)
+        _pieces.piece_bytes.cache_clear()
+        return _pieces.piece_bytes()
+
+    try:
+        # L1, L2 and a 32 MiB L3 (an AMD EPYC): 20 MiB, the size measured fastest there
+        assert caches(index0="48K", index2="2048K", index3="32768K") == 20 * 2**20
+        assert caches(index0="32K", index3="300M") == int(300 * 2**20 * _pieces.CACHE_SHARE)
+        assert caches(index0="16M", index1="4096K") == 10 * 2**20  # the largest, not the last
+        assert caches() == _pieces.PIECE_BYTES  # no cache reported: the measured default
+        assert caches(index0="48K") == _pieces.PIECE_BYTES  # below 1 MiB: not a real figure
+        assert caches(index3="large") == _pieces.PIECE_BYTES  # unreadable: the default
+    finally:
+        _pieces.piece_bytes.cache_clear()
 
 
 def test_open_image_sizes_do_not_shrink_the_batch() -> None:
@@ -41,7 +68,7 @@ def test_open_image_sizes_do_not_shrink_the_batch() -> None:
     outputs = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
     piece = _pieces.piece_size(_traced(keras.Model(inputs, outputs), (None, None, 3)))
     # only the pooled 4 floats have a static size: no batch anyone uses is cut
-    assert piece is None or piece >= _pieces.PIECE_BYTES // 16
+    assert piece is None or piece >= _pieces.piece_bytes() // 16
 
 
 def test_pieces_are_even_and_joined_in_order() -> None:
@@ -84,7 +111,7 @@ def test_the_feature_cache_stores_the_same_features_in_pieces(
         return calls(function, images, piece)
 
     monkeypatch.setattr(_pieces, "call_in_pieces", counted)
-    monkeypatch.setattr(_pieces, "PIECE_BYTES", 3 * 32 * 32 * 8 * 4)
+    monkeypatch.setattr(_pieces, "piece_bytes", lambda: 3 * 32 * 32 * 8 * 4)
     pieces = caching.FeatureCache(model, dataset, holdout=0.25)
     assert sizes and set(sizes) == {3}  # every batch ran in pieces of at most 3 images
     np.testing.assert_allclose(pieces.features[0], whole.features[0], rtol=1e-5, atol=1e-6)
