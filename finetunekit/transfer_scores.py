@@ -162,13 +162,17 @@ def _spectrum(
     num_classes: int,
     *,
     gram: np.ndarray | None = None,
+    eigen: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> _Spectrum:
+    """The spectrum of f'f; `gram` is f f' (n <= d) or f'f if known, `eigen` its `_eigh`."""
     n, d = features.shape
     targets = np.eye(num_classes)[labels]
-    small = features @ features.T if n <= d else features.T @ features
-    if gram is not None:
-        small = gram
-    values, vectors = _eigh(small)
+    if eigen is None:
+        small = features @ features.T if n <= d else features.T @ features
+        if gram is not None:
+            small = gram
+        eigen = _eigh(small)
+    values, vectors = eigen
     keep = values > max(values.max(), 0.0) * 1e-10
     values, vectors = values[keep], vectors[:, keep]
     if n <= d:
@@ -179,10 +183,11 @@ def _spectrum(
 
 
 def _eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix.
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix, or of a stack of them.
 
     TensorFlow's, not numpy's: on a busy CPU numpy's OpenBLAS threads wait for cores, and
-    an eigendecomposition of a few hundred rows took from 10 ms to 2 s, run to run.
+    an eigendecomposition of a few hundred rows took from 10 ms to 2 s, run to run. A
+    stack runs in one call: 20 matrices of 175 rows took 59 ms against 114 ms one by one.
     """
     values, vectors = tf.linalg.eigh(tf.constant(matrix, tf.float64))
     return values.numpy(), vectors.numpy()
@@ -242,15 +247,24 @@ def logme_interval(
     n, d = f.shape
     value = _logme_from(_spectrum(f, labels, num_classes))
     members = [np.flatnonzero(labels == label) for label in np.unique(labels)]
-    # A half-sample's f f' is rows and columns of the full one: no product per resample.
-    full_gram = f @ f.T if n // 2 <= d else None
-    values = []
-    for _ in range(LOGME_RESAMPLES):
-        idx = np.concatenate([rng.choice(m, max(1, len(m) // 2), replace=False) for m in members])
-        gram = None if full_gram is None else full_gram[np.ix_(idx, idx)]
-        values.append(_logme_from(_spectrum(f[idx], labels[idx], num_classes, gram=gram)))
     kept = sum(max(1, len(m) // 2) for m in members)
-    variance = (n - kept) / kept * float(np.mean((np.array(values) - np.mean(values)) ** 2))
+    # A half-sample's f f' is rows and columns of the full one: no product per resample.
+    full_gram = f @ f.T if kept <= d else None
+    halves = [
+        np.concatenate([rng.choice(m, max(1, len(m) // 2), replace=False) for m in members])
+        for _ in range(LOGME_RESAMPLES)
+    ]
+    if full_gram is None:
+        eigens: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(halves)
+    else:  # every half-sample has the same size: one stacked eigendecomposition
+        values, vectors = _eigh(np.stack([full_gram[np.ix_(idx, idx)] for idx in halves]))
+        eigens = list(zip(values, vectors, strict=True))
+    values_of_halves = [
+        _logme_from(_spectrum(f[idx], labels[idx], num_classes, eigen=eigen))
+        for idx, eigen in zip(halves, eigens, strict=True)
+    ]
+    spread_of_halves = np.array(values_of_halves) - np.mean(values_of_halves)
+    variance = (n - kept) / kept * float(np.mean(spread_of_halves**2))
     spread = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2) * variance**0.5
     return Score(value, value - spread, value + spread)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import keras
@@ -224,6 +226,46 @@ def test_a_weights_mapping_reaches_its_candidate_only(monkeypatch):
     )
     assert sorted(ranking.names) == ["one", "other", "third"]
     assert loaded == [("mobilenet_v2", "one.h5"), ("MobileNetV2", None), ("mobilenet", "imagenet")]
+
+
+def test_scores_computed_beside_the_next_candidate_equal_scores_computed_in_turn(monkeypatch):
+    # Each candidate's scores run on a worker thread while the next candidate loads.
+    x, y = _colour_data(4)
+    calls: list[tuple[str, tuple]] = []
+    timed = selection._timed_scores
+
+    def recorded(features, labels, classes, metrics, rng):
+        calls.append((threading.current_thread().name, (features, labels, classes, metrics,
+                                                        copy.deepcopy(rng))))
+        return timed(features, labels, classes, metrics, rng)
+
+    monkeypatch.setattr(selection, "_timed_scores", recorded)
+    ranking = ftk.rank_bases((x, y), {"a": _hue_base(), "b": _brightness_base()}, seed=0)
+    assert [thread for thread, _ in calls] == ["finetunekit-scores_0"] * 2
+    assert threading.current_thread().name not in {thread for thread, _ in calls}
+    by_name = {row.name: row for row in ranking}
+    for name, (_, arguments) in zip("ab", calls, strict=True):
+        in_turn = selection._scores(*arguments)  # on this thread, from the same stream
+        assert by_name[name].scores == in_turn
+    again = ftk.rank_bases((x, y), {"a": _hue_base(), "b": _brightness_base()}, seed=0)
+    assert [row.scores for row in again] == [row.scores for row in ranking]
+
+
+def test_bad_features_stop_the_ranking_before_the_next_candidate_loads(monkeypatch):
+    x, y = _colour_data(4)
+    inputs = keras.Input(SHAPE)
+    broken = keras.Model(inputs, keras.layers.Lambda(lambda t: t * np.nan)(inputs), name="nan")
+    ran: list[object] = []
+    run = selection._run_candidate
+
+    def counted(candidate, *rest):
+        ran.append(candidate)
+        return run(candidate, *rest)
+
+    monkeypatch.setattr(selection, "_run_candidate", counted)
+    with pytest.raises(ftk.errors.DataError, match="NaN or infinite features"):
+        ftk.rank_bases((x, y), [broken, _hue_base(), _brightness_base()], seed=0)
+    assert ran == [broken]
 
 
 def test_max_images_scores_the_same_subset_for_every_candidate():
