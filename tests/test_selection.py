@@ -80,6 +80,27 @@ def test_logme_stays_finite_when_an_image_is_stored_twice():
     assert np.isfinite([score.low, score.high]).all() and score.high - score.low < 1.0
 
 
+def test_logme_interval_in_small_stacks_matches_one_stack(monkeypatch):
+    rng_data = np.random.default_rng(5)
+    labels = np.arange(120) % 3
+    f = rng_data.normal(size=(120, 200)) + np.eye(200)[labels] * 2.0  # n <= d: the gram path
+    whole = ts.logme_interval(f, labels, 3, np.random.default_rng(0))
+    stacks: list[int] = []
+    eigh = ts._eigh
+
+    def recorded(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        stacks.append(len(matrix) if matrix.ndim == 3 else 0)
+        return eigh(matrix)
+
+    monkeypatch.setattr(ts, "_eigh", recorded)
+    # Room for three half-samples' grams and eigenvectors at a time (60 rows each).
+    monkeypatch.setattr(ts, "_EIGH_STACK_BYTES", 3 * 2 * 60 * 60 * 8)
+    chunked = ts.logme_interval(f, labels, 3, np.random.default_rng(0))
+    assert [n for n in stacks if n] == [3] * 6 + [2]  # 20 halves, never more than 3 held
+    np.testing.assert_allclose([chunked.value, chunked.low, chunked.high],
+                               [whole.value, whole.low, whole.high], rtol=1e-9)
+
+
 def _brute_force_knn(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     correct = []
