@@ -275,32 +275,40 @@ def rank_bases(
     # of four took 14.3 s against 14.9 s scored in turn (medians of 5, alternated; within
     # the noise of that machine, faster in 4 runs of 5). Threads, not processes: the
     # features are small and already in this process.
+    # On an error (or Ctrl-C) the scores still queued are cancelled, not waited for; a
+    # scoring that failed stops the ranking at the next candidate, not at the end.
     with _collecting_new_objects_only(), ThreadPoolExecutor(1, "finetunekit-scores") as pool:
         scoring: list[tuple[str, float, int, tuple[int, int], Future[_Scored]]] = []
-        for label, candidate, candidate_weights in entries:
-            started = time.perf_counter()
-            features, labels, size, params = _run_candidate(
-                candidate, candidate_weights, input_shape, base_kwargs, source, max_images
-            )
-            labels = _class_indices(labels, task)
-            if reference is None:
-                _check_classes(labels)
-                reference = labels
-            elif len(labels) != len(reference) or not np.array_equal(labels, reference):
-                logger.warning(
-                    "%s saw the images in another order than %s (the dataset reshuffles): the "
-                    "scores compare different samples. Pass the data unshuffled.",
-                    label,
-                    scoring[0][0],
+        try:
+            for label, candidate, candidate_weights in entries:
+                _raise_failed(scoring)
+                started = time.perf_counter()
+                features, labels, size, params = _run_candidate(
+                    candidate, candidate_weights, input_shape, base_kwargs, source, max_images
                 )
-            _check_features(features)  # here, so that bad features stop the ranking at once
-            classes = int(labels.max()) + 1
-            stream = rng.integers(2**32)  # drawn in candidate order: the same scores as in turn
-            future = pool.submit(
-                _timed_scores, features, labels, classes, chosen, np.random.default_rng(stream)
-            )
-            del features  # the worker holds them until scored
-            scoring.append((label, time.perf_counter() - started, params, size, future))
+                labels = _class_indices(labels, task)
+                if reference is None:
+                    _check_classes(labels)
+                    reference = labels
+                elif len(labels) != len(reference) or not np.array_equal(labels, reference):
+                    logger.warning(
+                        "%s saw the images in another order than %s (the dataset "
+                        "reshuffles): the scores compare different samples. Pass the data "
+                        "unshuffled.",
+                        label,
+                        scoring[0][0],
+                    )
+                _check_features(features)  # here, so that bad features stop the ranking at once
+                classes = int(labels.max()) + 1
+                stream = rng.integers(2**32)  # in candidate order: the same scores as in turn
+                future = pool.submit(
+                    _timed_scores, features, labels, classes, chosen, np.random.default_rng(stream)
+                )
+                del features  # the worker holds them until scored
+                scoring.append((label, time.perf_counter() - started, params, size, future))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # the running one still ends
+            raise
         for label, seconds, params, size, future in scoring:
             scores, scoring_seconds = future.result()
             seconds += scoring_seconds
@@ -317,6 +325,13 @@ def rank_bases(
     return Ranking(
         rows, primary=chosen[0], images=len(reference), num_classes=len(np.unique(reference))
     )
+
+
+def _raise_failed(scoring: Sequence[tuple[Any, ...]]) -> None:
+    """Raises the error of a scoring that has already failed, if any."""
+    for *_, future in scoring:
+        if future.done() and not future.cancelled() and future.exception() is not None:
+            future.result()
 
 
 @contextlib.contextmanager

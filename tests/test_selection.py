@@ -289,6 +289,59 @@ def test_bad_features_stop_the_ranking_before_the_next_candidate_loads(monkeypat
     assert ran == [broken]
 
 
+def test_an_error_cancels_the_scores_still_queued(monkeypatch):
+    x, y = _colour_data(4)
+    started: list[int] = []
+    timed = selection._timed_scores
+
+    def slow(*arguments):
+        started.append(len(started))
+        threading.Event().wait(2.0)  # the first scoring still runs when the third fails
+        return timed(*arguments)
+
+    run = selection._run_candidate
+
+    def failing_third(candidate, *rest):
+        if candidate.name == "third":
+            raise ftk.errors.ConfigError("the third candidate cannot load")
+        return run(candidate, *rest)
+
+    monkeypatch.setattr(selection, "_timed_scores", slow)
+    monkeypatch.setattr(selection, "_run_candidate", failing_third)
+    third = _hue_base()
+    third.name = "third"
+    with pytest.raises(ftk.errors.ConfigError, match="cannot load"):
+        ftk.rank_bases((x, y), [_hue_base(), _brightness_base(), third], seed=0)
+    assert started == [0]  # the second candidate's scores, queued, never ran
+
+
+def test_a_failed_scoring_stops_the_ranking_at_the_next_candidate(monkeypatch):
+    x, y = _colour_data(4)
+    failed = threading.Event()
+
+    def broken_scores(*arguments):
+        failed.set()
+        raise RuntimeError("scoring failed")
+
+    ran: list[str] = []
+    run = selection._run_candidate
+
+    def waits_for_the_failure(candidate, *rest):
+        ran.append(candidate.name)
+        if len(ran) == 2:  # the first scoring has failed by the time the second is run
+            assert failed.wait(10.0)
+            threading.Event().wait(0.3)
+        return run(candidate, *rest)
+
+    monkeypatch.setattr(selection, "_timed_scores", broken_scores)
+    monkeypatch.setattr(selection, "_run_candidate", waits_for_the_failure)
+    models = [_hue_base(), _brightness_base(), _hue_base()]
+    models[2].name = "hue_again"
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        ftk.rank_bases((x, y), models, seed=0)
+    assert "hue_again" not in ran  # stopped before the third (if not before the second)
+
+
 def test_max_images_scores_the_same_subset_for_every_candidate():
     x, y = _colour_data(20)
     ranking = ftk.rank_bases((x, y), [_hue_base(), _brightness_base()], max_images=30, seed=0)
