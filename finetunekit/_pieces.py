@@ -51,13 +51,18 @@ def piece_bytes() -> int:
     """
     largest = 0
     try:
-        for entry in _CACHES.glob("index*"):
+        entries = list(_CACHES.glob("index*"))
+    except OSError:
+        entries = []
+    for entry in entries:  # an entry that cannot be read counts for nothing, not the rest
+        try:
             text = (entry / "size").read_text().strip().upper()
-            scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-            digits = text[:-1] if text[-1:] in "KMG" else text
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in ("K", "M", "G") else text
+        if digits.isdigit():
             largest = max(largest, int(digits) * scale)
-    except (OSError, ValueError):
-        largest = 0
     return int(largest * CACHE_SHARE) if largest >= 2**20 else PIECE_BYTES
 
 

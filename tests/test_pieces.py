@@ -59,6 +59,16 @@ def test_the_piece_bytes_are_a_share_of_the_largest_cache(
         assert caches() == _pieces.PIECE_BYTES  # no cache reported: the measured default
         assert caches(index0="48K") == _pieces.PIECE_BYTES  # below 1 MiB: not a real figure
         assert caches(index3="large") == _pieces.PIECE_BYTES  # unreadable: the default
+        # one empty or unreadable entry does not hide the others
+        assert caches(index0="", index3="65536K") == 40 * 2**20
+        assert caches(index0="32K", index2="big", index3="64M") == 40 * 2**20
+        folder = tmp_path / "no size file"
+        (folder / "index0").mkdir(parents=True)
+        (folder / "index3").mkdir()
+        (folder / "index3" / "size").write_text("64M\n")
+        monkeypatch.setattr(_pieces, "_CACHES", folder)
+        _pieces.piece_bytes.cache_clear()
+        assert _pieces.piece_bytes() == 40 * 2**20
     finally:
         _pieces.piece_bytes.cache_clear()
 
