@@ -474,7 +474,11 @@ def frozen_cut(base: keras.Model, trainable_ids: set[int]) -> tuple[str, Any] | 
 
     def trains(op: Any) -> bool:
         layers = leaf_layers(op) if isinstance(op, keras.Model) else [op]
-        return any(id(v) in trainable_ids for layer in layers for v in layer.weights)
+        # An op of the graph need not be a layer: `x + 3.0` on Keras tensors (the hard
+        # swish of MobileNetV3, ConvNeXt's layer scale) is a keras.ops operation, weightless.
+        return any(
+            id(v) in trainable_ids for layer in layers for v in getattr(layer, "weights", ())
+        )
 
     first = next((i for i, op in enumerate(ops) if trains(op)), None)
     if first is None:

@@ -61,6 +61,21 @@ def test_no_split_when_the_first_block_trains() -> None:
     assert caching.split_frozen_prefix(model) is None
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "convnext_tiny"])
+def test_bases_with_operations_that_are_not_layers_split(name: str) -> None:
+    # `x + 3.0` on Keras tensors (MobileNetV3's hard swish, ConvNeXt's layer scale) puts
+    # keras.ops operations, without weights, among the layers of the graph: finding the
+    # frozen prefix once failed on them with "'Add' object has no attribute 'weights'".
+    base = ftk.load_base(name, weights=None, input_shape=SHAPE)
+    model = ftk.add_head(base, 3)
+    ftk.freeze(model)
+    ftk.unfreeze_last(model, 1, unit="block")
+    split = caching.split_frozen_prefix(model)
+    assert split is not None and split.cut != "head_pool"
+    x, _ = _images(2)
+    np.testing.assert_allclose(split.trainer(split.prefix(x)), model(x), atol=1e-5)
+
+
 def test_residual_blocks_are_not_cut() -> None:
     base = ftk.load_base("resnet50", weights=None, input_shape=SHAPE)
     model = ftk.add_head(base, 3)
