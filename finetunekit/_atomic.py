@@ -17,7 +17,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["expand", "write_beside"]
+from finetunekit.errors import OutputPathError
+
+__all__ = ["expand", "write_beside", "check_writable"]
 
 logger = logging.getLogger("finetunekit")
 
@@ -25,6 +27,49 @@ logger = logging.getLogger("finetunekit")
 def expand(path: str | os.PathLike[str]) -> Path:
     """`path` with `~` expanded, so `save("~/m.keras")` writes to the home folder."""
     return Path(os.fspath(path)).expanduser()
+
+
+def check_writable(
+    target: Path, what: str = "", *, folder: bool = False, error: type[Exception] | None = None
+) -> None:
+    """Raises now, before any work, where `target` could not be written later.
+
+    Makes the target's folder and a temporary file in it (removed at once): what
+    `write_beside` does first. Checked before a fit, so a checkpoint folder that cannot
+    be written fails in the first second, not after the first epoch.
+
+    Args:
+        target: the file (or, with `folder=True`, the folder) to be written.
+        what: how the message names the argument, e.g. `"checkpoint_dir"` (none: "").
+        folder: the target is a folder (a SavedModel).
+        error: the exception type to raise (default `OutputPathError`).
+
+    Raises:
+        OutputPathError: (or `error`) the folder cannot be made or written, or a folder
+            stands where a file is to go.
+    """
+    make = error or OutputPathError
+    named = f"{what}: " if what else ""
+    if not folder and target.is_dir():
+        raise make(
+            f"{named}{str(target)!r} is a folder; pass a file name, e.g. "
+            f"{str(target / ('model' + (target.suffix or '.keras')))!r}."
+        )
+    missing = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", dir=target.parent)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        raise make(
+            f"{named}{'c' if what else 'C'}annot write {str(target)!r} ({exc.strerror or exc}). "
+            "Pass a path in a folder you can write to."
+        ) from None
+    finally:
+        for made in missing:  # deepest first: a failed fit leaves no empty folders behind
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 @contextlib.contextmanager
@@ -35,6 +80,10 @@ def write_beside(target: Path, *, folder: bool = False, log: bool = True) -> Ite
     starts with a dot, so a listing does not show it as a finished file. On any
     exception (KeyboardInterrupt too) the temporary is removed and `target` is left
     as it was. Overwriting an existing target is allowed and logged.
+
+    Raises:
+        OutputPathError: the target's folder cannot be made or written, or a folder
+            stands where the file is to go; raised before the writer runs.
 
     Args:
         target: the file (or, with `folder=True`, the folder) to write.
@@ -48,10 +97,17 @@ def write_beside(target: Path, *, folder: bool = False, log: bool = True) -> Ite
         >>> with write_beside(Path("model.keras")) as temp:
         ...     model.save(temp)
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
-    )
+    check_writable(target, folder=folder)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(
+            prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
+        )
+    except OSError as exc:  # e.g. the folder was made read-only meanwhile
+        raise OutputPathError(
+            f"Cannot write {str(target)!r} ({exc.strerror or exc}). Pass a path in a folder "
+            "you can write to."
+        ) from None
     os.close(handle)
     temp = Path(name)
     if folder:

@@ -38,7 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit._atomic import write_beside
+from finetunekit._atomic import check_writable, write_beside
 from finetunekit.errors import CheckpointError
 
 __all__ = ["Tracker", "describe_call", "fingerprint", "read", "write_atomically", "FILE", "FORMAT"]
@@ -204,6 +204,8 @@ class Tracker:
                 f"checkpoint_dir {str(self.directory)!r} is a file; pass a folder (it is "
                 "created if missing), e.g. checkpoint_dir='checkpoints/run1'."
             )
+        # Now, not after the first epoch's work: a folder that cannot be written.
+        check_writable(self.directory / FILE, "checkpoint_dir", error=CheckpointError)
         self._load()
         if self.state is None and resume:
             raise CheckpointError(

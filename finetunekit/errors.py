@@ -20,6 +20,7 @@ __all__ = [
     "ArgumentTypeError",
     "DataError",
     "DataNotFoundError",
+    "OutputPathError",
     "StepOrderError",
     "MissingExtraError",
     "CheckpointError",
@@ -69,6 +70,10 @@ class DataError(ConfigError):
 
 class DataNotFoundError(FinetuneKitError, FileNotFoundError):
     """A data path (an image folder) does not exist."""
+
+
+class OutputPathError(FinetuneKitError, OSError):
+    """A file or folder cannot be written where asked (no permission, a folder in the way)."""
 
 
 class CheckpointError(ConfigError):

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetunekit import data as ftk_data
+from finetunekit._atomic import check_writable
 from finetunekit.caching import quiet_retracing
 from finetunekit.classifier import Classifier, _load_image, as_classifier, inference
 from finetunekit.data import _arrays, _folders
@@ -497,7 +498,7 @@ def save_figure(drawn: Any, path: str | os.PathLike[str]) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
     target = Path(os.fspath(path))
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(target)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial{target.suffix}")
     try:
         drawn.savefig(partial, dpi=100)

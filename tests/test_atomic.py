@@ -10,7 +10,7 @@ import pytest
 from _colors import COLOURS, colour_model
 
 import finetunekit as ftk
-from finetunekit._atomic import write_beside
+from finetunekit._atomic import check_writable, write_beside
 
 
 def _broken(*args, **kwargs):
@@ -81,3 +81,39 @@ def test_tilde_is_the_home_folder(tmp_path, monkeypatch):
     report = ftk.export(colour_model(), "~/m.tflite")
     assert report.path == tmp_path / "home" / "m.tflite" and report.path.is_file()
     assert not (tmp_path / "~").exists()
+
+
+def test_an_unwritable_target_fails_before_the_writer_runs(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    ran = []
+    with pytest.raises(ftk.errors.OutputPathError, match="Not a directory|File exists"):
+        with write_beside(tmp_path / "notes.txt" / "m.keras"):
+            ran.append(True)
+    assert not ran
+    # A folder where the file is to go: named, with a file name to use instead.
+    (tmp_path / "model.keras").mkdir()
+    with pytest.raises(ftk.errors.OutputPathError, match="is a folder; pass a file name"):
+        with write_beside(tmp_path / "model.keras"):
+            ran.append(True)
+    assert not ran and (tmp_path / "model.keras").is_dir()
+
+
+def test_checking_a_path_leaves_no_folders_behind(tmp_path):
+    check_writable(tmp_path / "a" / "b" / "m.keras", "path")
+    assert list(tmp_path.iterdir()) == []
+    with write_beside(tmp_path / "a" / "b" / "m.txt") as temp:  # the real write makes them
+        temp.write_text("x")
+    assert (tmp_path / "a" / "b" / "m.txt").read_text() == "x"
+
+
+def test_an_unwritable_checkpoint_dir_fails_before_training(tmp_path):
+    import numpy as np
+
+    (tmp_path / "notes.txt").write_text("a file")
+    tuner = ftk.FineTuner(
+        "mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3), alpha=0.35
+    )
+    x = np.random.default_rng(0).uniform(0, 255, (12, 32, 32, 3)).astype("float32")
+    with pytest.raises(ftk.errors.CheckpointError, match="checkpoint_dir: cannot write"):
+        tuner.fit(x, np.arange(12) % 3, checkpoint_dir=tmp_path / "notes.txt" / "run")
+    assert tuner.history is None and tuner.base is None  # nothing built, nothing trained
