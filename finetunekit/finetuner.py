@@ -612,7 +612,10 @@ class FineTuner:
             if self.input_shape is None and not isinstance(self._base_arg, keras.Model):
                 self.input_shape = prepared.image_shape
             self.load_base()
-        data.check_image_size(prepared.train, tuple(self._need_base().input_shape[1:3]))
+        size = tuple(self._need_base().input_shape[1:3])
+        data.check_image_size(prepared.train, size)
+        if prepared.validation is not None:
+            data.check_image_size(prepared.validation, size, "validation_data")
         self.num_classes = prepared.num_classes if self.num_classes is None else self.num_classes
         self.class_names = prepared.class_names or self.class_names
         self._label_mode = prepared.label_mode

@@ -12,7 +12,13 @@ import keras
 
 from finetunekit import structure
 from finetunekit._checks import check_float, check_int
-from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, StepOrderError
+from finetunekit.errors import (
+    ArgumentTypeError,
+    ConfigError,
+    DataError,
+    ModelStructureError,
+    StepOrderError,
+)
 
 __all__ = [
     "TASKS",
@@ -102,6 +108,13 @@ class Task:
         """
         return labels().width
 
+    def check_class_names(self, class_names: Sequence[str] | None, num_classes: int | None) -> None:
+        """Raises DataError when the data's classes cannot be the model's outputs.
+
+        Checked before training: a mismatch found only when the model is saved with
+        its class names would cost the whole fit.
+        """
+
     def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
         """Validates labels and returns the label mode the loss must use.
 
@@ -145,6 +158,15 @@ class _Multiclass(Task):
                 "classes with one sigmoid output use task='binary'."
             )
         return num_classes
+
+    def check_class_names(self, class_names: Sequence[str] | None, num_classes: int | None) -> None:
+        if class_names and num_classes is not None and len(class_names) != num_classes:
+            raise DataError(
+                f"The data has {len(class_names)} classes ({_shown(class_names)}) but the model "
+                f"has num_classes={num_classes}. Pass num_classes={len(class_names)} (or None, "
+                f"to take it from the data), or data of the {num_classes} classes the model "
+                "was made for."
+            )
 
     def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
         if info.width > 1:
@@ -242,6 +264,14 @@ class _Binary(_ZeroOne):
         self, class_names: Sequence[str] | None, labels: Callable[[], LabelSummary]
     ) -> int | None:
         return None  # one sigmoid output, whatever the labels
+
+    def check_class_names(self, class_names: Sequence[str] | None, num_classes: int | None) -> None:
+        if class_names and len(class_names) != 2:
+            raise DataError(
+                f"task='binary' takes two classes, but the data has {len(class_names)} "
+                f"({_shown(class_names)}). Use task='multiclass' with "
+                f"num_classes={len(class_names)}, or data of two classes."
+            )
 
     def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
         mode = super().check_labels(info, num_classes)
@@ -393,6 +423,7 @@ def compile_for(
             an optimizer instance built for other variables, or an output layer that does
             not fit the task.
         ArgumentTypeError: `model` is not a keras.Model.
+        ModelStructureError: the model has no output yet (an unbuilt Sequential).
 
     Examples:
         >>> compile_for(model, task="multiclass", learning_rate=1e-3)
@@ -412,7 +443,14 @@ def compile_for(
             expected="a positive finite number, e.g. 1e-3, or a keras.optimizers.schedules "
             "schedule",
         )
-    units = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    try:
+        output_shape = model.output_shape
+    except (AttributeError, ValueError):  # e.g. keras.Sequential() with no layers yet
+        raise ModelStructureError(
+            f"{model.name!r} has no output yet (a Sequential model not built?). Compile a "
+            "model with layers and an input, e.g. add_head(base, num_classes)."
+        ) from None
+    units = output_shape[-1] if isinstance(output_shape, tuple) else None
     activation = _output_activation(model)
     spec.check_output(units, activation)
     loss, default_metrics = spec.loss_and_metrics(
@@ -422,7 +460,9 @@ def compile_for(
     model.compile(
         optimizer=new_optimizer(optimizer, learning_rate if schedule else float(learning_rate)),
         loss=loss,
-        metrics=default_metrics if metrics is None else metrics,
+        # One name alone ("acc") is one metric, as Keras itself would not read it.
+        metrics=default_metrics if metrics is None else [metrics] if isinstance(metrics, str)
+        else metrics,
     )
     _COMPILED_WITH[model] = _trainable_signature(model)
     _guard_fit(model)
@@ -504,3 +544,9 @@ def check_compiled(model: keras.Model) -> None:
             f"What is trainable in {model.name!r} changed since it was compiled; Keras would "
             "keep training the old set. Call finetunekit.compile_for(model, ...) again."
         )
+
+
+def _shown(names: Sequence[str], most: int = 8) -> str:
+    """Class names for a message: the first `most`, then how many more."""
+    listed = ", ".join(repr(str(name)) for name in list(names)[:most])
+    return listed + (f", and {len(names) - most} more" if len(names) > most else "")

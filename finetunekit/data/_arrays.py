@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -153,8 +154,24 @@ def as_dataset(
         if y is not None:
             raise DataError(
                 f"{what}: pass labels inside the dataset as (images, labels) elements, not as y."
+                + (
+                    " The second argument is y: pass validation data as validation_data=..."
+                    if isinstance(y, tf.data.Dataset)
+                    else ""
+                )
             )
         return _standardize_dataset(data, batch_size, what)
+    if y is None and isinstance(data, (str, os.PathLike)):
+        raise DataError(
+            f"{what}: {os.fspath(data)!r} is a path, not images. Load the folder first: "
+            "folder = finetunekit.data.from_directory(path, image_size=...), then pass "
+            "folder.train (and folder.validation as validation_data=...)."
+        )
+    if y is None and isinstance(data, tuple) and hasattr(data, "train"):
+        raise DataError(
+            f"{what}: received all that from_directory returns (train, validation, "
+            "class_names). Pass its .train, and its .validation as validation_data=..."
+        )
     if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
         data, y = data
     if y is None:
@@ -181,6 +198,12 @@ def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -
         _check_batch_size(batch_size)
         dataset = dataset.batch(batch_size)
         image_spec = dataset.element_spec[0]
+    if image_spec.shape.rank is None:
+        raise DataError(
+            f"{what}: the images have no known shape (as made by tf.py_function, for one). "
+            "Set it in the dataset, e.g. ds.map(lambda x, y: (tf.ensure_shape(x, (None, 224, "
+            "224, 3)), y)) for batches of 224x224 RGB images."
+        )
     _check_image_shape(tuple(image_spec.shape), f"{what}: images")
     if image_spec.shape[-1] in (3, None) and image_spec.dtype == tf.float32:
         return dataset
@@ -191,17 +214,20 @@ def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -
 
 
 
-def check_image_size(dataset: tf.data.Dataset, expected: tuple[Any, ...]) -> None:
+def check_image_size(
+    dataset: tf.data.Dataset, expected: tuple[Any, ...], what: str = "training data"
+) -> None:
     """Raises when the dataset's images are not `expected` = (height, width) pixels.
 
     Raises:
         DataError: the sizes differ (both known), naming both fixes.
     """
-    received = tuple(dataset.element_spec[0].shape[1:3])
+    shape = dataset.element_spec[0].shape
+    received = tuple(shape[1:3]) if shape.rank is not None else (None, None)
     if None in expected or None in received or tuple(expected) == received:
         return
     raise DataError(
-        f"The images are {received[0]}x{received[1]} pixels but the model takes "
+        f"{what}: the images are {received[0]}x{received[1]} pixels but the model takes "
         f"{expected[0]}x{expected[1]}. Resize them when loading (e.g. "
         f"finetunekit.data.from_directory(..., image_size={expected[0]})), or build the "
         f"tuner with input_shape=({received[0]}, {received[1]}, 3)."

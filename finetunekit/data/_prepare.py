@@ -188,6 +188,7 @@ def _prepare(
         if num_classes is not None:
             logger.info("num_classes inferred from the data: %d", num_classes)
             tasks.output_units(spec, num_classes)
+    spec.check_class_names(names, num_classes)
     mode = spec.check_labels(info, num_classes)
     if val_ds is not None:
         val_info = _array_labels(validation_data, None)
