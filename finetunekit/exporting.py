@@ -311,7 +311,11 @@ def _images(data: Any, classifier: Classifier, limit: int, what: str) -> np.ndar
     else:
         arrays = data
     dataset, _ = image_dataset(arrays, classifier.input_size)
-    return np.concatenate(list(dataset.take(-(-limit // 32)).as_numpy_iterator()))[:limit]
+    images = np.concatenate(list(dataset.take(-(-limit // 32)).as_numpy_iterator()))[:limit]
+    # Images divided by 255 calibrate int8 to ranges the model never sees: converted
+    # without a word, the model agreed with Keras on 2 % of images (91 % with raw pixels).
+    classifier.check_pixels(images[:32], what)
+    return images
 
 
 def _agreement(classifier: Classifier, expected: np.ndarray, got: np.ndarray) -> float | None:
