@@ -20,7 +20,7 @@ from typing import Any, Literal
 import keras
 
 from finetunekit import structure
-from finetunekit._checks import check_choice, check_int
+from finetunekit._checks import check_bool, check_choice, check_int
 from finetunekit.errors import ConfigError
 
 __all__ = [
@@ -52,12 +52,14 @@ def freeze(model: keras.Model, *, train_bn: bool = False) -> keras.Model:
     Raises:
         ArgumentTypeError: `model` is not a keras.Model.
         ModelStructureError: the model's graph cannot be read.
+        ConfigError: `train_bn` is not True or False.
 
     Examples:
         >>> base = load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
         >>> freeze(base).trainable_weights
         []
     """
+    check_bool("train_bn", train_bn)  # "no" would count as true: every BN trainable
     base = structure.find_base(model)
     chosen = {id(layer) for layer in structure.leaf_layers(base) if structure.is_batch_norm(layer)}
     _apply(base, chosen if train_bn else set())
@@ -87,13 +89,14 @@ def unfreeze_last(
 
     Raises:
         ConfigError: `n` is not a positive int, is larger than what the base has, or
-            `unit` is unknown.
+            `unit` is unknown, or `train_bn` is not True or False.
 
     Examples:
         >>> unfreeze_last(model, 2, unit="block")
     """
     n = check_int("n", n, minimum=1, expected=f"a positive int (how many {unit}s)")
     check_choice("unit", unit, ("layer", "block"))
+    check_bool("train_bn", train_bn)
     base = structure.find_base(model)
     if unit == "layer":
         candidates = [

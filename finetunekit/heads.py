@@ -57,12 +57,18 @@ def add_head(
 
     Raises:
         ConfigError: a bad task, `num_classes`, `hidden`, `dropout` or `pooling`.
-        ModelStructureError: `base` already has a head.
+        ModelStructureError: `base` already has a head, or has more than one output.
 
     Examples:
         >>> model = add_head(base, num_classes=5, hidden=(128,), dropout=0.2)
     """
     structure.find_base(base)  # validates the type and the graph
+    if len(base.outputs) != 1:
+        raise ModelStructureError(
+            f"{base.name!r} has {len(base.outputs)} outputs; add_head needs a base with one "
+            "(its last feature map). Make a model of the output to fine-tune from, e.g. "
+            "keras.Model(base.inputs, base.outputs[0])."
+        )
     if any(layer.name.startswith(structure.HEAD_PREFIX) for layer in base.layers):
         raise ModelStructureError(
             f"{base.name!r} already has a head (layers named head_*). Pass its base "
