@@ -320,6 +320,14 @@ CASES = [
         ValueError,
         ("unit must be 'layer' or 'block'", "received 'blocks'"),
     ),
+    Case(
+        "freeze-train-bn",
+        "train_bn that is not a bool",
+        'ftk.freeze(base, train_bn="no")',
+        E.ConfigError,
+        ValueError,
+        ("train_bn must be True or False", "received 'no'"),
+    ),
     # -- add_head ---------------------------------------------------------------------------
     Case(
         "head-twice",
@@ -425,6 +433,14 @@ CASES = [
         ValueError,
         ("hidden must be a sequence of positive layer sizes", "(128,)"),
     ),
+    Case(
+        "head-two-outputs",
+        "a base with two outputs",
+        "ftk.add_head(keras.Model(base.inputs, [base.output, base.output]), 3)",
+        E.ModelStructureError,
+        ValueError,
+        ("has 2 outputs", "needs a base with one", "keras.Model(base.inputs, base.outputs[0])"),
+    ),
     # -- compile_for ------------------------------------------------------------------------
     Case(
         "compile-not-a-model",
@@ -490,6 +506,14 @@ CASES = [
         E.StepOrderError,
         RuntimeError,
         ("changed since compile_for compiled it", "compile_for(model, ...) again"),
+    ),
+    Case(
+        "compile-unbuilt",
+        "compiling a model with no output yet",
+        "ftk.compile_for(keras.Sequential())",
+        E.ModelStructureError,
+        ValueError,
+        ("has no output yet", "add_head(base, num_classes)"),
     ),
     # -- FineTuner --------------------------------------------------------------------------
     Case(
@@ -602,6 +626,14 @@ CASES = [
         E.CheckpointError,
         ValueError,
         ("is a file", "pass a folder (it is created if missing)"),
+    ),
+    Case(
+        "checkpoint-unwritable",
+        "checkpoint_dir that cannot be written",
+        'tuner.fit(x, y, checkpoint_dir=tmp / "notes.keras" / "run", verbose=0)',
+        E.CheckpointError,
+        ValueError,
+        ("checkpoint_dir: cannot write", "Pass a path in a folder you can write to"),
     ),
     # -- data -----------------------------------------------------------------------------
     Case(
@@ -917,6 +949,63 @@ CASES = [
         ValueError,
         ("seed must be an int >= 0 or None", "received 'abc'"),
     ),
+    Case(
+        "fit-a-path",
+        "a folder path passed to fit",
+        'tuner.fit("flowers/")',
+        E.DataError,
+        ValueError,
+        ("'flowers/' is a path, not images", "from_directory", "folder.train"),
+    ),
+    Case(
+        "fit-directory-data",
+        "all of from_directory's result passed to fit",
+        'tuner.fit(ftk.data.from_directory(tmp / "flowers", image_size=32))',
+        E.DataError,
+        ValueError,
+        ("all that from_directory returns", "Pass its .train", "validation_data="),
+    ),
+    Case(
+        "validation-as-y",
+        "validation data passed as the second argument",
+        "tuner.fit(batches(x, y), batches(x, y))",
+        E.DataError,
+        ValueError,
+        ("not as y", "validation_data="),
+    ),
+    Case(
+        "unknown-image-shape",
+        "images of unknown shape (tf.py_function)",
+        "tuner.fit(batches(x, y).map(lambda a, b: (tf.py_function(lambda t: t, [a], "
+        "tf.float32), b)))",
+        E.DataError,
+        ValueError,
+        ("no known shape", "tf.ensure_shape"),
+    ),
+    Case(
+        "validation-size",
+        "validation images of another size than the model's",
+        "tuner.fit(x, y, validation_data=(x[:6, :30, :30], y[:6]), verbose=0)",
+        E.DataError,
+        ValueError,
+        ("validation_data: the images are 30x30", "takes 32x32"),
+    ),
+    Case(
+        "class-count",
+        "data of other classes than num_classes",
+        'tuner.fit(ftk.data.from_directory(tmp / "flowers", image_size=32).train, verbose=0)',
+        E.DataError,
+        ValueError,
+        ("The data has 2 classes", "num_classes=3", "Pass num_classes=2"),
+    ),
+    Case(
+        "binary-three-class-data",
+        "task='binary' with data of three classes",
+        'binary_tuner.fit(named(x, y, ["a", "b", "c"]), verbose=0)',
+        E.DataError,
+        ValueError,
+        ("task='binary' takes two classes", "task='multiclass' with num_classes=3"),
+    ),
     # -- using the model: save_model, load, predict, evaluate, export --------------------
     Case(
         "class-names-count",
@@ -1006,6 +1095,22 @@ CASES = [
         ValueError,
         ("is a '.tflite' file", "'m.tflite'"),
     ),
+    Case(
+        "output-unwritable",
+        "a file written where it cannot be",
+        'ftk.export(model, tmp / "notes.keras" / "m.tflite")',
+        E.OutputPathError,
+        OSError,
+        ("Cannot write '", "notes.keras/m.tflite' (", "Pass a path in a folder you can write to"),
+    ),
+    Case(
+        "int8-scaled-calibration",
+        "int8 calibration images divided by 255",
+        'ftk.export(model, "q.tflite", quantize="int8", representative_data=x / 255)',
+        E.DataError,
+        ValueError,
+        ("representative_data: every pixel value is within [0, 1]", "Pass raw 0-255 pixels"),
+    ),
     # -- rank_bases ---------------------------------------------------------------------
     Case(
         "rank-one-candidate",
@@ -1046,6 +1151,23 @@ CASES = [
         E.DataError,
         ValueError,
         ("needs at least 2 images of every class", "class 1: 1", "Add images"),
+    ),
+    Case(
+        "rank-scaled-pixels",
+        "images divided by 255 to rank on",
+        'ftk.rank_bases((x / 255, y), ["mobilenet_v2", "mobilenet"])',
+        E.DataError,
+        ValueError,
+        ("data: every pixel value is within [0, 1]", "Pass raw 0-255 pixels"),
+    ),
+    Case(
+        "rank-not-images",
+        "a candidate that does not take images",
+        'ftk.rank_bases((x, y), {"a": base, "b": keras.Sequential([keras.Input((10,)), '
+        'keras.layers.Dense(3)])})',
+        E.ModelStructureError,
+        ValueError,
+        ("takes inputs of shape (None, 10), not images", "(batch, height, width, 3)"),
     ),
 ]
 
@@ -1100,12 +1222,14 @@ def namespace(example: str, tmp: Path) -> dict[str, Any]:
         lambda: ((np.full((s, s, 3), 99.0, "float32"), 0) for s in (32, 40)),
         output_signature=(tf.TensorSpec((None, None, 3)), tf.TensorSpec((), tf.int64)),
     )
-    if "photos" in example:
-        for name in ("roses", "tulips", "roses/.ipynb_checkpoints"):
-            (tmp / "photos" / name).mkdir(parents=True, exist_ok=True)
+    for folder, hidden in (("photos", True), ("flowers", False)):
+        if folder not in example:
+            continue
+        for name in ("roses", "tulips", "roses/.ipynb_checkpoints")[: 3 if hidden else 2]:
+            (tmp / folder / name).mkdir(parents=True, exist_ok=True)
             for i in range(2):
                 image = tf.io.encode_png(ns["x"][i].astype("uint8")).numpy()
-                (tmp / "photos" / name / f"{i}.png").write_bytes(image)
+                (tmp / folder / name / f"{i}.png").write_bytes(image)
     if "cut.h5" in example or case_needs(example) == "broken-cache":
         _shared("base").save_weights(tmp / "w.weights.h5")
         (tmp / "cut.h5").write_bytes((tmp / "w.weights.h5").read_bytes()[:5000])
@@ -1233,7 +1357,8 @@ an instance of a `keras.Model` subclass and `unbuilt` is
 `tf.data.Dataset.from_tensor_slices((x, y)).batch(n)` and `named(x, y, names)` the
 same carrying `class_names`; `mixed_sizes` is an unbatched dataset of a 32x32 and a
 40x40 image; `tmp / "photos"` holds class folders `roses` and `tulips`, and
-`roses/.ipynb_checkpoints` with copies; `tmp / "cut.h5"` is a weights file cut short,
+`roses/.ipynb_checkpoints` with copies; `tmp / "flowers"` the same two class folders,
+nothing hidden; `tmp / "cut.h5"` is a weights file cut short,
 `tmp / "m.h5"` and `tmp / "cut.keras"` start like a zip archive and end there. The
 download failure is shown with Keras' download made to fail as it does offline; the
 broken cache with a Keras cache folder holding a cut-short copy of the file asked for.
