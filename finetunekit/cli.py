@@ -615,11 +615,21 @@ def _logging_to_stderr(quiet: bool) -> Iterator[None]:
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # absl, TensorFlow's logging, calls logging.basicConfig() at its first message when
+    # the root logger has no handler (export's SavedModel step logs one): the handler it
+    # adds printed each of our lines a second time. A root handler that does nothing
+    # leaves basicConfig nothing to do.
+    root = logging.getLogger()
+    placeholder = logging.NullHandler() if not root.handlers else None
+    if placeholder is not None:
+        root.addHandler(placeholder)
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
 
 
 def _check_train_arguments(args: argparse.Namespace) -> None:
@@ -926,8 +936,19 @@ _FLAG_WORDS: tuple[tuple[str, str], ...] = (
 _ALPHA_IN_NAME = re.compile(r"_(\d\.\d+)_\d+_no_top")
 
 
+# `rank` names each candidate's weights inside --candidate; it has no --weights.
+_RANK_WORDS: tuple[tuple[str, str], ...] = (
+    (r"weights=PATH", "--candidate NAME=PATH"),
+    (r"weights='imagenet'", "--candidate NAME"),
+    (r"weights=None", "--candidate NAME=none"),
+)
+
+
 def _in_flag_words(message: str, args: argparse.Namespace | None) -> str:
     """Rewrites a library message in the command's words, with a hint where one helps."""
+    if getattr(args, "command", None) == "rank":
+        for pattern, flag in _RANK_WORDS:
+            message = re.sub(pattern, flag, message)
     for pattern, flag in _FLAG_WORDS:
         message = re.sub(pattern, flag, message)
     weights = getattr(args, "weights", None)

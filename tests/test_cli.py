@@ -322,6 +322,35 @@ def test_library_words_become_flags(library, command):
     assert _in_flag_words(library, None) == command
 
 
+def test_log_lines_are_printed_once_when_absl_logs(capsys, monkeypatch):
+    import logging
+
+    from absl import logging as absl_logging
+
+    from finetunekit.cli import _logging_to_stderr
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a fresh process
+    with _logging_to_stderr(quiet=False):
+        absl_logging.info("what TensorFlow logs while exporting")  # calls basicConfig
+        logging.getLogger("finetunekit").info("exported litert")
+    err = capsys.readouterr().err
+    assert err.count("exported litert") == 1, err
+    assert "finetunekit: exported litert" in err
+
+
+def test_rank_names_weights_inside_its_candidate_flag():
+    import argparse
+
+    from finetunekit.cli import _in_flag_words
+
+    library = "or pass weights=PATH to a copy of it, or weights=None to start from random weights."
+    rank = argparse.Namespace(command="rank")
+    assert _in_flag_words(library, rank) == (
+        "or pass --candidate NAME=PATH to a copy of it, or --candidate NAME=none to start "
+        "from random weights."
+    )  # rank has no --weights: its usage error would be all the user got
+
+
 def test_a_weights_file_named_for_alpha_035_hints_at_the_flag(capsys, tmp_path, weights_035):
     root = shapes_folder(tmp_path / "data", per_class=2)
     argv = ["train", str(root), "--weights", str(weights_035), "--image-size", "96"]
