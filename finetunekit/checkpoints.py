@@ -311,13 +311,8 @@ class Tracker:
                 f"{run.epochs_done} epoch" + ("" if run.epochs_done == 1 else "s"),
             )
         else:
-            logger.warning(
-                "resuming from %r after epoch %d (%s phase, epoch %d of it)",
-                str(self.directory),
-                run.epochs_done,
-                history.phases[-1] if history.phases else "first",
-                int(state["in_phase"]),
-            )
+            logger.warning("resuming from %r after epoch %d (%s)", str(self.directory),
+                           run.epochs_done, _where(history.phases, int(state["in_phase"])))
         return self.finished
 
     def restore_best(self, best: Any) -> None:
@@ -539,3 +534,12 @@ def write_atomically(path: str | os.PathLike[str], write: Any) -> None:
         write(handle)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _where(phases: list[str], in_phase: int) -> str:
+    """Where a resumed run stands, in words: `phases` names the phase of each epoch done."""
+    if not phases:
+        return "no epoch done yet"
+    if in_phase == 0:  # the last epoch closed its phase; the next phase starts afresh
+        return f"the last of the {phases[-1]} phase"
+    return f"epoch {in_phase} of the {phases[-1]} phase"

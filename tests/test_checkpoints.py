@@ -89,7 +89,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path: P
     assert resumed.wait(timeout=TIMEOUT) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     assert reference.wait(timeout=TIMEOUT) == 0, (tmp_path / "ref.log").read_text()[-3000:]
     log = (tmp_path / "resume.log").read_text()
-    assert log.count("after epoch 4 (finetune phase, epoch 1 of it)") == 2
+    assert log.count("after epoch 4 (epoch 1 of the finetune phase)") == 2
     assert f"removed {left} feature files left by runs that were killed" in log
     assert _spills(spill) == []
     diffs = {}
@@ -320,3 +320,13 @@ def test_stored_features_shuffle_the_same_images_whatever_order_they_came_in() -
             seen.append([int(v) for _, labels in ds for v in labels.numpy()])
     assert seen[0] == seen[1] and sorted(seen[0]) == list(range(20))
     assert seen[0] != list(range(20)) and seen[0] != list(range(20))[::-1]
+
+
+def test_the_resume_message_says_where_the_run_stands():
+    from finetunekit.checkpoints import _where
+
+    # Killed in the first fine-tune epoch, after 3 head epochs: the checkpoint is the one
+    # written when the head phase closed (once read "head phase, epoch 0 of it").
+    assert _where(["head"] * 3, 0) == "the last of the head phase"
+    assert _where(["head"] * 3 + ["finetune"], 1) == "epoch 1 of the finetune phase"
+    assert _where([], 0) == "no epoch done yet"
