@@ -189,8 +189,10 @@ class DemoResult:
         def claim(name: str, shown: bool) -> str:
             return name if shown else f"{name} (not shown in this run)"
 
-        def epochs(r: RunResult) -> str:
-            return f"{r.epochs_to_target} epochs" if r.epochs_to_target else "never"
+        def reached(r: RunResult, who: str) -> str:
+            return f"{who} after {r.epochs_to_target} epochs" if r.epochs_to_target else (
+                f"{who} never"
+            )
 
         faster = tuned.epochs_to_target is not None and (
             scratch.epochs_to_target is None or tuned.epochs_to_target < scratch.epochs_to_target
@@ -215,7 +217,8 @@ class DemoResult:
             f"({(tuned.test_accuracy - scratch.test_accuracy) * 100:+.1f} points; head only "
             f"{head.test_accuracy:.3f}).",
             f"{claim('faster convergence', faster)}: {self.target_accuracy:.0%} validation "
-            f"accuracy after {epochs(tuned)} fine-tuned, {epochs(scratch)} from scratch.",
+            f"accuracy reached {reached(tuned, 'fine-tuned')}, "
+            f"{reached(scratch, 'from scratch')}.",
             f"{claim('better generalization', generalizes)}: train-test gap {tuned.gap:+.3f} "
             f"fine-tuned, {scratch.gap:+.3f} from scratch.",
             f"overfitting risk: early stopping on validation loss (best weights kept) saved "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -48,6 +49,14 @@ def test_the_printed_table_and_conclusions(quick_demo):
     assert conclusions[0] == quick_demo.winner()
     assert conclusions[1].startswith("improved performance: ")  # not "(not shown in this run)"
     assert conclusions[2].startswith("faster convergence: ")
+    # Neither run reaching the target reads as a sentence ("after never fine-tuned" once).
+    never = dataclasses.replace(
+        quick_demo,
+        runs=tuple(dataclasses.replace(r, epochs_to_target=None) for r in quick_demo.runs),
+    )
+    assert never.conclusions()[2].endswith(
+        "validation accuracy reached fine-tuned never, from scratch never."
+    )
     assert "early stopping" in conclusions[4] and "saved" in conclusions[4]
     assert not any(line.startswith("time cap") for line in conclusions)  # shapes: epochs only
     with pytest.raises(KeyError):
