@@ -663,6 +663,12 @@ def _as_arrays(images: Any) -> list[np.ndarray]:
         if not images:
             raise DataError("No images given: the list is empty.")
         return [np.asarray(i) for i in images]
+    if isinstance(images, tf.data.Dataset):
+        raise ArgumentTypeError(
+            "images must be files, a folder or image arrays, not a tf.data.Dataset: pass its "
+            "images as one array (np.concatenate([x for x, *_ in ds])), or use "
+            "finetunekit.evaluate(model, ds) to score a labelled dataset."
+        )
     if isinstance(images, (bytes, dict)) or images is None:
         raise ArgumentTypeError(
             "images must be a file, a folder, a list of files, or image arrays; received "

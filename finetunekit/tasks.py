@@ -326,6 +326,19 @@ class _Regression(Task):
     def label_mode_for(self, label_mode: str) -> str:
         return label_mode  # targets are read as they are
 
+    def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
+        outputs = num_classes or 1
+        if info.width != outputs:
+            # Else the loss broadcasts (1 output against 3 targets trains silently) or
+            # fails deep in TensorFlow (3 outputs against 1 target).
+            raise DataError(
+                f"The targets hold {info.width} value(s) per image but the model has "
+                f"{outputs} output(s) (num_classes={num_classes!r}, for task='regression' the "
+                f"number of values to predict). Pass num_classes={info.width}, or targets of "
+                f"{outputs} value(s) per image."
+            )
+        return "int"
+
 
 
 TASKS: dict[str, Task] = {

@@ -1006,6 +1006,24 @@ CASES = [
         ValueError,
         ("task='binary' takes two classes", "task='multiclass' with num_classes=3"),
     ),
+    Case(
+        "regression-outputs",
+        "regression targets of another width than the outputs",
+        'ftk.FineTuner("mobilenet_v2", task="regression", num_classes=1, weights=None, '
+        'input_shape=(32, 32, 3), alpha=0.35).fit(x, np.zeros((24, 3)), verbose=0)',
+        E.DataError,
+        ValueError,
+        ("The targets hold 3 value(s) per image but the model has 1 output(s)",
+         "Pass num_classes=3"),
+    ),
+    Case(
+        "sample-weights-shape",
+        "sample weights that are not one number per image",
+        "tuner.fit(tf.data.Dataset.from_tensor_slices((x, y, np.ones((24, 2)))).batch(8))",
+        E.DataError,
+        ValueError,
+        ("must be one number per image", "received float64 of shape (None, 2) per batch"),
+    ),
     # -- using the model: save_model, load, predict, evaluate, export --------------------
     Case(
         "class-names-count",
@@ -1110,6 +1128,14 @@ CASES = [
         E.DataError,
         ValueError,
         ("representative_data: every pixel value is within [0, 1]", "Pass raw 0-255 pixels"),
+    ),
+    Case(
+        "predict-a-dataset",
+        "a tf.data.Dataset passed to predict",
+        "ftk.Classifier(model).predict(batches(x, y))",
+        E.ArgumentTypeError,
+        TypeError,
+        ("not a tf.data.Dataset", "finetunekit.evaluate(model, ds)"),
     ),
     # -- rank_bases ---------------------------------------------------------------------
     Case(

@@ -184,6 +184,22 @@ def as_dataset(
     return from_arrays(data, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
 
 
+def _check_sample_weights(weights: Any, what: str) -> None:
+    """Sample weights (the third element) must be numbers, one per image of the batch."""
+    numeric = isinstance(weights, tf.TensorSpec) and (
+        weights.dtype.is_floating or weights.dtype.is_integer
+    )
+    if not numeric or (weights.shape.rank is not None and weights.shape.rank > 1):
+        received = weights if not isinstance(weights, tf.TensorSpec) else (
+            f"{weights.dtype.name} of shape {tuple(weights.shape)} per batch"
+        )
+        raise DataError(
+            f"{what}: the third element of each (images, labels, sample_weights) must be one "
+            f"number per image (shape (batch,)); received {received}. Map it to one "
+            "weight per image, or drop it."
+        )
+
+
 def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -> tf.data.Dataset:
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
@@ -198,6 +214,8 @@ def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -
         _check_batch_size(batch_size)
         dataset = dataset.batch(batch_size)
         image_spec = dataset.element_spec[0]
+    if len(spec) == 3:
+        _check_sample_weights(dataset.element_spec[2], what)
     if image_spec.shape.rank is None:
         raise DataError(
             f"{what}: the images have no known shape (as made by tf.py_function, for one). "
