@@ -48,6 +48,7 @@ class LabelSummary:
         max_label: the largest value seen.
         min_label: the smallest value seen.
         integral: whether every value seen is a whole number.
+        distinct: how many different values one-column labels take (0: not counted).
     """
 
     label_mode: str
@@ -55,6 +56,7 @@ class LabelSummary:
     max_label: float
     min_label: float
     integral: bool
+    distinct: int = 0
 
 
 class Task:
@@ -144,7 +146,20 @@ class _Multiclass(Task):
         if class_names:
             return len(class_names)
         info = labels()
-        return info.width if info.label_mode == "categorical" else max(int(info.max_label) + 1, 2)
+        if info.label_mode == "categorical":
+            return info.width
+        inferred = max(int(info.max_label) + 1, 2)
+        if info.distinct and inferred > 2 * info.distinct:
+            # Labels that are ids, not indices (0, 1, 500): a 501-way head learning three
+            # classes, or with 10**6 an output layer too big for memory.
+            raise DataError(
+                f"The labels go up to {int(info.max_label)}, so the model would have "
+                f"{inferred} classes, but only {info.distinct} different labels occur: labels "
+                "must be class indices 0..n-1. Re-encode them (e.g. y = np.unique(y, "
+                "return_inverse=True)[1]), or pass num_classes if classes are missing from "
+                "this data on purpose."
+            )
+        return inferred
 
     def label_mode_for(self, label_mode: str) -> str:
         if label_mode == "binary":

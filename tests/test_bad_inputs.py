@@ -1007,6 +1007,16 @@ CASES = [
         ("task='binary' takes two classes", "task='multiclass' with num_classes=3"),
     ),
     Case(
+        "label-ids",
+        "labels that are ids, not class indices",
+        'ftk.FineTuner("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpha=0.35)'
+        ".fit(x, np.where(y == 2, 500, y), verbose=0)",
+        E.DataError,
+        ValueError,
+        ("would have 501 classes, but only 3 different labels occur",
+         "np.unique(y, return_inverse=True)[1]"),
+    ),
+    Case(
         "regression-outputs",
         "regression targets of another width than the outputs",
         'ftk.FineTuner("mobilenet_v2", task="regression", num_classes=1, weights=None, '

@@ -37,7 +37,8 @@ def _label_info(labels: np.ndarray) -> LabelInfo:
     integral = bool(np.all(np.equal(np.mod(labels, 1), 0)))
     binary = integral and bool(np.all((labels == 0) | (labels == 1)))
     mode = "categorical" if width > 1 else ("binary" if binary and labels.max() <= 1 else "int")
-    return LabelInfo(mode, width, float(labels.max()), float(labels.min()), integral)
+    distinct = len(np.unique(labels)) if width == 1 else 0
+    return LabelInfo(mode, width, float(labels.max()), float(labels.min()), integral, distinct)
 
 
 def check_labels(info: LabelInfo, task: str | tasks.Task, num_classes: int | None) -> str:
