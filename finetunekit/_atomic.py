@@ -34,9 +34,9 @@ def check_writable(
 ) -> None:
     """Raises now, before any work, where `target` could not be written later.
 
-    Makes the target's folder and a temporary file in it (removed at once): what
-    `write_beside` does first. Checked before a fit, so a checkpoint folder that cannot
-    be written fails in the first second, not after the first epoch.
+    Makes the target's folder (as the write would) and a temporary file in it, removed at
+    once. Checked before a fit, so a checkpoint folder that cannot be written fails in
+    the first second, not after the first epoch.
 
     Args:
         target: the file (or, with `folder=True`, the folder) to be written.
@@ -52,24 +52,22 @@ def check_writable(
     named = f"{what}: " if what else ""
     if not folder and target.is_dir():
         raise make(
-            f"{named}{str(target)!r} is a folder; pass a file name, e.g. "
-            f"{str(target / ('model' + (target.suffix or '.keras')))!r}."
+            f"{named}{str(target)!r} is a folder; pass the name of a file to write (inside "
+            "it, or beside it)."
         )
-    missing = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", dir=target.parent)
         os.close(handle)
         os.unlink(name)
     except OSError as exc:
+        # A file where a folder of the path should be: name it, not just "File exists".
+        blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{str(blocker)!r} is a file, not a folder" if blocker else exc.strerror or exc
         raise make(
-            f"{named}{'c' if what else 'C'}annot write {str(target)!r} ({exc.strerror or exc}). "
+            f"{named}{'c' if what else 'C'}annot write {str(target)!r} ({reason}). "
             "Pass a path in a folder you can write to."
         ) from None
-    finally:
-        for made in missing:  # deepest first: a failed fit leaves no empty folders behind
-            with contextlib.suppress(OSError):
-                made.rmdir()
 
 
 @contextlib.contextmanager
@@ -99,7 +97,6 @@ def write_beside(target: Path, *, folder: bool = False, log: bool = True) -> Ite
     """
     check_writable(target, folder=folder)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(
             prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
         )

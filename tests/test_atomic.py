@@ -86,24 +86,31 @@ def test_tilde_is_the_home_folder(tmp_path, monkeypatch):
 def test_an_unwritable_target_fails_before_the_writer_runs(tmp_path):
     (tmp_path / "notes.txt").write_text("a file, not a folder")
     ran = []
-    with pytest.raises(ftk.errors.OutputPathError, match="Not a directory|File exists"):
+    with pytest.raises(ftk.errors.OutputPathError, match="notes.txt' is a file, not a folder"):
         with write_beside(tmp_path / "notes.txt" / "m.keras"):
             ran.append(True)
     assert not ran
     # A folder where the file is to go: named, with a file name to use instead.
     (tmp_path / "model.keras").mkdir()
-    with pytest.raises(ftk.errors.OutputPathError, match="is a folder; pass a file name"):
+    with pytest.raises(ftk.errors.OutputPathError, match="is a folder; pass the name of a file"):
         with write_beside(tmp_path / "model.keras"):
             ran.append(True)
     assert not ran and (tmp_path / "model.keras").is_dir()
 
 
-def test_checking_a_path_leaves_no_folders_behind(tmp_path):
+def test_checking_a_path_makes_its_folders_and_leaves_no_file(tmp_path):
     check_writable(tmp_path / "a" / "b" / "m.keras", "path")
-    assert list(tmp_path.iterdir()) == []
-    with write_beside(tmp_path / "a" / "b" / "m.txt") as temp:  # the real write makes them
+    assert (tmp_path / "a" / "b").is_dir() and not list((tmp_path / "a" / "b").iterdir())
+    with write_beside(tmp_path / "c" / "m.txt") as temp:  # folders made for the write
         temp.write_text("x")
-    assert (tmp_path / "a" / "b" / "m.txt").read_text() == "x"
+    assert (tmp_path / "c" / "m.txt").read_text() == "x"
+
+
+def test_a_plot_goes_into_a_folder_that_does_not_exist_yet(tmp_path):
+    pytest.importorskip("matplotlib")
+    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}
+    path = ftk.plot_history(history, tmp_path / "plots" / "history.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_an_unwritable_checkpoint_dir_fails_before_training(tmp_path):
