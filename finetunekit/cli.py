@@ -617,11 +617,16 @@ def _logging_to_stderr(quiet: bool) -> Iterator[None]:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     # absl, TensorFlow's logging, calls logging.basicConfig() at its first message when
     # the root logger has no handler (export's SavedModel step logs one): the handler it
-    # adds printed each of our lines a second time. A root handler that does nothing
-    # leaves basicConfig nothing to do.
+    # adds printed each of our lines a second time. A root handler of our own leaves
+    # basicConfig nothing to do; it prints other libraries' warnings, as Python's
+    # last-resort handler would, and leaves our lines to the handler above.
     root = logging.getLogger()
-    placeholder = logging.NullHandler() if not root.handlers else None
-    if placeholder is not None:
+    placeholder = None
+    if not root.handlers:
+        placeholder = logging.StreamHandler(sys.stderr)
+        placeholder.setLevel(logging.WARNING)
+        placeholder.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+        placeholder.addFilter(lambda record: not record.name.startswith("finetunekit"))
         root.addHandler(placeholder)
     try:
         yield

@@ -333,9 +333,12 @@ def test_log_lines_are_printed_once_when_absl_logs(capsys, monkeypatch):
     with _logging_to_stderr(quiet=False):
         absl_logging.info("what TensorFlow logs while exporting")  # calls basicConfig
         logging.getLogger("finetunekit").info("exported litert")
+        logging.getLogger("another.library").warning("a warning of its own")
     err = capsys.readouterr().err
     assert err.count("exported litert") == 1, err
     assert "finetunekit: exported litert" in err
+    assert err.count("a warning of its own") == 1, err  # other libraries' warnings still show
+    assert not logging.getLogger().handlers  # the root logger as it was
 
 
 def test_rank_names_weights_inside_its_candidate_flag():
