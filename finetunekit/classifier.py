@@ -666,8 +666,8 @@ def _as_arrays(images: Any) -> list[np.ndarray]:
     if isinstance(images, tf.data.Dataset):
         raise ArgumentTypeError(
             "images must be files, a folder or image arrays, not a tf.data.Dataset: pass its "
-            "images as one array (np.concatenate([x for x, *_ in ds])), or use "
-            "finetunekit.evaluate(model, ds) to score a labelled dataset."
+            "images as one array (for batches of (images, labels): np.concatenate([x for x, "
+            "*_ in ds])), or use finetunekit.evaluate(model, ds) to score a labelled dataset."
         )
     if isinstance(images, (bytes, dict)) or images is None:
         raise ArgumentTypeError(

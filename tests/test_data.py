@@ -307,3 +307,12 @@ def test_augmentation_runs_in_a_tf_data_pipeline():
 def test_unknown_augmentation_preset():
     with pytest.raises(ConfigError, match="Unknown augmentation preset 'wild'"):
         data.augmentation("wild")
+
+
+def test_sample_weights_of_one_column_are_one_per_image():
+    x = np.zeros((8, 32, 32, 3), "float32")
+    y = np.arange(8) % 2
+    for weights in (np.ones(8, "float32"), np.ones((8, 1), "float32")):  # Keras squeezes (n, 1)
+        data.as_dataset(tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(4))
+    with pytest.raises(DataError, match="one number per image"):
+        data.as_dataset(tf.data.Dataset.from_tensor_slices((x, y, np.ones((8, 2)))).batch(4))

@@ -189,7 +189,12 @@ def _check_sample_weights(weights: Any, what: str) -> None:
     numeric = isinstance(weights, tf.TensorSpec) and (
         weights.dtype.is_floating or weights.dtype.is_integer
     )
-    if not numeric or (weights.shape.rank is not None and weights.shape.rank > 1):
+    shape = weights.shape if isinstance(weights, tf.TensorSpec) else None
+    # One per image: (batch,), or (batch, 1), which Keras squeezes.
+    per_image = shape is None or shape.rank is None or shape.rank <= 1 or (
+        shape.rank == 2 and shape[-1] in (1, None)
+    )
+    if not numeric or not per_image:
         received = weights if not isinstance(weights, tf.TensorSpec) else (
             f"{weights.dtype.name} of shape {tuple(weights.shape)} per batch"
         )
@@ -219,8 +224,8 @@ def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -
     if image_spec.shape.rank is None:
         raise DataError(
             f"{what}: the images have no known shape (as made by tf.py_function, for one). "
-            "Set it in the dataset, e.g. ds.map(lambda x, y: (tf.ensure_shape(x, (None, 224, "
-            "224, 3)), y)) for batches of 224x224 RGB images."
+            "Set it in the dataset, e.g. for batches of 224x224 RGB images and their labels "
+            "ds.map(lambda x, y: (tf.ensure_shape(x, (None, 224, 224, 3)), y))."
         )
     _check_image_shape(tuple(image_spec.shape), f"{what}: images")
     if image_spec.shape[-1] in (3, None) and image_spec.dtype == tf.float32:
