@@ -607,11 +607,17 @@ def _base_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _logging_to_stderr(quiet: bool) -> Iterator[None]:
-    """Shows finetunekit's log lines (INFO, or WARNING with --quiet) while a command runs."""
+def _logging_to_stderr(
+    quiet: bool, args: argparse.Namespace | None = None
+) -> Iterator[None]:
+    """Shows finetunekit's log lines (INFO, or WARNING with --quiet) while a command runs.
+
+    The lines are in the command's words, as its errors are (`_in_flag_words`): the
+    library's "checkpoint_dir='runs/x'" reads "--checkpoint-dir 'runs/x'".
+    """
     logger = logging.getLogger("finetunekit")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.setFormatter(_InFlagWords(f"{PROG}: %(message)s", args))
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
@@ -635,6 +641,17 @@ def _logging_to_stderr(quiet: bool) -> Iterator[None]:
         logger.setLevel(level)
         if placeholder is not None:
             root.removeHandler(placeholder)
+
+
+class _InFlagWords(logging.Formatter):
+    """A formatter that rewrites the library's argument names as the command's flags."""
+
+    def __init__(self, fmt: str, args: argparse.Namespace | None) -> None:
+        super().__init__(fmt)
+        self.args = args
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _in_flag_words(super().format(record), self.args)
 
 
 def _check_train_arguments(args: argparse.Namespace) -> None:
@@ -892,7 +909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _import_tensorflow(verbose=args.verbose)
         # The demo prints its own progress; its INFO lines only with --progress.
         quiet = args.quiet or (args.command == "demo" and not args.progress)
-        with _logging_to_stderr(quiet):
+        with _logging_to_stderr(quiet, args):
             return int(args.handler(args))
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
@@ -934,6 +951,8 @@ _FLAG_WORDS: tuple[tuple[str, str], ...] = (
     (r"\balpha=", "--alpha "),
     (r"\bresume=True", "--resume"),
     (r"\bdrop resume\b", "drop --resume"),
+    (r"\bthe same fit with checkpoint_dir=", "the same command with --checkpoint-dir "),
+    (r"\bpass checkpoint_dir=\.\.\. to fit\b", "pass --checkpoint-dir DIR"),
     (r"\bcheckpoint_dir=", "--checkpoint-dir "),
     (r"\bcheckpoint_dir\b", "--checkpoint-dir"),
 )

@@ -341,6 +341,25 @@ def test_log_lines_are_printed_once_when_absl_logs(capsys, monkeypatch):
     assert not logging.getLogger().handlers  # the root logger as it was
 
 
+def test_log_lines_name_the_commands_flags(capsys):
+    import logging
+
+    from finetunekit.cli import _logging_to_stderr
+
+    with _logging_to_stderr(quiet=False):
+        logging.getLogger("finetunekit").warning(
+            "fit interrupted after 4 epochs: the model holds the best weights so far; run the "
+            "same fit with checkpoint_dir='runs/x' to resume after epoch 4"
+        )
+        logging.getLogger("finetunekit").warning(
+            "pass checkpoint_dir=... to fit to make a run resumable after a stop"
+        )
+    err = capsys.readouterr().err
+    assert "run the same command with --checkpoint-dir 'runs/x' to resume" in err, err
+    assert "pass --checkpoint-dir DIR to make a run resumable" in err, err
+    assert "checkpoint_dir" not in err
+
+
 def test_rank_names_weights_inside_its_candidate_flag():
     import argparse
 
