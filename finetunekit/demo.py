@@ -204,8 +204,9 @@ class DemoResult:
             for r in self.runs
         )
         capped = [
-            f"{r.method} stopped at its limit of {r.time_limit:.1f} s after {r.epochs_run} of "
-            f"{r.max_epochs} epochs; its accuracy is what that time bought"
+            f"{r.method} stopped at its limit of {r.time_limit:.1f} s of training after "
+            f"{r.epochs_run} of {r.max_epochs} epochs ({r.seconds:.0f} s in the table with "
+            "building, validating and scoring); its accuracy is what that time bought"
             for r in self.runs
             if r.stopped_by_time and r.time_limit is not None
         ]
