@@ -49,6 +49,8 @@ class LabelSummary:
         min_label: the smallest value seen.
         integral: whether every value seen is a whole number.
         distinct: how many different values one-column labels take (0: not counted).
+        rows_sum_to_one: every row of several columns sums to 1 (one-hot or soft
+            labels); False for multi-hot or empty rows.
     """
 
     label_mode: str
@@ -57,6 +59,7 @@ class LabelSummary:
     min_label: float
     integral: bool
     distinct: int = 0
+    rows_sum_to_one: bool = True
 
 
 class Task:
@@ -190,6 +193,15 @@ class _Multiclass(Task):
                     f"Labels are one-hot with {info.width} columns but the model has "
                     f"{num_classes} classes. Expected integer class indices (shape (n,)) or "
                     f"one-hot rows with {num_classes} columns."
+                )
+            if not info.rows_sum_to_one:
+                # Softmax cross-entropy against multi-hot rows trains without a word, and
+                # learns one class per image where the data says several.
+                raise DataError(
+                    "Rows of the labels do not sum to 1 (several classes, or none, marked "
+                    "for an image), but task='multiclass' takes one class per image. For "
+                    "several labels per image use task='multilabel'; else make each row "
+                    "one-hot."
                 )
             return "categorical"
         if not info.integral or info.min_label < 0:

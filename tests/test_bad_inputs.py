@@ -1017,6 +1017,23 @@ CASES = [
          "np.unique(y, return_inverse=True)[1]"),
     ),
     Case(
+        "multi-hot-multiclass",
+        "multi-hot label rows with task='multiclass'",
+        "tuner.fit(x, np.eye(3)[y] + np.eye(3)[(y + 1) % 3], verbose=0)",
+        E.DataError,
+        ValueError,
+        ("Rows of the labels do not sum to 1", "use task='multilabel'"),
+    ),
+    Case(
+        "nan-sample-weights",
+        "a NaN sample weight past the first batch",
+        "tuner.fit(tf.data.Dataset.from_tensor_slices((x, y, np.where(np.arange(24) == 20, "
+        "np.nan, 1.0))).batch(8), verbose=0)",
+        E.DataError,
+        ValueError,
+        ("sample weights that are NaN, infinite or negative", "Fix or drop those weights"),
+    ),
+    Case(
         "regression-outputs",
         "regression targets of another width than the outputs",
         'ftk.FineTuner("mobilenet_v2", task="regression", num_classes=1, weights=None, '

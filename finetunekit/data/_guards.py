@@ -11,10 +11,11 @@ What is checked, and why an error or a warning:
   fix. For a model of the user's own, whose preprocessing finetunekit cannot see, it is
   a warning. All-black images (every value 0) pass. Values above 255 (16-bit images)
   are a warning: they are not clearly wrong for every model.
-- **Labels, in full**: NaN, infinite or out-of-range labels anywhere in the data stop
-  the fit with a `DataError`, by a cheap assert on each batch as it is read (in the
-  cache's one pass, the content split's pass, or every epoch when uncached), turned
-  into a finetunekit error by `data_errors`; images holding NaN anywhere likewise.
+- **Labels, in full**: NaN, infinite or out-of-range labels (and NaN, infinite or
+  negative sample weights) anywhere in the data stop the fit with a `DataError`,
+  by a cheap assert on each batch as it is read (in the cache's one pass, the content
+  split's pass, or every epoch when uncached), turned into a finetunekit error by
+  `data_errors`; images holding NaN anywhere likewise.
 - **Infinite datasets** (`.repeat()`): refused. The content split, the label check and
   the feature cache each pass over the data once; an endless dataset would hang them.
   finetunekit takes one pass per epoch, so `steps_per_epoch` is not offered.
@@ -175,6 +176,12 @@ def guard_labels(
             ),
             tf.debugging.Assert(finite, [f"{_MARK}:images:{what}:"]),
         ]
+        if rest:  # sample weights: NaN ones made the loss NaN, reported as divergence
+            weights = tf.cast(rest[0], tf.float64)
+            usable = tf.logical_and(
+                tf.reduce_all(tf.math.is_finite(weights)), tf.reduce_all(weights >= 0)
+            )
+            asserts.append(tf.debugging.Assert(usable, [f"{_MARK}:weights:{what}:"]))
         with tf.control_dependencies(asserts):  # the labels wait for both checks
             return (images, tf.identity(labels), *rest)
 
@@ -203,10 +210,16 @@ def _translated(
     message = getattr(exc, "message", str(exc))
     # e.g. "assertion failed: [finetunekit-bad-batch:labels:training data:] [0] [7]"
     found = re.search(
-        _MARK + r":(labels|images):([^:]*):\](?: \[([^\]]*)\] \[([^\]]*)\])?", message
+        _MARK + r":(labels|images|weights):([^:]*):\](?: \[([^\]]*)\] \[([^\]]*)\])?", message
     )
     if found:
         kind, what = found.group(1), found.group(2)
+        if kind == "weights":
+            return DataError(
+                f"{what}: a batch holds sample weights that are NaN, infinite or negative "
+                "(found while reading the data). Fix or drop those weights: each must be a "
+                "finite number >= 0."
+            )
         if kind == "images":
             return DataError(
                 f"{what}: an image holds NaN or infinite pixel values (found while training, "

@@ -38,7 +38,10 @@ def _label_info(labels: np.ndarray) -> LabelInfo:
     binary = integral and bool(np.all((labels == 0) | (labels == 1)))
     mode = "categorical" if width > 1 else ("binary" if binary and labels.max() <= 1 else "int")
     distinct = len(np.unique(labels)) if width == 1 else 0
-    return LabelInfo(mode, width, float(labels.max()), float(labels.min()), integral, distinct)
+    sums_to_one = width == 1 or bool(np.all(np.abs(labels.sum(axis=1) - 1) < 1e-3))
+    return LabelInfo(
+        mode, width, float(labels.max()), float(labels.min()), integral, distinct, sums_to_one
+    )
 
 
 def check_labels(info: LabelInfo, task: str | tasks.Task, num_classes: int | None) -> str:
