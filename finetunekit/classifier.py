@@ -106,15 +106,46 @@ def _check_model(model: Any, what: str = "model") -> keras.Model:
 
 
 def infer_task(model: keras.Model) -> str:
-    """The task a model's output layer implies: softmax, sigmoid (1 or more units), linear."""
+    """The task a model's output layer implies: softmax, sigmoid (1 or more units), linear.
+
+    Raises:
+        ConfigError: the output is linear but the model was compiled with a
+            cross-entropy on logits: a classifier whose outputs are not probabilities.
+    """
     layer = model.layers[-1] if model.layers else None
     activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    if isinstance(layer, keras.layers.Softmax):
+        activation = "softmax"
     units = _output_units(model)
     if activation == "softmax":
         return "multiclass"
     if activation == "sigmoid":
         return "binary" if units == 1 else "multilabel"
+    _refuse_logits(model, None)
     return "regression"
+
+
+def _refuse_logits(model: keras.Model, task: str | None) -> None:
+    """Refuses a classifier that outputs logits (compiled with from_logits=True).
+
+    Taken for a regression, it predicted the first class for every image; as a classifier
+    its "probabilities" would be logits. Predictions need probabilities out of the model.
+    """
+    if task == "regression" or not getattr(getattr(model, "loss", None), "from_logits", False):
+        return
+    raise ConfigError(
+        f"{model.name!r} outputs logits (a linear output layer, compiled with a "
+        "cross-entropy from_logits=True), but predictions and reports read probabilities. "
+        "Add the activation as the last layer, e.g. keras.Model(model.inputs, "
+        "keras.layers.Softmax()(model.output)) (or Activation('sigmoid') for binary and "
+        "multilabel), or pass task='regression' if the outputs are values."
+    )
+
+
+def _output_is_linear(model: keras.Model) -> bool:
+    layer = model.layers[-1] if model.layers else None
+    activation = getattr(getattr(layer, "activation", None), "__name__", None)
+    return activation == "linear" and not isinstance(layer, keras.layers.Softmax)
 
 
 def _output_units(model: keras.Model) -> int:
@@ -220,6 +251,8 @@ def save_model(
     task = infer_task(model) if task is None else task
     if task not in _TASKS:
         raise ConfigError(f"Unknown task {task!r}; choose one of {list(_TASKS)}.")
+    if _output_is_linear(model):
+        _refuse_logits(model, task)
     info = ModelInfo(
         class_names=_check_class_names(class_names, task, _output_units(model)),
         task=task,
@@ -429,6 +462,8 @@ class Classifier:
         self.task = task or (info.task if info is not None else infer_task(self.model))
         if self.task not in _TASKS:
             raise ConfigError(f"Unknown task {self.task!r}; choose one of {list(_TASKS)}.")
+        if _output_is_linear(self.model):
+            _refuse_logits(self.model, self.task)
         names = class_names if class_names is not None else (info.class_names if info else None)
         self.class_names = _check_class_names(names, self.task, _output_units(self.model))
         size = _model_input_size(self.model)

@@ -268,3 +268,26 @@ def test_loading_and_predicting_again_and_again_raises_no_retracing_warning(
         ftk.export(saved, tmp_path / "m.tflite", parity_data=folder)
 
     assert warnings_from(ours) == 0
+
+
+def _pooled_model(activation=None, softmax_layer=False):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    outputs = keras.layers.Dense(3, activation=activation)(x)
+    if softmax_layer:
+        outputs = keras.layers.Softmax()(outputs)
+    return keras.Model(inputs, outputs)
+
+
+def test_a_classifier_that_outputs_logits_is_refused_not_taken_for_a_regression(tmp_path):
+    # Taken for a regression, it "predicted" the first class for every image.
+    logits = _pooled_model()
+    ftk.compile_for(logits, task="multiclass")  # linear output: from_logits=True
+    with pytest.raises(ftk.errors.ConfigError, match="outputs logits"):
+        ftk.save_model(logits, tmp_path / "m.keras", class_names=["a", "b", "c"])
+    with pytest.raises(ftk.errors.ConfigError, match="Softmax"):
+        ftk.Classifier(logits, ["a", "b", "c"], task="multiclass")
+    assert ftk.Classifier(logits, task="regression").task == "regression"  # said so: values
+    # A model ending in a Softmax layer (not an activation argument) is a classifier.
+    assert ftk.Classifier(_pooled_model(softmax_layer=True)).task == "multiclass"
+    assert ftk.Classifier(_pooled_model()).task == "regression"  # uncompiled linear: values
