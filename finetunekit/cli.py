@@ -750,6 +750,8 @@ def _train(args: argparse.Namespace) -> int:
     history = tuner.fit(
         train,
         validation_data=validation,
+        # "0 for none": without it fit would hold out its own 20 % of the images.
+        **({"validation_split": 0.0} if split is None else {}),
         verbose=0 if args.quiet else "auto",
         **_recipe_settings(args),
         checkpoint_dir=args.checkpoint_dir,

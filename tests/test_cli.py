@@ -449,6 +449,17 @@ def test_rank_usage_errors(capsys, tmp_path):
     assert "no such folder" in _one_error_line(capsys.readouterr().err)
 
 
+def test_train_without_a_validation_split_holds_nothing_out(capsys, tmp_path):
+    # "--validation-split 0: none" once still held out fit's own 20 % for early stopping.
+    root = shapes_folder(tmp_path / "data", per_class=4)
+    argv = ["train", str(root), "--weights", "none", "--alpha", "0.35", "--image-size", "32",
+            "--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "4",
+            "--validation-split", "0", "--out", str(tmp_path / "m.keras")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "held out" not in err and "cached 8 examples, features" in err, err  # all 8 train
+
+
 def test_train_checkpoints_and_resume(capsys, tmp_path, caplog):
     root = shapes_folder(tmp_path / "data", per_class=4)
     folder, out = tmp_path / "ckpt", tmp_path / "m.keras"
