@@ -49,7 +49,8 @@ class Worst:
         predicted: the predicted class (or labels, or value).
         probability: the probability the model gave the true class (multiclass and
             binary), else None.
-        loss: the example's loss (cross-entropy; squared error for a regression).
+        loss: the example's loss (cross-entropy; for a regression, the squared error
+            averaged over the outputs, as Keras' mean squared error).
         image: the pixels as seen by the model (uint8).
     """
 
@@ -421,7 +422,7 @@ def _targets(labels: np.ndarray, task: str, classes: int, units: int) -> np.ndar
 
 def _losses(out: np.ndarray, truth: np.ndarray, task: str) -> np.ndarray:
     if task == "regression":
-        return np.sum((out - truth) ** 2, axis=1)
+        return np.mean((out - truth) ** 2, axis=1)  # as Keras' MSE: a mean over the outputs
     if task == "multilabel":
         p = np.clip(out, _EPS, 1 - _EPS)
         return -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p), axis=1)

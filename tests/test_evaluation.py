@@ -214,3 +214,16 @@ def test_files_all_in_one_class_folder_are_still_labelled_by_it(tmp_path):
     root = _class_root(paths, names)
     assert root == tmp_path
     assert [_label_of(p, names, root) for p in paths] == [1, 1, 1]
+
+
+def test_a_regression_of_several_outputs_reports_keras_mean_squared_error():
+    # The loss once summed the squared errors over the outputs: 3x Keras' MSE here.
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (10, 8, 8, 3)).astype("float32")
+    targets = rng.normal(size=(10, 3)).astype("float32")
+    report = ftk.evaluate(model, (x, targets))  # a linear output: a regression
+    keras_mse = float(keras.losses.MeanSquaredError()(targets, model.predict(x, verbose=0)))
+    assert report.loss == pytest.approx(keras_mse, rel=1e-4)
