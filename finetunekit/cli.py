@@ -747,11 +747,12 @@ def _train(args: argparse.Namespace) -> int:
         on_bad_image=args.on_bad_image,
     )
     tuner.num_classes = len(class_names)
+    # "0 for none": without it fit would hold out its own 20 % of the images.
+    no_split: dict[str, Any] = {"validation_split": 0.0} if split is None else {}
     history = tuner.fit(
         train,
         validation_data=validation,
-        # "0 for none": without it fit would hold out its own 20 % of the images.
-        **({"validation_split": 0.0} if split is None else {}),
+        **no_split,
         verbose=0 if args.quiet else "auto",
         **_recipe_settings(args),
         checkpoint_dir=args.checkpoint_dir,
