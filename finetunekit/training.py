@@ -742,9 +742,27 @@ def _fit_stored(
             model=model,
             # Keras' loop of several steps per call fails under a distribution strategy
             # here (a placeholder inside its while loop is never fed): one step per call.
-            steps_per_execution=caching.STEPS_PER_CALL if settings.strategy is None else 1,
+            # So does a callback of the caller's that acts on each batch (a per-batch
+            # learning rate): Keras calls batch hooks once per call, every 16 steps.
+            steps_per_execution=caching.STEPS_PER_CALL
+            if settings.strategy is None and not _acts_on_batches(settings.callbacks)
+            else 1,
             **fit_args,
         )
+
+
+#: The hooks Keras calls once per call of its step function, not once per batch.
+_BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
+
+
+def _acts_on_batches(callbacks: Sequence[keras.callbacks.Callback]) -> bool:
+    """Whether a callback overrides a training-batch hook (Keras' own Callback does not)."""
+    base = keras.callbacks.Callback
+    return any(
+        getattr(type(callback), hook, None) is not getattr(base, hook)
+        for callback in callbacks
+        for hook in _BATCH_HOOKS
+    )
 
 
 def _banner(phase: Phase, model: keras.Model, stored: _Stored | None, why: str | None) -> str:

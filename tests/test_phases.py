@@ -259,6 +259,23 @@ def test_learning_rate_callbacks_reach_the_optimizer_that_trains() -> None:
     assert float(tuner.model.optimizer.learning_rate) == pytest.approx(1.5e-3, rel=1e-3)
 
 
+class _Batches(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.batches.append(batch)
+
+
+def test_a_callback_acting_on_batches_sees_every_batch_cached() -> None:
+    # Keras calls batch hooks once per call of its step function: with the 16 cached
+    # steps per call, a per-batch callback saw batch 15 of a 6-batch epoch, once.
+    seen = _Batches()
+    _fit_with([seen], head_epochs=1, finetune_epochs=0, early_stopping=False, batch_size=4)
+    assert seen.batches == [0, 1, 2, 3, 4, 5]  # 24 images in batches of 4
+
+
 def test_bad_callbacks_are_refused() -> None:
     with pytest.raises(ftk.FinetuneKitError, match="callbacks must be a list of"):
         _tuner().fit(*_images(8), callbacks=[object()])
