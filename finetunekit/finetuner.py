@@ -155,6 +155,7 @@ class FineTuner:
         self.class_names: tuple[str, ...] | None = None
         self._last_report: PhaseReport | None = None
         self._recipe: Recipe | None = None
+        self._head_settings: dict[str, Any] = {}
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -430,6 +431,8 @@ class FineTuner:
             self.model = self._head(
                 self._need_base(), chosen.hidden, chosen.dropout, "avg", chosen.normalize
             )
+        else:
+            chosen = self._existing_head(chosen, asked=set(settings))
         model = self._need_model()
         run_settings = self._settings(prepared, user_callbacks, verbose)
         run_settings.augment_views = chosen.views()
@@ -586,11 +589,39 @@ class FineTuner:
                 "which infers it from the labels."
             )
         with self._scope():
-            return heads.add_head(
+            model = heads.add_head(
                 base, self.num_classes, task=self.task, hidden=hidden, dropout=dropout,
                 pooling=pooling,
                 normalize=self._task.normalize_features if normalize is None else normalize,
             )
+        # What the head was built with: a later fit trains this head, whatever it asks.
+        self._head_settings = {
+            "hidden": tuple(hidden), "dropout": dropout, "normalize": normalize
+        }
+        return model
+
+    def _existing_head(self, chosen: Recipe, asked: set[str]) -> Recipe:
+        """`chosen` with the head the model has: a fit does not rebuild an existing head.
+
+        Head settings asked of this fit that differ are not applied, and said so; the
+        recipe (kept in the plan, the history and the saved model) names the real head.
+        """
+        built = getattr(self, "_head_settings", None)
+        if not built:
+            return chosen
+        ignored = {
+            key: getattr(chosen, key)
+            for key in built
+            if key in asked and getattr(chosen, key) != built[key]
+        }
+        if ignored:
+            logger.warning(
+                "the model already has a head (%s); this fit trains it and does not apply %s. "
+                "Use a new FineTuner to fit another head.",
+                ", ".join(f"{k}={v!r}" for k, v in built.items()),
+                ", ".join(f"{k}={v!r}" for k, v in ignored.items()),
+            )
+        return dataclasses.replace(chosen, **built)
 
     def _prepare(
         self, train: Any, y: Any, validation_data: Any, batch_size: int, *, holdout: float

@@ -355,3 +355,25 @@ def test_a_dataset_keeps_its_batch_size_in_every_phase() -> None:
     cached, uncached = steps_per_phase(True), steps_per_phase(False)
     # about 32 of the 40 images train (20% held out): 4 batches of 8, not 1 of 32
     assert cached == uncached and all(s >= 3 for s in cached), (cached, uncached)
+
+
+def test_a_second_fit_says_it_keeps_the_head_and_its_recipe_names_that_head(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Once, the second fit trained the old head silently while the saved recipe claimed
+    # the new settings.
+    x, y = _images(24)
+    tuner = _tuner()
+    tuner.fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0)
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        history = tuner.fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0,
+                            hidden=(64,), dropout=0.0)
+    assert "already has a head" in caplog.text and "hidden=(64,)" in caplog.text
+    assert not any(layer.name.startswith("head_dense") for layer in tuner.model.layers)
+    assert history.plan is not None
+    recipe = tuner._recipe
+    assert recipe is not None and recipe.hidden == () and recipe.dropout == 0.5
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        tuner.fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0)  # asks nothing of it
+    assert "already has a head" not in caplog.text
