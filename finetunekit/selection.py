@@ -35,7 +35,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import _folding, _gradients, _pieces, bases, caching, data, evaluation, tasks
+from finetunekit import (
+    _folding,
+    _gradients,
+    _pieces,
+    bases,
+    caching,
+    data,
+    evaluation,
+    tasks,
+    transfer_scores,
+)
 from finetunekit.data._labels import _label_info
 from finetunekit.errors import (
     ArgumentTypeError,
@@ -662,6 +672,16 @@ def _scores(
     rng: np.random.Generator,
 ) -> dict[str, Score]:
     _check_features(features)
+    # An image given twice (a copied file) is its own nearest neighbour in leave-one-out
+    # k-NN and lands on both sides of the probe's folds: with random labels, each image
+    # twice, k-NN read 0.98 instead of 0.19. Like LogME, every score counts it once.
+    distinct, labels_distinct = transfer_scores._distinct(features, labels)
+    if len(distinct) < len(features):
+        logger.warning(
+            "%d of %d images repeat another (identical features): each is scored once",
+            len(features) - len(distinct), len(features),
+        )
+        features, labels = distinct.astype(features.dtype), labels_distinct
     scores: dict[str, Score] = {}
     for metric in metrics:
         if metric == "knn":

@@ -505,3 +505,22 @@ def test_pretrained_bases_rank_above_random_ones_on_the_flowers(flowers, weights
     )
     assert {row.name.split()[-1] for row in ranking[:2]} == {"imagenet"}, str(ranking)
     assert ranking[1].scores["knn"].low > ranking[2].scores["knn"].high, str(ranking)
+
+
+def test_repeated_images_are_scored_once(caplog):
+    # Each image twice, with random labels: leave-one-out k-NN found every image's copy
+    # (0.98 where chance is 0.2), and the linear probe's folds split the copies.
+    from finetunekit.selection import _scores
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(100, 16)).astype("float32")
+    labels = rng.integers(0, 5, 100)
+    twice_features, twice_labels = np.concatenate([features] * 2), np.concatenate([labels] * 2)
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        twice = _scores(
+            twice_features, twice_labels, 5, ("knn", "linear"), np.random.default_rng(1)
+        )
+    once = _scores(features, labels, 5, ("knn", "linear"), np.random.default_rng(1))
+    assert "100 of 200 images repeat another" in caplog.text
+    assert twice["knn"].value == once["knn"].value < 0.4
+    assert twice["linear"].value == once["linear"].value
