@@ -48,6 +48,18 @@ def check_writable(
         OutputPathError: (or `error`) the folder cannot be made or written, or a folder
             stands where a file is to go.
     """
+    _temporary(target, "", folder=folder, what=what, error=error).unlink()
+
+
+def _temporary(
+    target: Path,
+    suffix: str,
+    *,
+    folder: bool = False,
+    what: str = "",
+    error: type[Exception] | None = None,
+) -> Path:
+    """An empty temporary file beside `target` (its folder made), or our error saying why not."""
     make = error or OutputPathError
     named = f"{what}: " if what else ""
     if not folder and target.is_dir():
@@ -57,9 +69,7 @@ def check_writable(
         )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", dir=target.parent)
-        os.close(handle)
-        os.unlink(name)
+        handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
     except OSError as exc:
         # A file where a folder of the path should be: name it, not just "File exists".
         blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
@@ -68,6 +78,8 @@ def check_writable(
             f"{named}{'c' if what else 'C'}annot write {str(target)!r} ({reason}). "
             "Pass a path in a folder you can write to."
         ) from None
+    os.close(handle)
+    return Path(name)
 
 
 @contextlib.contextmanager
@@ -95,18 +107,7 @@ def write_beside(target: Path, *, folder: bool = False, log: bool = True) -> Ite
         >>> with write_beside(Path("model.keras")) as temp:
         ...     model.save(temp)
     """
-    check_writable(target, folder=folder)
-    try:
-        handle, name = tempfile.mkstemp(
-            prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent
-        )
-    except OSError as exc:  # e.g. the folder was made read-only meanwhile
-        raise OutputPathError(
-            f"Cannot write {str(target)!r} ({exc.strerror or exc}). Pass a path in a folder "
-            "you can write to."
-        ) from None
-    os.close(handle)
-    temp = Path(name)
+    temp = _temporary(target, target.suffix, folder=folder)
     if folder:
         temp.unlink()  # the writer creates the folder itself
     existed = target.exists()

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import _folding, bases, caching, structure
+from finetunekit import _folding, bases, caching, structure, tasks
 from finetunekit import data as ftk_data
 from finetunekit._atomic import expand, write_beside
 from finetunekit._version import __version__
@@ -112,10 +112,7 @@ def infer_task(model: keras.Model) -> str:
         ConfigError: the output is linear but the model was compiled with a
             cross-entropy on logits: a classifier whose outputs are not probabilities.
     """
-    layer = model.layers[-1] if model.layers else None
-    activation = getattr(getattr(layer, "activation", None), "__name__", None)
-    if isinstance(layer, keras.layers.Softmax):
-        activation = "softmax"
+    activation = _activation(model)
     units = _output_units(model)
     if activation == "softmax":
         return "multiclass"
@@ -142,10 +139,15 @@ def _refuse_logits(model: keras.Model, task: str | None) -> None:
     )
 
 
+def _activation(model: keras.Model) -> str | None:
+    """The output layer's activation; a trailing `Softmax` layer counts as "softmax"."""
+    if model.layers and isinstance(model.layers[-1], keras.layers.Softmax):
+        return "softmax"
+    return tasks._output_activation(model)
+
+
 def _output_is_linear(model: keras.Model) -> bool:
-    layer = model.layers[-1] if model.layers else None
-    activation = getattr(getattr(layer, "activation", None), "__name__", None)
-    return activation == "linear" and not isinstance(layer, keras.layers.Softmax)
+    return _activation(model) == "linear"
 
 
 def _output_units(model: keras.Model) -> int:

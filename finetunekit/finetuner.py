@@ -606,7 +606,7 @@ class FineTuner:
         Head settings asked of this fit that differ are not applied, and said so; the
         recipe (kept in the plan, the history and the saved model) names the real head.
         """
-        built = getattr(self, "_head_settings", None)
+        built = self._head_settings
         if not built:
             return chosen
         ignored = {

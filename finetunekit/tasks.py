@@ -497,12 +497,12 @@ def compile_for(
         label_mode, from_logits=activation == "linear" and spec.logits_when_linear
     )
     _check_optimizer_fits(optimizer, model)
+    if isinstance(metrics, str):  # one name alone ("acc") is one metric; Keras wants a list
+        metrics = [metrics]
     model.compile(
         optimizer=new_optimizer(optimizer, learning_rate if schedule else float(learning_rate)),
         loss=loss,
-        # One name alone ("acc") is one metric, as Keras itself would not read it.
-        metrics=default_metrics if metrics is None else [metrics] if isinstance(metrics, str)
-        else metrics,
+        metrics=default_metrics if metrics is None else metrics,
     )
     _COMPILED_WITH[model] = _trainable_signature(model)
     _guard_fit(model)

@@ -186,23 +186,23 @@ def as_dataset(
 
 def _check_sample_weights(weights: Any, what: str) -> None:
     """Sample weights (the third element) must be numbers, one per image of the batch."""
-    numeric = isinstance(weights, tf.TensorSpec) and (
-        weights.dtype.is_floating or weights.dtype.is_integer
-    )
-    shape = weights.shape if isinstance(weights, tf.TensorSpec) else None
-    # One per image: (batch,), or (batch, 1), which Keras squeezes.
-    per_image = shape is None or shape.rank is None or shape.rank <= 1 or (
-        shape.rank == 2 and shape[-1] in (1, None)
-    )
-    if not numeric or not per_image:
-        received = weights if not isinstance(weights, tf.TensorSpec) else (
-            f"{weights.dtype.name} of shape {tuple(weights.shape)} per batch"
+    if isinstance(weights, tf.TensorSpec):
+        shape = weights.shape
+        numeric = weights.dtype.is_floating or weights.dtype.is_integer
+        # One per image: (batch,), or (batch, 1), which Keras squeezes.
+        per_image = shape.rank is None or shape.rank <= 1 or (
+            shape.rank == 2 and shape[-1] in (1, None)
         )
-        raise DataError(
-            f"{what}: the third element of each (images, labels, sample_weights) must be one "
-            f"number per image (shape (batch,)); received {received}. Map it to one "
-            "weight per image, or drop it."
-        )
+        if numeric and per_image:
+            return
+        received = f"{weights.dtype.name} of shape {tuple(shape)} per batch"
+    else:
+        received = str(weights)
+    raise DataError(
+        f"{what}: the third element of each (images, labels, sample_weights) must be one "
+        f"number per image (shape (batch,)); received {received}. Map it to one "
+        "weight per image, or drop it."
+    )
 
 
 def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -> tf.data.Dataset:
