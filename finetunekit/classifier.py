@@ -157,6 +157,7 @@ def _output_units(model: keras.Model) -> int:
             f"{model.name} has {len(shape)} outputs; finetunekit saves and predicts with "
             "models of one output."
         )
+    tasks.check_per_image_output(model, shape)
     return int(shape[-1])
 
 

@@ -415,6 +415,24 @@ def _output_activation(model: keras.Model) -> str | None:
     return getattr(activation, "__name__", None) if activation is not None else None
 
 
+def check_per_image_output(model: keras.Model, output_shape: Any) -> None:
+    """Refuses an output of more than one row per image, such as a base without its head.
+
+    Every task of finetunekit predicts per image, (batch, units); a feature map (batch,
+    height, width, channels) would otherwise be compiled, and `fit` would fail deep in
+    TensorFlow on the loss, or a Classifier would take its channels for classes.
+
+    Raises:
+        ModelStructureError: the output has more than two dimensions.
+    """
+    if isinstance(output_shape, tuple) and len(output_shape) > 2:
+        raise ModelStructureError(
+            f"{model.name!r} outputs shape {output_shape}, a feature map rather than one "
+            "prediction per image (batch, units): a base without its head? Add one first, "
+            "e.g. model = finetunekit.add_head(base, num_classes)."
+        )
+
+
 def new_optimizer(optimizer: str | keras.optimizers.Optimizer, learning_rate: Any) -> Any:
     """The optimizer a name stands for, at `learning_rate` (an instance is returned as is)."""
     if isinstance(optimizer, keras.optimizers.Optimizer):
@@ -463,7 +481,8 @@ def compile_for(
             an optimizer instance built for other variables, or an output layer that does
             not fit the task.
         ArgumentTypeError: `model` is not a keras.Model.
-        ModelStructureError: the model has no output yet (an unbuilt Sequential).
+        ModelStructureError: the model has no output yet (an unbuilt Sequential), or its
+            output is not one prediction per image (a base without its head).
 
     Examples:
         >>> compile_for(model, task="multiclass", learning_rate=1e-3)
@@ -490,6 +509,7 @@ def compile_for(
             f"{model.name!r} has no output yet (a Sequential model not built?). Compile a "
             "model with layers and an input, e.g. add_head(base, num_classes)."
         ) from None
+    check_per_image_output(model, output_shape)
     units = output_shape[-1] if isinstance(output_shape, tuple) else None
     activation = _output_activation(model)
     spec.check_output(units, activation)

@@ -508,6 +508,22 @@ CASES = [
         ("changed since compile_for compiled it", "compile_for(model, ...) again"),
     ),
     Case(
+        "compile-headless",
+        "compiling a base without its head (its output a feature map)",
+        "ftk.compile_for(base)",
+        E.ModelStructureError,
+        ValueError,
+        ("a feature map rather than one prediction per image", "add_head(base, num_classes)"),
+    ),
+    Case(
+        "classifier-headless",
+        "a Classifier of a base without its head",
+        "ftk.Classifier(base)",
+        E.ModelStructureError,
+        ValueError,
+        ("a feature map rather than one prediction per image", "add_head(base, num_classes)"),
+    ),
+    Case(
         "compile-unbuilt",
         "compiling a model with no output yet",
         "ftk.compile_for(keras.Sequential())",
