@@ -53,7 +53,6 @@ logger = logging.getLogger("finetunekit")
 #: Name of the entry `save_model` adds to the `.keras` zip archive.
 INFO_ENTRY = "finetunekit.json"
 _INFO_FORMAT = 1
-_TASKS = ("multiclass", "binary", "multilabel", "regression")
 
 
 @dataclass(frozen=True)
@@ -113,13 +112,10 @@ def infer_task(model: keras.Model) -> str:
             cross-entropy on logits: a classifier whose outputs are not probabilities.
     """
     activation = _activation(model)
-    units = _output_units(model)
-    if activation == "softmax":
-        return "multiclass"
-    if activation == "sigmoid":
-        return "binary" if units == 1 else "multilabel"
-    _refuse_logits(model, None)
-    return "regression"
+    task = tasks.task_of_output(activation, _output_units(model))
+    if activation not in ("softmax", "sigmoid"):  # values, unless compiled as logits
+        _refuse_logits(model, None)
+    return task
 
 
 def _refuse_logits(model: keras.Model, task: str | None) -> None:
@@ -128,7 +124,8 @@ def _refuse_logits(model: keras.Model, task: str | None) -> None:
     Taken for a regression, it predicted the first class for every image; as a classifier
     its "probabilities" would be logits. Predictions need probabilities out of the model.
     """
-    if task == "regression" or not getattr(getattr(model, "loss", None), "from_logits", False):
+    reads_logits = task is None or tasks.get_task(task).logits_when_linear
+    if not reads_logits or not getattr(getattr(model, "loss", None), "from_logits", False):
         return
     raise ConfigError(
         f"{model.name!r} outputs logits (a linear output layer, compiled with a "
@@ -173,10 +170,10 @@ def _model_input_size(model: keras.Model) -> tuple[int, int] | None:
 
 
 def _check_class_names(class_names: Any, task: str, units: int) -> tuple[str, ...]:
-    expected = 2 if task == "binary" else units
+    spec = tasks.get_task(task)
+    expected = spec.name_count(units)
     if class_names is None:
-        names = ("0", "1") if task == "binary" else tuple(str(i) for i in range(units))
-        return names if task != "regression" else tuple(f"output_{i}" for i in range(units))
+        return spec.default_names(units)
     if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Iterable):
         raise ArgumentTypeError(
             f"class_names must be a list of strings, e.g. ['cats', 'dogs']; received "
@@ -185,13 +182,7 @@ def _check_class_names(class_names: Any, task: str, units: int) -> tuple[str, ..
     names = tuple(str(n) for n in class_names)
     if len(names) != expected:
         raise ConfigError(
-            f"class_names has {len(names)} names but the model "
-            + (
-                "is binary (one sigmoid output), which needs 2: the negative class, then "
-                "the positive one."
-                if task == "binary"
-                else f"has {units} outputs; pass one name per output, in label order."
-            )
+            f"class_names has {len(names)} names but the model {spec.names_needed(units)}"
         )
     if len(set(names)) != len(names):
         raise ConfigError(f"class_names must be different from each other; received {names}.")
@@ -252,8 +243,8 @@ def save_model(
     model = _check_model(model)
     target = _keras_path(path)
     task = infer_task(model) if task is None else task
-    if task not in _TASKS:
-        raise ConfigError(f"Unknown task {task!r}; choose one of {list(_TASKS)}.")
+    if task not in tasks.TASKS:
+        raise ConfigError(f"Unknown task {task!r}; choose one of {list(tasks.TASKS)}.")
     if _output_is_linear(model):
         _refuse_logits(model, task)
     info = ModelInfo(
@@ -463,8 +454,8 @@ class Classifier:
         self.model = _check_model(model)
         self.info = info
         self.task = task or (info.task if info is not None else infer_task(self.model))
-        if self.task not in _TASKS:
-            raise ConfigError(f"Unknown task {self.task!r}; choose one of {list(_TASKS)}.")
+        if self.task not in tasks.TASKS:
+            raise ConfigError(f"Unknown task {self.task!r}; choose one of {list(tasks.TASKS)}.")
         if _output_is_linear(self.model):
             _refuse_logits(self.model, self.task)
         names = class_names if class_names is not None else (info.class_names if info else None)
@@ -540,16 +531,10 @@ class Classifier:
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """One column per class name: a binary model's sigmoid becomes (1 - p, p)."""
-        if self.task == "binary":
-            return np.concatenate([1.0 - outputs, outputs], axis=1)
-        return outputs
+        return tasks.get_task(self.task).class_scores(outputs)
 
     def _top(self, row: np.ndarray, top: int) -> tuple[tuple[str, float], ...]:
-        if self.task == "regression":
-            return tuple((n, float(v)) for n, v in zip(self.class_names, row, strict=True))
-        scores = self.probabilities(row[None])[0]
-        order = np.argsort(-scores, kind="stable")[:top]
-        return tuple((self.class_names[i], float(scores[i])) for i in order)
+        return tasks.get_task(self.task).ranked(row, self.class_names, top)
 
 
 # -- reading images ----------------------------------------------------------------------

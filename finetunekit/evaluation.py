@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetunekit import data as ftk_data
+from finetunekit import tasks
 from finetunekit._atomic import check_writable
 from finetunekit.caching import quiet_retracing
 from finetunekit.classifier import Classifier, _load_image, as_classifier, inference
@@ -330,6 +331,7 @@ def _iterate(dataset: tf.data.Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]
 
 def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str] | None) -> Report:
     task = classifier.task
+    spec = tasks.get_task(task)
     names = classifier.class_names
     run = inference(classifier.model)
     size = classifier.input_size
@@ -343,8 +345,8 @@ def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str
         with quiet_retracing():  # each loaded model traces its own step (see caching)
             out = np.asarray(run(images), dtype="float64")
         out = out.reshape(len(images), -1)
-        truth = _targets(labels, task, len(names), out.shape[1])
-        losses = _losses(out, truth, task)
+        truth = spec.targets(labels, len(names), out.shape[1])
+        losses = spec.losses(out, truth)
         for i in np.argsort(-losses)[:WORST_KEPT]:
             index = done + int(i)
             if len(heap) == WORST_KEPT and losses[i] <= heap[0][0]:
@@ -363,86 +365,8 @@ def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str
     out = np.concatenate(outputs)
     truth = np.concatenate(targets)
     worst = tuple(entry[2] for entry in sorted(heap, key=lambda e: (-e[0], -e[1])))
-    loss = float(np.mean(_losses(out, truth, task)))
-    if task == "regression":
-        error = out - truth
-        mae = np.mean(np.abs(error), axis=0)
-        rmse = np.sqrt(np.mean(error**2, axis=0))
-        nothing = None
-        return Report(task, names, done, loss, None, *(nothing,) * 5, mae, rmse, worst)
-    if task == "multilabel":
-        predicted = out >= 0.5
-        present = truth >= 0.5
-        precision, recall, f1 = _scores(
-            (predicted & present).sum(0), predicted.sum(0), present.sum(0)
-        )
-        accuracy = float(np.mean(predicted == present))
-        support = present.sum(0)
-        return Report(
-            task, names, done, loss, accuracy, precision, recall, f1, support, None, None, None,
-            worst,
-        )  # fmt: skip
-    true_class = truth.astype(int)
-    predicted_class = np.argmax(classifier.probabilities(out), axis=1)
-    k = len(names)
-    confusion = np.zeros((k, k), dtype=int)
-    np.add.at(confusion, (true_class, predicted_class), 1)
-    precision, recall, f1 = _scores(np.diag(confusion), confusion.sum(0), confusion.sum(1))
-    accuracy = float(np.trace(confusion) / done)
-    return Report(
-        task, names, done, loss, accuracy, precision, recall, f1, confusion.sum(1), confusion,
-        None, None, worst,
-    )  # fmt: skip
-
-
-def _targets(labels: np.ndarray, task: str, classes: int, units: int) -> np.ndarray:
-    """Labels as class indices (multiclass, binary) or rows (multilabel, regression)."""
-    labels = np.asarray(labels)
-    if task == "regression" or task == "multilabel":
-        rows = labels.reshape(len(labels), -1).astype("float64")
-        if rows.shape[1] != units:
-            raise DataError(
-                f"The labels have {rows.shape[1]} columns but the model has {units} outputs."
-            )
-        return rows
-    if labels.ndim == 2 and labels.shape[1] > 1:
-        labels = np.argmax(labels, axis=1)
-    flat = labels.reshape(len(labels)).astype("float64")
-    if (
-        not np.all(np.mod(flat, 1) == 0)
-        or flat.min(initial=0) < 0
-        or flat.max(initial=0) >= classes
-    ):
-        raise DataError(
-            f"Labels must be class indices 0..{classes - 1} (or one-hot rows) for this "
-            f"{classes}-class model; received values from {flat.min():g} to {flat.max():g}."
-        )
-    return flat
-
-
-def _losses(out: np.ndarray, truth: np.ndarray, task: str) -> np.ndarray:
-    if task == "regression":
-        return np.mean((out - truth) ** 2, axis=1)  # as Keras' MSE: a mean over the outputs
-    if task == "multilabel":
-        p = np.clip(out, _EPS, 1 - _EPS)
-        return -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p), axis=1)
-    if task == "binary":
-        p = np.clip(out[:, 0], _EPS, 1 - _EPS)
-        return -(truth * np.log(p) + (1 - truth) * np.log(1 - p))
-    p = np.clip(out[np.arange(len(out)), truth.astype(int)], _EPS, 1.0)
-    return -np.log(p)
-
-
-def _scores(
-    hits: np.ndarray, predicted: np.ndarray, actual: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall and F1 from true positives and predicted / actual counts (0 if none)."""
-    hits, predicted, actual = (np.asarray(a, dtype="float64") for a in (hits, predicted, actual))
-    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
-    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
-    both = precision + recall
-    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
-    return precision, recall, f1
+    loss = float(np.mean(spec.losses(out, truth)))
+    return Report(task, names, done, loss, **spec.report_fields(out, truth), worst=worst)
 
 
 def _worst(
@@ -454,28 +378,12 @@ def _worst(
     truth: Any,
     loss: float,
 ) -> Worst:
-    names = classifier.class_names
     source = sources[index] if sources is not None else None
     pixels = np.clip(image, 0, 255).astype("uint8")
-    if classifier.task == "regression":
-        true = ", ".join(f"{v:.3g}" for v in np.atleast_1d(truth))
-        predicted = ", ".join(f"{v:.3g}" for v in out)
-        return Worst(index, source, true, predicted, None, float(loss), pixels)
-    if classifier.task == "multilabel":
-        true = "+".join(n for n, t in zip(names, truth, strict=True) if t >= 0.5) or "(none)"
-        predicted = "+".join(n for n, p in zip(names, out, strict=True) if p >= 0.5) or "(none)"
-        return Worst(index, source, true, predicted, None, float(loss), pixels)
-    probabilities = classifier.probabilities(out[None])[0]
-    label = int(truth)
-    return Worst(
-        index,
-        source,
-        names[label],
-        names[int(np.argmax(probabilities))],
-        float(probabilities[label]),
-        float(loss),
-        pixels,
+    true, predicted, probability = tasks.get_task(classifier.task).described(
+        out, truth, classifier.class_names
     )
+    return Worst(index, source, true, predicted, probability, float(loss), pixels)
 
 
 # -- plots --------------------------------------------------------------------------------

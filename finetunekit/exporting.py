@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import _gptq
+from finetunekit import _gptq, tasks
 from finetunekit._atomic import expand, write_beside
 from finetunekit.caching import quiet_retracing
 from finetunekit.classifier import Classifier, as_classifier, image_dataset
@@ -319,11 +319,7 @@ def _images(data: Any, classifier: Classifier, limit: int, what: str) -> np.ndar
 
 
 def _agreement(classifier: Classifier, expected: np.ndarray, got: np.ndarray) -> float | None:
-    if classifier.task == "regression":
-        return None
-    if expected.shape[1] == 1:
-        return float(np.mean((expected[:, 0] >= 0.5) == (got[:, 0] >= 0.5)))
-    return float(np.mean(np.argmax(expected, axis=1) == np.argmax(got, axis=1)))
+    return tasks.get_task(classifier.task).agreement(expected, got)
 
 
 def _converter_options(quantize: str | None, calibration: Any) -> dict[str, Any]:

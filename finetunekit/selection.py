@@ -76,7 +76,6 @@ METRICS: Mapping[str, str] = {
 #: Leave-one-out k-NN needs one image of each class besides the one left out.
 MIN_IMAGES_PER_CLASS = 2
 _BATCH_SIZE = 32
-_TASKS = ("multiclass", "binary")
 
 
 @dataclass(frozen=True)
@@ -268,8 +267,7 @@ def rank_bases(
         >>> tuner = FineTuner(ranking.best.name, num_classes=ranking.num_classes)
     """
     chosen = _check_metrics(metrics)
-    if task not in _TASKS:
-        tasks.get_task(task)  # an unknown task gets the usual message
+    if not tasks.get_task(task).one_class_per_image:  # an unknown task: the usual message
         raise ConfigError(
             f"rank_bases scores classes: task must be 'multiclass' or 'binary'; received {task!r}."
         )

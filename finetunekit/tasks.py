@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import keras
+import numpy as np
 
 from finetunekit import structure
 from finetunekit._checks import check_float, check_int
@@ -87,6 +89,8 @@ class Task:
     normalize_features: bool = True
     #: Whether a linear output layer means logits (classifiers) or values (regression).
     logits_when_linear: bool = True
+    #: Whether each image is of exactly one class (multiclass, binary).
+    one_class_per_image: bool = False
 
     def __repr__(self) -> str:
         return f"Task({self.name!r})"
@@ -133,8 +137,130 @@ class Task:
     ) -> tuple[keras.losses.Loss, list[Any]]:
         return keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError(name="mae")]
 
+    def label_bounds(
+        self, label_mode: str, num_classes: int | None
+    ) -> tuple[float, float, bool]:
+        """`(lowest, highest, whole numbers only)` a label may be, checked on every batch."""
+        return 0.0, 1.0, False
+
     def check_output(self, units: int | None, activation: str | None) -> None:
         """Raises ConfigError when a model's output layer does not fit the task."""
+
+    # -- reading a trained model's outputs (numpy): Classifier, evaluate, export ---------
+    # The defaults are those of one probability per class (multiclass).
+
+    def name_count(self, units: int) -> int:
+        """How many class names a model with `units` outputs has."""
+        return units
+
+    def names_needed(self, units: int) -> str:
+        """The end of the sentence "class_names has k names but the model ..."."""
+        return f"has {units} outputs; pass one name per output, in label order."
+
+    def default_names(self, units: int) -> tuple[str, ...]:
+        """The names of the outputs when none are given."""
+        return tuple(str(i) for i in range(units))
+
+    def class_scores(self, outputs: np.ndarray) -> np.ndarray:
+        """Outputs `(batch, units)` as one score column per class name."""
+        return outputs
+
+    def ranked(
+        self, row: np.ndarray, names: Sequence[str], top: int
+    ) -> tuple[tuple[str, float], ...]:
+        """One image's `top` best `(name, score)` pairs, best first."""
+        scores = self.class_scores(row[None])[0]
+        order = np.argsort(-scores, kind="stable")[:top]
+        return tuple((names[i], float(scores[i])) for i in order)
+
+    def targets(self, labels: np.ndarray, classes: int, units: int) -> np.ndarray:
+        """Labels as `evaluate` compares them: class indices (as floats), or rows.
+
+        Raises:
+            DataError: labels that are not class indices (or one-hot rows) of the model.
+        """
+        labels = np.asarray(labels)
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            labels = np.argmax(labels, axis=1)
+        flat = labels.reshape(len(labels)).astype("float64")
+        if (
+            not np.all(np.mod(flat, 1) == 0)
+            or flat.min(initial=0) < 0
+            or flat.max(initial=0) >= classes
+        ):
+            raise DataError(
+                f"Labels must be class indices 0..{classes - 1} (or one-hot rows) for this "
+                f"{classes}-class model; received values from {flat.min():g} to {flat.max():g}."
+            )
+        return flat
+
+    def losses(self, outputs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        """Each example's loss, as the task's Keras loss computes it."""
+        p = np.clip(outputs[np.arange(len(outputs)), truth.astype(int)], _EPS, 1.0)
+        return -np.log(p)
+
+    def report_fields(self, outputs: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+        """What `evaluate`'s Report holds besides the loss: accuracy, per-class precision,
+        recall, F1 and support, the confusion matrix, MAE and RMSE (None where the task
+        has none)."""
+        true_class = truth.astype(int)
+        predicted_class = np.argmax(self.class_scores(outputs), axis=1)
+        k = self.name_count(outputs.shape[1])
+        confusion = np.zeros((k, k), dtype=int)
+        np.add.at(confusion, (true_class, predicted_class), 1)
+        precision, recall, f1 = _precision_recall_f1(
+            np.diag(confusion), confusion.sum(0), confusion.sum(1)
+        )
+        return dict(
+            accuracy=float(np.trace(confusion) / len(truth)),
+            precision=precision,
+            recall=recall,
+            f1=f1,
+            support=confusion.sum(1),
+            confusion=confusion,
+            mae=None,
+            rmse=None,
+        )
+
+    def described(
+        self, row: np.ndarray, truth: Any, names: Sequence[str]
+    ) -> tuple[str, str, float | None]:
+        """One example as `(true, predicted, probability of the true class or None)`."""
+        scores = self.class_scores(row[None])[0]
+        label = int(truth)
+        return names[label], names[int(np.argmax(scores))], float(scores[label])
+
+    def agreement(self, expected: np.ndarray, got: np.ndarray) -> float | None:
+        """Share of images whose top class two versions of a model agree on (one sigmoid:
+        the side of 0.5); None where there are no classes."""
+        if expected.shape[1] == 1:
+            return float(np.mean((expected[:, 0] >= 0.5) == (got[:, 0] >= 0.5)))
+        return float(np.mean(np.argmax(expected, axis=1) == np.argmax(got, axis=1)))
+
+
+_EPS = 1e-7
+
+
+def _precision_recall_f1(
+    hits: np.ndarray, predicted: np.ndarray, actual: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 from true positives and predicted / actual counts (0 if none)."""
+    hits, predicted, actual = (np.asarray(a, dtype="float64") for a in (hits, predicted, actual))
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
+    return precision, recall, f1
+
+
+def _label_rows(labels: np.ndarray, units: int) -> np.ndarray:
+    """Multi-hot rows or regression targets, one row of `units` values per example."""
+    rows = np.asarray(labels).reshape(len(labels), -1).astype("float64")
+    if rows.shape[1] != units:
+        raise DataError(
+            f"The labels have {rows.shape[1]} columns but the model has {units} outputs."
+        )
+    return rows
 
 
 class _Multiclass(Task):
@@ -142,6 +268,14 @@ class _Multiclass(Task):
     activation = "softmax"
     label_modes = ("int", "categorical")
     needs_num_classes = True
+    one_class_per_image = True
+
+    def label_bounds(
+        self, label_mode: str, num_classes: int | None
+    ) -> tuple[float, float, bool]:
+        if label_mode != "int":
+            return super().label_bounds(label_mode, num_classes)
+        return 0.0, math.inf if num_classes is None else float(num_classes - 1), True
 
     def infer_num_classes(
         self, class_names: Sequence[str] | None, labels: Callable[[], LabelSummary]
@@ -278,6 +412,7 @@ class _ZeroOne(Task):
 class _Binary(_ZeroOne):
     name = "binary"
     label_modes = ("int", "binary")
+    one_class_per_image = True
 
     def output_units(self, num_classes: int | None) -> int:
         if num_classes not in (None, 1, 2):
@@ -309,6 +444,26 @@ class _Binary(_ZeroOne):
             )
         return mode
 
+    def name_count(self, units: int) -> int:
+        return 2
+
+    def names_needed(self, units: int) -> str:
+        return (
+            "is binary (one sigmoid output), which needs 2: the negative class, then the "
+            "positive one."
+        )
+
+    def default_names(self, units: int) -> tuple[str, ...]:
+        return ("0", "1")
+
+    def class_scores(self, outputs: np.ndarray) -> np.ndarray:
+        return np.concatenate([1.0 - outputs, outputs], axis=1)  # (1 - p, p)
+
+    def losses(self, outputs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        p = np.clip(outputs[:, 0], _EPS, 1 - _EPS)
+        return -(truth * np.log(p) + (1 - truth) * np.log(1 - p))
+
+
     def check_output(self, units: int | None, activation: str | None) -> None:
         if units is not None and units != 1:
             raise ConfigError(
@@ -335,6 +490,38 @@ class _Multilabel(_ZeroOne):
         return num_classes
 
 
+    def targets(self, labels: np.ndarray, classes: int, units: int) -> np.ndarray:
+        return _label_rows(labels, units)
+
+    def losses(self, outputs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        p = np.clip(outputs, _EPS, 1 - _EPS)
+        return -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p), axis=1)
+
+    def report_fields(self, outputs: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+        predicted = outputs >= 0.5
+        present = truth >= 0.5
+        precision, recall, f1 = _precision_recall_f1(
+            (predicted & present).sum(0), predicted.sum(0), present.sum(0)
+        )
+        return dict(
+            accuracy=float(np.mean(predicted == present)),
+            precision=precision,
+            recall=recall,
+            f1=f1,
+            support=present.sum(0),
+            confusion=None,
+            mae=None,
+            rmse=None,
+        )
+
+    def described(
+        self, row: np.ndarray, truth: Any, names: Sequence[str]
+    ) -> tuple[str, str, float | None]:
+        def present(values: Any) -> str:
+            return "+".join(n for n, v in zip(names, values, strict=True) if v >= 0.5) or "(none)"
+
+        return present(truth), present(row), None
+
     def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
         mode = super().check_labels(info, num_classes)
         if num_classes is not None and info.width != num_classes:
@@ -353,6 +540,11 @@ class _Regression(Task):
     def label_mode_for(self, label_mode: str) -> str:
         return label_mode  # targets are read as they are
 
+    def label_bounds(
+        self, label_mode: str, num_classes: int | None
+    ) -> tuple[float, float, bool]:
+        return -math.inf, math.inf, False
+
     def check_labels(self, info: LabelSummary, num_classes: int | None) -> str:
         outputs = num_classes or 1
         if info.width != outputs:
@@ -365,6 +557,44 @@ class _Regression(Task):
                 f"{outputs} value(s) per image."
             )
         return "int"
+
+    def default_names(self, units: int) -> tuple[str, ...]:
+        return tuple(f"output_{i}" for i in range(units))
+
+    def ranked(
+        self, row: np.ndarray, names: Sequence[str], top: int
+    ) -> tuple[tuple[str, float], ...]:
+        return tuple((n, float(v)) for n, v in zip(names, row, strict=True))  # every value
+
+    def targets(self, labels: np.ndarray, classes: int, units: int) -> np.ndarray:
+        return _label_rows(labels, units)
+
+    def losses(self, outputs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        return np.mean((outputs - truth) ** 2, axis=1)  # as Keras' MSE: a mean over the outputs
+
+    def report_fields(self, outputs: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+        error = outputs - truth
+        return dict(
+            accuracy=None,
+            precision=None,
+            recall=None,
+            f1=None,
+            support=None,
+            confusion=None,
+            mae=np.mean(np.abs(error), axis=0),
+            rmse=np.sqrt(np.mean(error**2, axis=0)),
+        )
+
+    def described(
+        self, row: np.ndarray, truth: Any, names: Sequence[str]
+    ) -> tuple[str, str, float | None]:
+        def values(v: Any) -> str:
+            return ", ".join(f"{x:.3g}" for x in np.atleast_1d(v))
+
+        return values(truth), values(row), None
+
+    def agreement(self, expected: np.ndarray, got: np.ndarray) -> float | None:
+        return None
 
 
 
@@ -391,6 +621,15 @@ def get_task(task: str | Task) -> Task:
     if not isinstance(task, str) or task not in TASKS:
         raise ConfigError(f"task must be one of {sorted(TASKS)}; received {task!r}.")
     return TASKS[task]
+
+
+def task_of_output(activation: str | None, units: int) -> str:
+    """The task an output layer implies: softmax, sigmoid (one unit or more), else values."""
+    if activation == "softmax":
+        return "multiclass"
+    if activation == "sigmoid":
+        return "binary" if units == 1 else "multilabel"
+    return "regression"
 
 
 def output_units(task: str | Task, num_classes: int | None) -> int:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from finetunekit import tasks
 from finetunekit._orders import attach, orders_of
 from finetunekit.errors import DataError
 
@@ -135,18 +136,6 @@ def check_class_names(
     )
 
 
-def label_bounds(
-    task_name: str, label_mode: str, num_classes: int | None
-) -> tuple[float, float, bool]:
-    """`(lowest, highest, whole numbers only)` a label may be for the task."""
-    if task_name == "regression":
-        return -math.inf, math.inf, False
-    if task_name == "multiclass" and label_mode == "int":
-        top = math.inf if num_classes is None else float(num_classes - 1)
-        return 0.0, top, True
-    return 0.0, 1.0, False
-
-
 def guard_labels(
     dataset: tf.data.Dataset, bounds: tuple[float, float, bool], what: str
 ) -> tf.data.Dataset:
@@ -232,8 +221,7 @@ def _translated(
             f"{what}: a batch holds labels from {low} to {high}, outside what "
             f"task={task_name!r} takes ({expected}), or NaN (found while reading the data, "
             "past the first batches checked up front). Fix or drop those labels"
-            + (", or set num_classes to the number of classes." if task_name == "multiclass"
-               else ".")
+            + (", or set num_classes to the number of classes." if bounds and bounds[2] else ".")
         )
     if "Cannot batch tensors with different shapes" in message:
         shapes = re.search(r"First element had shape (\[[^\]]*\]) and element \d+ had shape "
@@ -266,7 +254,9 @@ def warn_lost_classes(labels: np.ndarray, held: np.ndarray, task_name: str) -> N
         held: one bool per example: held out for validation.
         task_name: the task (only classification tasks are checked).
     """
-    if task_name not in ("multiclass", "binary") or len(labels) == 0 or not held.any():
+    if not task_name or not tasks.get_task(task_name).one_class_per_image:
+        return
+    if len(labels) == 0 or not held.any():
         return
     labels = np.asarray(labels)
     classes = labels.reshape(len(labels), -1)

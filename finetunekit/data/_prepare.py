@@ -206,7 +206,7 @@ def _prepare(
     if val_ds is not None:
         _guards.check_pixels(next(iter(val_ds.take(1)))[0], "validation_data", raw=raw_pixels)
     own = train_ds.element_spec[0].shape[0] or first.shape[0]
-    bounds = _guards.label_bounds(spec.name, mode, num_classes)
+    bounds = spec.label_bounds(mode, num_classes)
     train_ds = _guards.guard_labels(train_ds, bounds, "training data")
     if val_ds is not None:
         val_ds = _guards.guard_labels(val_ds, bounds, "validation_data")
