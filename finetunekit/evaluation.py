@@ -215,7 +215,8 @@ def evaluate(
             Raw pixels 0-255; labels as class indices, one-hot or multi-hot rows, or
             regression targets.
         class_names: names of the classes in label order; by default those stored in the
-            model file, else those of the folder or dataset.
+            model file, else those of the folder or dataset. Class folders are matched to
+            them by name (a folder may lack some class).
         batch_size: images per batch.
 
     Returns:
@@ -223,7 +224,8 @@ def evaluate(
 
     Raises:
         DataNotFoundError: the folder does not exist.
-        DataError: the data is malformed, empty, or its classes are not the model's.
+        DataError: the data is malformed, empty, or its classes are not the model's; a
+            multilabel or regression model given class folders.
         WeightsNotFoundError: there is no model file at `model_or_path`.
 
     Example:
@@ -232,60 +234,80 @@ def evaluate(
         >>> report.plot_confusion("confusion.png")
     """
     classifier = as_classifier(model_or_path, class_names)
-    batches, sources, data_names = _labelled_batches(data, classifier, batch_size)
-    if data_names is not None and class_names is None:
-        classifier = _with_data_names(classifier, data_names)
-    return _measure(classifier, batches, sources)
-
-
-def _with_data_names(classifier: Classifier, names: tuple[str, ...]) -> Classifier:
-    """Names the classes after the data when the model has only index names."""
-    indexed = tuple(str(i) for i in range(len(classifier.class_names)))
-    if classifier.class_names == names:
-        return classifier
-    if classifier.class_names in (indexed, ("0", "1")) and len(names) == len(
-        classifier.class_names
-    ):
-        return Classifier(classifier.model, names, task=classifier.task)
-    raise DataError(
-        f"The data's classes {list(names)} are not the model's {list(classifier.class_names)}. "
-        "Evaluate on a folder with the same class folders (same names), or pass class_names=."
-    )
-
-
-def _labelled_batches(
-    data: Any, classifier: Classifier, batch_size: int
-) -> tuple[tf.data.Dataset, list[str] | None, tuple[str, ...] | None]:
     _arrays._check_batch_size(batch_size)
+    folder = _folder_files(data)
+    if folder is None:
+        return _measure(classifier, _labelled_batches(data, classifier, batch_size), None)
+    paths, labels, names = folder
+    classifier, index = _match_folder_classes(classifier, names, given=class_names is not None)
+    batches = _file_batches(paths, [index[i] for i in labels], classifier, batch_size)
+    return _measure(classifier, batches, paths)
+
+
+def _folder_files(data: Any) -> tuple[list[str], list[int], tuple[str, ...]] | None:
+    """`(files, the index of each one's class folder, the class folders)` of a folder of
+    class subfolders or a dataset read from one (None for other data)."""
     if isinstance(data, (str, os.PathLike)):
         files = _folders._class_files(Path(os.fspath(data)))
         names = tuple(files)
         paths = [p for name in names for p in files[name]]
-        labels = [i for i, name in enumerate(names) for _ in files[name]]
-        return _file_batches(paths, labels, classifier, batch_size), paths, names
-    if isinstance(data, tf.data.Dataset):
-        file_paths = getattr(data, "file_paths", None)
-        classes = getattr(data, "class_names", None)
-        if file_paths and classes:
-            # from_directory shuffles its datasets, so their elements are not in the order
-            # of file_paths; read the files again, in that order, labelled by class folder.
-            names = tuple(classes)
-            root = _class_root(list(file_paths), names)
-            labels = [_label_of(p, names, root) for p in file_paths]
-            return (
-                _file_batches(list(file_paths), labels, classifier, batch_size),
-                list(file_paths),
-                names,
-            )
-        dataset = ftk_data.as_dataset(data, batch_size=batch_size, what="evaluation data")
+        return paths, [i for i, name in enumerate(names) for _ in files[name]], names
+    file_paths = getattr(data, "file_paths", None)
+    classes = getattr(data, "class_names", None)
+    if isinstance(data, tf.data.Dataset) and file_paths and classes:
+        # from_directory shuffles its datasets, so their elements are not in the order
+        # of file_paths; read the files again, in that order, labelled by class folder.
+        names = tuple(classes)
+        root = _class_root(list(file_paths), names)
+        return list(file_paths), [_label_of(p, names, root) for p in file_paths], names
+    return None
+
+
+def _match_folder_classes(
+    classifier: Classifier, folders: tuple[str, ...], *, given: bool
+) -> tuple[Classifier, list[int]]:
+    """The classifier to report with, and the model's label for each class folder.
+
+    Folders are matched to the model's classes by name (a test folder may lack a class,
+    and a model's names need not be in alphabetical order); a model with index names
+    only (0, 1, ...) takes the folders' names in their order, as Keras labels them.
+    """
+    spec = tasks.get_task(classifier.task)
+    if not spec.one_class_per_image:
+        raise DataError(
+            f"A folder of class subfolders gives each image one class, but a "
+            f"{classifier.task} model is measured against label rows (multi-hot labels or "
+            "target values). Evaluate on a tuple (x, y) or a tf.data.Dataset of (images, "
+            "label rows)."
+        )
+    names = classifier.class_names
+    if set(folders) <= set(names):
+        return classifier, [names.index(folder) for folder in folders]
+    if names == spec.default_names(len(names)) and not given and len(folders) == len(names):
+        named = Classifier(classifier.model, folders, task=classifier.task)
+        return named, list(range(len(folders)))
+    raise DataError(
+        f"The folders' classes {list(folders)} are not the model's {list(names)}: each image "
+        "is labelled by matching its folder's name to a class of the model. Evaluate on "
+        "folders named after the model's classes"
+        + (
+            ", or pass class_names= with the folders' names in the model's label order."
+            if not given
+            else "; class_names= must name the folders, in the model's label order."
+        )
+    )
+
+
+def _labelled_batches(data: Any, classifier: Classifier, batch_size: int) -> tf.data.Dataset:
+    if isinstance(data, (tf.data.Dataset, tuple, list)) and (
+        not isinstance(data, (tuple, list)) or len(data) == 2
+    ):
+        dataset = ftk_data.as_dataset(
+            data, batch_size=batch_size, what="evaluation data", shuffle=False
+        )
         for batch in dataset.take(1):  # a sample: the first batch
             classifier.check_pixels(batch[0], "evaluation data")
-        return dataset, None, None
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        dataset = ftk_data.as_dataset(data, batch_size=batch_size, shuffle=False, what="data")
-        for batch in dataset.take(1):  # a sample: the first batch
-            classifier.check_pixels(batch[0], "evaluation data")
-        return dataset, None, None
+        return dataset
     raise ArgumentTypeError(
         "data must be a folder of class subfolders, a tf.data.Dataset of (images, labels) or "
         f"a tuple (x, y); received {type(data).__name__}."

@@ -201,6 +201,45 @@ def test_bad_evaluation_inputs(saved, tmp_path):
         ftk.evaluate(saved, 42)
 
 
+def reversed_colour_model() -> keras.Model:
+    """colour_model with its outputs in the order red, green, blue (not alphabetical)."""
+    model = colour_model()
+    kernel, bias = model.get_layer("head_output").get_weights()
+    model.get_layer("head_output").set_weights([kernel[:, ::-1], bias[::-1]])
+    return model
+
+
+def test_class_folders_are_matched_to_the_model_classes_by_name(tmp_path, folder):
+    # Labels once came from the folders' alphabetical positions: with the model's classes
+    # in another order, accuracy read 1/7 where it is 6/7, the confusion matrix reversed.
+    names = ("red", "green", "blue")
+    given = ftk.evaluate(reversed_colour_model(), folder, class_names=names)
+    saved = ftk.save_model(reversed_colour_model(), tmp_path / "r.keras", class_names=names)
+    stored = ftk.evaluate(saved, folder)  # once refused, naming class_names= as the fix
+    for report in (given, stored):
+        assert report.class_names == names
+        assert report.accuracy == pytest.approx(6 / 7)
+        np.testing.assert_array_equal(report.support, [3, 2, 2])
+        np.testing.assert_array_equal(report.confusion, [[2, 1, 0], [0, 2, 0], [0, 0, 2]])
+        assert (report.worst[0].true, report.worst[0].predicted) == ("red", "green")
+    # A test folder without some class is read by name too.
+    some = colour_folder(tmp_path / "some", {"blue": ["blue"], "red": ["red", "green"]})
+    partial = ftk.evaluate(saved, some)
+    np.testing.assert_array_equal(partial.support, [2, 0, 1])
+    assert partial.accuracy == pytest.approx(2 / 3)
+
+
+def test_folders_that_name_no_class_of_the_model_are_refused(tmp_path, folder):
+    with pytest.raises(DataError, match="class_names= must name the folders"):
+        ftk.evaluate(colour_model(), folder, class_names=["a", "b", "c"])
+    # A model with index names takes the folders' names, as Keras labels them.
+    assert ftk.evaluate(colour_model(), folder).class_names == COLOURS
+    with pytest.raises(DataError, match="gives each image one class, but a multilabel"):
+        ftk.evaluate(colour_model("multilabel"), folder)
+    with pytest.raises(DataError, match="a regression model is measured against label rows"):
+        ftk.evaluate(colour_model("regression"), folder)
+
+
 def test_files_all_in_one_class_folder_are_still_labelled_by_it(tmp_path):
     # A small validation split can hold images of one class only: their common folder is
     # then that class folder, and the class must still come from it.
