@@ -22,6 +22,7 @@ the naming habits all Keras applications share.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -93,10 +94,14 @@ def _is_functional(model: Any) -> bool:
 
 
 def find_base(model: keras.Model) -> keras.Model:
-    """Returns the base of `model`: its only nested sub-model, or `model` itself.
+    """Returns the base of `model`: the nested sub-model that holds its weights, or `model`.
 
-    A model with exactly one nested model is a full model (base + head); a model with
-    none, or with several nested parts and no head, is a base.
+    A nested model without weights (an augmentation or preprocessing `Sequential`, as in
+    the Keras transfer-learning guide) is never the base. One nested model with weights
+    is the base of a full model (base + head), unless it holds less than half of the
+    weights while convolutions lie outside it: then it is a part of a base (a stem), and
+    the model is the base. A model with several nested parts and no `head_` layer (e.g.
+    ConvNeXt, which nests its stem and downsampling) is a base.
 
     Args:
         model: a bare base, or a full model in which the base is nested as one layer.
@@ -106,21 +111,42 @@ def find_base(model: keras.Model) -> keras.Model:
 
     Raises:
         ArgumentTypeError: `model` is not a keras.Model.
-        ModelStructureError: the model is subclassed, or holds several nested models.
+        ModelStructureError: the model is subclassed, or holds several nested models
+            with weights besides a head.
     """
     _check_model(model)
-    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.weights]
     if len(nested) == 1:
-        _check_model(nested[0], "base")
-        return nested[0]
+        inner = nested[0]
+        share = _parameters(inner) / max(_parameters(model), 1)
+        outside_convs = any(
+            isinstance(layer, _CONVOLUTIONS) for layer in model.layers if layer is not inner
+        )
+        if share >= 0.5 or not outside_convs:
+            _check_model(inner, "base")
+            return inner
     if len(nested) > 1 and any(layer.name.startswith(HEAD_PREFIX) for layer in model.layers):
         names = ", ".join(repr(m.name) for m in nested)
         raise ModelStructureError(
             f"{model.name!r} holds {len(nested)} nested models ({names}) besides its head; "
             "finetunekit cannot tell which is the base. Pass the base itself."
         )
-    # No nested model, or several parts of one base (ConvNeXt nests its stem): the base itself.
+    # No nested model with weights, a stem, or several parts of one base: the base itself.
     return model
+
+
+_CONVOLUTIONS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.Conv2DTranspose,
+)
+
+
+def _parameters(model: keras.Model) -> int:
+    return sum(math.prod(weight.shape) for weight in model.weights)
 
 
 def _ordered_nodes(model: keras.Model) -> list[Any]:

@@ -275,6 +275,49 @@ def test_find_base_on_full_model_returns_the_nested_base(mobilenet_v2):
     ]
 
 
+def test_the_keras_guide_layout_finds_the_base_behind_its_augmentation(mobilenet_v2):
+    # The guide puts a Sequential of random layers (no weights) before the base: with two
+    # nested models and no head_ layer, the whole model was taken for the base; freeze
+    # froze the head too, and unfreeze_last(2) unfroze the whole MobileNetV2.
+    augment = keras.Sequential([keras.layers.RandomFlip("horizontal")], name="augment")
+    inputs = keras.Input((96, 96, 3))
+    x = mobilenet_v2(augment(inputs), training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="out")(x))
+    try:
+        assert structure.find_base(model) is mobilenet_v2
+        ftk.freeze(model)
+        assert [w.path for w in model.trainable_weights] == ["out/kernel", "out/bias"]
+        ftk.unfreeze_last(model, 2, unit="block")
+        blocks = structure.blocks(mobilenet_v2)[-2:]
+        last_two = {layer.name for block in blocks for layer in block.layers}
+        trained = {layer.name for layer in mobilenet_v2.layers if layer.trainable_weights}
+        assert trained and trained <= last_two
+    finally:
+        mobilenet_v2.trainable = True
+
+
+def test_a_nested_part_of_a_base_is_not_taken_for_the_base():
+    # A preprocessing Sequential (no weights), or a small stem beside convolutions of the
+    # model's own: the model is the base, and freeze freezes all of it.
+    inputs = keras.Input((32, 32, 3))
+    x = keras.Sequential([keras.layers.Rescaling(1 / 127.5, offset=-1)], name="prep")(inputs)
+    stem = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3)], name="stem")
+    for model_input in (x, stem(x)):
+        y = keras.layers.Conv2D(32, 3, name="c1")(model_input)
+        y = keras.layers.BatchNormalization(name="bn1")(y)
+        base = keras.Model(inputs, keras.layers.Conv2D(64, 3, name="c2")(y), name="mybase")
+        assert structure.find_base(base) is base
+        ftk.freeze(base)
+        assert not base.trainable_weights
+    # A small base under a large dense head is still the base.
+    tiny = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)], name="tiny")
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Flatten()(tiny(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(256)(keras.layers.Dense(512)(x)))
+    assert structure.find_base(model) is tiny
+
+
 def test_find_base_on_sequential():
     model = sequential_chain()
     assert structure.find_base(model) is model
