@@ -137,9 +137,7 @@ def _refuse_logits(model: keras.Model, task: str | None) -> None:
 
 
 def _activation(model: keras.Model) -> str | None:
-    """The output layer's activation; a trailing `Softmax` layer counts as "softmax"."""
-    if model.layers and isinstance(model.layers[-1], keras.layers.Softmax):
-        return "softmax"
+    """The output's activation (see `structure.output_activation`)."""
     return tasks._output_activation(model)
 
 

@@ -149,6 +149,49 @@ def _parameters(model: keras.Model) -> int:
     return sum(math.prod(weight.shape) for weight in model.weights)
 
 
+def output_activation(model: keras.Model) -> str | None:
+    """The activation that makes a one-output model's output, by name; None when unknown.
+
+    Read from the operation that produces the output, not from the last layer in
+    `model.layers`, which omits `keras.ops` calls: `keras.ops.sigmoid(Dense(1)(x))`
+    ends in a sigmoid although its last layer is linear. `Dense(..., activation=...)`
+    and `Activation` layers give their activation's name, a `Softmax` layer or
+    `keras.ops.softmax` "softmax", `keras.ops.sigmoid` "sigmoid", a `ReLU` layer "relu".
+    """
+    if len(model.outputs) != 1:
+        return None
+    history = getattr(model.outputs[0], "_keras_history", None)
+    operation = getattr(history, "operation", None)
+    if operation is None:
+        operation = model.layers[-1] if model.layers else None
+    if isinstance(operation, keras.layers.Softmax):
+        return "softmax"
+    if isinstance(operation, keras.layers.ReLU):
+        return "relu"
+    activation = getattr(operation, "activation", None)
+    if activation is not None:
+        return getattr(activation, "__name__", None)
+    if type(operation).__module__.startswith("keras.src.ops"):  # keras.ops.sigmoid and kin
+        return _ACTIVATION_OPS.get(type(operation).__name__)
+    return None
+
+
+#: `keras.ops` activations by the class of their operation.
+_ACTIVATION_OPS = {
+    "Sigmoid": "sigmoid",
+    "HardSigmoid": "hard_sigmoid",
+    "Softmax": "softmax",
+    "LogSoftmax": "log_softmax",
+    "Relu": "relu",
+    "Relu6": "relu6",
+    "Tanh": "tanh",
+    "Softplus": "softplus",
+    "Elu": "elu",
+    "Gelu": "gelu",
+    "Silu": "silu",
+}
+
+
 def _ordered_nodes(model: keras.Model) -> list[Any]:
     """The model's own call nodes, in topological order."""
     by_depth = model._nodes_by_depth

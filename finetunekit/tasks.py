@@ -376,6 +376,12 @@ class _Multiclass(Task):
                 "task='multiclass' needs a softmax output, the model ends in sigmoid. Use "
                 "task='multilabel' or rebuild the head with add_head(task='multiclass')."
             )
+        if activation not in (None, "softmax", "linear"):
+            raise ConfigError(
+                f"task='multiclass' needs a softmax output (probabilities) or a linear one "
+                f"(logits); the model ends in {activation}, whose outputs are neither. "
+                "Rebuild the head with add_head(task='multiclass')."
+            )
 
 
 class _ZeroOne(Task):
@@ -406,6 +412,12 @@ class _ZeroOne(Task):
             raise ConfigError(
                 f"task={self.name!r} needs a sigmoid output, the model ends in softmax. Rebuild "
                 f"the head with add_head(task={self.name!r})."
+            )
+        if activation not in (None, "sigmoid", "hard_sigmoid", "linear", "softmax"):
+            raise ConfigError(
+                f"task={self.name!r} needs a sigmoid output (probabilities of 1) or a linear "
+                f"one (logits); the model ends in {activation}, whose outputs are neither. "
+                f"Rebuild the head with add_head(task={self.name!r})."
             )
 
 
@@ -649,9 +661,7 @@ def _trainable_signature(model: keras.Model) -> tuple[int, ...]:
 
 
 def _output_activation(model: keras.Model) -> str | None:
-    last = model.layers[-1] if model.layers else None
-    activation = getattr(last, "activation", None)
-    return getattr(activation, "__name__", None) if activation is not None else None
+    return structure.output_activation(model)
 
 
 def check_per_image_output(model: keras.Model, output_shape: Any) -> None:

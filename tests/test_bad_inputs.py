@@ -508,6 +508,15 @@ CASES = [
         ("changed since compile_for compiled it", "compile_for(model, ...) again"),
     ),
     Case(
+        "compile-tanh-binary",
+        "an output that gives neither probabilities nor logits (tanh, binary task)",
+        'ftk.compile_for(keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, "tanh")]), '
+        '"binary")',
+        E.ConfigError,
+        ValueError,
+        ("ends in tanh, whose outputs are neither", "add_head(task='binary')"),
+    ),
+    Case(
         "compile-headless",
         "compiling a base without its head (its output a feature map)",
         "ftk.compile_for(base)",

@@ -124,6 +124,43 @@ def test_linear_output_is_treated_as_logits():
     assert getattr(regression.loss, "from_logits", False) is False
 
 
+def op_model(units, op):
+    """A model whose output activation is a keras.ops call after a linear Dense."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(tiny_base()(inputs))
+    dense = keras.layers.Dense(units, bias_initializer=keras.initializers.Constant(-2.0))
+    return keras.Model(inputs, op(dense(x)))
+
+
+def test_an_activation_applied_as_an_op_is_read_from_the_output():
+    # keras.ops.sigmoid after Dense(1) was taken for logits (the last *layer* is linear):
+    # binary accuracy thresholded probabilities at 0 and read 0.2 where it was 0.8.
+    binary = op_model(1, keras.ops.sigmoid)
+    ftk.compile_for(binary, "binary")
+    assert getattr(binary.loss, "from_logits", False) is False
+    y = np.array([0, 0, 0, 0, 1, 1])
+    p = binary.predict(X, verbose=0)[:, 0]
+    assert evaluate(binary, y)["accuracy"] == pytest.approx(float(np.mean((p >= 0.5) == y)))
+    assert ftk.Classifier(binary).task == "binary"
+    multiclass = op_model(3, keras.ops.softmax)
+    ftk.compile_for(multiclass, "multiclass")
+    assert getattr(multiclass.loss, "from_logits", False) is False
+    assert ftk.Classifier(multiclass).task == "multiclass"
+
+
+@pytest.mark.parametrize(
+    ("task", "units", "activation"),
+    [("binary", 1, "tanh"), ("multilabel", 3, "relu"), ("multiclass", 3, "relu")],
+)
+def test_outputs_that_are_neither_probabilities_nor_logits_are_refused(task, units, activation):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(tiny_base()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(units, activation=activation)(x))
+    with pytest.raises(ConfigError, match=f"ends in {activation}, whose outputs are neither"):
+        ftk.compile_for(model, task)
+    ftk.compile_for(model, "regression")  # values may be anything
+
+
 def test_optimizer_and_learning_rate():
     model = tiny_model()
     ftk.compile_for(model, learning_rate=1e-4, optimizer="SGD")
