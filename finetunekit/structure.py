@@ -13,7 +13,9 @@ with its normalization and activation:
   block's joins it. The stem is the name up to its last token holding a digit
   (`block_16_expand` -> `block_16`, `block1a_dwconv` -> `block1a`), or the name
   less its last token when no token has a digit (`expanded_conv_project` ->
-  `expanded_conv`).
+  `expanded_conv`). Two stems one word apart also join when they name parts of
+  one numbered block: `conv_dw_1` / `conv_pw_1` (MobileNet's halves of block 1),
+  `block1_conv1` / `block1_conv2` (VGG's block 1).
 
 Nothing here knows the names of architectures; the rules read the graph and
 the naming habits all Keras applications share.
@@ -260,7 +262,38 @@ def _same_stem(a: str, b: str) -> bool:
     An extension by a bare number is a sibling, not a part (`conv2d` / `conv2d_1`).
     """
     short, long = sorted((a.split("_"), b.split("_")), key=len)
-    return long[: len(short)] == short and not any(t.isdigit() for t in long[len(short) :])
+    if long[: len(short)] == short and not any(t.isdigit() for t in long[len(short) :]):
+        return True
+    return _parts_of_one_block(a.split("_"), b.split("_"))
+
+
+def _parts_of_one_block(a: list[str], b: list[str]) -> bool:
+    """Stems that name two parts of one numbered block.
+
+    - one word apart, a word without digits, the block's number kept: `conv_dw_1` /
+      `conv_pw_1` (MobileNet's depthwise and pointwise halves of block 1);
+    - the same numbered block, then numbered parts of one kind: `block1_conv1` /
+      `block1_conv2` (VGG's, Xception's).
+
+    Bare numbers stay siblings (`conv2d_1` / `conv2d_2`), and so do blocks that differ
+    before their last word (`conv2_block1_1` / `conv2_block2_1`).
+    """
+    if len(a) != len(b):
+        return False
+    apart = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    if len(apart) != 1:
+        return False
+    i = apart[0]
+    x, y = a[i], b[i]
+    if not re.search(r"\d", x + y):
+        return any(re.search(r"\d", token) for token in a[i + 1 :])
+    word = re.fullmatch(r"([A-Za-z]+)\d+", x)
+    return (
+        i == len(a) - 1
+        and word is not None
+        and re.fullmatch(word.group(1) + r"\d+", y) is not None
+        and any(re.search(r"\d", token) for token in a[:i])
+    )
 
 
 def _is_kernel(layer: Any) -> bool:

@@ -145,22 +145,52 @@ def test_resnet50_conv_never_separated_from_bn_and_activation(resnet50):
 
 
 @pytest.mark.parametrize(
-    ("name", "size", "group"),
+    ("name", "size", "group", "groups"),
     [
-        ("efficientnet_b0", 32, r"(block\d[a-z])"),
-        ("inception_v3", 75, None),
+        ("efficientnet_b0", 32, r"(block\d[a-z])", 10),
+        ("inception_v3", 75, None, 0),
+        ("mobilenet", 32, r"conv_(?:dw|pw)_(\d+)", 13),
     ],
 )
-def test_other_families_keep_units_together(name, size, group):
+def test_other_families_keep_units_together(name, size, group, groups):
     base = ftk.load_base(name, weights=None, input_shape=(size, size, 3))
     blocks = structure.blocks(base)
     assert_partition(base, blocks)
     assert_kernels_keep_their_followers(base, blocks)
     if group:
-        assert assert_groups_intact(blocks, group) > 10
+        assert assert_groups_intact(blocks, group) >= groups
     # every merge (add, multiply, concatenate) closes a run: it is never the start of a block
     for block in blocks:
         assert not isinstance(block.layers[0], keras.layers.Add | keras.layers.Concatenate)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # Keras builds MobileNet of conv1 and 13 blocks of a depthwise and a pointwise
+        # half (block_id); each half was once a block of its own, 27 in all.
+        ("mobilenet", ["conv1", *(f"conv_dw_{i}" for i in range(1, 14))]),
+        ("vgg16", [f"block{i}_conv1" for i in range(1, 6)]),
+    ],
+)
+def test_numbered_blocks_of_several_named_parts_are_one_block(name, expected):
+    base = ftk.load_base(name, weights=None, input_shape=(32, 32, 3))
+    blocks = structure.blocks(base)
+    assert [block.name for block in blocks] == expected
+    last = {layer.name for layer in blocks[-1].layers}
+    if name == "mobilenet":
+        assert {"conv_dw_13", "conv_dw_13_bn", "conv_pw_13", "conv_pw_13_relu"} <= last
+    else:
+        assert {"block5_conv1", "block5_conv2", "block5_conv3", "block5_pool"} <= last
+
+
+def test_names_that_stay_apart():
+    same = structure._same_stem
+    assert same("conv_dw_1", "conv_pw_1") and same("block1_conv1", "block1_conv2")
+    assert not same("conv_dw_1", "conv_dw_2")  # the next block
+    assert not same("conv2d_1", "conv2d_2")  # bare numbers: siblings
+    assert not same("conv2_block1_1", "conv2_block2_1")  # another block, same part
+    assert not same("Conv_1", "Conv_2") and not same("block1_conv1", "block2_conv1")
 
 
 # -- plain chains --------------------------------------------------------------------------
