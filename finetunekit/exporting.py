@@ -27,7 +27,13 @@ from finetunekit import _gptq, tasks
 from finetunekit._atomic import expand, write_beside
 from finetunekit.caching import quiet_retracing
 from finetunekit.classifier import Classifier, as_classifier, image_dataset
-from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
+from finetunekit.errors import (
+    ArgumentTypeError,
+    ConfigError,
+    DataError,
+    OutputPathError,
+    missing_extra,
+)
 
 __all__ = ["export", "ExportReport", "FORMATS", "QUANTIZATIONS"]
 
@@ -172,6 +178,8 @@ def export(
             a `gptq` or `fit_head` that is not a bool.
         WeightsNotFoundError: there is no model file at `model_or_path`.
         DataError, DataNotFoundError: the images cannot be read.
+        OutputPathError: a SavedModel's folder holds other files (the export would
+            replace them all), or the target cannot be written.
         MissingExtraError: no LiteRT interpreter to run the check
             (`pip install 'finetunekit[export]'`).
 
@@ -215,6 +223,8 @@ def export(
         raise ConfigError(
             f"A SavedModel is a folder, but {str(destination)!r} is a file; choose another name."
         )
+    if format == "saved_model":
+        destination = _saved_model_folder(destination)
     classifier = as_classifier(model_or_path)
     calibration = None
     if representative_data is not None:
@@ -577,6 +587,27 @@ def _representative(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray
             yield [image[None].astype("float32")]
 
     return samples
+
+
+def _saved_model_folder(destination: Path) -> Path:
+    """The folder a SavedModel goes to; a folder holding anything else is refused.
+
+    Writing a SavedModel replaces its folder whole: exported into a project folder, it
+    once deleted the model it was exported from and every other file there.
+    """
+    if not destination.name:  # "." has no name to write beside
+        destination = destination.absolute()
+    if destination.is_dir():
+        present = sorted(p.name for p in destination.iterdir())
+        if present and "saved_model.pb" not in present:
+            shown = ", ".join(repr(name) for name in present[:3])
+            more = f" and {len(present) - 3} more" if len(present) > 3 else ""
+            raise OutputPathError(
+                f"{str(destination)!r} is a folder that holds other files ({shown}{more}), "
+                "and a SavedModel export replaces its whole folder. Export to a new folder, "
+                f"e.g. {str(destination / 'saved_model')!r}."
+            )
+    return destination
 
 
 def _write_saved_model(classifier: Classifier, destination: Path) -> None:

@@ -299,16 +299,35 @@ def test_a_file_the_rewrite_cannot_read_is_written_as_converted():
     assert export_module._compact_litert(b"not a flatbuffer") == b"not a flatbuffer"
 
 
-def test_saved_model_export_replaces_the_folder(tmp_path, images):
+def test_saved_model_export_replaces_an_earlier_export(tmp_path, images):
     model = colour_model()
     target = tmp_path / "served"
-    target.mkdir()
-    (target / "old.txt").write_text("previous export")
+    ftk.export(model, target, format="saved_model")
+    (target / "assets" / "stale.txt").write_text("of the earlier export")
     report = ftk.export(model, target, format="saved_model", parity_data=images)
     assert report.runtime == "tf.saved_model" and report.max_abs_diff < 1e-5
-    assert not (target / "old.txt").exists() and (target / "saved_model.pb").exists()
-    assert report.size_bytes > 0
+    assert not (target / "assets" / "stale.txt").exists()
+    assert (target / "saved_model.pb").exists() and report.size_bytes > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration", "served"]
+
+
+def test_saved_model_export_never_replaces_a_folder_of_other_files(tmp_path, monkeypatch):
+    # It replaced the folder whole: exported into a project folder, it deleted the
+    # .keras model it was exported from and every other file there.
+    project = tmp_path / "project"
+    project.mkdir()
+    source = ftk.save_model(colour_model(), project / "colours.keras")
+    (project / "notes.txt").write_text("mine")
+    with pytest.raises(ftk.errors.OutputPathError, match="holds other files .'colours.keras'"):
+        ftk.export(source, project, format="saved_model")
+    monkeypatch.chdir(project)
+    with pytest.raises(ftk.errors.OutputPathError, match="replaces its whole folder"):
+        ftk.export(source, ".", format="saved_model")
+    assert sorted(p.name for p in project.iterdir()) == ["colours.keras", "notes.txt"]
+    ftk.export(source, project / "served", format="saved_model")  # the way it names
+    assert (project / "served" / "saved_model.pb").exists()
+    (tmp_path / "empty").mkdir()
+    ftk.export(source, tmp_path / "empty", format="saved_model")  # nothing to lose
 
 
 def test_without_images_the_parity_check_is_skipped(tmp_path):
