@@ -463,7 +463,10 @@ class Tracker:
             )
         else:
             hint = "pass checkpoint_dir=... to fit to make a run resumable after a stop"
-        logger.warning("fit interrupted after %d epochs: the model holds %s; %s", done, kept, hint)
+        logger.warning(
+            "fit interrupted after %d epoch%s: the model holds %s; %s",
+            done, "" if done == 1 else "s", kept, hint,
+        )
 
 
 class _EpochRecorder(keras.callbacks.Callback):

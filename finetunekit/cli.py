@@ -749,20 +749,48 @@ def _train(args: argparse.Namespace) -> int:
     tuner.num_classes = len(class_names)
     # "0 for none": without it fit would hold out its own 20 % of the images.
     no_split: dict[str, Any] = {"validation_split": 0.0} if split is None else {}
-    history = tuner.fit(
-        train,
-        validation_data=validation,
-        **no_split,
-        verbose=0 if args.quiet else "auto",
-        **_recipe_settings(args),
-        checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume,
-    )
+    try:
+        history = tuner.fit(
+            train,
+            validation_data=validation,
+            **no_split,
+            verbose=0 if args.quiet else "auto",
+            **_recipe_settings(args),
+            checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        _save_interrupted(tuner, Path(args.out))
+        raise
     saved = tuner.save(args.out)
     print(_summary(history, class_names, train, validation, args, saved))
     if args.plots:
         _train_plots(Path(args.plots), history, saved, validation)
     return 0
+
+
+def _save_interrupted(tuner: Any, out: Path) -> None:
+    """After a Ctrl-C: the model beside --out, not in its place.
+
+    The fit has put the best weights so far back into the model; the process is about
+    to exit, and with it what the epochs learned. A separate name keeps an unfinished
+    model from passing for the finished one.
+    """
+    if tuner.model is None or tuner.history is None or not tuner.history.epoch:
+        return
+    path = out.with_name(f"{out.stem}.interrupted{out.suffix or '.keras'}")
+    try:
+        tuner.save(path)
+    except Exception as exc:  # noqa: BLE001 - the interrupt is what the user must see
+        logging.getLogger("finetunekit").warning(
+            "could not save the interrupted model to %s: %s", path, exc
+        )
+        return
+    done = len(tuner.history.epoch)
+    logging.getLogger("finetunekit").warning(
+        "saved the model as the interrupted fit left it (%d epoch%s finished) to %s; the "
+        "run did not finish", done, "" if done == 1 else "s", path,
+    )
 
 
 def _train_plots(folder: Path, history: Any, saved: Path, validation: Any) -> None:

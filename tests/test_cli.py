@@ -520,3 +520,32 @@ def test_train_with_augmented_views(capsys, tmp_path, caplog):
     assert finetunekit.load(out).info.recipe["augment_views"] == 2
     cached = [r.getMessage() for r in caplog.records if "augmented views" in r.getMessage()]
     assert any("x 2 augmented views" in line for line in cached), cached
+
+
+def test_a_ctrl_c_keeps_the_model_beside_out(capsys, tmp_path, monkeypatch):
+    # The process exited with the trained weights: the log said "the model holds the best
+    # weights so far", and nothing was saved.
+    from finetunekit.finetuner import FineTuner
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    fit = FineTuner.fit
+    def interrupted_fit(self, *args, **kwargs):
+        return fit(self, *args, callbacks=[CtrlC()], **kwargs)
+
+    monkeypatch.setattr(FineTuner, "fit", interrupted_fit)
+    root = shapes_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "m.keras"
+    argv = ["train", str(root), "--weights", "none", "--alpha", "0.35", "--image-size", "32",
+            "--head-epochs", "3", "--finetune-epochs", "1", "--batch-size", "4",
+            "--validation-split", "0", "--out", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    kept = tmp_path / "m.interrupted.keras"
+    assert not out.exists() and kept.is_file()
+    assert f"(1 epoch finished) to {kept}; the run did not finish" in err
+    classifier = finetunekit.load(kept)
+    assert classifier.class_names == ("circle", "plus")
