@@ -70,10 +70,31 @@ def describe_call(tuner: Any, recipe: Any) -> dict[str, Any]:
         "num_classes": tuner.num_classes,
         "seed": tuner.seed,
         "cache": tuner.cache,
-        "augment": None if tuner.augment is None else type(tuner.augment).__name__,
+        "augment": _layer_settings(tuner.augment),
         "optimizer": optimizer if isinstance(optimizer, str) else _plain(optimizer.get_config()),
         "base_kwargs": _plain(tuner.base_kwargs),
     }
+
+
+def _layer_settings(layer: Any) -> Any:
+    """A layer's configuration without its layers' names (Keras numbers unnamed layers
+    in the order a process makes them: `random_flip_3` in one run, `_1` in the next)."""
+    if layer is None:
+        return None
+    try:
+        config = keras.saving.serialize_keras_object(layer)
+    except Exception:  # noqa: BLE001 - a layer that cannot say its config: its class
+        return type(layer).__name__
+
+    def unnamed(value: Any) -> Any:
+        if isinstance(value, dict):
+            layer = "trainable" in value  # a layer's config, whose "name" is dropped
+            return {k: unnamed(v) for k, v in value.items() if not (layer and k == "name")}
+        if isinstance(value, list):
+            return [unnamed(v) for v in value]
+        return value
+
+    return _plain(unnamed(config))
 
 
 def fingerprint(train: Any, y: Any = None, validation_data: Any = None) -> dict[str, Any]:
@@ -99,8 +120,12 @@ def _describe(data: Any, y: Any = None) -> Any:
         }
         paths = getattr(data, "file_paths", None)
         if paths:
-            paths = sorted(map(str, paths))
-            digest = hashlib.sha256("\n".join(paths).encode())
+            paths = sorted(os.path.abspath(p) for p in map(str, paths))
+            # Relative to the folder that holds them all: the same folder named from
+            # another working directory (or moved) is the same data.
+            root = os.path.dirname(os.path.commonpath(paths)) if len(paths) > 1 else ""
+            names = [os.path.relpath(p, root) if root else os.path.basename(p) for p in paths]
+            digest = hashlib.sha256("\n".join(names).encode())
             for path in paths[:: max(1, len(paths) // _SAMPLE)][:_SAMPLE]:
                 try:
                     digest.update(Path(path).read_bytes())

@@ -330,3 +330,48 @@ def test_the_resume_message_says_where_the_run_stands():
     assert _where(["head"] * 3, 0) == "the last of the head phase"
     assert _where(["head"] * 3 + ["finetune"], 1) == "epoch 1 of the finetune phase"
     assert _where([], 0) == "no epoch done yet"
+
+
+def test_the_call_names_its_augmentation_by_its_settings() -> None:
+    # Every augmentation was described by its class, Sequential: a run killed with
+    # augment="light" resumed with augment="strong", mixing the two.
+    import keras
+
+    from finetunekit.recipe import DEFAULTS
+
+    def call(augment: object) -> dict:
+        tuner = ftk.FineTuner("mobilenet_v2", weights=None, num_classes=2, augment=augment)
+        return checkpoints.describe_call(tuner, DEFAULTS)
+
+    assert call("light") != call("strong")
+    assert call("light") == call("light")
+    flip = lambda: keras.Sequential([keras.layers.RandomFlip("horizontal")])  # noqa: E731
+    assert call(flip()) == call(flip())  # auto-numbered names (random_flip_1, _2) aside
+    other = keras.Sequential([keras.layers.RandomFlip("vertical")])
+    assert call(flip()) != call(other) and call(None) != call("light")
+
+
+def test_a_folder_named_from_another_working_directory_is_the_same_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The files' paths were hashed as given: a job restarted from another directory was
+    # refused as "other data".
+    import tensorflow as tf
+
+    from finetunekit.data import from_directory
+
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(2):
+            image = np.full((8, 8, 3), 40 * i + (name == "b") * 100, "uint8")
+            (tmp_path / "data" / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+
+    def described(folder: str) -> dict:
+        train, _, _ = from_directory(folder, image_size=8, seed=0)
+        return checkpoints.fingerprint(train)
+
+    absolute = described(str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert described("data") == absolute
+    (tmp_path / "data" / "b" / "1.png").rename(tmp_path / "data" / "b" / "2.png")
+    assert described("data") != absolute
