@@ -28,6 +28,7 @@ import tensorflow as tf
 from finetunekit import _folding, bases, caching, structure, tasks
 from finetunekit import data as ftk_data
 from finetunekit._atomic import expand, write_beside
+from finetunekit._checks import check_float
 from finetunekit._version import __version__
 from finetunekit.data import _arrays, _folders
 from finetunekit.errors import (
@@ -350,10 +351,14 @@ class Prediction:
         source: the image file, or None for an array.
         top: `(class name, probability)` pairs, most probable first (for a regression,
             `(output name, value)` in output order).
+        labels: the classes the image is predicted to have: its most probable class
+            (multiclass, binary); every label whose probability is at least the
+            threshold, possibly none (multilabel); none for a regression.
     """
 
     source: str | None
     top: tuple[tuple[str, float], ...]
+    labels: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -374,11 +379,14 @@ class Predictions(Sequence[Prediction]):
         rows: one `Prediction` per image.
         outputs: the model's raw outputs, shape `(images, outputs)`.
         class_names: the name of every output.
+        label_sets: each image has a set of labels (multilabel): the table and the CSV
+            show each row's `labels`.
     """
 
     rows: tuple[Prediction, ...]
     outputs: np.ndarray = field(repr=False)
     class_names: tuple[str, ...]
+    label_sets: bool = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -391,6 +399,8 @@ class Predictions(Sequence[Prediction]):
         lines = [f"{'image':<{width}}  prediction"]
         for row in self.rows:
             guesses = ", ".join(f"{name} {score:.3f}" for name, score in row.top)
+            if self.label_sets:
+                guesses = f"{'+'.join(row.labels) or '(none)'}  ({guesses})"
             lines.append(f"{_shown(row.source):<{width}}  {guesses}")
         return "\n".join(lines)
 
@@ -403,11 +413,15 @@ class Predictions(Sequence[Prediction]):
         target = Path(os.fspath(path))
         top = max((len(r.top) for r in self.rows), default=1)
         header = ["image"] + [f"{kind}_{i + 1}" for i in range(top) for kind in ("class", "p")]
+        if self.label_sets:
+            header.insert(1, "labels")
         with write_beside(target) as temp, open(temp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             for index, row in enumerate(self.rows):
                 cells = [row.source if row.source is not None else str(index)]
+                if self.label_sets:
+                    cells.append("+".join(row.labels))
                 for name, score in row.top:
                     cells += [name, f"{score:.6f}"]
                 writer.writerow(cells)
@@ -494,7 +508,9 @@ class Classifier:
         )
         ftk_data.check_pixels(images, what, raw=raw)
 
-    def predict(self, images: Any, *, top: int = 1, batch_size: int = 32) -> Predictions:
+    def predict(
+        self, images: Any, *, top: int = 1, threshold: float = 0.5, batch_size: int = 32
+    ) -> Predictions:
         """Predicts the classes of images, files or a folder.
 
         Images are resized to `input_size` the way `data.from_directory` resizes them
@@ -507,6 +523,8 @@ class Classifier:
                 Raw pixel values 0-255.
             top: how many classes to return per image, most probable first (clipped to
                 the number of classes).
+            threshold: for a multilabel model, the probability from which a label is
+                counted as present in `Prediction.labels`.
             batch_size: images per batch.
 
         Returns:
@@ -516,23 +534,29 @@ class Classifier:
             DataNotFoundError: a file or folder does not exist.
             DataError: a folder holds no images, an image cannot be decoded, or an array
                 has the wrong shape.
-            ConfigError: `top` is not a positive int.
+            ConfigError: `top` is not a positive int, or `threshold` not within (0, 1).
         """
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise ConfigError(f"top must be a positive int, e.g. top=3; received {top!r}.")
+        threshold = check_float(
+            "threshold", threshold, low=0, high=1, expected="a probability in (0, 1), e.g. 0.5"
+        )
+        spec = tasks.get_task(self.task)
         outputs, sources = self.outputs(images, batch_size=batch_size)
         rows = tuple(
-            Prediction(source, self._top(row, top))
+            Prediction(
+                source,
+                spec.ranked(row, self.class_names, top),
+                spec.present(row, self.class_names, threshold),
+            )
             for source, row in zip(sources, outputs, strict=True)
         )
-        return Predictions(rows, outputs, self.class_names)
+        return Predictions(rows, outputs, self.class_names, label_sets=spec.label_sets)
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """One column per class name: a binary model's sigmoid becomes (1 - p, p)."""
         return tasks.get_task(self.task).class_scores(outputs)
 
-    def _top(self, row: np.ndarray, top: int) -> tuple[tuple[str, float], ...]:
-        return tasks.get_task(self.task).ranked(row, self.class_names, top)
 
 
 # -- reading images ----------------------------------------------------------------------

@@ -417,6 +417,11 @@ def _add_model_commands(commands: Any) -> None:
     predict.add_argument(
         "--top", type=_positive, default=1, metavar="K", help="classes per image (default 1)"
     )
+    predict.add_argument(
+        "--threshold", type=float, default=0.5, metavar="P",
+        help="multilabel models: the probability from which a label counts as present "
+        "(default 0.5)",
+    )
     predict.add_argument("--csv", metavar="OUT", help="also write the predictions to a CSV file")
     predict.add_argument("--batch-size", type=_positive, default=32, metavar="N")
     predict.set_defaults(handler=_predict)
@@ -480,7 +485,9 @@ def _add_model_commands(commands: Any) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from finetunekit.classifier import load
 
-    predictions = load(args.model).predict(args.images, top=args.top, batch_size=args.batch_size)
+    predictions = load(args.model).predict(
+        args.images, top=args.top, threshold=args.threshold, batch_size=args.batch_size
+    )
     print(predictions)
     if args.csv:
         print(f"written: {predictions.to_csv(args.csv)}")

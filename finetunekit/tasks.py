@@ -91,6 +91,8 @@ class Task:
     logits_when_linear: bool = True
     #: Whether each image is of exactly one class (multiclass, binary).
     one_class_per_image: bool = False
+    #: Whether each image has a set of labels (multilabel).
+    label_sets: bool = False
 
     def __repr__(self) -> str:
         return f"Task({self.name!r})"
@@ -172,6 +174,11 @@ class Task:
         scores = self.class_scores(row[None])[0]
         order = np.argsort(-scores, kind="stable")[:top]
         return tuple((names[i], float(scores[i])) for i in order)
+
+    def present(self, row: np.ndarray, names: Sequence[str], threshold: float) -> tuple[str, ...]:
+        """The classes one image is predicted to have: its most probable class (one class
+        per image), every label at or above `threshold` (multilabel), none (regression)."""
+        return (names[int(np.argmax(self.class_scores(row[None])[0]))],)
 
     def targets(self, labels: np.ndarray, classes: int, units: int) -> np.ndarray:
         """Labels as `evaluate` compares them: class indices (as floats), or rows.
@@ -487,6 +494,7 @@ class _Binary(_ZeroOne):
 
 class _Multilabel(_ZeroOne):
     name = "multilabel"
+    label_sets = True
     # "int" too: multi-hot rows of integers, and compile_for's default must work for every task.
     label_modes = ("int", "binary", "categorical")
     needs_num_classes = True
@@ -501,6 +509,9 @@ class _Multilabel(_ZeroOne):
             raise ConfigError("task='multilabel' needs num_classes (the number of labels).")
         return num_classes
 
+
+    def present(self, row: np.ndarray, names: Sequence[str], threshold: float) -> tuple[str, ...]:
+        return tuple(n for n, p in zip(names, row, strict=True) if p >= threshold)
 
     def targets(self, labels: np.ndarray, classes: int, units: int) -> np.ndarray:
         return _label_rows(labels, units)
@@ -577,6 +588,9 @@ class _Regression(Task):
         self, row: np.ndarray, names: Sequence[str], top: int
     ) -> tuple[tuple[str, float], ...]:
         return tuple((n, float(v)) for n, v in zip(names, row, strict=True))  # every value
+
+    def present(self, row: np.ndarray, names: Sequence[str], threshold: float) -> tuple[str, ...]:
+        return ()
 
     def targets(self, labels: np.ndarray, classes: int, units: int) -> np.ndarray:
         return _label_rows(labels, units)

@@ -162,6 +162,29 @@ def test_binary_multilabel_and_regression_predictions(tmp_path):
     assert regression.predict(pixels("red"))[0].score == pytest.approx(1.0, abs=1e-5)
 
 
+def test_multilabel_rows_name_every_label_at_or_above_the_threshold(tmp_path):
+    # predict gave the most probable label alone, even at p = 0.38, while evaluate counted
+    # labels at 0.5: now `labels` holds the labels present, by a threshold of one's own.
+    model = ftk.Classifier(colour_model("multilabel"), COLOURS)
+    yellow = pixels("red") + pixels("green")
+    half_green = np.zeros((32, 32, 3), "uint8")
+    half_green[..., 1] = 127  # 0.1 * 127 - 12.7 = 0: p = 0.5
+    rows = model.predict(np.stack([yellow, np.zeros_like(yellow), half_green]), top=3)
+    assert [r.labels for r in rows] == [("green", "red"), (), ("green",)]
+    assert rows[1].score < 1e-5  # the most probable label is still there, absent
+    assert model.predict(half_green, threshold=0.6)[0].labels == ()
+    text = str(rows)
+    assert "green+red  (" in text and "(none)  (" in text
+    csv = rows.to_csv(tmp_path / "p.csv").read_text()
+    assert csv.splitlines()[0].startswith("image,labels,class_1,p_1")
+    assert csv.splitlines()[1].split(",")[1] == "green+red"
+    with pytest.raises(ftk.errors.ConfigError, match="threshold must be a probability"):
+        model.predict(yellow, threshold=1.5)
+    single = ftk.Classifier(colour_model(), COLOURS).predict(yellow)
+    assert single[0].labels == (single[0].label,)
+    assert str(single).splitlines()[1] == f"(array)  {single[0].label} {single[0].score:.3f}"
+
+
 def test_a_plain_keras_file_loads_with_index_names(tmp_path):
     path = tmp_path / "plain.keras"
     colour_model().save(path)
