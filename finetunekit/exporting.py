@@ -26,7 +26,13 @@ import tensorflow as tf
 from finetunekit import _gptq, tasks
 from finetunekit._atomic import expand, write_beside
 from finetunekit.caching import quiet_retracing
-from finetunekit.classifier import Classifier, as_classifier, image_dataset
+from finetunekit.classifier import (
+    Classifier,
+    _as_paths,
+    _decode_failure,
+    as_classifier,
+    image_dataset,
+)
 from finetunekit.errors import (
     ArgumentTypeError,
     ConfigError,
@@ -149,7 +155,8 @@ def export(
             arrays, or a `tf.data.Dataset` of images or `(images, labels)`. Calibrates
             int8 and, unless `parity_data` is given, runs the parity check.
         parity_data: images for the parity check (same forms), e.g. a test folder.
-        max_images: most images read from each of these.
+        max_images: most images read from each of these (of a folder of more, that many
+            spread evenly over its sorted files, so every class is in them).
         gptq: int8 only. Round the kernels of the `Conv2D` and `DepthwiseConv2D`
             layers onto the converter's int8 grid with GPTQ: weight by weight, each
             rounding error spread over the weights not yet rounded, so that the
@@ -319,13 +326,29 @@ def _images(data: Any, classifier: Classifier, limit: int, what: str) -> np.ndar
             raise DataError(f"{what} is empty; pass real images the model will see.")
         arrays: Any = list(np.concatenate(batches)[:limit])
     else:
-        arrays = data
-    dataset, _ = image_dataset(arrays, classifier.input_size)
-    images = np.concatenate(list(dataset.take(-(-limit // 32)).as_numpy_iterator()))[:limit]
+        arrays = _spread(data, limit)
+    dataset, sources = image_dataset(arrays, classifier.input_size)
+    try:
+        batches = list(dataset.take(-(-limit // 32)).as_numpy_iterator())
+    except tf.errors.InvalidArgumentError as exc:  # a file that does not decode
+        raise _decode_failure(sources) from exc
+    images = np.concatenate(batches)[:limit]
     # Images divided by 255 calibrate int8 to ranges the model never sees: converted
     # without a word, the model agreed with Keras on 2 % of images (91 % with raw pixels).
     classifier.check_pixels(images[:32], what)
     return images
+
+
+def _spread(data: Any, limit: int) -> Any:
+    """Of more than `limit` files, `limit` evenly spaced in sorted order; else `data`.
+
+    The first `limit` files of a folder are those of its first classes: a parity check
+    (or an int8 calibration) on flowers-large/train read daisies and dandelions only.
+    """
+    paths = _as_paths(data)
+    if paths is None or len(paths) <= limit:
+        return data
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, num=limit).astype(int)]
 
 
 def _agreement(classifier: Classifier, expected: np.ndarray, got: np.ndarray) -> float | None:

@@ -12,7 +12,7 @@ import tensorflow as tf
 from _colors import COLOURS, colour_folder, colour_model, conv_model, pixels
 
 import finetunekit as ftk
-from finetunekit.errors import ConfigError
+from finetunekit.errors import ConfigError, DataError
 
 # The module is finetunekit.exporting; finetunekit.export is its function.
 export_module = importlib.import_module("finetunekit.exporting")
@@ -375,3 +375,18 @@ def test_bad_export_targets(tmp_path):
         ftk.export(colour_model(), tmp_path / "file", format="saved_model")
     with pytest.raises(ftk.errors.WeightsNotFoundError):
         ftk.export(tmp_path / "missing.keras", tmp_path / "m.tflite")
+
+
+def test_a_folder_is_sampled_across_its_classes_and_a_broken_file_named(tmp_path):
+    # The first max_images files were read: those of the first classes only. And a file
+    # that does not decode gave TensorFlow's raw InvalidArgumentError.
+    from finetunekit.exporting import _images
+
+    folder = colour_folder(tmp_path / "photos", {c: [c] * 4 for c in COLOURS})
+    classifier = ftk.Classifier(colour_model(), COLOURS)
+    images = _images(folder, classifier, 3, "parity_data")
+    brightest = [int(np.argmax(image.mean(axis=(0, 1)))) for image in images]
+    assert sorted(brightest) == [0, 1, 2]  # red, green and blue channels: all three
+    (folder / "red" / "9_cut.png").write_bytes((folder / "red" / "0_red.png").read_bytes()[:60])
+    with pytest.raises(DataError, match="could not be decoded: .*9_cut.png"):
+        ftk.export(classifier, tmp_path / "m.tflite", parity_data=folder)
