@@ -316,3 +316,15 @@ def test_sample_weights_of_one_column_are_one_per_image():
         data.as_dataset(tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(4))
     with pytest.raises(DataError, match="one number per image"):
         data.as_dataset(tf.data.Dataset.from_tensor_slices((x, y, np.ones((8, 2)))).batch(4))
+
+
+def test_true_false_labels_are_read_as_1_and_0(tiny_images):
+    # Refused with "x and y must be numeric ... encode class names as integers".
+    x, y = tiny_images
+    flags = y % 2 == 1
+    batches = data.from_arrays(x, flags, batch_size=64, shuffle=False)
+    labels = np.concatenate([b.numpy() for _, b in batches])
+    np.testing.assert_array_equal(labels, flags.astype(int))
+    rows = np.stack([flags, ~flags], axis=1)
+    labels = np.concatenate([b.numpy() for _, b in data.from_arrays(x, rows, shuffle=False)])
+    np.testing.assert_array_equal(labels, rows.astype(int))

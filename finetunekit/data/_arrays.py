@@ -80,6 +80,8 @@ def from_arrays(
         )
     if len(x_arr) == 0:
         raise DataError("x and y are empty; there is nothing to train on.")
+    if y_arr.dtype == bool:  # 0/1 labels (binary, multi-hot) as True/False
+        y_arr = y_arr.astype("int64")
     if not np.issubdtype(x_arr.dtype, np.number) or not np.issubdtype(y_arr.dtype, np.number):
         raise DataError(
             f"x and y must be numeric; received dtypes {x_arr.dtype} and {y_arr.dtype}. "
