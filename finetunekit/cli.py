@@ -576,14 +576,21 @@ def _rank(args: argparse.Namespace) -> int:
 
     if not Path(args.data_dir).exists():
         raise _not_found("DATA_DIR", args.data_dir)
-    candidates = {label: name for label, name, _ in args.candidate}
-    if len(candidates) < len(args.candidate):
+    given = [(name, weights) for _, name, weights in args.candidate]
+    if len(set(given)) < len(given):
         raise ConfigError("the same --candidate is given twice; give each once.")
+    short = [label for label, _, _ in args.candidate]
+    # Two files of one name in other folders (r1/m.keras, r2/m.keras) show their paths.
+    labels = [
+        label if short.count(label) == 1 else label.replace(Path(name).name, name, 1)
+        for label, name, _ in args.candidate
+    ]
+    candidates = {label: name for label, (name, _) in zip(labels, given, strict=True)}
     size = args.image_size
     ranking = rank_bases(
         args.data_dir,
         candidates,
-        weights={label: weights for label, _, weights in args.candidate},
+        weights={label: weights for label, (_, weights) in zip(labels, given, strict=True)},
         input_shape=None if size is None else (size, size, 3),
         max_images=args.max_images,
         seed=args.seed,

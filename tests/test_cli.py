@@ -425,6 +425,22 @@ def test_rank_prints_the_table(capsys, tmp_path):
     assert "on 12 images of 2 classes" in lines[-1]
 
 
+def test_rank_tells_two_files_of_one_name_apart(capsys, tmp_path):
+    # r1/m.keras and r2/m.keras were refused as "the same --candidate given twice".
+    root = shapes_folder(tmp_path / "data")
+    paths = []
+    for folder, alpha in (("r1", 0.25), ("r2", 0.5)):
+        shape = (32, 32, 3)
+        base = finetunekit.load_base("mobilenet", weights=None, input_shape=shape, alpha=alpha)
+        (tmp_path / folder).mkdir()
+        base.save(tmp_path / folder / "m.keras")
+        paths.append(str(tmp_path / folder / "m.keras"))
+    argv = ["rank", str(root), "--candidate", paths[0], "--candidate", paths[1]]
+    assert main(argv) == 0
+    names = {line.split()[1] for line in capsys.readouterr().out.splitlines()[1:3]}
+    assert names == set(paths)
+
+
 @pytest.mark.parametrize(
     "candidates, expected",
     [
