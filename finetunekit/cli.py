@@ -1000,6 +1000,24 @@ _FLAG_WORDS: tuple[tuple[str, str], ...] = (
     (r"\bpass checkpoint_dir=\.\.\. to fit\b", "pass --checkpoint-dir DIR"),
     (r"\bcheckpoint_dir=", "--checkpoint-dir "),
     (r"\bcheckpoint_dir\b", "--checkpoint-dir"),
+    (r"(--lr-decay must be) None or ", r"\1 "),
+)
+#: The recipe's fields that train sets by a flag of another name.
+_FIELD_FLAGS = {
+    "head_learning_rate": "--head-lr",
+    "finetune_learning_rate": "--finetune-lr",
+    **{
+        field: "--" + field.replace("_", "-")
+        for field in (
+            "head_epochs", "finetune_epochs", "unfreeze", "unit", "patience", "lr_decay",
+            "warmup", "cosine", "augment_views", "validation_split", "batch_size",
+        )
+    },
+}
+# A stored checkpoint's difference ("recipe.head_epochs: stored 3, asked 4") and a
+# setting's own check ("finetune_learning_rate must be ...") name the flag.
+_FLAG_WORDS += tuple(
+    (rf"\b(?:recipe\.)?{field}(?=: stored| must\b)", flag) for field, flag in _FIELD_FLAGS.items()
 )
 # A MobileNet weight file's name carries its alpha: ..._tf_kernels_0.35_224_no_top.h5
 _ALPHA_IN_NAME = re.compile(r"_(\d\.\d+)_\d+_no_top")

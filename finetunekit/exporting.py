@@ -304,7 +304,6 @@ def export(
             on_calibration,
             len(kernels),
         )
-    logger.info("%s", report)
     return report
 
 

@@ -272,9 +272,10 @@ def test_out_is_checked_before_training(capsys, tmp_path, no_training, out, expe
         (["--validation-split", "1"], "--validation-split must be in [0, 1)"),
         (["--head-lr", "0"], "--head-lr must be a positive number"),
         (["--weights", "nope.h5"], "--weights 'nope.h5': no such file"),
-        (["--lr-decay", "0"], "--lr-decay must be None or a factor in (0, 1]"),
+        (["--lr-decay", "0"], "--lr-decay must be a factor in (0, 1]"),
         (["--finetune-epochs", "2", "--warmup", "2"], "--warmup 2 epochs is not shorter"),
         (["--finetune-lr", "0"], "--finetune-lr must be a positive number"),
+        (["--finetune-lr", "inf"], "error: --finetune-lr must be a positive number"),
         (["--seed", "-1"], "--seed: expected an integer >= 0"),
         (["--augment-views", "0"], "--augment-views: expected a positive integer or 'auto'"),
         (["--augment", "heavy"], "--augment: invalid choice: 'heavy'"),
@@ -500,7 +501,7 @@ def test_train_checkpoints_and_resume(capsys, tmp_path, caplog):
     # Another recipe with the same folder is refused, naming both values.
     assert main([*argv, "--checkpoint-dir", str(folder), "--head-epochs", "2"]) == 1
     message = _one_error_line(capsys.readouterr().err)
-    assert "head_epochs: stored 1, asked 2" in message and "new --checkpoint-dir" in message
+    assert "--head-epochs: stored 1, asked 2" in message and "new --checkpoint-dir" in message
 
 
 def test_train_unfreezes_gradually_with_per_block_rates_and_a_found_rate(capsys, tmp_path):

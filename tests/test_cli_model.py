@@ -63,6 +63,14 @@ def test_export_int8_with_calibration(saved, folder, tmp_path, capsys):
     assert out.is_file() and "(int8)" in printed and "top-1 agreement 100.0%" in printed
 
 
+def test_export_prints_its_report_once(saved, tmp_path, capsys):
+    # The report was logged by the library and printed by the command: twice.
+    assert main(["export", str(saved), str(tmp_path / "c.tflite")]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("exported litert to") == 1
+    assert "exported litert to" in captured.out
+
+
 def test_export_passes_gptq_and_fit_head(saved, tmp_path, monkeypatch):
     seen = {}
 
