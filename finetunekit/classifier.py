@@ -153,8 +153,14 @@ def _output_units(model: keras.Model) -> int:
             f"{model.name} has {len(shape)} outputs; finetunekit saves and predicts with "
             "models of one output."
         )
-    tasks.check_per_image_output(model, shape)
     return int(shape[-1])
+
+
+def _per_image_units(model: keras.Model) -> int:
+    """`_output_units`, refusing a feature map: predictions, reports and saved class names
+    need one row per image (an export may take a feature map as it is)."""
+    tasks.check_per_image_output(model, model.output_shape)
+    return _output_units(model)
 
 
 def _model_input_size(model: keras.Model) -> tuple[int, int] | None:
@@ -247,7 +253,7 @@ def save_model(
     if _output_is_linear(model):
         _refuse_logits(model, task)
     info = ModelInfo(
-        class_names=_check_class_names(class_names, task, _output_units(model)),
+        class_names=_check_class_names(class_names, task, _per_image_units(model)),
         task=task,
         base=base,
         input_size=_model_input_size(model),
@@ -541,6 +547,7 @@ class Classifier:
         threshold = check_float(
             "threshold", threshold, low=0, high=1, expected="a probability in (0, 1), e.g. 0.5"
         )
+        _per_image_units(self.model)
         spec = tasks.get_task(self.task)
         outputs, sources = self.outputs(images, batch_size=batch_size)
         rows = tuple(

@@ -354,6 +354,7 @@ def _iterate(dataset: tf.data.Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]
 def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str] | None) -> Report:
     task = classifier.task
     spec = tasks.get_task(task)
+    tasks.check_per_image_output(classifier.model, classifier.model.output_shape)
     names = classifier.class_names
     run = inference(classifier.model)
     size = classifier.input_size

@@ -526,8 +526,8 @@ CASES = [
     ),
     Case(
         "classifier-headless",
-        "a Classifier of a base without its head",
-        "ftk.Classifier(base)",
+        "predicting with a base without its head",
+        "ftk.Classifier(base).predict(x)",
         E.ModelStructureError,
         ValueError,
         ("a feature map rather than one prediction per image", "add_head(base, num_classes)"),
