@@ -46,6 +46,7 @@ from finetunekit import (
     tasks,
     transfer_scores,
 )
+from finetunekit.data import _folders
 from finetunekit.data._labels import _label_info
 from finetunekit.errors import (
     ArgumentTypeError,
@@ -243,9 +244,12 @@ def rank_bases(
         task: `"multiclass"` (integer or one-hot labels) or `"binary"` (0/1 labels).
         metrics: which scores to compute, of `"knn"`, `"logme"` and `"linear"`; the first
             is the primary score the ranking is sorted by.
-        max_images: at most this many images are scored (a random subset, the same for
-            every candidate); the k-NN and LogME costs grow with its square.
-        seed: seed of the subset, the folds and the resamples; None for a random one.
+        max_images: at most this many images are scored (of a folder or arrays, a random
+            subset in which every class keeps its share and at least 2 images; of a
+            dataset, its first images), the same for every candidate; the k-NN and
+            LogME costs grow with its square.
+        seed: seed of the subset, the folds and the resamples (the same folds and
+            resamples for every candidate); None for a random one.
         **base_kwargs: passed to `load_base` for every candidate given by name, e.g.
             `alpha=0.35` when all of them are MobileNets.
 
@@ -276,6 +280,7 @@ def rank_bases(
     entries = _candidates(candidates, weights)
     rng = np.random.default_rng(seed)
     source = _source(data, max_images, rng, task)
+    score_seed = int(rng.integers(2**32))
     # Before any base is built. Named bases take raw 0-255 pixels (their preprocessing is
     # inside): images divided by 255 rank silently wrong (on 128 flowers at 96 px the k-NN
     # score fell from 0.68 to 0.32 and two bases swapped places). A model of the caller's
@@ -318,9 +323,11 @@ def rank_bases(
                     )
                 _check_features(features)  # here, so that bad features stop the ranking at once
                 classes = int(labels.max()) + 1
-                stream = rng.integers(2**32)  # in candidate order: the same scores as in turn
+                # Every candidate's folds and resamples from one seed: the same features
+                # score the same wherever the candidate stands in the list.
                 future = pool.submit(
-                    _timed_scores, features, labels, classes, chosen, np.random.default_rng(stream)
+                    _timed_scores, features, labels, classes, chosen,
+                    np.random.default_rng(score_seed),
                 )
                 del features  # the worker holds them until scored
                 scoring.append((label, time.perf_counter() - started, params, size, future))
@@ -425,8 +432,21 @@ def _candidates(candidates: Any, weights: Any) -> list[tuple[str, Any, Any]]:
                 "candidates' names, or by the labels of a candidates dict."
             )
         per_label = {keys[bases._normalize(str(k))]: w for k, w in weights.items()}
+        for label, candidate in labelled:
+            if label in per_label and per_label[label] is None and not _is_name(candidate):
+                # None means random initial weights for a name; a model keeps its own.
+                raise ConfigError(
+                    f"weights gives {label!r} None (random weights), but that candidate is a "
+                    "model with weights of its own, which rank_bases uses as they are. For a "
+                    "random control, name the architecture (e.g. 'mobilenet_v2') with "
+                    "weights None."
+                )
         return [(label, c, per_label.get(label, "imagenet")) for label, c in labelled]
     return [(label, candidate, weights) for label, candidate in labelled]
+
+
+def _is_name(candidate: Any) -> bool:
+    return isinstance(candidate, str) and not bases._looks_like_path(candidate)
 
 
 def _label(candidate: Any) -> str:
@@ -460,6 +480,10 @@ class _Source:
     def images(self, size: tuple[int, int]) -> tf.data.Dataset:
         raise NotImplementedError
 
+    def read_error(self, exc: Exception) -> Exception:
+        """The error to raise for TensorFlow's error while reading the images."""
+        return exc
+
     def check_pixels(self, raw: bool) -> None:
         """The first batch against the 0-255 promise (see `data.check_pixels`)."""
         first = next(iter(self.images(data.DEFAULT_IMAGE_SIZE).take(1)), None)
@@ -468,18 +492,44 @@ class _Source:
 
 
 class _Folder(_Source):
-    def __init__(self, path: str | os.PathLike[str], seed: int) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], seed: int, max_images: int, rng: np.random.Generator
+    ) -> None:
         self.path, self.seed = path, seed
+        files = _folders._class_files(Path(os.fspath(path)))
+        paths = [p for name in files for p in files[name]]
+        labels = np.array([i for i, name in enumerate(files) for _ in files[name]], np.int64)
+        self.subset: tuple[list[str], np.ndarray] | None = None
+        if len(paths) > max_images:  # a subset of every class, read file by file
+            chosen = _balanced(labels, max_images, rng)
+            self.subset = ([paths[i] for i in chosen], labels[chosen])
 
     def check_pixels(self, raw: bool) -> None:
         pass  # decoded by from_directory: 0-255 pixels
 
     def images(self, size: tuple[int, int]) -> tf.data.Dataset:
+        if self.subset is not None:
+            from finetunekit.classifier import _load_image
+
+            paths, labels = self.subset
+            return (
+                tf.data.Dataset.from_tensor_slices((paths, labels))
+                .map(lambda p, y: (_load_image(p, size), y), num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(_BATCH_SIZE)
+                .prefetch(tf.data.AUTOTUNE)
+            )
         # A fresh read with the same seed yields the images in the same order at every
         # size (the loader reshuffles on each pass over one dataset, so none is reused).
         return data.from_directory(
             self.path, image_size=size, batch_size=_BATCH_SIZE, seed=self.seed
         ).train
+
+    def read_error(self, exc: Exception) -> Exception:
+        if self.subset is None:
+            return exc
+        from finetunekit.classifier import _decode_failure
+
+        return _decode_failure(list(self.subset[0]))
 
 
 class _Arrays(_Source):
@@ -498,9 +548,34 @@ class _Given(_Source):
         return self.dataset
 
 
+def _balanced(labels: np.ndarray, max_images: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of about `max_images` examples in which every class keeps its share.
+
+    Each class first gets `MIN_IMAGES_PER_CLASS` (or all it has), the rest is shared in
+    proportion to the classes' sizes, and slots left by rounding go to images drawn at
+    random. A plain random subset could leave a rare class out, silently: the ranking
+    then scored fewer classes than the data has.
+    """
+    if len(labels) <= max_images:
+        return np.arange(len(labels))
+    counts = np.bincount(labels)
+    quota = np.minimum(counts, MIN_IMAGES_PER_CLASS)
+    spare = counts - quota
+    room = max(max_images - int(quota.sum()), 0)
+    quota += np.floor(spare * room / max(int(spare.sum()), 1)).astype(np.int64)
+    chosen = np.concatenate(
+        [rng.permutation(np.flatnonzero(labels == c))[: quota[c]] for c in range(len(counts))]
+    )
+    left = max_images - len(chosen)
+    if left > 0:
+        others = np.setdiff1d(np.arange(len(labels)), chosen)
+        chosen = np.concatenate([chosen, rng.choice(others, left, replace=False)])
+    return np.sort(chosen)
+
+
 def _source(given: Any, max_images: int, rng: np.random.Generator, task: str) -> _Source:
     if isinstance(given, (str, os.PathLike)):
-        return _Folder(given, int(rng.integers(2**31)))
+        return _Folder(given, int(rng.integers(2**31)), max_images, rng)
     if isinstance(given, tf.data.Dataset):
         return _Given(given)
     if isinstance(given, (tuple, list)) and len(given) == 2:
@@ -508,7 +583,7 @@ def _source(given: Any, max_images: int, rng: np.random.Generator, task: str) ->
         data.as_dataset(x[:1], y[:1])  # the usual checks of shapes and types, on one image
         if len(x) != len(y):
             data.as_dataset(x, y)  # names the mismatch
-        chosen = np.sort(rng.permutation(len(x))[:max_images])
+        chosen = _balanced(_class_indices(y, task), max_images, rng)
         _check_classes(_class_indices(y[chosen], task))  # before any model is built
         return _Arrays(x[chosen], y[chosen])
     raise ArgumentTypeError(
@@ -567,6 +642,8 @@ def _run_candidate(
     try:
         with caching.quiet_retracing():  # one trace per candidate, on purpose
             features, labels = zip(*_batches(pooled, dataset, max_images), strict=True)
+    except tf.errors.InvalidArgumentError as exc:  # a file of the subset does not decode
+        raise source.read_error(exc) from exc
     finally:
         if pooled.experimental_get_tracing_count():
             # The pass never differentiates: the gradients its trace registered go with it.
