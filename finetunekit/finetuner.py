@@ -291,6 +291,7 @@ class FineTuner:
         shared = self._settings(prepared, callbacks, verbose)
         shared.augment_views = Recipe(head_epochs=epochs, finetune_epochs=0).views()
         with prepared.errors():  # a bad label or NaN image past the first batches
+            self._recipe = None  # a fit's recipe no longer says how these weights came
             self._last_report, self.history = training.run_phase(
                 model, step, prepared, shared, run=run
             )
@@ -322,6 +323,12 @@ class FineTuner:
             >>> tuner.unfreeze(3, learning_rate=1e-4, lr_decay=0.5)  # 5e-5, 2.5e-5, 1.25e-5
         """
         decay = check_lr_decay(lr_decay)
+        if self.model is None and (learning_rate is not None or decay is not None):
+            raise StepOrderError(
+                "unfreeze(learning_rate=..., lr_decay=...) sets the rate of the next "
+                "compile, but there is no model to compile yet: call add_head() first, then "
+                "unfreeze(...)."
+            )
         n = DEFAULTS.stages[-1] if n is None else n
         freezing.unfreeze_last(self._need_base(), n, unit=unit, train_bn=train_bn)
         if self.model is not None:

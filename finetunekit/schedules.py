@@ -153,7 +153,8 @@ def head_optimizer(optimizer: Any) -> Any:
 
 
 class LogRate(keras.callbacks.Callback):
-    """Adds `learning_rate` (the head's rate at the start of each epoch) to the history.
+    """Adds `learning_rate` (the head's rate at the start of each epoch, after the
+    caller's callbacks have set it) to the history.
 
     Keras logs the rate only from its rate-changing callbacks (`LearningRateScheduler`,
     `ReduceLROnPlateau`); a schedule inside the optimizer goes unlogged.
@@ -171,5 +172,7 @@ class LogRate(keras.callbacks.Callback):
             self._rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if logs is not None and self._rate is not None and "learning_rate" not in logs:
+        # Over a rate-changing callback's own entry too: inside a MultiOptimizer it reads
+        # the wrapper's rate, not the head's.
+        if logs is not None and self._rate is not None:
             logs["learning_rate"] = self._rate

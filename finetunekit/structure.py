@@ -194,6 +194,17 @@ _ACTIVATION_OPS = {
 }
 
 
+def rate_is_scheduled(optimizer: Any) -> bool:
+    """Whether an optimizer's rate (or that of one inside a `MultiOptimizer`) is a
+    `LearningRateSchedule`, which Keras keeps in a private attribute."""
+    inner = getattr(optimizer, "optimizers", None)
+    if isinstance(inner, (list, tuple)):
+        return any(rate_is_scheduled(o) for o in inner)
+    return isinstance(
+        getattr(optimizer, "_learning_rate", None), keras.optimizers.schedules.LearningRateSchedule
+    )
+
+
 def _ordered_nodes(model: keras.Model) -> list[Any]:
     """The model's own call nodes, in topological order."""
     by_depth = model._nodes_by_depth

@@ -794,7 +794,11 @@ def compile_for(
         model.name,
         spec.name,
         label_mode,
-        type(learning_rate).__name__ if schedule else f"{learning_rate:g}",
+        (
+            f"{type(optimizer).__name__}'s own"
+            if isinstance(optimizer, keras.optimizers.Optimizer)
+            else type(learning_rate).__name__ if schedule else f"{learning_rate:g}"
+        ),
         len(model.trainable_variables),
     )
     return model

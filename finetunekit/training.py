@@ -27,10 +27,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from finetunekit import _orders, caching, checkpoints, distribute, freezing, schedules, tasks
+from finetunekit import (
+    _orders,
+    caching,
+    checkpoints,
+    distribute,
+    freezing,
+    schedules,
+    structure,
+    tasks,
+)
 from finetunekit._nan import RaiseOnNaN
 from finetunekit.data import Prepared, warn_lost_classes
-from finetunekit.errors import ArgumentTypeError, DataError
+from finetunekit.errors import ArgumentTypeError, ConfigError, DataError
 from finetunekit.recipe import HEAD, Phase, Plan, is_finetune
 
 __all__ = [
@@ -212,6 +221,28 @@ def trim_for_replicas(dataset: tf.data.Dataset, replicas: int) -> tf.data.Datase
         return tuple(tf.nest.map_structure(lambda t: t[:keep], batch))
 
     return dataset.map(trim).filter(lambda *batch: tf.shape(batch[0])[0] > 0)
+
+
+def _refuse_rate_setters(
+    model: keras.Model, callbacks: Sequence[keras.callbacks.Callback]
+) -> None:
+    """Refuses a callback that sets the rate of an optimizer whose rate is a schedule.
+
+    Keras cannot set the rate of an optimizer built on a `LearningRateSchedule` (warm-up
+    or cosine) and raises a TypeError: at once for a `LearningRateScheduler`, after some
+    epochs for a `ReduceLROnPlateau`. Said here, before the phase trains.
+    """
+    setters = [
+        type(c).__name__
+        for c in callbacks
+        if isinstance(c, (keras.callbacks.LearningRateScheduler, keras.callbacks.ReduceLROnPlateau))
+    ]
+    if setters and structure.rate_is_scheduled(model.optimizer):
+        raise ConfigError(
+            f"{setters[0]} sets the learning rate, but this phase's rate is a schedule "
+            "(warmup or cosine), which Keras does not let a callback set. Drop warmup and "
+            f"cosine, or the {setters[0]}."
+        )
 
 
 def check_callbacks(callbacks: Any) -> list[keras.callbacks.Callback]:
@@ -521,9 +552,15 @@ def run_phases(
         if any(p.early_stopping for p in phases):
             run.best = BestWeights(model)
             tracker.restore_best(run.best)
+        # Each phase is one Keras fit, and a CSVLogger opens its file anew at every fit:
+        # the rows of the phases before (or of the run a resume continues) were lost.
+        loggers = [c for c in settings.callbacks if isinstance(c, keras.callbacks.CSVLogger)]
+        stack.callback(_set_append, loggers, [c.append for c in loggers])
         for i, phase in enumerate(phases):
             if tracker.skips(i):
                 continue
+            if run.epochs_done:
+                _set_append(loggers, [True] * len(loggers))
             compile_phase(model, phase, settings, _steps_per_epoch(phase, run, i, data, settings))
             report, phase_history = run_phase(model, phase, data, settings, run=run, index=i)
             history.extend(phase.name, phase_history)
@@ -543,6 +580,11 @@ def run_phases(
     if settings.printing:
         caching.say(_summary(history))
     return history
+
+
+def _set_append(loggers: list[keras.callbacks.CSVLogger], values: list[bool]) -> None:
+    for logger_, value in zip(loggers, values, strict=True):
+        logger_.append = value
 
 
 def _on_interrupt(
@@ -598,8 +640,8 @@ def run_phase(
     run = run if run is not None else _Run()
     start = time.perf_counter()
     callbacks = [
-        schedules.LogRate(),
         *settings.callbacks,
+        schedules.LogRate(),  # after them: it logs the rate a caller's scheduler has set
         RaiseOnNaN(phase.name, phase.learning_rate),
     ]
     validating = data.has_validation
@@ -619,6 +661,7 @@ def run_phase(
         verbose=settings.verbose,
     )
     build_optimizer(model, settings)
+    _refuse_rate_setters(model, settings.callbacks)
     if run.tracker is not None:  # last: it records the state of the callbacks before it
         callbacks.append(run.tracker.phase_callback(model, index, phase, run, stopper))
     with contextlib.ExitStack() as stack:

@@ -220,11 +220,17 @@ def test_csv_logger_and_tensorboard_log_every_epoch(tmp_path: object) -> None:
 
     log = f"{tmp_path}/log.csv"
     board = f"{tmp_path}/board"
-    _fit_with([keras.callbacks.CSVLogger(log, append=True),
-               keras.callbacks.TensorBoard(board, write_graph=False)])
+    # A CSVLogger as made by default (append=False) opened its file anew at each phase:
+    # the head phase's rows were lost.
+    logger = keras.callbacks.CSVLogger(log)
+    _fit_with([logger, keras.callbacks.TensorBoard(board, write_graph=False)])
+    with open(log) as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("epoch,") and sum(line.startswith("epoch,") for line in lines) == 1
     with open(log) as f:
         rows = [r for r in csv.DictReader(f) if r.get("epoch") not in (None, "epoch")]
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert logger.append is False  # the caller's setting, back
     assert all(float(r["val_loss"]) > 0 for r in rows)
     events = [n for _, _, names in os.walk(board) for n in names if "tfevents" in n]
     assert events, "TensorBoard wrote no event file"
@@ -257,6 +263,40 @@ def test_learning_rate_callbacks_reach_the_optimizer_that_trains() -> None:
                                early_stopping=False)
     # the first epoch sets the mark, the second misses it: one reduction, x0.1
     assert float(tuner.model.optimizer.learning_rate) == pytest.approx(1.5e-3, rel=1e-3)
+
+
+def test_the_logged_rate_is_the_one_a_scheduler_set_with_rates_per_block() -> None:
+    # The rate was read before the caller's scheduler set it, and with rates per block
+    # the scheduler's own entry read the wrapper's rate: 1e-3 logged, 5e-4 applied.
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+    tuner, history = _fit_with([scheduler], head_epochs=1, finetune_epochs=1, lr_decay=0.5,
+                               finetune_learning_rate=1e-3, early_stopping=False)
+    assert history.history["learning_rate"] == pytest.approx([7.5e-3, 5e-4])
+
+
+@pytest.mark.parametrize("schedule", [dict(warmup=1), dict(cosine=True)])
+def test_rate_setting_callbacks_with_a_rate_schedule_are_refused_before_training(schedule):
+    # Keras raised its own TypeError, for ReduceLROnPlateau only after epochs had run.
+    for callback in (keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-3),
+                     keras.callbacks.ReduceLROnPlateau(patience=0)):
+        seen = _Seen()
+        with pytest.raises(ConfigError, match="Drop warmup and cosine, or the"):
+            _fit_with([callback, seen], **schedule)
+        assert seen.epochs == []
+
+
+def test_unfreeze_with_a_rate_before_the_head_is_refused_and_train_drops_the_recipe(tmp_path):
+    # The rate was dropped without a word: the unfrozen blocks trained at 1e-3, not 1e-5.
+    tuner = _tuner().load_base().freeze()
+    with pytest.raises(ftk.errors.StepOrderError, match="call add_head.. first"):
+        tuner.unfreeze(2, learning_rate=1e-5)
+    x, y = _images(12)
+    tuner = _tuner()
+    tuner.fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0)
+    assert ftk.load(tuner.save(tmp_path / "fit.keras")).info.recipe is not None
+    tuner.unfreeze(1, learning_rate=1e-4).train(x, y, epochs=1, verbose=0)
+    # The fit's recipe no longer says how the weights came about.
+    assert ftk.load(tuner.save(tmp_path / "more.keras")).info.recipe is None
 
 
 class _Batches(keras.callbacks.Callback):
