@@ -328,3 +328,24 @@ def test_true_false_labels_are_read_as_1_and_0(tiny_images):
     rows = np.stack([flags, ~flags], axis=1)
     labels = np.concatenate([b.numpy() for _, b in data.from_arrays(x, rows, shuffle=False)])
     np.testing.assert_array_equal(labels, rows.astype(int))
+
+
+def test_a_validation_split_that_leaves_a_class_on_one_side_warns(tmp_path, caplog):
+    # Keras splits at random: both images of a rare class could land in validation, and
+    # fit then trained a model that never saw that class, silently.
+    for name, count in (("common", 12), ("rare", 2)):
+        for i in range(count):
+            write_image(tmp_path / name / f"{i}.png", np.full((8, 8, 3), 10 * i, "uint8"))
+    messages = set()
+    for seed in range(16):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="finetunekit"):
+            split = data.from_directory(tmp_path, image_size=8, validation_split=0.5, seed=seed)
+        held = {p.split("/")[-2] for p in split.validation.file_paths}
+        trained = {p.split("/")[-2] for p in split.train.file_paths}
+        warned = caplog.text
+        assert ("holds every image of 'rare'" in warned) == ("rare" not in trained)
+        assert ("holds no image of 'rare'" in warned) == ("rare" not in held)
+        messages |= {"every"} if "every image" in warned else set()
+        messages |= {"no"} if "no image" in warned else set()
+    assert {"every", "no"} <= messages  # both cases met among the seeds

@@ -166,7 +166,29 @@ def from_directory(
             len(train.file_paths),
             len(validation.file_paths),
         )
+        _warn_one_sided(files, {os.path.normpath(p) for p in validation.file_paths})
     return DirectoryData(train, validation, names)
+
+
+def _warn_one_sided(files: dict[str, list[str]], held: set[str]) -> None:
+    """Warns when the random split leaves a class on one side only.
+
+    Keras splits the files at random, not class by class: with few images of a class,
+    all of them can land in validation (the model never trains on it, silently) or none.
+    """
+    sides = {name: [os.path.normpath(p) in held for p in paths] for name, paths in files.items()}
+    only_held = [name for name, inside in sides.items() if all(inside)]
+    never_held = [name for name, inside in sides.items() if not any(inside)]
+    if only_held:
+        logger.warning(
+            "the validation split holds every image of %s: the model never trains on it. Add "
+            "images of it, or try another seed or validation_split.", _names(only_held),
+        )
+    if never_held:
+        logger.warning(
+            "the validation split holds no image of %s: validation does not measure it. Add "
+            "images of it, or try another seed or validation_split.", _names(never_held),
+        )
 
 
 def _image_size(image_size: Any) -> tuple[int, int]:
