@@ -215,18 +215,9 @@ class Task:
         k = self.name_count(outputs.shape[1])
         confusion = np.zeros((k, k), dtype=int)
         np.add.at(confusion, (true_class, predicted_class), 1)
-        precision, recall, f1 = _precision_recall_f1(
-            np.diag(confusion), confusion.sum(0), confusion.sum(1)
-        )
-        return dict(
-            accuracy=float(np.trace(confusion) / len(truth)),
-            precision=precision,
-            recall=recall,
-            f1=f1,
-            support=confusion.sum(1),
-            confusion=confusion,
-            mae=None,
-            rmse=None,
+        return _class_fields(
+            float(np.trace(confusion) / len(truth)),
+            np.diag(confusion), confusion.sum(0), confusion.sum(1), confusion,
         )
 
     def described(
@@ -248,16 +239,25 @@ class Task:
 _EPS = 1e-7
 
 
-def _precision_recall_f1(
-    hits: np.ndarray, predicted: np.ndarray, actual: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision, recall and F1 from true positives and predicted / actual counts (0 if none)."""
+def _class_fields(
+    accuracy: float,
+    hits: np.ndarray,
+    predicted: np.ndarray,
+    actual: np.ndarray,
+    confusion: np.ndarray | None,
+) -> dict[str, Any]:
+    """Report fields of classes: precision, recall and F1 from true positives and
+    predicted / actual counts (0 where there are none), the support (actual counts)."""
+    support = actual
     hits, predicted, actual = (np.asarray(a, dtype="float64") for a in (hits, predicted, actual))
     precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
     recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
     both = precision + recall
     f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
-    return precision, recall, f1
+    return dict(
+        accuracy=accuracy, precision=precision, recall=recall, f1=f1, support=support,
+        confusion=confusion, mae=None, rmse=None,
+    )
 
 
 def _label_rows(labels: np.ndarray, units: int) -> np.ndarray:
@@ -523,18 +523,9 @@ class _Multilabel(_ZeroOne):
     def report_fields(self, outputs: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
         predicted = outputs >= 0.5
         present = truth >= 0.5
-        precision, recall, f1 = _precision_recall_f1(
-            (predicted & present).sum(0), predicted.sum(0), present.sum(0)
-        )
-        return dict(
-            accuracy=float(np.mean(predicted == present)),
-            precision=precision,
-            recall=recall,
-            f1=f1,
-            support=present.sum(0),
-            confusion=None,
-            mae=None,
-            rmse=None,
+        return _class_fields(
+            float(np.mean(predicted == present)),
+            (predicted & present).sum(0), predicted.sum(0), present.sum(0), None,
         )
 
     def described(
