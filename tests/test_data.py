@@ -349,3 +349,14 @@ def test_a_validation_split_that_leaves_a_class_on_one_side_warns(tmp_path, capl
         messages |= {"every"} if "every image" in warned else set()
         messages |= {"no"} if "no image" in warned else set()
     assert {"every", "no"} <= messages  # both cases met among the seeds
+
+
+def test_numpy_integers_are_batch_sizes_and_a_bad_size_is_echoed_as_given(tiny_images, tmp_path):
+    x, y = tiny_images
+    assert int(data.from_arrays(x, y, batch_size=np.int64(8)).cardinality()) == 3
+    with pytest.raises(DataError, match="batch_size must be a positive int; received True"):
+        data.from_arrays(x, y, batch_size=True)
+    write_image(tmp_path / "a" / "0.png", np.zeros((8, 8, 3), "uint8"))
+    write_image(tmp_path / "b" / "0.png", np.zeros((8, 8, 3), "uint8"))
+    with pytest.raises(ConfigError, match=r"or 160; received 0\.$"):
+        data.from_directory(tmp_path, image_size=0)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from finetunekit._checks import check_int
 from finetunekit._orders import EpochOrders, attach
 from finetunekit.data._labels import _label_info, check_labels
 from finetunekit.errors import ArgumentTypeError, DataError
@@ -120,8 +121,7 @@ def _check_num_classes(num_classes: Any) -> None:
 
 
 def _check_batch_size(batch_size: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"batch_size must be a positive int; received {batch_size!r}.")
+    check_int("batch_size", batch_size, minimum=1, expected="a positive int", error=DataError)
 
 
 def _as_array(value: Any, name: str) -> np.ndarray:

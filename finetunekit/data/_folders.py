@@ -194,6 +194,7 @@ def _warn_one_sided(files: dict[str, list[str]], held: set[str]) -> None:
 def _image_size(image_size: Any) -> tuple[int, int]:
     if image_size is None:
         return DEFAULT_IMAGE_SIZE
+    given = image_size
     if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
         image_size = (int(image_size), int(image_size))
     if (
@@ -206,7 +207,7 @@ def _image_size(image_size: Any) -> tuple[int, int]:
     ):
         raise ConfigError(
             f"image_size must be (height, width) or one int, e.g. (160, 160) or 160; "
-            f"received {image_size!r}."
+            f"received {given!r}."
         )
     return (int(image_size[0]), int(image_size[1]))
 
