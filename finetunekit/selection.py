@@ -311,7 +311,7 @@ def rank_bases(
                 )
                 labels = _class_indices(labels, task)
                 if reference is None:
-                    _check_classes(labels)
+                    _check_classes(labels, source.class_names)
                     reference = labels
                 elif len(labels) != len(reference) or not np.array_equal(labels, reference):
                     logger.warning(
@@ -477,6 +477,9 @@ def _label(candidate: Any) -> str:
 class _Source:
     """The same images, in the same order, for every candidate, at any size."""
 
+    #: The names of the classes, where the data has them (a folder's class folders).
+    class_names: Sequence[str] | None = None
+
     def images(self, size: tuple[int, int]) -> tf.data.Dataset:
         raise NotImplementedError
 
@@ -497,6 +500,7 @@ class _Folder(_Source):
     ) -> None:
         self.path, self.seed = path, seed
         files = _folders._class_files(Path(os.fspath(path)))
+        self.class_names = list(files)
         paths = [p for name in files for p in files[name]]
         labels = np.array([i for i, name in enumerate(files) for _ in files[name]], np.int64)
         self.subset: tuple[list[str], np.ndarray] | None = None
@@ -599,7 +603,7 @@ def _class_indices(labels: np.ndarray, task: str) -> np.ndarray:
     return np.unique(np.asarray(indices).astype(np.int64), return_inverse=True)[1].reshape(-1)
 
 
-def _check_classes(labels: np.ndarray) -> None:
+def _check_classes(labels: np.ndarray, names: Sequence[str] | None = None) -> None:
     counts = np.bincount(labels)
     if len(counts) < 2:
         raise DataError(
@@ -610,7 +614,11 @@ def _check_classes(labels: np.ndarray) -> None:
         (label, int(count)) for label, count in enumerate(counts) if count < MIN_IMAGES_PER_CLASS
     ]
     if few:
-        shown = ", ".join(f"class {label}: {count}" for label, count in few)
+        named = names is not None and len(names) == len(counts)  # indices are folder order
+        shown = ", ".join(
+            f"{names[label]!r}: {count}" if named and names else f"class {label}: {count}"
+            for label, count in few
+        )
         raise DataError(
             f"Leave-one-out k-NN needs at least {MIN_IMAGES_PER_CLASS} images of every class; "
             f"{shown} (of {len(labels)} images). Add images of those classes, leave them out, "

@@ -575,3 +575,14 @@ def test_random_weights_for_a_model_candidate_are_refused():
     base = _hue_base()
     with pytest.raises(ftk.errors.ConfigError, match="'control' None .random weights., but"):
         ftk.rank_bases((x, y), {"mine": base, "control": base}, weights={"control": None})
+
+
+def test_too_few_images_of_a_folder_class_names_the_class(tmp_path):
+    x, _ = _colour_data()
+    for name, count in (("alpha", 6), ("beta", 1), ("gamma", 6)):
+        for i in range(count):
+            path = tmp_path / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(tf.io.encode_png(x[i].astype("uint8")).numpy())
+    with pytest.raises(ftk.errors.DataError, match="'beta': 1 .of 13 images"):
+        ftk.rank_bases(tmp_path, {"a": _hue_base(), "b": _brightness_base()})
