@@ -360,3 +360,13 @@ def test_numpy_integers_are_batch_sizes_and_a_bad_size_is_echoed_as_given(tiny_i
     write_image(tmp_path / "b" / "0.png", np.zeros((8, 8, 3), "uint8"))
     with pytest.raises(ConfigError, match=r"or 160; received 0\.$"):
         data.from_directory(tmp_path, image_size=0)
+
+
+def test_hidden_images_of_every_class_are_counted(tmp_path):
+    # Only the first class's hidden files were counted ("3 image files are hidden" of 6).
+    for name in ("a", "b"):
+        for i in range(3):
+            write_image(tmp_path / name / f"{i}.png", np.zeros((8, 8, 3), "uint8"))
+            write_image(tmp_path / name / f"._{i}.png", np.zeros((8, 8, 3), "uint8"))
+    with pytest.raises(DataError, match=r"^6 image files in .* are hidden .*macOS"):
+        data.from_directory(tmp_path, image_size=8)

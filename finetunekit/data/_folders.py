@@ -240,7 +240,7 @@ def _is_hidden(path: Path, folder: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(folder).parts)
 
 
-def _refuse_hidden(root: Path, name: str, files: list[Path]) -> None:
+def _refuse_hidden(root: Path, walked: dict[str, list[Path]]) -> None:
     """Refuses images in hidden folders of a class folder, which Keras' loader would read.
 
     Keras' `image_dataset_from_directory` (which `from_directory` builds on, for its
@@ -248,16 +248,22 @@ def _refuse_hidden(root: Path, name: str, files: list[Path]) -> None:
     to leave some out: Jupyter's `.ipynb_checkpoints` copies would then be images of
     the class, landing in training and validation both.
     """
-    hidden = [p for p in files if _is_image(p.name) and _is_hidden(p, root / name)]
+    hidden = [
+        p
+        for name, files in walked.items()
+        for p in files
+        if _is_image(p.name) and _is_hidden(p, root / name)
+    ]
     if not hidden:
         return
-    folders = sorted({str(p.parent) for p in hidden if p.parent != root / name})
+    folders = sorted({str(p.parent) for p in hidden if p.parent.parent != root})
     shown = _names([os.path.relpath(p, root) for p in hidden])
     remove = f"rm -r {folders[0]!r}" if folders else f"rm {str(hidden[0])!r}"
     raise DataError(
         f"{len(hidden)} image file{'s' if len(hidden) > 1 else ''} in {str(root)!r} "
         f"{'are' if len(hidden) > 1 else 'is'} hidden ({shown}), e.g. Jupyter's "
-        ".ipynb_checkpoints copies: Keras' loader would read them as images of their class, "
+        ".ipynb_checkpoints copies or macOS' ._ files: Keras' loader would read them as "
+        "images of their class, "
         f"so copies would land in training and validation both. Remove them (e.g. {remove}) "
         "or move them out of the class folders."
     )
@@ -292,9 +298,9 @@ def _class_files(root: Path) -> dict[str, list[str]]:
         )
     files: dict[str, list[str]] = {}
     other: dict[str, list[str]] = {}
-    for name in classes:
-        everything = _walk_files(root / name, hidden=True)
-        _refuse_hidden(root, name, everything)
+    walked = {name: _walk_files(root / name, hidden=True) for name in classes}
+    _refuse_hidden(root, walked)
+    for name, everything in walked.items():
         files[name] = [str(p) for p in everything if _is_image(p.name)]
         other[name] = [p.name for p in everything if not _is_image(p.name)]
     ignored = sorted({Path(n).suffix.lower() or n for names in other.values() for n in names})
