@@ -401,8 +401,7 @@ def _refuse_layers_before(model: keras.Model, base: keras.Model) -> None:
     pixels: taken without those layers it trained on raw 0-255 values and lost a third
     of its accuracy on the flowers, without a word.
     """
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    before = layers[: layers.index(base)] if base in layers else []
+    before = structure.layers_before(model, base)
     if before:
         names = ", ".join(repr(layer.name) for layer in before[:4])
         raise ModelStructureError(

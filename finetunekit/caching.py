@@ -109,6 +109,8 @@ def split_frozen_prefix(model: keras.Model) -> Split | None:
     base = structure.find_base(model)
     if base is model or not isinstance(model.output, keras.KerasTensor):
         return None
+    if structure.layers_before(model, base):  # the prefix would skip them
+        return None
     trainable_ids = {id(v) for v in model.trainable_variables}
     found = structure.frozen_cut(base, trainable_ids)
     if found is None:

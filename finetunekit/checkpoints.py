@@ -48,7 +48,8 @@ logger = logging.getLogger("finetunekit")
 #: The checkpoint file inside `checkpoint_dir`.
 FILE = "checkpoint.npz"
 #: Version of the layout of the file.
-FORMAT = 1
+# 2: the augmentation described by its settings, files by their paths from their folder.
+FORMAT = 2
 #: Images (or files) whose content the data fingerprint hashes.
 _SAMPLE = 16
 
@@ -88,13 +89,24 @@ def _layer_settings(layer: Any) -> Any:
 
     def unnamed(value: Any) -> Any:
         if isinstance(value, dict):
+            if value.get("class_name") == "InputLayer":  # added once the layer has run
+                return None
             layer = "trainable" in value  # a layer's config, whose "name" is dropped
-            return {k: unnamed(v) for k, v in value.items() if not (layer and k == "name")}
+            return {
+                k: unnamed(v)
+                for k, v in value.items()
+                if k not in _BUILD_STATE and not (layer and k == "name")
+            }
         if isinstance(value, list):
-            return [unnamed(v) for v in value]
+            return [u for u in map(unnamed, value) if u is not None]
         return value
 
     return _plain(unnamed(config))
+
+
+#: What a layer's serialized form gains once it has run (a resume in the same process
+#: must describe the augmentation as the first run did).
+_BUILD_STATE = frozenset({"build_config", "build_input_shape", "compile_config"})
 
 
 def fingerprint(train: Any, y: Any = None, validation_data: Any = None) -> dict[str, Any]:

@@ -539,6 +539,10 @@ def _candidate(text: str) -> tuple[str, str, str | None]:
     return f"{label}={shown}", name, value
 
 
+def _full_label(name: str, weights: str | None) -> str:
+    return name if weights == "imagenet" else f"{name}={'random' if weights is None else weights}"
+
+
 def _add_rank_parser(commands: Any) -> None:
     rank = commands.add_parser(
         "rank",
@@ -580,10 +584,11 @@ def _rank(args: argparse.Namespace) -> int:
     if len(set(given)) < len(given):
         raise ConfigError("the same --candidate is given twice; give each once.")
     short = [label for label, _, _ in args.candidate]
-    # Two files of one name in other folders (r1/m.keras, r2/m.keras) show their paths.
+    # Labels show file names; two files of one name in other folders (r1/m.keras and
+    # r2/m.keras, or weights a/w.h5 and b/w.h5) show their paths as given.
     labels = [
-        label if short.count(label) == 1 else label.replace(Path(name).name, name, 1)
-        for label, name, _ in args.candidate
+        label if short.count(label) == 1 else _full_label(name, weights)
+        for label, name, weights in args.candidate
     ]
     candidates = {label: name for label, (name, _) in zip(labels, given, strict=True)}
     size = args.image_size
@@ -1001,6 +1006,7 @@ _FLAG_WORDS: tuple[tuple[str, str], ...] = (
     (r"\bcheckpoint_dir=", "--checkpoint-dir "),
     (r"\bcheckpoint_dir\b", "--checkpoint-dir"),
     (r"(--lr-decay must be) None or ", r"\1 "),
+    (r"\bthreshold must\b", "--threshold must"),
 )
 #: The recipe's fields that train sets by a flag of another name.
 _FIELD_FLAGS = {

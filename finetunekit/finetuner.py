@@ -291,10 +291,10 @@ class FineTuner:
         shared = self._settings(prepared, callbacks, verbose)
         shared.augment_views = Recipe(head_epochs=epochs, finetune_epochs=0).views()
         with prepared.errors():  # a bad label or NaN image past the first batches
-            self._recipe = None  # a fit's recipe no longer says how these weights came
             self._last_report, self.history = training.run_phase(
                 model, step, prepared, shared, run=run
             )
+        self._recipe = None  # a fit's recipe no longer says how these weights came about
         return self
 
     def unfreeze(

@@ -154,25 +154,39 @@ def head_optimizer(optimizer: Any) -> Any:
 
 class LogRate(keras.callbacks.Callback):
     """Adds `learning_rate` (the head's rate at the start of each epoch, after the
-    caller's callbacks have set it) to the history.
+    caller's callbacks have set it) to the logs of every epoch.
 
     Keras logs the rate only from its rate-changing callbacks (`LearningRateScheduler`,
-    `ReduceLROnPlateau`); a schedule inside the optimizer goes unlogged.
+    `ReduceLROnPlateau`); a schedule inside the optimizer goes unlogged. Two callbacks
+    in one: this one goes before the caller's callbacks, so that a `CSVLogger` or
+    `TensorBoard` among them logs the rate; `late` goes after them, so that the rate is
+    read once their `on_epoch_begin` has set it, and writes it again at the end (inside
+    a `MultiOptimizer` a scheduler's own entry reads the wrapper's rate, not the head's).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._rate: float | None = None
+        self.late = _LateRate(self)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None and self._rate is not None:
+            logs["learning_rate"] = self._rate
+
+
+class _LateRate(keras.callbacks.Callback):
+    """`LogRate`'s part that runs after the caller's callbacks."""
+
+    def __init__(self, owner: LogRate) -> None:
+        super().__init__()
+        self.owner = owner
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         optimizer = head_optimizer(getattr(self.model, "optimizer", None))
         if optimizer is None:
-            self._rate = None
+            self.owner._rate = None
         else:  # a variable (mirrored under a strategy) or, with a schedule, a tensor
-            self._rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            self.owner._rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        # Over a rate-changing callback's own entry too: inside a MultiOptimizer it reads
-        # the wrapper's rate, not the head's.
-        if logs is not None and self._rate is not None:
-            logs["learning_rate"] = self._rate
+        self.owner.on_epoch_end(epoch, logs)

@@ -553,7 +553,7 @@ class _Given(_Source):
 
 
 def _balanced(labels: np.ndarray, max_images: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of about `max_images` examples in which every class keeps its share.
+    """Sorted indices of `max_images` examples in which every class keeps its share.
 
     Each class first gets `MIN_IMAGES_PER_CLASS` (or all it has), the rest is shared in
     proportion to the classes' sizes, and slots left by rounding go to images drawn at
@@ -564,6 +564,12 @@ def _balanced(labels: np.ndarray, max_images: int, rng: np.random.Generator) -> 
         return np.arange(len(labels))
     counts = np.bincount(labels)
     quota = np.minimum(counts, MIN_IMAGES_PER_CLASS)
+    if quota.sum() > max_images:  # a subset cut short would drop the last classes
+        raise DataError(
+            f"max_images={max_images} cannot hold {MIN_IMAGES_PER_CLASS} images of each of "
+            f"the {len(counts)} classes (leave-one-out k-NN needs {MIN_IMAGES_PER_CLASS} of "
+            f"every class): raise max_images to at least {int(quota.sum())}."
+        )
     spare = counts - quota
     room = max(max_images - int(quota.sum()), 0)
     quota += np.floor(spare * room / max(int(spare.sum()), 1)).astype(np.int64)

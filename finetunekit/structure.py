@@ -172,11 +172,15 @@ def output_activation(model: keras.Model) -> str | None:
         return "relu"
     activation = getattr(operation, "activation", None)
     if activation is not None:
-        return getattr(activation, "__name__", None)
+        name = getattr(activation, "__name__", None)
+        return _ACTIVATION_ALIASES.get(name, name) if isinstance(name, str) else None
     if type(operation).__module__.startswith("keras.src.ops"):  # keras.ops.sigmoid and kin
         return _ACTIVATION_OPS.get(type(operation).__name__)
     return None
 
+
+#: Names of TensorFlow's functions for the activations Keras names otherwise.
+_ACTIVATION_ALIASES = {"softmax_v2": "softmax", "log_softmax_v2": "log_softmax"}
 
 #: `keras.ops` activations by the class of their operation.
 _ACTIVATION_OPS = {
@@ -459,6 +463,35 @@ def consumers(model: keras.Model, tensor: Any) -> list[Any]:
         for node in _ordered_nodes(model)
         if any(t is tensor for t in node.input_tensors)
     ]
+
+
+def layers_before(model: keras.Model, layer: Any) -> list[Any]:
+    """The layers of `model` that transform its inputs before `layer` reads them.
+
+    Empty when `layer` is called on the model's own inputs; layers of another branch
+    (a second input of metadata) are not before it.
+    """
+    if isinstance(model, keras.Sequential):  # a chain: every layer before feeds it
+        layers = list(model.layers)
+        return layers[: layers.index(layer)] if layer in layers else []
+    node = call_node(model, layer)
+    inputs = {id(t) for t in keras.tree.flatten(model.inputs)}
+    if all(id(t) in inputs for t in node.input_tensors):
+        return []
+    found: list[Any] = []
+    todo = list(node.input_tensors)
+    while todo:
+        tensor = todo.pop()
+        history = getattr(tensor, "_keras_history", None)
+        operation = getattr(history, "operation", None)
+        if operation is None or isinstance(operation, keras.layers.InputLayer):
+            continue
+        if operation not in found:
+            found.append(operation)
+            producer = call_node(model, operation)
+            todo.extend(producer.input_tensors)
+    order = {id(op): i for i, op in enumerate(model.operations)}
+    return sorted(found, key=lambda op: order.get(id(op), 0))
 
 
 def output_of(model: keras.Model, layer: Any) -> Any:

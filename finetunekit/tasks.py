@@ -238,6 +238,16 @@ class Task:
 
 _EPS = 1e-7
 
+#: Output activations whose values are neither probabilities nor logits. A name not
+#: known (a function of one's own) is given the benefit of the doubt.
+_NEITHER = frozenset(
+    {
+        "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish",
+        "hard_silu", "hard_swish", "tanh", "hard_tanh", "softplus", "softsign",
+        "exponential", "log_softmax", "log_sigmoid",
+    }
+)
+
 
 def _class_fields(
     accuracy: float,
@@ -383,7 +393,7 @@ class _Multiclass(Task):
                 "task='multiclass' needs a softmax output, the model ends in sigmoid. Use "
                 "task='multilabel' or rebuild the head with add_head(task='multiclass')."
             )
-        if activation not in (None, "softmax", "linear"):
+        if activation in _NEITHER:
             raise ConfigError(
                 f"task='multiclass' needs a softmax output (probabilities) or a linear one "
                 f"(logits); the model ends in {activation}, whose outputs are neither. "
@@ -420,7 +430,7 @@ class _ZeroOne(Task):
                 f"task={self.name!r} needs a sigmoid output, the model ends in softmax. Rebuild "
                 f"the head with add_head(task={self.name!r})."
             )
-        if activation not in (None, "sigmoid", "hard_sigmoid", "linear", "softmax"):
+        if activation in _NEITHER:
             raise ConfigError(
                 f"task={self.name!r} needs a sigmoid output (probabilities of 1) or a linear "
                 f"one (logits); the model ends in {activation}, whose outputs are neither. "

@@ -240,8 +240,8 @@ def _refuse_rate_setters(
     if setters and structure.rate_is_scheduled(model.optimizer):
         raise ConfigError(
             f"{setters[0]} sets the learning rate, but this phase's rate is a schedule "
-            "(warmup or cosine), which Keras does not let a callback set. Drop warmup and "
-            f"cosine, or the {setters[0]}."
+            "(warmup or cosine, or one of your optimizer's own), which Keras does not let a "
+            f"callback set. Drop warmup and cosine (or the schedule), or the {setters[0]}."
         )
 
 
@@ -639,9 +639,11 @@ def run_phase(
     tasks.check_compiled(model)
     run = run if run is not None else _Run()
     start = time.perf_counter()
+    log_rate = schedules.LogRate()  # around the caller's callbacks: see its docstring
     callbacks = [
+        log_rate,
         *settings.callbacks,
-        schedules.LogRate(),  # after them: it logs the rate a caller's scheduler has set
+        log_rate.late,
         RaiseOnNaN(phase.name, phase.learning_rate),
     ]
     validating = data.has_validation

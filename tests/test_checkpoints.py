@@ -349,6 +349,12 @@ def test_the_call_names_its_augmentation_by_its_settings() -> None:
     assert call(flip()) == call(flip())  # auto-numbered names (random_flip_1, _2) aside
     other = keras.Sequential([keras.layers.RandomFlip("vertical")])
     assert call(flip()) != call(other) and call(None) != call("light")
+    # Once it has run (a Ctrl-C, then the same fit in the same process), a layer's
+    # serialized form gains its build state and an InputLayer: still the same call.
+    layer = flip()
+    before = call(layer)
+    layer(np.zeros((1, 8, 8, 3), "float32"))
+    assert call(layer) == before
 
 
 def test_a_folder_named_from_another_working_directory_is_the_same_data(

@@ -442,6 +442,26 @@ def test_rank_tells_two_files_of_one_name_apart(capsys, tmp_path):
     assert names == set(paths)
 
 
+def test_rank_keeps_two_weights_files_of_one_name(tmp_path, monkeypatch):
+    # Both showed as mobilenet_v2=w.h5, and one of them was dropped without a word.
+    seen = {}
+
+    def rank_bases(data, candidates, *, weights, **kwargs):
+        seen.update(candidates=candidates, weights=weights)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("finetunekit.selection.rank_bases", rank_bases)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "w.h5").write_bytes(b"")
+    first, second = str(tmp_path / "a" / "w.h5"), str(tmp_path / "b" / "w.h5")
+    argv = ["rank", str(tmp_path), "--candidate", f"mobilenet_v2={first}",
+            "--candidate", f"mobilenet_v2={second}"]
+    assert main(argv) == 0
+    assert sorted(seen["weights"].values()) == sorted([first, second])
+    assert len(seen["candidates"]) == 2
+
+
 @pytest.mark.parametrize(
     "candidates, expected",
     [

@@ -230,6 +230,7 @@ def test_csv_logger_and_tensorboard_log_every_epoch(tmp_path: object) -> None:
     with open(log) as f:
         rows = [r for r in csv.DictReader(f) if r.get("epoch") not in (None, "epoch")]
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([1.5e-2] * 2 + [1e-5] * 2)
     assert logger.append is False  # the caller's setting, back
     assert all(float(r["val_loss"]) > 0 for r in rows)
     events = [n for _, _, names in os.walk(board) for n in names if "tfevents" in n]
@@ -280,7 +281,7 @@ def test_rate_setting_callbacks_with_a_rate_schedule_are_refused_before_training
     for callback in (keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-3),
                      keras.callbacks.ReduceLROnPlateau(patience=0)):
         seen = _Seen()
-        with pytest.raises(ConfigError, match="Drop warmup and cosine, or the"):
+        with pytest.raises(ConfigError, match="Drop warmup and cosine .or the schedule., or the"):
             _fit_with([callback, seen], **schedule)
         assert seen.epochs == []
 

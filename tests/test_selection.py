@@ -586,3 +586,11 @@ def test_too_few_images_of_a_folder_class_names_the_class(tmp_path):
             path.write_bytes(tf.io.encode_png(x[i].astype("uint8")).numpy())
     with pytest.raises(ftk.errors.DataError, match="'beta': 1 .of 13 images"):
         ftk.rank_bases(tmp_path, {"a": _hue_base(), "b": _brightness_base()})
+
+
+def test_a_subset_too_small_for_two_images_of_each_class_is_refused():
+    # It came out longer than max_images, and the pass cut it short: the last classes
+    # were dropped without a word.
+    labels = np.repeat(np.arange(5), 10)
+    with pytest.raises(ftk.errors.DataError, match="max_images=8 cannot hold 2 images .* 10"):
+        selection._balanced(labels, 8, np.random.default_rng(0))

@@ -379,3 +379,24 @@ def test_leaf_and_weighted_layers(mobilenet_v2):
     weighted = structure.weighted_layers(mobilenet_v2)
     assert all(x.weights for x in weighted)
     assert not any(structure.is_preprocessing(x) for x in weighted)
+
+
+def test_layers_before_a_base_and_the_split_of_such_a_model(mobilenet_v2):
+    from finetunekit import caching
+
+    image, meta = keras.Input((96, 96, 3)), keras.Input((4,))
+    scaled = keras.layers.Rescaling(1 / 255, name="scale")(image)
+    pooled = keras.layers.GlobalAveragePooling2D()(mobilenet_v2(scaled, training=False))
+    guide = keras.Model(image, keras.layers.Dense(2)(pooled))
+    assert [layer.name for layer in structure.layers_before(guide, mobilenet_v2)] == ["scale"]
+    # The frozen prefix would have skipped the Rescaling: no split at all.
+    mobilenet_v2.trainable = False
+    try:
+        assert caching.split_frozen_prefix(guide) is None
+    finally:
+        mobilenet_v2.trainable = True
+    # A second input's branch is beside the base, not before it.
+    features = keras.layers.GlobalAveragePooling2D()(mobilenet_v2(image, training=False))
+    joined = keras.layers.Concatenate()([features, keras.layers.Dense(4, name="meta")(meta)])
+    two = keras.Model([image, meta], keras.layers.Dense(2)(joined))
+    assert structure.layers_before(two, mobilenet_v2) == []

@@ -161,6 +161,19 @@ def test_outputs_that_are_neither_probabilities_nor_logits_are_refused(task, uni
     ftk.compile_for(model, "regression")  # values may be anything
 
 
+def test_tensorflow_and_custom_activations_are_not_refused():
+    import tensorflow as tf
+
+    def own_softmax(x):
+        return keras.ops.softmax(x)
+
+    for activation in (tf.nn.softmax, own_softmax):  # tf.nn.softmax is named softmax_v2
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.GlobalAveragePooling2D()(tiny_base()(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(3, activation=activation)(x))
+        ftk.compile_for(model, "multiclass")
+
+
 def test_optimizer_and_learning_rate():
     model = tiny_model()
     ftk.compile_for(model, learning_rate=1e-4, optimizer="SGD")
