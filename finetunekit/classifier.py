@@ -112,7 +112,7 @@ def infer_task(model: keras.Model) -> str:
         ConfigError: the output is linear but the model was compiled with a
             cross-entropy on logits: a classifier whose outputs are not probabilities.
     """
-    activation = _activation(model)
+    activation = structure.output_activation(model)
     task = tasks.task_of_output(activation, _output_units(model))
     if activation not in ("softmax", "sigmoid"):  # values, unless compiled as logits
         _refuse_logits(model, None)
@@ -137,13 +137,8 @@ def _refuse_logits(model: keras.Model, task: str | None) -> None:
     )
 
 
-def _activation(model: keras.Model) -> str | None:
-    """The output's activation (see `structure.output_activation`)."""
-    return tasks._output_activation(model)
-
-
 def _output_is_linear(model: keras.Model) -> bool:
-    return _activation(model) == "linear"
+    return structure.output_activation(model) == "linear"
 
 
 def _output_units(model: keras.Model) -> int:
@@ -563,7 +558,6 @@ class Classifier:
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """One column per class name: a binary model's sigmoid becomes (1 - p, p)."""
         return tasks.get_task(self.task).class_scores(outputs)
-
 
 
 # -- reading images ----------------------------------------------------------------------

@@ -299,9 +299,7 @@ def _match_folder_classes(
 
 
 def _labelled_batches(data: Any, classifier: Classifier, batch_size: int) -> tf.data.Dataset:
-    if isinstance(data, (tf.data.Dataset, tuple, list)) and (
-        not isinstance(data, (tuple, list)) or len(data) == 2
-    ):
+    if isinstance(data, tf.data.Dataset) or (isinstance(data, (tuple, list)) and len(data) == 2):
         dataset = ftk_data.as_dataset(
             data, batch_size=batch_size, what="evaluation data", shuffle=False
         )

@@ -46,6 +46,7 @@ from finetunekit import (
     tasks,
     transfer_scores,
 )
+from finetunekit.classifier import _decode_failure, _load_image
 from finetunekit.data import _folders
 from finetunekit.data._labels import _label_info
 from finetunekit.errors import (
@@ -285,10 +286,7 @@ def rank_bases(
     # inside): images divided by 255 rank silently wrong (on 128 flowers at 96 px the k-NN
     # score fell from 0.68 to 0.32 and two bases swapped places). A model of the caller's
     # may preprocess otherwise: a warning then.
-    raw = all(
-        isinstance(candidate, str) and not bases._looks_like_path(candidate)
-        for _, candidate, _ in entries
-    )
+    raw = all(_is_name(candidate) for _, candidate, _ in entries)
     source.check_pixels(raw)
     rows: list[RankedBase] = []
     reference: np.ndarray | None = None
@@ -513,8 +511,6 @@ class _Folder(_Source):
 
     def images(self, size: tuple[int, int]) -> tf.data.Dataset:
         if self.subset is not None:
-            from finetunekit.classifier import _load_image
-
             paths, labels = self.subset
             return (
                 tf.data.Dataset.from_tensor_slices((paths, labels))
@@ -529,11 +525,7 @@ class _Folder(_Source):
         ).train
 
     def read_error(self, exc: Exception) -> Exception:
-        if self.subset is None:
-            return exc
-        from finetunekit.classifier import _decode_failure
-
-        return _decode_failure(list(self.subset[0]))
+        return exc if self.subset is None else _decode_failure(list(self.subset[0]))
 
 
 class _Arrays(_Source):
@@ -644,7 +636,7 @@ def _run_candidate(
     max_images: int,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int], int]:
     """Loads the candidate, runs it once over the images, and releases it."""
-    if isinstance(candidate, str) and not bases._looks_like_path(candidate):
+    if _is_name(candidate):
         base = bases.load_base(candidate, weights=weights, input_shape=input_shape, **base_kwargs)
     else:
         base = bases.load_base(candidate, weights=weights)

@@ -675,10 +675,6 @@ def _trainable_signature(model: keras.Model) -> tuple[int, ...]:
     return tuple(id(v) for v in model.trainable_variables)
 
 
-def _output_activation(model: keras.Model) -> str | None:
-    return structure.output_activation(model)
-
-
 def check_per_image_output(model: keras.Model, output_shape: Any) -> None:
     """Refuses an output of more than one row per image, such as a base without its head.
 
@@ -775,7 +771,7 @@ def compile_for(
         ) from None
     check_per_image_output(model, output_shape)
     units = output_shape[-1] if isinstance(output_shape, tuple) else None
-    activation = _output_activation(model)
+    activation = structure.output_activation(model)
     spec.check_output(units, activation)
     loss, default_metrics = spec.loss_and_metrics(
         label_mode, from_logits=activation == "linear" and spec.logits_when_linear
