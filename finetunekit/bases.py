@@ -333,6 +333,20 @@ def load_base(
     return model
 
 
+def registry_name(base: Any) -> str | None:
+    """`base` when it names a registry base (not a path or a model), else None."""
+    return base if isinstance(base, str) and not _looks_like_path(base) else None
+
+
+def takes_raw_pixels(base: Any) -> bool:
+    """Whether `base` (a name, path or model) is known to take raw 0-255 pixels: a
+    registry base, or a model holding finetunekit's preprocessing. A model of the user's
+    own may not."""
+    if registry_name(base) is not None:
+        return True
+    return isinstance(base, keras.Model) and structure.has_preprocessing(base)
+
+
 def _looks_like_path(text: str) -> bool:
     """Whether a base string is a path. A registry name is a name even when a folder or
     file of that name exists in the working folder (write `./mobilenet_v2` for that)."""

@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetunekit import distribute
 from finetunekit._atomic import check_writable, write_beside
 from finetunekit.errors import CheckpointError
 
@@ -107,6 +108,29 @@ def _layer_settings(layer: Any) -> Any:
 #: What a layer's serialized form gains once it has run (a resume in the same process
 #: must describe the augmentation as the first run did).
 _BUILD_STATE = frozenset({"build_config", "build_input_shape", "compile_config"})
+
+
+def bind_fit(
+    tracker: Tracker, tuner: Any, recipe: Any, data: tuple[Any, Any, Any], *, find: bool
+) -> None:
+    """Binds `tracker` to one `FineTuner.fit`: its call, and `data` (train, y,
+    validation_data); every worker alike. `find`: the call asked for a rate sweep.
+
+    Raises:
+        CheckpointError: the folder holds a run of other settings or data.
+        DataError: the workers would resume at different epochs.
+    """
+    call = describe_call(tuner, recipe)
+    if find:  # the call asked for a sweep; the rate it found is stored beside
+        call["recipe"]["head_learning_rate"] = "find"
+    with distribute.together(tuner.strategy, "checking its checkpoint"):
+        tracker.bind(call, fingerprint(*data))
+    position = ",".join(map(str, tracker.position)).encode()
+    distribute.check_same_data(
+        tuner.strategy, int.from_bytes(hashlib.sha256(position).digest()[:8], "little"),
+        "checkpoints (each would resume at another epoch)",
+        "give every worker its own copy of the same checkpoint_dir, or a new one.",
+    )
 
 
 def fingerprint(train: Any, y: Any = None, validation_data: Any = None) -> dict[str, Any]:

@@ -242,6 +242,11 @@ def save_model(
     """
     model = _check_model(model)
     target = _keras_path(path)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        # Compiled, never trained: built, the file's optimizer state matches what
+        # load_model rebuilds (no warning there).
+        optimizer.build(model.trainable_variables)
     task = infer_task(model) if task is None else task
     if task not in tasks.TASKS:
         raise ConfigError(f"Unknown task {task!r}; choose one of {list(tasks.TASKS)}.")

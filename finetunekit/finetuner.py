@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -24,14 +23,14 @@ from finetunekit import (
     distribute,
     freezing,
     heads,
+    lr_finder,
     schedules,
-    structure,
     tasks,
     training,
 )
-from finetunekit._checks import check_bool, check_choice, check_int
+from finetunekit._checks import check_bool, check_choice, check_float, check_int
 from finetunekit.classifier import save_model
-from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
+from finetunekit.errors import ArgumentTypeError, StepOrderError
 from finetunekit.recipe import (
     DEFAULTS,
     FINETUNE,
@@ -216,7 +215,7 @@ class FineTuner:
 
     def compile(
         self,
-        learning_rate: float = 1e-3,
+        learning_rate: float | None = None,
         *,
         optimizer: str | keras.optimizers.Optimizer = "adam",
         label_mode: str | None = None,
@@ -227,13 +226,20 @@ class FineTuner:
         An optimizer instance is a template: every compile (this one, and the ones after
         `unfreeze` and in each phase of `fit`) gets a new optimizer with its settings,
         because Keras ties an optimizer to the variables it first trained.
+        `learning_rate` replaces the template's rate; None keeps it (1e-3 for a name).
         """
         model = self._need_model()
         mode = label_mode or self._label_mode or self._task.default_label_mode
+        # A MultiOptimizer's rates are per group (its own rate is not the head's).
+        multi = isinstance(optimizer, keras.optimizers.MultiOptimizer)
+        schedule = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+        if learning_rate is not None and not (multi or schedule):
+            check_float("learning_rate", learning_rate, low=0, expected="a positive number")
+        fresh = training.fresh_optimizer(optimizer, None if multi else learning_rate)
         with self._scope():
             tasks.compile_for(
-                model, self.task, learning_rate=learning_rate,
-                optimizer=training.fresh_optimizer(optimizer), label_mode=mode, metrics=metrics,
+                model, self.task, learning_rate=1e-3 if learning_rate is None else learning_rate,
+                optimizer=fresh, label_mode=mode, metrics=metrics,
             )
         self._compile_args = dict(
             learning_rate=learning_rate, optimizer=optimizer, label_mode=mode, metrics=metrics
@@ -285,7 +291,7 @@ class FineTuner:
         if not self._compile_args:
             self.compile()
         self._recompile_if_needed()
-        rate = float(self._compile_args.get("learning_rate", 1e-3))
+        rate = schedules.current_rate(model.optimizer)
         step = Phase(phase, epochs, 0, "block", False, rate, early_stopping, patience)
         run = training.new_run(model, step)
         shared = self._settings(prepared, callbacks, verbose)
@@ -333,17 +339,12 @@ class FineTuner:
         freezing.unfreeze_last(self._need_base(), n, unit=unit, train_bn=train_bn)
         if self.model is not None:
             rate = DEFAULTS.finetune_learning_rate if learning_rate is None else learning_rate
-            optimizer = self._compile_args.get("optimizer", "adam")
-            args = {**self._compile_args, "learning_rate": rate}
-            if decay is None:
-                args["optimizer"] = training.fresh_optimizer(optimizer, learning_rate=rate)
-                self.compile(**args)
-            else:
-                step = Phase(FINETUNE, 1, n, unit, train_bn, rate, False, 0, lr_decay=decay)
-                with self._scope():
-                    args["optimizer"], _ = schedules.phase_optimizer(optimizer, self.model, step)
-                self.compile(**args)
-                self._compile_args["optimizer"] = optimizer  # the template, not the map
+            template = self._compile_args.get("optimizer", "adam")
+            step = Phase(FINETUNE, 1, n, unit, train_bn, rate, False, 0, lr_decay=decay)
+            with self._scope():
+                optimizer, _ = schedules.phase_optimizer(template, self.model, step)
+            self.compile(**{**self._compile_args, "learning_rate": rate, "optimizer": optimizer})
+            self._compile_args["optimizer"] = template  # the template, not the map
         return self
 
     # -- all of it -----------------------------------------------------------------------
@@ -385,21 +386,11 @@ class FineTuner:
                 the model with the best weights so far and `tuner.history` with the
                 epochs that ran, and re-raises.
             resume: with True, `checkpoint_dir` must hold a checkpoint (never start afresh).
-            **settings: any field of `Recipe`: `head_epochs` (100), `finetune_epochs`
-                (10), `unfreeze` (2, or an increasing tuple such as `(1, 2, 4)` for
-                gradual unfreezing: one fine-tune phase per entry), `unit` (`"block"`),
-                `head_learning_rate` (1.5e-2; `"find"` runs `finetunekit.find_lr` on the
-                head first and trains at its suggestion), `finetune_learning_rate` (1e-5),
-                `lr_decay` (None: one rate; d: the k-th unfrozen block from the top at
-                rate x d**k), `warmup` (0: epochs, or a fraction of each phase),
-                `cosine` (False: the rate of each phase decays along a cosine to 0),
-                `train_bn` (False), `hidden` (()),
-                `dropout` (0.5), `normalize` (None: the task's default),
-                `early_stopping` (True), `patience` (10), `validation_split` (0.2: without
-                `validation_data`, that fraction of the training images is held out by
-                content for early stopping), `batch_size` (32, for arrays),
-                `augment_views` (`"auto"`: with `augment`, the augmented views of each
-                image stored when cached; see `Recipe`).
+            **settings: any field of `Recipe`, documented there (defaults: `DEFAULTS`),
+                e.g. `head_epochs`, `finetune_epochs`, `unfreeze` (a tuple for gradual
+                unfreezing), `finetune_learning_rate`, `lr_decay`, `warmup`, `cosine`,
+                `early_stopping`, `validation_split`. `head_learning_rate="find"` runs
+                `finetunekit.find_lr` on the head first and trains at its suggestion.
 
         Returns:
             One `FineTuneHistory` for every phase, with the phase of every epoch, the
@@ -416,15 +407,7 @@ class FineTuner:
             >>> history.plan == tuner.plan(head_epochs=5)
             True
         """
-        find = settings.get("head_learning_rate") == "find"
-        if find and distribute.is_multi_worker(self.strategy):
-            raise ConfigError(
-                "head_learning_rate='find' is not supported across workers: run "
-                "finetunekit.find_lr on one machine, then pass its suggestion as "
-                "head_learning_rate=..."
-            )
-        if find:
-            settings = {**settings, "head_learning_rate": DEFAULTS.head_learning_rate}
+        find, settings = lr_finder.asks_find(settings, self.strategy)
         chosen = Recipe.from_keywords(recipe, **settings)
         user_callbacks = training.check_callbacks(callbacks)
         check_bool("resume", resume)
@@ -438,33 +421,15 @@ class FineTuner:
             self.model = self._head(
                 self._need_base(), chosen.hidden, chosen.dropout, "avg", chosen.normalize
             )
-        else:
-            chosen = self._existing_head(chosen, asked=set(settings))
+        chosen = chosen.with_head(self._head_settings, asked=set(settings))
         model = self._need_model()
         run_settings = self._settings(prepared, user_callbacks, verbose)
         run_settings.augment_views = chosen.views()
         if checkpoint_dir is not None:  # after _prepare: classes and size are known then
-            call = checkpoints.describe_call(self, chosen)
-            if find:  # the call asked for a sweep; the rate it found is stored beside
-                call["recipe"]["head_learning_rate"] = "find"
-            with distribute.together(self.strategy, "checking its checkpoint"):
-                tracker.bind(call, checkpoints.fingerprint(train, y, validation_data))
-            position = ",".join(map(str, tracker.position)).encode()
-            distribute.check_same_data(
-                self.strategy, int.from_bytes(hashlib.sha256(position).digest()[:8], "little"),
-                "checkpoints (each would resume at another epoch)",
-                "give every worker its own copy of the same checkpoint_dir, or a new one.",
-            )
-        if find and chosen.head_epochs:
-            from finetunekit.lr_finder import with_found_rate
-
-            # A resumed run takes the rate its first run found: a new sweep (from other
-            # initial weights, or a head already trained) would find another.
-            rate = tracker.extra.get("found_rate")
-            if rate is None:
-                rate = with_found_rate(self, prepared, run_settings)
-            tracker.extra["found_rate"] = rate
-            chosen = dataclasses.replace(chosen, head_learning_rate=rate)
+            data_args = (train, y, validation_data)
+            checkpoints.bind_fit(tracker, self, chosen, data_args, find=find)
+        if find:
+            chosen = lr_finder.with_found_rate(self, chosen, prepared, run_settings, tracker.extra)
         phases = chosen.phases(validation=prepared.has_validation)
         planned = plan_phases(model, phases)  # also checks `unfreeze` against the base
         registered = _gradients.snapshot()
@@ -481,12 +446,10 @@ class FineTuner:
             # What TensorFlow's gradient registry holds of the phases' finished steps
             # (swish bases) goes; the last phase's, which the model holds, at the next fit.
             _gradients.release(registered)
-        last = phases[-1] if phases else None
         self._compile_args = {
-            "learning_rate": last.learning_rate if last else DEFAULTS.head_learning_rate,
-            "optimizer": self._compile_args.get("optimizer", "adam"),
+            "optimizer": "adam", "metrics": None, **self._compile_args,
+            "learning_rate": phases[-1].learning_rate if phases else chosen.head_learning_rate,
             "label_mode": prepared.label_mode,
-            "metrics": self._compile_args.get("metrics"),
         }
         self.history = history
         self._last_report = history.reports[-1] if history.reports else None
@@ -515,8 +478,7 @@ class FineTuner:
             ConfigError: a setting out of range, or `unfreeze` larger than the base.
             StepOrderError: `num_classes` is unknown (pass it to the constructor).
         """
-        if settings.get("head_learning_rate") == "find":  # known once fit has seen the data
-            settings = {**settings, "head_learning_rate": DEFAULTS.head_learning_rate}
+        _, settings = lr_finder.asks_find(settings, self.strategy)  # a rate fit will find
         chosen = Recipe.from_keywords(recipe, **settings)
         model = self.model
         if model is None:
@@ -551,20 +513,10 @@ class FineTuner:
             ConfigError: the path does not end in `.keras`.
             StepOrderError: there is no model yet.
         """
-        model = self._need_model()
-        optimizer = getattr(model, "optimizer", None)
-        if optimizer is not None and not optimizer.built:
-            # Never trained (e.g. compiled, then saved): build it so the file's optimizer
-            # state matches what load_model rebuilds (no warning there).
-            optimizer.build(model.trainable_variables)
-        base = self._base_arg if isinstance(self._base_arg, str) else None
+        recipe = dataclasses.asdict(self._recipe) if self._recipe is not None else None
         return save_model(
-            model,
-            path,
-            class_names=self.class_names,
-            task=self._task.name,
-            base=None if base is None or bases._looks_like_path(base) else base,
-            recipe=dataclasses.asdict(self._recipe) if self._recipe is not None else None,
+            self._need_model(), path, class_names=self.class_names, task=self._task.name,
+            base=bases.registry_name(self._base_arg), recipe=recipe,
         )
 
     # -- internals -----------------------------------------------------------------------
@@ -607,29 +559,6 @@ class FineTuner:
         }
         return model
 
-    def _existing_head(self, chosen: Recipe, asked: set[str]) -> Recipe:
-        """`chosen` with the head the model has: a fit does not rebuild an existing head.
-
-        Head settings asked of this fit that differ are not applied, and said so; the
-        recipe (kept in the plan, the history and the saved model) names the real head.
-        """
-        built = self._head_settings
-        if not built:
-            return chosen
-        ignored = {
-            key: getattr(chosen, key)
-            for key in built
-            if key in asked and getattr(chosen, key) != built[key]
-        }
-        if ignored:
-            logger.warning(
-                "the model already has a head (%s); this fit trains it and does not apply %s. "
-                "Use a new FineTuner to fit another head.",
-                ", ".join(f"{k}={v!r}" for k, v in built.items()),
-                ", ".join(f"{k}={v!r}" for k, v in ignored.items()),
-            )
-        return dataclasses.replace(chosen, **built)
-
     def _prepare(
         self, train: Any, y: Any, validation_data: Any, batch_size: int, *, holdout: float
     ) -> data.Prepared:
@@ -644,7 +573,8 @@ class FineTuner:
         prepared = data.prepare(
             train, y, task=self._task, num_classes=self.num_classes,
             validation_data=validation_data, holdout=holdout, batch_size=batch_size,
-            seed=self._seed_now, raw_pixels=self._takes_raw_pixels(),
+            seed=self._seed_now,
+            raw_pixels=any(map(bases.takes_raw_pixels, (self._base_arg, self.base))),
         )
         if self.base is None:
             if self.input_shape is None and not isinstance(self._base_arg, keras.Model):
@@ -675,14 +605,6 @@ class FineTuner:
                 freezing.unfreeze_last(
                     self.base, chosen.stages[-1], unit=chosen.unit, train_bn=chosen.train_bn
                 )
-
-    def _takes_raw_pixels(self) -> bool:
-        """Whether the model is known to take raw 0-255 pixels (a registry base, or a model
-        holding finetunekit's preprocessing); a model of the user's own may not."""
-        if isinstance(self._base_arg, str) and not bases._looks_like_path(self._base_arg):
-            return True
-        model = self.base if self.base is not None else self._base_arg
-        return isinstance(model, keras.Model) and structure.has_preprocessing(model)
 
     def _settings(
         self, prepared: data.Prepared, callbacks: Any, verbose: Any

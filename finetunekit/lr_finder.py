@@ -13,6 +13,7 @@ the metrics on every call, so its loss is that batch's alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ from finetunekit import caching, distribute, freezing, schedules, tasks
 from finetunekit._checks import check_choice, check_float, check_int
 from finetunekit.data import Prepared
 from finetunekit.errors import ConfigError, StepOrderError
-from finetunekit.recipe import DEFAULTS, FINETUNE, HEAD, Phase
+from finetunekit.recipe import DEFAULTS, FINETUNE, HEAD, Phase, Recipe, RecipeSettings
 
 if TYPE_CHECKING:
     from finetunekit.finetuner import FineTuner
@@ -313,11 +314,42 @@ def suggest(rates: Sequence[float], losses: Sequence[float]) -> dict[str, float]
     }
 
 
-def with_found_rate(tuner: FineTuner, prepared: Prepared, settings: Settings) -> float:
-    """The head rate `FineTuner.fit(head_learning_rate="find")` trains at."""
-    assert tuner.model is not None
-    step = Phase(HEAD, 1, 0, "block", False, 1e-7, False, 0)
-    found = Sweep(1e-7, 10.0, 100).run(tuner.model, prepared, settings, step)
-    logger.info("learning-rate sweep suggests %.3g for the head", found.suggestion)
-    return found.suggestion
+def asks_find(settings: RecipeSettings, strategy: Any) -> tuple[bool, RecipeSettings]:
+    """Whether fit's `settings` ask for `head_learning_rate="find"`, and the settings with
+    the default rate in its place until the sweep has run (a `Recipe` holds a number).
 
+    Raises:
+        ConfigError: "find" under a multi-worker strategy (the sweep runs on one machine).
+    """
+    if settings.get("head_learning_rate") != "find":
+        return False, settings
+    if distribute.is_multi_worker(strategy):
+        raise ConfigError(
+            "head_learning_rate='find' is not supported across workers: run "
+            "finetunekit.find_lr on one machine, then pass its suggestion as "
+            "head_learning_rate=..."
+        )
+    settings = settings.copy()
+    settings["head_learning_rate"] = DEFAULTS.head_learning_rate
+    return True, settings
+
+
+def with_found_rate(
+    tuner: FineTuner, recipe: Recipe, prepared: Prepared, settings: Settings, found: dict[str, Any]
+) -> Recipe:
+    """`recipe` at the head rate `FineTuner.fit(head_learning_rate="find")` trains at.
+
+    `found` is what the run's checkpoint keeps beside it: a resumed run takes the rate
+    its first run found, since a new sweep (from other initial weights, or a head
+    already trained) would find another.
+    """
+    assert tuner.model is not None
+    if not recipe.head_epochs:
+        return recipe
+    rate = found.get("found_rate")
+    if rate is None:
+        step = Phase(HEAD, 1, 0, "block", False, 1e-7, False, 0)
+        rate = Sweep(1e-7, 10.0, 100).run(tuner.model, prepared, settings, step).suggestion
+        logger.info("learning-rate sweep suggests %.3g for the head", rate)
+    found["found_rate"] = rate
+    return dataclasses.replace(recipe, head_learning_rate=rate)

@@ -12,6 +12,7 @@ This module imports no TensorFlow: the command line reads its defaults from here
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from finetunekit.errors import ConfigError
 
 if TYPE_CHECKING:
     import keras
+
+logger = logging.getLogger("finetunekit")
 
 __all__ = [
     "Recipe",
@@ -258,6 +261,26 @@ class Recipe:
                 f"Recipe has {', '.join(sorted(names))}."
             )
         return dataclasses.replace(base or DEFAULTS, **keywords)
+
+    def with_head(self, built: dict[str, Any], asked: set[str]) -> Recipe:
+        """This recipe with the head a model already has: a fit does not rebuild a head.
+
+        Args:
+            built: the head's settings (`hidden`, `dropout`, `normalize`); empty for a
+                model whose head finetunekit did not build (the recipe is returned).
+            asked: the settings the caller passed; those that differ from `built` are
+                not applied, and a warning says so.
+        """
+        differ = [k for k in built if k in asked and getattr(self, k) != built[k]]
+        ignored = {k: getattr(self, k) for k in differ}
+        if ignored:
+            logger.warning(
+                "the model already has a head (%s); this fit trains it and does not apply %s. "
+                "Use a new FineTuner to fit another head.",
+                ", ".join(f"{k}={v!r}" for k, v in built.items()),
+                ", ".join(f"{k}={v!r}" for k, v in ignored.items()),
+            )
+        return dataclasses.replace(self, **built)
 
     def phases(self, *, validation: bool = True) -> tuple[Phase, ...]:
         """The phases a fit with this recipe runs, in order.

@@ -152,6 +152,12 @@ def head_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
+def current_rate(optimizer: Any) -> float:
+    """The head's learning rate now (of a schedule: at the optimizer's step)."""
+    shown = head_optimizer(optimizer) or optimizer
+    return float(keras.ops.convert_to_numpy(shown.learning_rate))
+
+
 class LogRate(keras.callbacks.Callback):
     """Adds `learning_rate` (the head's rate at the start of each epoch, after the
     caller's callbacks have set it) to the logs of every epoch.

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,13 +177,14 @@ def test_a_found_head_rate_is_stored_and_reused_on_resume(
     x, y = tiny_images
     folder = tmp_path / "ckpt"
     sweeps: list[float] = []
-    real = lr_finder.with_found_rate
+    real = lr_finder.Sweep.run
 
-    def counted(*args: object) -> float:
-        sweeps.append(real(*args))  # type: ignore[arg-type]
-        return sweeps[-1]
+    def counted(self: lr_finder.Sweep, *args: Any) -> lr_finder.LRFinderResult:
+        found = real(self, *args)
+        sweeps.append(found.suggestion)
+        return found
 
-    monkeypatch.setattr(lr_finder, "with_found_rate", counted)
+    monkeypatch.setattr(lr_finder.Sweep, "run", counted)
     first = _tuner().fit(x, y, checkpoint_dir=folder, **{**FIT, "head_learning_rate": "find"})
     assert len(sweeps) == 1
     stored = checkpoints.read(folder)

@@ -93,6 +93,25 @@ def test_an_optimizer_instance_is_a_template_for_every_phase(cache: bool) -> Non
     assert not mine.built and float(mine.learning_rate) == pytest.approx(2e-3)  # untouched
 
 
+def test_compile_applies_its_learning_rate_to_an_optimizer_instance() -> None:
+    # The rate was ignored for an instance: compile(1e-4, optimizer=SGD(momentum=0.9))
+    # trained at SGD's own 0.01, and the phase banner said 1e-4.
+    x, y = noise(16, 0)
+    tuner = make_tuner().load_base().freeze().add_head()
+    tuner.compile(1e-4, optimizer=keras.optimizers.SGD(momentum=0.9))
+    optimizer = tuner.model.optimizer
+    assert float(optimizer.learning_rate) == pytest.approx(1e-4)
+    assert optimizer.momentum == pytest.approx(0.9)
+    tuner.train(x, y, epochs=1, verbose=0)
+    assert tuner.history.history["learning_rate"] == pytest.approx([1e-4])
+    # Without a rate, the instance keeps its own, through the recompile after a change.
+    tuner.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05))
+    tuner.freeze(train_bn=True)
+    assert float(tuner.model.optimizer.learning_rate) == pytest.approx(0.05)
+    with pytest.raises(ftk.errors.ConfigError, match="learning_rate"):
+        tuner.compile("fast", optimizer=keras.optimizers.SGD())
+
+
 def test_the_tuner_recompiles_after_every_trainable_change(tiny_images):
     x, y = tiny_images
     tuner = make_tuner().load_base().freeze().add_head().compile(learning_rate=1e-3)
