@@ -113,8 +113,9 @@ def find_base(model: keras.Model) -> keras.Model:
 
     Raises:
         ArgumentTypeError: `model` is not a keras.Model.
-        ModelStructureError: the model is subclassed, or holds several nested models
-            with weights besides a head.
+        ModelStructureError: the model is subclassed, holds several nested models
+            with weights besides a head, or ends in a softmax or sigmoid classifier with
+            no nested base (its head cannot be told from its base).
     """
     _check_model(model)
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.weights]
@@ -133,7 +134,18 @@ def find_base(model: keras.Model) -> keras.Model:
             f"{model.name!r} holds {len(nested)} nested models ({names}) besides its head; "
             "finetunekit cannot tell which is the base. Pass the base itself."
         )
-    # No nested model with weights, a stem, or several parts of one base: the base itself.
+    # No nested model with weights, a stem, or several parts of one base: the base itself,
+    # unless it ends in a classifier (the head built on the base's own layers, as in
+    # keras.Model(base.input, Dense(5, "softmax")(pool(base.output)))): then freezing
+    # would freeze the head and "the last n blocks" would count it.
+    activation = output_activation(model)
+    if activation in ("softmax", "sigmoid"):
+        raise ModelStructureError(
+            f"{model.name!r} ends in a classifier ({activation} output) built on the base's "
+            "own layers, so finetunekit cannot tell its base from its head. Nest the base "
+            "as one layer (outputs = head(base(inputs, training=False))), or pass the base "
+            "alone, e.g. add_head(base, num_classes) or FineTuner(base)."
+        )
     return model
 
 

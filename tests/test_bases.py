@@ -543,3 +543,24 @@ def test_a_full_model_with_layers_before_its_base_is_refused():
         ftk.load_base(guide)
     # A model from add_head feeds its base the images as they come: its base is taken.
     assert ftk.load_base(ftk.add_head(base, 5)) is base
+
+
+def test_a_keras_applications_model_without_its_preprocessing_is_warned_of(caplog) -> None:
+    # Fed raw pixels, keras.applications.MobileNetV2 trained on the wrong scale without a
+    # word (0.37 test accuracy on the flowers against 0.76 for the same weights by name).
+    bare = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35
+    )
+    with caplog.at_level("WARNING", logger="finetunekit"):
+        assert ftk.FineTuner(bare, num_classes=2, weights=None).load_base().base is bare
+    (record,) = [r for r in caplog.records if "preprocess_input" in r.getMessage()]
+    assert "keras.applications.MobileNetV2" in record.getMessage()
+    assert "load_base('mobilenet_v2'" in record.getMessage()
+    caplog.clear()
+    ours = ftk.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    inputs = keras.Input((32, 32, 3))
+    own = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs), name="resnet_of_mine")
+    with caplog.at_level("WARNING", logger="finetunekit"):
+        ftk.load_base(ours)
+        ftk.load_base(own)
+    assert not [r for r in caplog.records if "preprocess_input" in r.getMessage()]

@@ -93,6 +93,44 @@ def test_the_seed_document_trap(base, model):
     assert unfrozen == ["block_16_expand", "block_16_depthwise", "block_16_project", "Conv_1"]
 
 
+def flat_classifier(activation: str = "softmax") -> keras.Model:
+    """The Keras layout with the head on the base's own layers: no nested base."""
+    bare = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35
+    )
+    pooled = keras.layers.GlobalAveragePooling2D()(bare.output)
+    out = keras.layers.Dense(3, activation=activation, name="my_out")(pooled)
+    return keras.Model(bare.input, out)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        lambda m: ftk.freeze(m),
+        lambda m: ftk.unfreeze_last(m, 2),
+        lambda m: ftk.add_head(m, 3),
+        lambda m: ftk.FineTuner(m, num_classes=3, weights=None).load_base(),
+    ],
+    ids=["freeze", "unfreeze_last", "add_head", "FineTuner"],
+)
+def test_a_head_on_the_bases_own_layers_is_refused(step) -> None:
+    # freeze froze the head too (fit trained nothing), unfreeze_last(m, 1) unfroze only
+    # the head, and add_head stacked a second head on the softmax.
+    model = flat_classifier()
+    with pytest.raises(ftk.errors.ModelStructureError, match="cannot tell its base from its head"):
+        step(model)
+    assert len(model.trainable_weights) == len(flat_classifier().trainable_weights)
+
+
+def test_a_base_ending_in_pooling_or_logits_is_still_a_base() -> None:
+    pooled = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35, pooling="avg"
+    )
+    assert structure.find_base(ftk.freeze(pooled)) is pooled
+    assert pooled.trainable_weights == []
+    assert structure.find_base(flat_classifier(activation="relu")) is not None
+
+
 def test_unfreeze_last_layers_counts_only_weighted_layers(base, model):
     ftk.freeze(model)
     ftk.unfreeze_last(model, 4)
