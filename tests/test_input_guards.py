@@ -166,6 +166,38 @@ def test_unbatched_images_of_mixed_sizes_name_the_fix():
     assert "tf.image.resize" in str(caught.value)
 
 
+def open_size(x, y, size=8):
+    """Batches whose image size the dataset leaves open, as a decoder in a py_function."""
+    def decode(images):
+        images = tf.py_function(lambda t: t, [images], tf.float32)
+        return tf.ensure_shape(images, (None, None, None, 3))
+
+    return batches(x, y, size).map(lambda images, labels: (decode(images), labels))
+
+
+def test_images_of_open_size_are_checked_and_built_at_their_size(images):
+    # The size check was skipped: a 32 px tuner trained on 48 px images, and without
+    # input_shape the base was built at 224 px, then the cached fine-tune phase failed
+    # with Keras' raw ValueError after the head had trained (and its history was lost).
+    x, y = images
+    big = np.repeat(np.repeat(x[:16], 3, axis=1), 3, axis=2)[:, :48, :48]
+    with pytest.raises(DataError, match="48x48 pixels but the model takes 32x32"):
+        tuner().fit(open_size(big, y[:16]), **FAST)
+    bare = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, alpha=0.35)
+    history = bare.fit(open_size(x[:48], y[:48]), head_epochs=1, finetune_epochs=1, verbose=0)
+    assert bare.base.input_shape[1:3] == (32, 32)
+    assert [report.cached for report in history.reports] == [True, True]
+    assert len(history.history["loss"]) == 2
+
+
+def test_images_of_open_size_that_change_size_are_named(images):
+    x, y = images
+    small = open_size(x[:16], y[:16])
+    other = open_size(x[:8, :24, :24], y[:8])
+    with pytest.raises(DataError, match=r"images of 24x24 pixels, another size than the first"):
+        tuner(cache=False).fit(small.concatenate(other), **FAST)
+
+
 def test_a_class_of_one_image_left_out_of_the_validation_split_is_warned(caplog):
     labels = np.array([0, 0, 1, 1, 2])
     held = np.array([True, False, True, False, False])

@@ -141,7 +141,10 @@ def check_class_names(
 
 
 def guard_labels(
-    dataset: tf.data.Dataset, bounds: tuple[float, float, bool], what: str
+    dataset: tf.data.Dataset,
+    bounds: tuple[float, float, bool],
+    what: str,
+    size: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """`dataset` with every batch's labels (and finiteness of its images) asserted.
 
@@ -149,6 +152,10 @@ def guard_labels(
     the first pass that reaches it (the cache fill, the content split, or the epoch),
     not only in the first batches `prepare` reads. Run the pass inside `data_errors`
     to get a `DataError` instead of TensorFlow's `InvalidArgumentError`.
+
+    `size`: for images whose (height, width) the dataset leaves open (a decoder in a
+    `tf.py_function`), the first batch's: every batch is asserted to have it, and the
+    images get it as their static shape, so the model is built and checked at that size.
     """
     low, high, whole = bounds
 
@@ -175,7 +182,13 @@ def guard_labels(
                 tf.reduce_all(tf.math.is_finite(weights)), tf.reduce_all(weights >= 0)
             )
             asserts.append(tf.debugging.Assert(usable, [f"{_MARK}:weights:{what}:"]))
+        if size is not None:
+            actual = tf.shape(images)[1:3]
+            same = tf.reduce_all(tf.equal(actual, size))
+            asserts.append(tf.debugging.Assert(same, [f"{_MARK}:size:{what}:", actual]))
         with tf.control_dependencies(asserts):  # the labels wait for both checks
+            if size is not None:  # after the assert, which names the batch's size
+                images = tf.ensure_shape(images, [None, *size, images.shape[-1]])
             return (images, tf.identity(labels), *rest)
 
     guarded = dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -203,10 +216,21 @@ def _translated(
     message = getattr(exc, "message", str(exc))
     # e.g. "assertion failed: [finetunekit-bad-batch:labels:training data:] [0] [7]"
     found = re.search(
-        _MARK + r":(labels|images|weights):([^:]*):\](?: \[([^\]]*)\] \[([^\]]*)\])?", message
+        _MARK + r":(labels|images|weights|size):([^:]*):\](?: \[([^\]]*)\] \[([^\]]*)\])?",
+        message,
     )
     if found:
         kind, what = found.group(1), found.group(2)
+        if kind == "size":
+            seen = re.search(r":size:[^:]*:\] \[([^\]]*)\]", message)
+            pixels = "x".join(seen.group(1).split()) if seen else "another size"
+            return DataError(
+                f"{what}: a batch holds images of {pixels} pixels, another size than the "
+                "first batch's (read as the data came, since the dataset does not say its "
+                "image size). Resize every image to one size when loading, e.g. "
+                "ds.map(lambda x, y: (tf.image.resize(x, (224, 224)), y)), or load folders "
+                "with finetunekit.data.from_directory(..., image_size=224)."
+            )
         if kind == "weights":
             return DataError(
                 f"{what}: a batch holds sample weights that are NaN, infinite or negative "

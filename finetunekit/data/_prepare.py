@@ -203,13 +203,18 @@ def _prepare(
     # A dataset keeps its batch size in every phase, split or not, cached or not.
     first = next(iter(train_ds.take(1)))[0]
     _guards.check_pixels(first, "training data", raw=raw_pixels)
-    if val_ds is not None:
-        _guards.check_pixels(next(iter(val_ds.take(1)))[0], "validation_data", raw=raw_pixels)
+    val_first = None if val_ds is None else next(iter(val_ds.take(1)))[0]
+    if val_first is not None:
+        _guards.check_pixels(val_first, "validation_data", raw=raw_pixels)
     own = train_ds.element_spec[0].shape[0] or first.shape[0]
     bounds = spec.label_bounds(mode, num_classes)
-    train_ds = _guards.guard_labels(train_ds, bounds, "training data")
+    train_ds = _guards.guard_labels(
+        train_ds, bounds, "training data", _open_size(train_ds, first)
+    )
     if val_ds is not None:
-        val_ds = _guards.guard_labels(val_ds, bounds, "validation_data")
+        val_ds = _guards.guard_labels(
+            val_ds, bounds, "validation_data", _open_size(val_ds, val_first)
+        )
     return Prepared(
         train=train_ds,
         validation=val_ds,
@@ -221,6 +226,16 @@ def _prepare(
         task_name=spec.name,
         label_bounds=bounds,
     )
+
+
+def _open_size(dataset: tf.data.Dataset, first: Any) -> tuple[int, int] | None:
+    """The first batch's (height, width) when the dataset leaves its images' size open
+    (decoded in a `tf.py_function`, say): without it the base would be built at its
+    default size and the size check against the model skipped."""
+    shape = dataset.element_spec[0].shape
+    if shape.rank != 4 or shape[1:3].is_fully_defined():
+        return None
+    return int(first.shape[1]), int(first.shape[2])
 
 
 def _array_labels(data: Any, y: Any) -> Any:
