@@ -222,8 +222,8 @@ def _translated(
     if found:
         kind, what = found.group(1), found.group(2)
         if kind == "size":
-            seen = re.search(r":size:[^:]*:\] \[([^\]]*)\]", message)
-            pixels = "x".join(seen.group(1).split()) if seen else "another size"
+            sized = re.search(r":size:[^:]*:\] \[([^\]]*)\]", message)
+            pixels = "x".join(sized.group(1).split()) if sized else "another size"
             return DataError(
                 f"{what}: a batch holds images of {pixels} pixels, another size than the "
                 "first batch's (read as the data came, since the dataset does not say its "
