@@ -547,13 +547,14 @@ class FineTuner:
                 "num_classes is unknown: pass FineTuner(..., num_classes=N), or call fit(), "
                 "which infers it from the labels."
             )
+        normalize = self._task.normalize_features if normalize is None else normalize
         with self._scope():
             model = heads.add_head(
                 base, self.num_classes, task=self.task, hidden=hidden, dropout=dropout,
-                pooling=pooling,
-                normalize=self._task.normalize_features if normalize is None else normalize,
+                pooling=pooling, normalize=normalize,
             )
-        # What the head was built with: a later fit trains this head, whatever it asks.
+        # What the head was built with: a later fit trains this head, whatever it asks
+        # (normalize as built: None asked for the task's default, which is what it is).
         self._head_settings = {
             "hidden": tuple(hidden), "dropout": dropout, "normalize": normalize
         }

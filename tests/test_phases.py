@@ -417,4 +417,7 @@ def test_a_second_fit_says_it_keeps_the_head_and_its_recipe_names_that_head(
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="finetunekit"):
         tuner.fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0)  # asks nothing of it
+        # normalize=True is what the default (None: the task's) built: nothing ignored
+        tuner.fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0, normalize=True)
     assert "already has a head" not in caplog.text
+    assert tuner._recipe is not None and tuner._recipe.normalize is True
