@@ -188,6 +188,12 @@ class Task:
         """
         labels = np.asarray(labels)
         if labels.ndim == 2 and labels.shape[1] > 1:
+            if labels.shape[1] != classes:  # argmax of narrower rows scored silently
+                raise DataError(
+                    f"The labels are one-hot rows of {labels.shape[1]} columns but this "
+                    f"model has {classes} classes: give rows of {classes} columns, or class "
+                    "indices."
+                )
             labels = np.argmax(labels, axis=1)
         flat = labels.reshape(len(labels)).astype("float64")
         if (

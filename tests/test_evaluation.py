@@ -85,6 +85,11 @@ def test_arrays_and_one_hot_labels(tmp_path):
     stream = ftk.evaluate(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(2))
     assert stream.class_names == ("0", "1", "2")  # a plain model: classes by index
     np.testing.assert_array_equal(stream.confusion, report.confusion)
+    # Rows of another width were scored by their argmax (0.625 for 2 columns, 3 classes).
+    for width in (2, 4):
+        with pytest.raises(DataError, match=f"one-hot rows of {width} columns but this model "
+                                            "has 3 classes"):
+            ftk.evaluate(model, (x, np.eye(width)[y % 2]))
 
 
 def test_multilabel_scores_per_label():
