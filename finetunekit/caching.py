@@ -103,11 +103,13 @@ def split_frozen_prefix(model: keras.Model) -> Split | None:
         model: a full model (base nested in it, called with `training=False`).
 
     Returns:
-        The `Split`, or None when the base's first block trains (nothing to cache) or the
-        model has no nested base.
+        The `Split`, or None when the base's first block trains (nothing to cache), the
+        model has no nested base, or the base is a `keras.Sequential`.
     """
     base = structure.find_base(model)
     if base is model or not isinstance(model.output, keras.KerasTensor):
+        return None
+    if isinstance(base, keras.Sequential):  # its graph is Keras' own, hidden: not cut
         return None
     if structure.layers_before(model, base):  # the prefix would skip them
         return None

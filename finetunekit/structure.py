@@ -115,7 +115,8 @@ def find_base(model: keras.Model) -> keras.Model:
         ArgumentTypeError: `model` is not a keras.Model.
         ModelStructureError: the model is subclassed, holds several nested models
             with weights besides a head, or ends in a softmax or sigmoid classifier with
-            no nested base (its head cannot be told from its base).
+            no nested base (its head cannot be told from its base), or the base takes
+            several inputs.
     """
     _check_model(model)
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.weights]
@@ -127,7 +128,7 @@ def find_base(model: keras.Model) -> keras.Model:
         )
         if share >= 0.5 or not outside_convs:
             _check_model(inner, "base")
-            return inner
+            return _one_input(inner)
     if len(nested) > 1 and any(layer.name.startswith(HEAD_PREFIX) for layer in model.layers):
         names = ", ".join(repr(m.name) for m in nested)
         raise ModelStructureError(
@@ -146,7 +147,18 @@ def find_base(model: keras.Model) -> keras.Model:
             "as one layer (outputs = head(base(inputs, training=False))), or pass the base "
             "alone, e.g. add_head(base, num_classes) or FineTuner(base)."
         )
-    return model
+    return _one_input(model)
+
+
+def _one_input(base: keras.Model) -> keras.Model:
+    """`base`, when it takes one input (the images)."""
+    if len(base.inputs) != 1:
+        raise ModelStructureError(
+            f"The base {base.name!r} takes {len(base.inputs)} inputs; finetunekit fine-tunes "
+            "a base of one image input. Build the base of the image branch alone (other "
+            "inputs can join in a model of your own around it)."
+        )
+    return base
 
 
 _CONVOLUTIONS = (

@@ -404,6 +404,8 @@ def _why_not_cached(
     ):
         return None, "the data carries sample weights, which are not stored"
     split = caching.split_frozen_prefix(model)
+    if split is None and isinstance(structure.find_base(model), keras.Sequential):
+        return None, "the base is a keras.Sequential (only Functional bases are cut)"
     if split is None:
         return None, "the first block of the base trains: no frozen prefix"
     if settings.cache == "auto" and (names := caching.random_layers_before(split)):

@@ -76,6 +76,33 @@ def test_bases_with_operations_that_are_not_layers_split(name: str) -> None:
     np.testing.assert_allclose(split.trainer(split.prefix(x)), model(x), atol=1e-5)
 
 
+def test_a_sequential_base_trains_uncached_and_says_why() -> None:
+    # Its graph is Keras' own: the cut failed with AttributeError '_nodes_by_depth'.
+    layers = keras.layers
+    base = keras.Sequential([
+        keras.Input((32, 32, 3)), layers.Rescaling(1 / 255), layers.Conv2D(8, 3),
+        layers.BatchNormalization(), layers.Conv2D(16, 3),
+    ])
+    x = np.random.default_rng(0).uniform(0, 255, (24, 32, 32, 3)).astype("float32")
+    tuner = ftk.FineTuner(base, num_classes=3, weights=None)
+    before = base.layers[-1].get_weights()[0].copy()
+    history = tuner.fit(x, np.arange(24) % 3, unfreeze=1, head_epochs=1, finetune_epochs=1,
+                        verbose=0)
+    assert [r.cached for r in history.reports] == [False, False]
+    assert "keras.Sequential" in history.reports[0].why_not_cached
+    assert not np.allclose(base.layers[-1].get_weights()[0], before)  # trained in place
+    assert caching.split_frozen_prefix(tuner.model) is None
+
+
+def test_a_base_of_two_inputs_is_refused() -> None:
+    a, b = keras.Input((32, 32, 3)), keras.Input((32, 32, 3))
+    two = keras.Model([a, b], keras.layers.Conv2D(4, 3)(keras.layers.Add()([a, b])))
+    for step in (lambda: ftk.add_head(two, 3), lambda: ftk.FineTuner(two, num_classes=3)
+                 .load_base()):
+        with pytest.raises(ftk.errors.ModelStructureError, match="takes 2 inputs"):
+            step()
+
+
 def test_residual_blocks_are_not_cut() -> None:
     base = ftk.load_base("resnet50", weights=None, input_shape=SHAPE)
     model = ftk.add_head(base, 3)
