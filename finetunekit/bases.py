@@ -373,6 +373,13 @@ def _load_saved(path: Path, *, otherwise: str | None = _BASE_NAME_INSTEAD) -> ke
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for unreadable files
+        if "safe_mode" in str(exc):  # a Lambda layer: its Python code is not run unasked
+            raise ConfigError(
+                f"{str(path)!r} holds a Lambda layer, whose Python code Keras does not run "
+                "from a file unless told it is trusted. If you trust the file, call "
+                "keras.config.enable_unsafe_deserialization() before loading it; or build "
+                "the model with a layer class of its own instead of the Lambda."
+            ) from exc
         raise ConfigError(
             f"Could not read a Keras model from {str(path)!r} ({type(exc).__name__}: {exc}). "
             f"Save it with model.save('name.keras'){alternative}."

@@ -263,6 +263,16 @@ def save_model(
         entry = info.to_json()
     except TypeError as exc:
         raise ConfigError(f"recipe must hold JSON values (numbers, strings, lists): {exc}") from exc
+    lambdas = [
+        layer.name for layer in structure.leaf_layers(model)
+        if isinstance(layer, keras.layers.Lambda)
+    ]
+    if lambdas:
+        logger.warning(
+            "%s holds Lambda layers (%s): loading the file will need "
+            "keras.config.enable_unsafe_deserialization() first, since Keras does not run "
+            "a Lambda's Python code from a file unasked.", target.name, ", ".join(lambdas[:3])
+        )
     with write_beside(target) as temp:  # Keras needs the '.keras' ending: it is kept
         model.save(temp)
         with zipfile.ZipFile(temp, "a") as archive:

@@ -256,9 +256,10 @@ class Recipe:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(keywords) - names)
         if unknown:
+            hints = "".join(f" {_KERAS_FIT_HINTS[k]}" for k in unknown if k in _KERAS_FIT_HINTS)
             raise ConfigError(
                 f"Unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; a "
-                f"Recipe has {', '.join(sorted(names))}."
+                f"Recipe has {', '.join(sorted(names))}.{hints}"
             )
         return dataclasses.replace(base or DEFAULTS, **keywords)
 
@@ -329,6 +330,21 @@ class Recipe:
                 )
             )
         return tuple(phases)
+
+
+#: What to do instead of `keras.Model.fit` arguments that `FineTuner.fit` does not take.
+_KERAS_FIT_HINTS = {
+    "epochs": "Epochs are per phase: head_epochs=..., finetune_epochs=....",
+    "sample_weight": (
+        "Pass sample weights inside the data: a tf.data.Dataset of (images, labels, "
+        "weights), e.g. tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)."
+    ),
+    "class_weight": (
+        "Weigh classes through sample weights in the data: w = weights_per_class[y], then "
+        "a tf.data.Dataset of (images, labels, weights), e.g. "
+        "tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)."
+    ),
+}
 
 
 class RecipeSettings(TypedDict, total=False):

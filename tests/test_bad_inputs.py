@@ -734,6 +734,14 @@ CASES = [
         ("labels are missing", "(images, labels)"),
     ),
     Case(
+        "sample-weights-tuple",
+        "arrays with sample weights as a tuple of 3",
+        "tuner.fit((x, y, np.ones(len(y))))",
+        E.DataError,
+        ValueError,
+        ("a tuple of 3", "from_tensor_slices((x, y, w))"),
+    ),
+    Case(
         "labels-twice",
         "labels passed next to a dataset",
         "tuner.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), y)",
@@ -876,6 +884,14 @@ CASES = [
         E.ConfigError,
         ValueError,
         ("Unknown setting head_epoch", "head_epochs"),
+    ),
+    Case(
+        "fit-class-weight",
+        "Keras' class_weight passed to fit",
+        "tuner.fit(x, y, class_weight={0: 1.0, 1: 2.0})",
+        E.ConfigError,
+        ValueError,
+        ("Unknown setting class_weight", "w = weights_per_class[y]", "(images, labels, weights)"),
     ),
     Case(
         "fit-callback-type",

@@ -314,3 +314,19 @@ def test_a_classifier_that_outputs_logits_is_refused_not_taken_for_a_regression(
     # A model ending in a Softmax layer (not an activation argument) is a classifier.
     assert ftk.Classifier(_pooled_model(softmax_layer=True)).task == "multiclass"
     assert ftk.Classifier(_pooled_model()).task == "regression"  # uncompiled linear: values
+
+
+def test_a_model_with_a_lambda_is_warned_of_at_save_and_named_at_load(tmp_path, caplog) -> None:
+    # The load said to save with model.save or save_model: how it had been saved.
+    inputs = keras.Input((8, 8, 3))
+    scaled = keras.layers.Lambda(lambda t: t / 255.0, name="scale")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(scaled)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+    path = tmp_path / "lambda.keras"
+    with caplog.at_level("WARNING", logger="finetunekit"):
+        ftk.save_model(model, path)
+    assert "Lambda layers (scale)" in caplog.text
+    with pytest.raises(ftk.errors.ConfigError, match="holds a Lambda layer") as caught:
+        ftk.load(path)
+    assert "enable_unsafe_deserialization()" in str(caught.value)
+    assert "Save it with" not in str(caught.value)

@@ -174,6 +174,11 @@ def as_dataset(
             f"{what}: received all that from_directory returns (train, validation, "
             "class_names). Pass its .train, and its .validation as validation_data=..."
         )
+    if y is None and isinstance(data, (tuple, list)) and len(data) == 3:
+        raise DataError(
+            f"{what}: received a tuple of 3 (x, y and sample weights?). Pass sample weights "
+            "inside a dataset: tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)."
+        )
     if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
         data, y = data
     if y is None:
