@@ -520,7 +520,7 @@ def _export(args: argparse.Namespace) -> int:
         gptq=args.gptq,
         fit_head=args.fit_head,
     )
-    print(report)
+    print(_in_flag_words(str(report), args))
     return 0
 
 
@@ -1007,6 +1007,10 @@ _FLAG_WORDS: tuple[tuple[str, str], ...] = (
     (r"\bcheckpoint_dir\b", "--checkpoint-dir"),
     (r"(--lr-decay must be) None or ", r"\1 "),
     (r"\bthreshold must\b", "--threshold must"),
+    (r"\bn=(\d+) but the base", r"--unfreeze \1 but the base"),
+    (r"\b([Uu]se) n <= (\d+)", r"\1 --unfreeze <= \2"),
+    (r" \(see finetunekit\.structure\.blocks\(model\)\)", ""),
+    (r", or freeze\(model\) then train the whole base", ""),
 )
 #: The recipe's fields that train sets by a flag of another name.
 _FIELD_FLAGS = {
@@ -1029,6 +1033,17 @@ _FLAG_WORDS += tuple(
 _ALPHA_IN_NAME = re.compile(r"_(\d\.\d+)_\d+_no_top")
 
 
+# `export` reads its images from --calibration and --check.
+_EXPORT_WORDS: tuple[tuple[str, str], ...] = (
+    (r"representative_data='([^']*)'", r"--calibration \1"),
+    (r"\bquantize='(\w+)'", r"--quantize \1"),
+    (r"\bpass representative_data or parity_data images", "pass --calibration or --check FOLDER"),
+    (r"\bpass parity_data with other images", "pass --check FOLDER with other images"),
+    (r"\brepresentative_data\b", "--calibration FOLDER"),
+    (r"\bparity_data\b", "--check FOLDER"),
+    (r"\bformat='(\w+)'", r"--format \1"),
+)
+
 # `rank` names each candidate's weights inside --candidate; it has no --weights.
 _RANK_WORDS: tuple[tuple[str, str], ...] = (
     (r"weights=PATH", "--candidate NAME=PATH"),
@@ -1039,9 +1054,9 @@ _RANK_WORDS: tuple[tuple[str, str], ...] = (
 
 def _in_flag_words(message: str, args: argparse.Namespace | None) -> str:
     """Rewrites a library message in the command's words, with a hint where one helps."""
-    if getattr(args, "command", None) == "rank":
-        for pattern, flag in _RANK_WORDS:
-            message = re.sub(pattern, flag, message)
+    own = {"rank": _RANK_WORDS, "export": _EXPORT_WORDS}.get(getattr(args, "command", None), ())
+    for pattern, flag in own:
+        message = re.sub(pattern, flag, message)
     for pattern, flag in _FLAG_WORDS:
         message = re.sub(pattern, flag, message)
     weights = getattr(args, "weights", None)

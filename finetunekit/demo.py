@@ -198,9 +198,11 @@ class DemoResult:
             scratch.epochs_to_target is None or tuned.epochs_to_target < scratch.epochs_to_target
         )
         generalizes = tuned.gap < scratch.gap and tuned.test_accuracy > scratch.test_accuracy
-        saved = sum(r.max_epochs - r.epochs_run for r in self.runs)
+        # Epochs a time cap cut are not early stopping's doing (see the time-cap line).
+        saved = sum(r.max_epochs - r.epochs_run for r in self.runs if not r.stopped_by_time)
         stops = "; ".join(
-            f"{r.method} {r.epochs_run} of {r.max_epochs} epochs, best {r.best_epoch}"
+            f"{r.method} {r.epochs_run} of {r.max_epochs} epochs"
+            + (" (time cap)" if r.stopped_by_time else f", best {r.best_epoch}")
             for r in self.runs
         )
         capped = [

@@ -83,6 +83,8 @@ class ExportReport:
             (no `parity_data`): with GPTQ kernels or a fitted head, an optimistic figure.
         kernels_rounded: convolution kernels of the int8 file rounded by GPTQ on the
             calibration images (`gptq=True`); 0 when none were.
+        notes: what was asked and not done, and why (e.g. GPTQ skipped for too few
+            calibration images).
     """
 
     path: Path
@@ -96,10 +98,12 @@ class ExportReport:
     head_fitted: bool = False
     on_calibration: bool = False
     kernels_rounded: int = 0
+    notes: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         kind = self.format + (f" ({self.quantize})" if self.quantize else "")
         lines = [f"exported {kind} to {self.path}: {self.size_bytes / 1e6:.2f} MB"]
+        lines += [f"note: {note}" for note in self.notes]
         if self.kernels_rounded:
             lines.append(f"{self.kernels_rounded} convolution kernels rounded by GPTQ")
         if self.images and self.max_abs_diff is not None:
@@ -264,6 +268,15 @@ def export(
         _write_saved_model(classifier, destination)
         size = sum(p.stat().st_size for p in destination.rglob("*") if p.is_file())
     on_calibration = check is not None and parity_data is None
+    notes: tuple[str, ...] = ()
+    asked = [what for what, on in (("GPTQ", gptq), ("the output-layer fit", fit_head)) if on]
+    count = 0 if calibration is None else len(calibration)
+    if quantize == "int8" and 0 < count < MIN_HEAD_FIT_IMAGES and asked:  # not only INFO
+        notes = (
+            f"{' and '.join(asked)} skipped: {count} calibration images, fewer "
+            f"than {MIN_HEAD_FIT_IMAGES} (the converter's rounding is kept); pass "
+            f"{MIN_HEAD_FIT_IMAGES} or more for them",
+        )
     report = ExportReport(
         destination,
         format,
@@ -276,6 +289,7 @@ def export(
         head_fitted,
         on_calibration,
         len(kernels),
+        notes,
     )
     if check is not None:
         runtime, run = (
@@ -303,6 +317,7 @@ def export(
             head_fitted,
             on_calibration,
             len(kernels),
+            notes,
         )
     return report
 

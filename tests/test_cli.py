@@ -315,6 +315,17 @@ def test_other_arguments_are_checked_before_training(
             "or pass --on-bad-image skip to leave it out",
         ),
         ("batch_size=32 is larger than", "--batch-size 32 is larger than"),
+        (
+            "n=100 but the base 'b' has only 19 blocks; use n <= 19 (see "
+            "finetunekit.structure.blocks(model)).",
+            "--unfreeze 100 but the base 'b' has only 19 blocks; use --unfreeze <= 19.",
+        ),
+        (
+            "n=60 but the base 'b' has only 52 layers with weights. Use n <= 52, or "
+            "freeze(model) then train the whole base.",
+            "--unfreeze 60 but the base 'b' has only 52 layers with weights. Use "
+            "--unfreeze <= 52.",
+        ),
     ],
 )
 def test_library_words_become_flags(library, command):

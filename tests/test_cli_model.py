@@ -61,6 +61,7 @@ def test_export_int8_with_calibration(saved, folder, tmp_path, capsys):
     assert main([*args, str(folder)]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and "(int8)" in printed and "top-1 agreement 100.0%" in printed
+    assert "note: GPTQ and the output-layer fit skipped" in printed  # a few colour images
 
 
 def test_export_prints_its_report_once(saved, tmp_path, capsys):
@@ -69,6 +70,8 @@ def test_export_prints_its_report_once(saved, tmp_path, capsys):
     captured = capsys.readouterr()
     assert (captured.out + captured.err).count("exported litert to") == 1
     assert "exported litert to" in captured.out
+    # In the command's words: its flags, not export()'s keywords.
+    assert "parity not checked: pass --calibration or --check FOLDER" in captured.out
 
 
 def test_export_passes_gptq_and_fit_head(saved, tmp_path, monkeypatch):
@@ -96,7 +99,8 @@ def test_export_passes_gptq_and_fit_head(saved, tmp_path, monkeypatch):
         (["predict", "{saved}", "{tmp}/nowhere"], "No image or folder"),
         (["predict", "{saved}", "{tmp}/empty"], "holds no images"),
         (["evaluate", "{saved}", "{tmp}/nowhere"], "No image folder"),
-        (["export", "{saved}", "{tmp}/m.tflite", "--quantize", "int8"], "needs representative"),
+        (["export", "{saved}", "{tmp}/m.tflite", "--quantize", "int8"],
+         "--quantize int8 needs --calibration FOLDER"),
         (["export", "{saved}", "{tmp}/m.onnx"], "'.tflite' file"),
     ],
 )

@@ -59,6 +59,13 @@ def test_the_printed_table_and_conclusions(quick_demo):
     )
     assert "early stopping" in conclusions[4] and "saved" in conclusions[4]
     assert not any(line.startswith("time cap") for line in conclusions)  # shapes: epochs only
+    # A run the time cap ended is not counted as saved by early stopping.
+    runs = quick_demo.runs
+    capped = dataclasses.replace(runs[0], epochs_run=1, stopped_by_time=True, time_limit=2.0)
+    cut = dataclasses.replace(quick_demo, runs=(capped, *runs[1:]))
+    early = sum(r.max_epochs - r.epochs_run for r in runs[1:])
+    assert f"saved {early} epochs: {capped.method} 1 of {capped.max_epochs} epochs (time cap);" \
+        in cut.conclusions()[4]
     with pytest.raises(KeyError):
         quick_demo.run("transfer magic")
 

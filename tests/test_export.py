@@ -146,7 +146,16 @@ def test_few_calibration_images_fit_nothing(tmp_path, images):
     report = ftk.export(conv_model(), tmp_path / "m.tflite", quantize="int8",
                         representative_data=images, fit_head=True)
     assert report.images == 24 and not report.head_fitted and report.kernels_rounded == 0
-    assert "GPTQ" not in str(report)
+    assert "rounded by GPTQ" not in str(report)
+    # Said in the report (it was an INFO line only, hidden by default).
+    assert report.notes == (
+        "GPTQ and the output-layer fit skipped: 24 calibration images, fewer than 100 (the "
+        "converter's rounding is kept); pass 100 or more for them",
+    )
+    assert f"note: {report.notes[0]}" in str(report)
+    bare = ftk.export(conv_model(), tmp_path / "n.tflite", quantize="int8",
+                      representative_data=images, gptq=False, fit_head=False)
+    assert bare.notes == ()  # nothing asked, nothing skipped
 
 
 def test_a_failed_fit_keeps_the_converters_output(tmp_path, many_images, monkeypatch):
