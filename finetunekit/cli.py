@@ -1054,7 +1054,8 @@ _RANK_WORDS: tuple[tuple[str, str], ...] = (
 
 def _in_flag_words(message: str, args: argparse.Namespace | None) -> str:
     """Rewrites a library message in the command's words, with a hint where one helps."""
-    own = {"rank": _RANK_WORDS, "export": _EXPORT_WORDS}.get(getattr(args, "command", None), ())
+    command = str(getattr(args, "command", None))
+    own = {"rank": _RANK_WORDS, "export": _EXPORT_WORDS}.get(command, ())
     for pattern, flag in own:
         message = re.sub(pattern, flag, message)
     for pattern, flag in _FLAG_WORDS:
