@@ -338,6 +338,24 @@ CASES = [
         ("already has a head", "find_base(model)"),
     ),
     Case(
+        "flat-classifier",
+        "a classifier built on the base's own layers (no nested base)",
+        'ftk.freeze(keras.Model(base.input, keras.layers.Dense(3, activation="softmax")('
+        "keras.layers.GlobalAveragePooling2D()(base.output))))",
+        E.ModelStructureError,
+        ValueError,
+        ("ends in a classifier (softmax output)", "cannot tell its base from its head",
+         "base(inputs, training=False)"),
+    ),
+    Case(
+        "two-input-base",
+        "a base of two image inputs",
+        "ftk.add_head(keras.Model([base.input, keras.Input((32, 32, 3))], base.output), 3)",
+        E.ModelStructureError,
+        ValueError,
+        ("takes 2 inputs", "one image input"),
+    ),
+    Case(
         "num-classes-missing",
         "multiclass without num_classes",
         "ftk.add_head(base)",
@@ -732,6 +750,22 @@ CASES = [
         E.DataError,
         ValueError,
         ("labels are missing", "(images, labels)"),
+    ),
+    Case(
+        "sixteen-bit-pixels",
+        "16-bit images (values up to 65535)",
+        'tuner.fit((x * 257).astype("uint16"), y)',
+        E.DataError,
+        ValueError,
+        ("beyond 255 (16-bit images?)", "x / 257"),
+    ),
+    Case(
+        "evaluate-one-hot-width",
+        "evaluate with one-hot rows of another width than the model's classes",
+        "ftk.evaluate(model, (x, np.eye(2)[y % 2]))",
+        E.DataError,
+        ValueError,
+        ("one-hot rows of 2 columns but this model has 3 classes",),
     ),
     Case(
         "sample-weights-tuple",
