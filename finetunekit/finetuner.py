@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from finetunekit import (
 )
 from finetunekit._checks import check_bool, check_choice, check_float, check_int
 from finetunekit.classifier import save_model
-from finetunekit.errors import ArgumentTypeError, StepOrderError
+from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
 from finetunekit.recipe import (
     DEFAULTS,
     FINETUNE,
@@ -215,7 +216,7 @@ class FineTuner:
 
     def compile(
         self,
-        learning_rate: float | None = None,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | None = None,
         *,
         optimizer: str | keras.optimizers.Optimizer = "adam",
         label_mode: str | None = None,
@@ -227,19 +228,28 @@ class FineTuner:
         `unfreeze` and in each phase of `fit`) gets a new optimizer with its settings,
         because Keras ties an optimizer to the variables it first trained.
         `learning_rate` replaces the template's rate; None keeps it (1e-3 for a name).
+        A `MultiOptimizer` keeps the rates of its groups: give it no `learning_rate`.
         """
         model = self._need_model()
         mode = label_mode or self._label_mode or self._task.default_label_mode
-        # A MultiOptimizer's rates are per group (its own rate is not the head's).
         multi = isinstance(optimizer, keras.optimizers.MultiOptimizer)
+        if multi and learning_rate is not None:
+            raise ConfigError(
+                "learning_rate does not apply to a MultiOptimizer, whose groups have rates "
+                "of their own: leave learning_rate out (or set the rates in its groups)."
+            )
         schedule = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
-        if learning_rate is not None and not (multi or schedule):
+        if learning_rate is not None and not schedule:
             check_float("learning_rate", learning_rate, low=0, expected="a positive number")
-        fresh = training.fresh_optimizer(optimizer, None if multi else learning_rate)
+        fresh = training.fresh_optimizer(optimizer, learning_rate)
+        rate = learning_rate
+        if rate is None:  # an instance's own rate, for the log line (a name: 1e-3)
+            own = isinstance(fresh, keras.optimizers.Optimizer) and schedules.current_rate(fresh)
+            rate = own if own and math.isfinite(own) else 1e-3
         with self._scope():
             tasks.compile_for(
-                model, self.task, learning_rate=1e-3 if learning_rate is None else learning_rate,
-                optimizer=fresh, label_mode=mode, metrics=metrics,
+                model, self.task, learning_rate=rate, optimizer=fresh, label_mode=mode,
+                metrics=metrics,
             )
         self._compile_args = dict(
             learning_rate=learning_rate, optimizer=optimizer, label_mode=mode, metrics=metrics
@@ -343,8 +353,11 @@ class FineTuner:
             step = Phase(FINETUNE, 1, n, unit, train_bn, rate, False, 0, lr_decay=decay)
             with self._scope():
                 optimizer, _ = schedules.phase_optimizer(template, self.model, step)
-            self.compile(**{**self._compile_args, "learning_rate": rate, "optimizer": optimizer})
-            self._compile_args["optimizer"] = template  # the template, not the map
+            multi = isinstance(optimizer, keras.optimizers.MultiOptimizer)  # rates inside
+            args = {"learning_rate": None if multi else rate, "optimizer": optimizer}
+            self.compile(**{**self._compile_args, **args})
+            # What a recompile after another trainable change starts from: one rate.
+            self._compile_args.update(optimizer=template, learning_rate=rate)
         return self
 
     # -- all of it -----------------------------------------------------------------------
@@ -421,7 +434,12 @@ class FineTuner:
             self.model = self._head(
                 self._need_base(), chosen.hidden, chosen.dropout, "avg", chosen.normalize
             )
-        chosen = chosen.with_head(self._head_settings, asked=set(settings))
+        asked = set(settings)
+        if self._normalize(settings.get("normalize")) == self._normalize(
+            self._head_settings.get("normalize")
+        ):  # normalize=True asks what the default (None, the task's) built: nothing ignored
+            asked.discard("normalize")
+        chosen = chosen.with_head(self._head_settings, asked=asked)
         model = self._need_model()
         run_settings = self._settings(prepared, user_callbacks, verbose)
         run_settings.augment_views = chosen.views()
@@ -547,14 +565,12 @@ class FineTuner:
                 "num_classes is unknown: pass FineTuner(..., num_classes=N), or call fit(), "
                 "which infers it from the labels."
             )
-        normalize = self._task.normalize_features if normalize is None else normalize
         with self._scope():
             model = heads.add_head(
                 base, self.num_classes, task=self.task, hidden=hidden, dropout=dropout,
-                pooling=pooling, normalize=normalize,
+                pooling=pooling, normalize=self._normalize(normalize),
             )
-        # What the head was built with: a later fit trains this head, whatever it asks
-        # (normalize as built: None asked for the task's default, which is what it is).
+        # What the head was built with: a later fit trains this head, whatever it asks.
         self._head_settings = {
             "hidden": tuple(hidden), "dropout": dropout, "normalize": normalize
         }
@@ -576,6 +592,7 @@ class FineTuner:
             validation_data=validation_data, holdout=holdout, batch_size=batch_size,
             seed=self._seed_now,
             raw_pixels=any(map(bases.takes_raw_pixels, (self._base_arg, self.base))),
+            one_size=None not in self._wanted_size(),
         )
         if self.base is None:
             if self.input_shape is None and not isinstance(self._base_arg, keras.Model):
@@ -592,6 +609,17 @@ class FineTuner:
             logger.info("labels are %s: recompiling with the matching loss", prepared.label_mode)
             self.compile(**{**self._compile_args, "label_mode": prepared.label_mode})
         return prepared
+
+    def _normalize(self, normalize: bool | None) -> bool:
+        """`normalize` as the head applies it (None: the task's default)."""
+        return self._task.normalize_features if normalize is None else normalize
+
+    def _wanted_size(self) -> tuple[int | None, ...]:
+        """The (height, width) the base takes, None for an open side; a base still to be
+        built at the data's size takes one size."""
+        if self.base is not None:
+            return tuple(self.base.input_shape[1:3])
+        return tuple(self.input_shape[:2]) if self.input_shape is not None else (0, 0)
 
     def _check_unfreeze_before_data(self, chosen: Recipe) -> None:
         """`unfreeze` against the base before any image is read, when the base does not

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any, TypeAlias
 
@@ -153,8 +154,11 @@ def head_optimizer(optimizer: Any) -> Any:
 
 
 def current_rate(optimizer: Any) -> float:
-    """The head's learning rate now (of a schedule: at the optimizer's step)."""
-    shown = head_optimizer(optimizer) or optimizer
+    """The head's learning rate now (of a schedule: at the optimizer's step); NaN for a
+    `MultiOptimizer` of the caller's own, whose groups have no one rate."""
+    shown = head_optimizer(optimizer)
+    if shown is None:
+        return math.nan
     return float(keras.ops.convert_to_numpy(shown.learning_rate))
 
 

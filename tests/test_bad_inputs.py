@@ -773,7 +773,7 @@ CASES = [
         "tuner.fit((x, y, np.ones(len(y))))",
         E.DataError,
         ValueError,
-        ("a tuple of 3", "from_tensor_slices((x, y, w))"),
+        ("a sequence of 3 and no labels", "from_tensor_slices((x, y, w))"),
     ),
     Case(
         "labels-twice",

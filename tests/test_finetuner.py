@@ -112,6 +112,24 @@ def test_compile_applies_its_learning_rate_to_an_optimizer_instance() -> None:
         tuner.compile("fast", optimizer=keras.optimizers.SGD())
 
 
+def test_a_multi_optimizer_of_ones_own_keeps_its_rates() -> None:
+    # train() read the rate of the map itself: Keras' raw AttributeError; and a rate
+    # given to compile was ignored without a word.
+    x, y = noise(16, 0)
+    tuner = make_tuner().load_base().freeze().add_head()
+
+    def multi() -> keras.optimizers.MultiOptimizer:
+        return keras.optimizers.MultiOptimizer(
+            keras.optimizers.OptimizerMap(keras.optimizers.Adam(2e-3), {})
+        )
+
+    with pytest.raises(ftk.errors.ConfigError, match="does not apply to a MultiOptimizer"):
+        tuner.compile(1e-4, optimizer=multi())
+    before = tuner.model.get_layer("head_output").get_weights()[0].copy()
+    tuner.compile(optimizer=multi()).train(x, y, epochs=1, verbose=0)
+    assert not np.allclose(tuner.model.get_layer("head_output").get_weights()[0], before)
+
+
 def test_the_tuner_recompiles_after_every_trainable_change(tiny_images):
     x, y = tiny_images
     tuner = make_tuner().load_base().freeze().add_head().compile(learning_rate=1e-3)

@@ -128,7 +128,8 @@ def test_a_base_ending_in_pooling_or_logits_is_still_a_base() -> None:
     )
     assert structure.find_base(ftk.freeze(pooled)) is pooled
     assert pooled.trainable_weights == []
-    assert structure.find_base(flat_classifier(activation="relu")) is not None
+    logits = flat_classifier(activation="relu")
+    assert structure.find_base(logits) is logits  # not a probability output: a base
 
 
 def test_unfreeze_last_layers_counts_only_weighted_layers(base, model):

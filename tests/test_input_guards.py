@@ -190,6 +190,19 @@ def test_images_of_open_size_are_checked_and_built_at_their_size(images):
     assert len(history.history["loss"]) == 2
 
 
+def test_a_base_of_open_size_still_takes_batches_of_several_sizes(images):
+    # Held to the first batch's size, multi-size batches were refused for a base that
+    # takes any size (they trained before).
+    x, y = images
+    big = np.repeat(np.repeat(x[:8], 2, axis=1), 2, axis=2)  # 64 px
+    several = open_size(x[:16], y[:16]).concatenate(open_size(big, y[:8]))
+    any_size = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, alpha=0.35,
+                             input_shape=(None, None, 3), cache=False)
+    history = any_size.fit(several, head_epochs=1, finetune_epochs=0, verbose=0,
+                           early_stopping=False)
+    assert len(history.history["loss"]) == 1
+
+
 def test_images_of_open_size_that_change_size_are_named(images):
     x, y = images
     small = open_size(x[:16], y[:16])

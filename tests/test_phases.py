@@ -419,5 +419,7 @@ def test_a_second_fit_says_it_keeps_the_head_and_its_recipe_names_that_head(
         tuner.fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0)  # asks nothing of it
         # normalize=True is what the default (None: the task's) built: nothing ignored
         tuner.fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0, normalize=True)
+        _tuner().fit(x, y, head_epochs=1, finetune_epochs=0, verbose=0, normalize=None)
     assert "already has a head" not in caplog.text
-    assert tuner._recipe is not None and tuner._recipe.normalize is True
+    # The recipe names the head as built (None: the task's default), as checkpoints do.
+    assert tuner._recipe is not None and tuner._recipe.normalize is None

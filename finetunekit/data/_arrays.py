@@ -176,8 +176,9 @@ def as_dataset(
         )
     if y is None and isinstance(data, (tuple, list)) and len(data) == 3:
         raise DataError(
-            f"{what}: received a tuple of 3 (x, y and sample weights?). Pass sample weights "
-            "inside a dataset: tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)."
+            f"{what}: received a sequence of 3 and no labels. For images, labels and sample "
+            "weights, pass a dataset: tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32); "
+            "for images alone, pass their labels too (x, y)."
         )
     if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
         data, y = data

@@ -116,6 +116,7 @@ def prepare(
     batch_size: int = 32,
     seed: int | None = None,
     raw_pixels: bool = True,
+    one_size: bool = True,
 ) -> Prepared:
     """Converts and checks the data of a fit once: datasets, labels, classes.
 
@@ -134,6 +135,10 @@ def prepare(
         raw_pixels: the model is known to take raw 0-255 pixels, so images clearly
             outside that range (negative, or all within [0, 1]) are an error rather
             than a warning (see `finetunekit.data._guards`).
+        one_size: the model takes one image size: images whose size the dataset leaves
+            open are held to the first batch's (checked on every batch), so that the
+            model is built and checked at it. False for a model of open size, which
+            may take batches of several sizes.
 
     Labels are checked in full: arrays here, datasets batch by batch as they are read
     (wrap those passes in `Prepared.errors()`). The images of the first batch are
@@ -151,6 +156,7 @@ def prepare(
         return _prepare(
             train, y, task=task, num_classes=num_classes, validation_data=validation_data,
             holdout=holdout, batch_size=batch_size, seed=seed, raw_pixels=raw_pixels,
+            one_size=one_size,
         )
 
 
@@ -165,6 +171,7 @@ def _prepare(
     batch_size: int,
     seed: int | None,
     raw_pixels: bool,
+    one_size: bool,
 ) -> Prepared:
     spec = tasks.get_task(task)
     train_ds = as_dataset(train, y, batch_size=batch_size, shuffle=True, seed=seed)
@@ -209,11 +216,11 @@ def _prepare(
     own = train_ds.element_spec[0].shape[0] or first.shape[0]
     bounds = spec.label_bounds(mode, num_classes)
     train_ds = _guards.guard_labels(
-        train_ds, bounds, "training data", _open_size(train_ds, first)
+        train_ds, bounds, "training data", _open_size(train_ds, first) if one_size else None
     )
     if val_ds is not None:
         val_ds = _guards.guard_labels(
-            val_ds, bounds, "validation_data", _open_size(val_ds, val_first)
+            val_ds, bounds, "validation_data", _open_size(val_ds, val_first) if one_size else None
         )
     return Prepared(
         train=train_ds,
