@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,9 +28,9 @@ from finetunekit import (
     tasks,
     training,
 )
-from finetunekit._checks import check_bool, check_choice, check_float, check_int
+from finetunekit._checks import check_bool, check_choice, check_int
 from finetunekit.classifier import save_model
-from finetunekit.errors import ArgumentTypeError, ConfigError, StepOrderError
+from finetunekit.errors import ArgumentTypeError, StepOrderError
 from finetunekit.recipe import (
     DEFAULTS,
     FINETUNE,
@@ -232,21 +231,8 @@ class FineTuner:
         """
         model = self._need_model()
         mode = label_mode or self._label_mode or self._task.default_label_mode
-        multi = isinstance(optimizer, keras.optimizers.MultiOptimizer)
-        if multi and learning_rate is not None:
-            raise ConfigError(
-                "learning_rate does not apply to a MultiOptimizer, whose groups have rates "
-                "of their own: leave learning_rate out (or set the rates in its groups)."
-            )
-        schedule = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
-        if learning_rate is not None and not schedule:
-            check_float("learning_rate", learning_rate, low=0, expected="a positive number")
-        fresh = training.fresh_optimizer(optimizer, learning_rate)
-        rate = learning_rate
-        if rate is None:  # an instance's own rate, for the log line (a name: 1e-3)
-            own = isinstance(fresh, keras.optimizers.Optimizer) and schedules.current_rate(fresh)
-            rate = own if own and math.isfinite(own) else 1e-3
-        with self._scope():
+        with self._scope():  # the optimizer's variables too, under a strategy
+            fresh, rate = training.from_template(optimizer, learning_rate)
             tasks.compile_for(
                 model, self.task, learning_rate=rate, optimizer=fresh, label_mode=mode,
                 metrics=metrics,

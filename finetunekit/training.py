@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from finetunekit import (
     structure,
     tasks,
 )
+from finetunekit._checks import check_float
 from finetunekit._nan import RaiseOnNaN
 from finetunekit.data import Prepared, warn_lost_classes
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError
@@ -275,6 +277,34 @@ def fresh_optimizer(optimizer: Any, learning_rate: float | None = None) -> Any:
     if learning_rate is not None and "learning_rate" in config:
         config["learning_rate"] = learning_rate
     return type(optimizer).from_config(config)
+
+
+def from_template(optimizer: Any, learning_rate: Any = None) -> tuple[Any, Any]:
+    """A fresh optimizer from `optimizer` (a name, or an instance used as a template) at
+    `learning_rate`, and the rate to give `compile_for` with it.
+
+    None keeps an instance's own rate (1e-3 for a name); a `MultiOptimizer` keeps the
+    rates of its groups.
+
+    Raises:
+        ConfigError: a rate for a `MultiOptimizer`, or one that is neither a positive
+            number nor a `LearningRateSchedule`.
+    """
+    multi = isinstance(optimizer, keras.optimizers.MultiOptimizer)
+    if multi and learning_rate is not None:
+        raise ConfigError(
+            "learning_rate does not apply to a MultiOptimizer, whose groups have rates "
+            "of their own: leave learning_rate out (or set the rates in its groups)."
+        )
+    schedule = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+    if learning_rate is not None and not schedule:
+        check_float("learning_rate", learning_rate, low=0, expected="a positive number")
+    fresh = fresh_optimizer(optimizer, learning_rate)
+    if learning_rate is not None:
+        return fresh, learning_rate
+    # An instance's own rate, which compile_for logs (it builds a name at 1e-3).
+    own = schedules.current_rate(fresh) if isinstance(fresh, keras.optimizers.Optimizer) else 0
+    return fresh, own if math.isfinite(own) and own > 0 else 1e-3
 
 
 def build_optimizer(model: keras.Model, settings: Settings) -> None:

@@ -52,6 +52,16 @@ report = {
     "loss": history.history["loss"],
     "val_loss": history.history["val_loss"],
 }
+# Step by step, with an optimizer instance as the template: its copy is made in scope.
+steps = ftk.FineTuner(
+    "mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3), alpha=0.35,
+    strategy=strategy,
+)
+steps.load_base().freeze().add_head().compile(1e-3, optimizer=keras.optimizers.SGD(momentum=0.9))
+steps.train(x, y, epochs=1, batch_size=8, verbose=0)
+report["steps_optimizer_in_scope"] = all(
+    strategy.extended.variable_created_in_scope(v.value) for v in steps.model.optimizer.variables
+)
 print("REPORT " + json.dumps(report))
 """
 
@@ -84,6 +94,7 @@ def test_fit_under_mirrored_strategy_on_two_cpus(tmp_path):
     assert report["in_scope"] == report["variables"]
     assert report["mirrored"] == report["variables"], report["types"]
     assert report["optimizer_in_scope"]
+    assert report["steps_optimizer_in_scope"]
     assert report["phases"] == ["head", "finetune"]
     for value in report["loss"] + report["val_loss"]:
         assert value == value and abs(value) < 1e6  # finite
