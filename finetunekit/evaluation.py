@@ -237,7 +237,19 @@ def evaluate(
     _arrays._check_batch_size(batch_size)
     folder = _folder_files(data)
     if folder is None:
-        return _measure(classifier, _labelled_batches(data, classifier, batch_size), None)
+        index = None
+        names = getattr(data, "class_names", None)  # e.g. Keras' image_dataset_from_directory
+        # With labels=[...], Keras names the classes "0", "1", ...: indices, not names.
+        indices = tuple(str(i) for i in range(len(names or ())))
+        if (
+            isinstance(data, tf.data.Dataset)
+            and names
+            and tuple(names) not in (classifier.class_names, indices)
+        ):
+            given = class_names is not None
+            classifier, index = _match_folder_classes(classifier, tuple(names), given=given)
+        batches = _labelled_batches(data, classifier, batch_size, index)
+        return _measure(classifier, batches, None)
     paths, labels, names = folder
     classifier, index = _match_folder_classes(classifier, names, given=class_names is not None)
     batches = _file_batches(paths, [index[i] for i in labels], classifier, batch_size)
@@ -254,7 +266,9 @@ def _folder_files(data: Any) -> tuple[list[str], list[int], tuple[str, ...]] | N
         return paths, [i for i, name in enumerate(names) for _ in files[name]], names
     file_paths = getattr(data, "file_paths", None)
     classes = getattr(data, "class_names", None)
-    if isinstance(data, tf.data.Dataset) and file_paths and classes:
+    # Only from_directory's own datasets: one of Keras' loader may hold labels of the
+    # caller's (labels=[...]) or images cropped, padded or in grayscale, not the files.
+    if getattr(data, "from_class_folders", False) and file_paths and classes:
         # from_directory shuffles its datasets, so their elements are not in the order
         # of file_paths; read the files again, in that order, labelled by class folder.
         names = tuple(classes)
@@ -298,11 +312,25 @@ def _match_folder_classes(
     )
 
 
-def _labelled_batches(data: Any, classifier: Classifier, batch_size: int) -> tf.data.Dataset:
+def _labelled_batches(
+    data: Any, classifier: Classifier, batch_size: int, index: list[int] | None = None
+) -> tf.data.Dataset:
+    """The data as batches of (images, labels); with `index`, the dataset's class i (an
+    index, or one-hot rows of its classes) is the model's class `index[i]`."""
     if isinstance(data, tf.data.Dataset) or (isinstance(data, (tuple, list)) and len(data) == 2):
         dataset = ftk_data.as_dataset(
             data, batch_size=batch_size, what="evaluation data", shuffle=False
         )
+        if index is not None:
+            table = tf.constant(index, tf.int64)
+
+            def remap(images: tf.Tensor, labels: tf.Tensor, *rest: tf.Tensor) -> tuple:
+                if labels.shape.rank == 2 and labels.shape[-1] == len(index) > 1:
+                    labels = tf.argmax(labels, axis=-1)  # one-hot rows of its own classes
+                flat = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+                return (images, tf.gather(table, flat), *rest)
+
+            dataset = dataset.map(remap)
         for batch in dataset.take(1):  # a sample: the first batch
             classifier.check_pixels(batch[0], "evaluation data")
         return dataset

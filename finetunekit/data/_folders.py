@@ -469,6 +469,7 @@ def _finish(
     dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     dataset.class_names = list(class_names)
     dataset.file_paths = paths
+    dataset.from_class_folders = True  # evaluate reads its files again, in order
     return dataset
 
 
