@@ -184,7 +184,15 @@ def _prepare(
     if val_ds is not None:
         _guards.check_finite(val_ds, "validation_data")
     names = getattr(train, "class_names", None)
-    _guards.check_class_names(names, getattr(validation_data, "class_names", None))
+    val_names = getattr(validation_data, "class_names", None)
+    _guards.check_class_names(names, val_names)
+    _guards.warn_shared_files(train, validation_data)
+    if not names and val_names:
+        # Keras' tutorial idiom loses them: train.cache().prefetch(...) beside validation
+        # data of the same loader call (subset="both"), which still carries them.
+        names = list(val_names)
+        logger.info("class names from validation_data (the training data has none): %s",
+                    ", ".join(map(str, names)))
     # Arrays are in memory: every label is checked now; datasets batch by batch below.
     info = _array_labels(train, y)
     if info is None:
