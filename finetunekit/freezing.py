@@ -94,8 +94,8 @@ def unfreeze_last(
     Examples:
         >>> unfreeze_last(model, 2, unit="block")
     """
-    n = check_int("n", n, minimum=1, expected=f"a positive int (how many {unit}s)")
     check_choice("unit", unit, ("layer", "block"))
+    n = check_int("n", n, minimum=1, expected=f"a positive int (how many {unit}s)")
     check_bool("train_bn", train_bn)
     base = structure.find_base(model)
     if unit == "layer":

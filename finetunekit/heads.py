@@ -74,6 +74,19 @@ def add_head(
             f"{base.name!r} already has a head (layers named head_*). Pass its base "
             "(finetunekit.structure.find_base(model)) to add a new head."
         )
+    inner = structure.find_base(base)
+    if inner is not base:  # a model around its base: weights after the base are a head
+        before = {id(layer) for layer in structure.layers_before(base, inner)}
+        after = [
+            layer.name for layer in base.layers
+            if layer is not inner and id(layer) not in before and layer.weights
+        ]
+        if after:
+            raise ModelStructureError(
+                f"{base.name!r} already has a head of its own (layers after its base "
+                f"{inner.name!r}: {', '.join(after)}). Pass its base to add a new head: "
+                "add_head(finetunekit.structure.find_base(model), num_classes)."
+            )
     spec = get_task(task)
     units = output_units(task, num_classes)
     if pooling not in POOLINGS:

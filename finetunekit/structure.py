@@ -298,10 +298,18 @@ def _stem(name: str) -> str:
 def _same_stem(a: str, b: str) -> bool:
     """Equal stems, or one extends the other by words (`block4a` / `block4a_dwconv2`).
 
-    An extension by a bare number is a sibling, not a part (`conv2d` / `conv2d_1`).
+    An extension by a bare number is a sibling, not a part (`conv2d` / `conv2d_1`), and
+    so is a numbered extension of a stem without a number (`features` / `features_stage1`).
     """
+    if a == b:
+        return True
     short, long = sorted((a.split("_"), b.split("_")), key=len)
-    if long[: len(short)] == short and not any(t.isdigit() for t in long[len(short) :]):
+    extension = long[len(short) :]
+    if (
+        long[: len(short)] == short
+        and not any(t.isdigit() for t in extension)
+        and (re.search(r"\d", "".join(short)) or not re.search(r"\d", "".join(extension)))
+    ):
         return True
     return _parts_of_one_block(a.split("_"), b.split("_"))
 
@@ -338,7 +346,19 @@ def _parts_of_one_block(a: list[str], b: list[str]) -> bool:
 def _is_kernel(layer: Any) -> bool:
     if isinstance(layer, keras.Model):
         return bool(layer.weights)
-    return trainable_capable(layer) and not isinstance(layer, _NORMALIZATION)
+    return any(
+        trainable_capable(leaf) and not isinstance(leaf, _NORMALIZATION)
+        for leaf in _leaves([layer])
+    )
+
+
+def _parts_by_kind(a: Any, b: Any) -> bool:
+    """Whether two kernel layers whose names share a stem without a number are two parts
+    of one block: different kinds of layer (MobileNetV3's `expanded_conv_depthwise` and
+    `expanded_conv_project`), not a chain of one kind (`conv_in`, `conv_mid`, `conv_out`)."""
+    if re.search(r"\d", a.name) or re.search(r"\d", b.name):
+        return True  # the stems came from numbered names
+    return type(a) is not type(b)
 
 
 @dataclass
@@ -363,11 +383,14 @@ class Block:
 
     @property
     def param_count(self) -> int:
-        return sum(
-            int(sum(v.numpy().size for v in layer.weights))
+        # by variable: a layer of sublayers may come with them (see `_leaves`)
+        variables = {
+            id(v): v
             for layer in _leaves(self.layers)
             if not is_preprocessing(layer)
-        )
+            for v in layer.weights
+        }
+        return sum(int(v.numpy().size) for v in variables.values())
 
 
 def blocks(model: keras.Model) -> list[Block]:
@@ -396,19 +419,22 @@ def blocks(model: keras.Model) -> list[Block]:
     result: list[Block] = []
     current: Block | None = None
     current_stem: str | None = None
+    current_kernel: Any = None
     for run in runs:
         kernel = next((op for op in run if _is_kernel(op)), None)
         stem = _stem(kernel.name) if kernel is not None else None
         joins = current is not None and (
-            stem is None or current_stem is None or _same_stem(stem, current_stem)
+            stem is None
+            or current_stem is None
+            or (_same_stem(stem, current_stem) and _parts_by_kind(kernel, current_kernel))
         )
         if joins and current is not None:
             current.layers.extend(run)
             if current_stem is None and stem is not None:
-                current.name, current_stem = stem, stem
+                current.name, current_stem, current_kernel = stem, stem, kernel
         else:
             current = Block(stem or (run[0].name if run else "input"), list(run))
-            current_stem = stem
+            current_stem, current_kernel = stem, kernel
             result.append(current)
     kept = [block for block in result if block.layers]
     for block in kept:
@@ -433,10 +459,29 @@ def _common_name(block: Block) -> str | None:
     return "_".join(common) if len(common) >= 2 else None
 
 
+def _sublayers(layer: Any) -> list[Any]:
+    """The layers a layer is made of: a model's, or those a custom layer holds."""
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    flatten = getattr(layer, "_flatten_layers", None)  # Keras' tracking of sublayers
+    return list(flatten(include_self=False, recursive=False)) if flatten is not None else []
+
+
 def _leaves(layers: Sequence[Any]) -> Iterator[Any]:
+    """The leaf layers: nested models flattened, and custom layers made of weighted
+    sublayers (a conv and its normalization in one layer) too, so that those train and
+    stay frozen one by one; such a layer comes first itself when it has weights of its own.
+    """
     for layer in layers:
+        inner = _sublayers(layer)
         if isinstance(layer, keras.Model):
-            yield from _leaves(layer.layers)
+            yield from _leaves(inner)
+        elif any(sub.weights for sub in inner):
+            if getattr(layer, "_trainable_variables", None) or getattr(
+                layer, "_non_trainable_variables", None
+            ):
+                yield layer
+            yield from _leaves(inner)
         else:
             yield layer
 
@@ -446,6 +491,13 @@ def leaf_layers(model: keras.Model) -> list[Any]:
     return [
         layer for layer in _leaves(model.layers) if not isinstance(layer, keras.layers.InputLayer)
     ]
+
+
+def input_channels(model: keras.Model) -> int:
+    """The channels of the images `model` takes (its input's last axis; 3 when open)."""
+    inputs = getattr(model, "inputs", None) or []
+    shape = getattr(inputs[0], "shape", None) if len(inputs) == 1 else None
+    return int(shape[-1]) if shape and len(shape) == 4 and shape[-1] else 3
 
 
 def has_preprocessing(model: keras.Model) -> bool:

@@ -225,6 +225,19 @@ def test_add_head_twice_is_refused(base):
     assert isinstance(info.value, ValueError)
 
 
+def test_a_head_of_the_users_own_is_refused_and_layers_before_the_base_are_not(base):
+    inputs = keras.Input((32, 32, 3))
+    scaled = keras.layers.Rescaling(1.0, name="scale")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(base(scaled, training=False))
+    own = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="pred")(pooled))
+    with pytest.raises(ModelStructureError, match=r"head of its own .*: pred\)"):
+        ftk.add_head(own, num_classes=5)
+    # the same layout without weights after the base (features out) takes a head
+    features = keras.Model(inputs, pooled)
+    model = ftk.add_head(features, num_classes=5, pooling=None)
+    assert model.output_shape == (None, 5)
+
+
 def test_hidden_none_means_no_hidden_layer(base):
     model = ftk.add_head(base, num_classes=3, hidden=None)
     assert not any(layer.name.startswith("head_dense") for layer in model.layers)

@@ -400,3 +400,72 @@ def test_layers_before_a_base_and_the_split_of_such_a_model(mobilenet_v2):
     joined = keras.layers.Concatenate()([features, keras.layers.Dense(4, name="meta")(meta)])
     two = keras.Model([image, meta], keras.layers.Dense(2)(joined))
     assert structure.layers_before(two, mobilenet_v2) == []
+
+
+# -- layers of the user's own making -------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="finetunekit_tests")
+class ConvBN(keras.layers.Layer):
+    """A custom layer made of a convolution and its normalization, no weights of its own."""
+
+    def __init__(self, filters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = keras.layers.Conv2D(filters, 3, padding="same")
+        self.bn = keras.layers.BatchNormalization()
+
+    def call(self, x, training=None):
+        return keras.ops.relu(self.bn(self.conv(x), training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+def composite_base():
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, name="stem_conv")(inputs)
+    x = ConvBN(8, name="block_1")(x)
+    return keras.Model(inputs, ConvBN(8, name="block_2")(x))
+
+
+def test_layers_made_of_layers_are_blocks_and_train_one_by_one():
+    base = composite_base()
+    last = base.get_layer("block_2")
+    assert [b.name for b in structure.blocks(base)] == ["stem", "block_1", "block_2"]
+    assert {x.name for x in structure.blocks(base)[-1].weighted()} == {last.conv.name}
+    assert structure.blocks(base)[-1].param_count == sum(v.numpy().size for v in last.weights)
+    model = ftk.add_head(ftk.freeze(base), num_classes=3)
+    ftk.unfreeze_last(model, 1, unit="block")
+    trained = {id(v) for v in model.trainable_variables}
+    assert {id(v) for v in last.conv.trainable_weights} <= trained
+    assert not {id(v) for v in last.bn.weights} & trained  # BatchNormalization stays frozen
+    assert not {id(v) for v in base.get_layer("block_1").weights} & trained
+    assert not {id(v) for v in base.get_layer("stem_conv").weights} & trained
+    ftk.unfreeze_last(model, 3, unit="layer")  # three convolutions, counted inside the layers
+    assert {id(v) for v in base.get_layer("block_1").conv.weights} <= {
+        id(v) for v in model.trainable_variables
+    }
+
+
+def test_a_chain_of_one_kind_named_without_numbers_is_one_block_per_layer():
+    inputs = keras.Input((32, 32, 3))
+    x = inputs
+    for name in ("conv_in", "conv_mid", "conv_out"):
+        x = keras.layers.Conv2D(8, 3, name=name)(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.ReLU()(x)
+    chain = keras.Model(inputs, x)
+    assert [[x.name for x in b.weighted()] for b in structure.blocks(chain)] == [
+        ["conv_in"], ["conv_mid"], ["conv_out"]
+    ]
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, name="features_stem")(inputs)
+    for i in (1, 2):
+        x = keras.layers.Conv2D(8, 3, name=f"features_stage{i}")(x)
+    stages = keras.Model(inputs, x)
+    assert [b.name for b in structure.blocks(stages)] == [
+        "features", "features_stage1", "features_stage2"
+    ]
+    ftk.unfreeze_last(ftk.add_head(ftk.freeze(stages), num_classes=2), 1, unit="block")
+    assert [x.name for x in stages.layers if x.trainable_weights] == ["features_stage2"]
