@@ -116,6 +116,9 @@ def __getattr__(name: str) -> Any:
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")
+    from finetunekit._checks import check_backend
+
+    check_backend()  # Keras of another backend fails deep in its import otherwise
     module = importlib.import_module(module_name)
     value = module if module_name == f"finetunekit.{name}" else getattr(module, name)
     globals()[name] = value  # later lookups skip this function

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -102,3 +103,17 @@ def check_bool(
     if not isinstance(value, bool):
         raise _fail(name, "True or False", value, hint, error)
     return value
+
+
+def check_backend() -> None:
+    """Refuses a Keras backend other than TensorFlow, before Keras is imported for it.
+
+    Raises:
+        ConfigError: `KERAS_BACKEND` names another backend.
+    """
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend.strip().lower() != "tensorflow":
+        raise ConfigError(
+            f"finetunekit runs on Keras' TensorFlow backend; KERAS_BACKEND is {backend!r}. "
+            "Unset it, or set KERAS_BACKEND=tensorflow before Python starts."
+        )

@@ -22,6 +22,12 @@ import tensorflow as tf
 _ATTRIBUTE = "_finetunekit_orders"
 
 
+def draw_seed(high: int = 2**31) -> int:
+    """A seed drawn from NumPy's global generator, which `keras.utils.set_random_seed`
+    seeds: as Keras' own loaders draw theirs, so a seeded process repeats itself."""
+    return int(np.random.randint(high))
+
+
 class EpochOrders:
     """Permutations of `0..n-1`, one per epoch (or per iteration outside a fit).
 
@@ -30,7 +36,7 @@ class EpochOrders:
     """
 
     def __init__(self, seed: int | None) -> None:
-        self.seed = int(np.random.default_rng().integers(2**31)) if seed is None else int(seed)
+        self.seed = draw_seed() if seed is None else int(seed)
         #: The epoch whose order the next iteration draws; None: the next of its own.
         self.epoch: int | None = None
         self._drawn = 0

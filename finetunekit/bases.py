@@ -279,13 +279,20 @@ def load_base(
         WeightsNotFoundError: a weights or model path does not exist.
         WeightsUnavailableError: the ImageNet download failed (offline).
         WeightsMismatchError: a weights file does not fit the architecture.
-        ConfigError: a constructor argument is rejected by Keras or belongs to another step.
+        ConfigError: a constructor argument is rejected by Keras or belongs to another step;
+            Keras set to channels-first images.
 
     Examples:
         >>> base = load_base("mobilenet_v2", weights=None, input_shape=(96, 96, 3), alpha=0.35)
         >>> base.output_shape
         (None, 3, 3, 1280)
     """
+    if keras.config.image_data_format() != "channels_last":
+        raise ConfigError(
+            "finetunekit takes channels-last images (height, width, channels), but Keras is "
+            "set to channels_first. Call keras.config.set_image_data_format('channels_last') "
+            "first (or set image_data_format in ~/.keras/keras.json)."
+        )
     if isinstance(base, keras.Model):
         return _from_model(base, weights=weights, input_shape=input_shape, kwargs=kwargs)
     if isinstance(base, os.PathLike) or (isinstance(base, str) and _looks_like_path(base)):

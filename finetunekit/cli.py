@@ -950,12 +950,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         mobilenet_v3_small
         0
     """
+    from finetunekit._checks import check_backend
     from finetunekit.errors import FinetuneKitError
 
     parser = build_parser()
     args = None
     try:
         args = parser.parse_args(argv)
+        check_backend()
         _import_tensorflow(verbose=args.verbose)
         # The demo prints its own progress; its INFO lines only with --progress.
         quiet = args.quiet or (args.command == "demo" and not args.progress)

@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetunekit import _orders
 from finetunekit.errors import ConfigError, DataError
 
 __all__ = [
@@ -173,7 +174,7 @@ def shared_seed(strategy: tf.distribute.Strategy | None, seed: int | None) -> in
     if not is_multi_worker(strategy):
         return seed
     assert strategy is not None
-    drawn = int(np.random.default_rng().integers(2**31)) if seed is None else int(seed)
+    drawn = _orders.draw_seed() if seed is None else int(seed)
     rows = _gather(strategy, [drawn, seed is None])
     unseeded = rows[:, 1].astype(bool)
     if unseeded.all():

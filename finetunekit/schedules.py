@@ -146,7 +146,10 @@ def phase_optimizer(
 
 
 def head_optimizer(optimizer: Any) -> Any:
-    """The optimizer whose rate is the phase's: the head's inside a `MultiOptimizer`."""
+    """The optimizer whose rate is the phase's: the head's inside a `MultiOptimizer`
+    (itself inside the `LossScaleOptimizer` Keras wraps it in under mixed_float16)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
     if isinstance(optimizer, keras.optimizers.MultiOptimizer):
         named = [o for o in optimizer.optimizers if o.name == HEAD_OPTIMIZER]
         return named[0] if named else None

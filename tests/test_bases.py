@@ -110,6 +110,15 @@ REQUIRED_FAMILIES = [
 ]
 
 
+def test_channels_first_keras_is_named():
+    keras.config.set_image_data_format("channels_first")
+    try:
+        with pytest.raises(ConfigError, match="set_image_data_format\\('channels_last'\\)"):
+            ftk.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    finally:
+        keras.config.set_image_data_format("channels_last")
+
+
 def test_registry_holds_every_required_family():
     assert set(REQUIRED_FAMILIES) <= set(ftk.list_bases())
 

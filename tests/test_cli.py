@@ -42,6 +42,20 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"finetunekit {finetunekit.__version__}"
 
 
+def test_another_keras_backend_is_named_before_keras_loads_it(capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert main(["bases"]) == 1
+    assert "KERAS_BACKEND is 'jax'" in _one_error_line(capsys.readouterr().err)
+    # the library's lazy names too, in a fresh process (this one's Keras is loaded)
+    code = (
+        "import finetunekit as f\ntry:\n    f.FineTuner\n"
+        "except f.FinetuneKitError as e:\n    print(e)"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert "runs on Keras' TensorFlow backend" in out.stdout
+
+
 def test_bases_lists_matching_names(capsys):
     assert main(["bases", "mobilenet*"]) == 0
     assert capsys.readouterr().out.split() == finetunekit.list_bases("mobilenet*")

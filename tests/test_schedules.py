@@ -174,6 +174,21 @@ def test_an_optimizer_instance_is_a_template_for_every_block() -> None:
     assert all(o.momentum == 0.9 for o in inner)
 
 
+def test_lr_decay_under_mixed_float16(weights_035: object) -> None:
+    # Keras wraps the MultiOptimizer in a LossScaleOptimizer: the rates are read through it.
+    # Real weights: a random base's activations overflow float16.
+    x, y = _images()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        tuner = _tuner(weights=weights_035)
+        history = tuner.fit(x, y, head_epochs=1, finetune_epochs=1, lr_decay=0.5, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(tuner.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert np.isfinite(history.history["learning_rate"]).all()
+    assert schedules.current_rate(tuner.model.optimizer) > 0
+
+
 # -- rates over time ------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetunekit._orders import draw_seed
 from finetunekit.data._arrays import _check_batch_size
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, DataNotFoundError
 
@@ -140,7 +141,7 @@ def from_directory(
     if validation_split is not None:
         _check_split(validation_split, total + len(bad))
         if seed is None:
-            seed = int(np.random.default_rng().integers(1_000_000))
+            seed = draw_seed(1_000_000)
     with _keras_prints_to_log():
         loaded = keras.utils.image_dataset_from_directory(
             os.fspath(root),
