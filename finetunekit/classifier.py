@@ -463,6 +463,8 @@ class Classifier:
         class_names: the class of every output.
         task: `"multiclass"`, `"binary"`, `"multilabel"` or `"regression"`.
         input_size: `(height, width)` images are resized to.
+        channels: the channels of the images the model takes (3: RGB, 1: grayscale);
+            images are converted to them.
         info: the `ModelInfo` of the file it was loaded from, or None.
 
     Example:
@@ -492,6 +494,7 @@ class Classifier:
         if size is None and info is not None:
             size = info.input_size
         self.input_size: tuple[int, int] = size or ftk_data.DEFAULT_IMAGE_SIZE
+        self.channels: int = structure.input_channels(self.model)
 
     def __repr__(self) -> str:
         return (
@@ -501,7 +504,9 @@ class Classifier:
 
     def outputs(self, images: Any, *, batch_size: int = 32) -> tuple[np.ndarray, list[str | None]]:
         """The model's raw outputs for `images` (see `predict`), and the file of each."""
-        dataset, sources = image_dataset(images, self.input_size, batch_size=batch_size)
+        dataset, sources = image_dataset(
+            images, self.input_size, batch_size=batch_size, channels=self.channels
+        )
         if sources and sources[0] is None:  # arrays: files are 0-255 by construction
             self.check_pixels(next(iter(dataset.take(1))), "images")
         run = inference(self.model)
@@ -646,12 +651,13 @@ def image_files(source: str | os.PathLike[str]) -> list[str]:
     return files
 
 
-def _load_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    # The calls Keras' image_dataset_from_directory makes (decode to 3 channels, bilinear
-    # resize), so a file predicts as it trained; Keras keeps that loader private.
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+def _load_image(path: tf.Tensor, size: tuple[int, int], channels: int = 3) -> tf.Tensor:
+    # The calls Keras' image_dataset_from_directory makes (decode to 3 channels, or 1 for
+    # its color_mode="grayscale", bilinear resize), so a file predicts as it trained;
+    # Keras keeps that loader private.
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
     image = tf.image.resize(image, size, method="bilinear")
-    image.set_shape((size[0], size[1], 3))
+    image.set_shape((size[0], size[1], channels))
     return image
 
 
@@ -666,30 +672,33 @@ def _decode_failure(sources: list[str | None]) -> Exception:
     )
 
 
-def _fit_array(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """One image array -> float32 RGB of `size`."""
+def _fit_array(image: np.ndarray, size: tuple[int, int], channels: int = 3) -> np.ndarray:
+    """One image array -> float32 of `size` and the model's `channels` (RGB: 3)."""
     if image.ndim == 2:
         image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    accepted = (1, 3, 4) if channels in (1, 3) else (channels,)
+    if image.ndim != 3 or image.shape[-1] not in accepted:
         raise DataError(
-            f"An image must be (height, width) or (height, width, 1|3|4 channels); received "
-            f"shape {image.shape}."
+            f"An image must be (height, width) or (height, width, "
+            f"{'|'.join(map(str, accepted))} channels); received shape {image.shape}."
         )
     if not np.issubdtype(image.dtype, np.number) and image.dtype != bool:
         raise DataError(f"Image arrays must be numeric; received dtype {image.dtype}.")
-    rgb = _arrays._to_rgb(tf.convert_to_tensor(image.astype("float32")))
+    fitted = _arrays.to_channels(tf.convert_to_tensor(image.astype("float32")), channels)
     if tuple(image.shape[:2]) != tuple(size):
-        rgb = tf.image.resize(rgb, size, method="bilinear")
-    return rgb.numpy()
+        fitted = tf.image.resize(fitted, size, method="bilinear")
+    return fitted.numpy()
 
 
 def image_dataset(
-    images: Any, size: tuple[int, int], *, batch_size: int = 32
+    images: Any, size: tuple[int, int], *, batch_size: int = 32, channels: int = 3
 ) -> tuple[tf.data.Dataset, list[str | None]]:
-    """Batched float32 RGB images of `size` from files, a folder or arrays, and their files."""
+    """Batched float32 images of `size` and `channels` (RGB: 3) from files, a folder or
+    arrays, and their files."""
     _arrays._check_batch_size(batch_size)
     paths = _as_paths(images)
     if paths is not None:
+        check_decodable(channels)
         missing = [p for p in paths if not Path(p).is_file()]
         if missing:
             raise DataNotFoundError(
@@ -697,14 +706,24 @@ def image_dataset(
             )
         dataset = (
             tf.data.Dataset.from_tensor_slices(paths)
-            .map(lambda p: _load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE)
+            .map(lambda p: _load_image(p, size, channels), num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch_size)
             .prefetch(tf.data.AUTOTUNE)
         )
         return dataset, list(paths)
     arrays = _as_arrays(images)
-    batch = np.stack([_fit_array(image, size) for image in arrays])
+    batch = np.stack([_fit_array(image, size, channels) for image in arrays])
     return tf.data.Dataset.from_tensor_slices(batch).batch(batch_size), [None] * len(batch)
+
+
+def check_decodable(channels: int) -> None:
+    """Image files decode to RGB or grayscale: a model of other channels takes arrays."""
+    if channels not in (1, 3):
+        raise DataError(
+            f"The model takes images of {channels} channels, which image files do not "
+            "decode to (they give RGB or grayscale). Pass arrays of "
+            f"(height, width, {channels}) instead of files."
+        )
 
 
 def _as_paths(images: Any) -> list[str] | None:

@@ -27,7 +27,13 @@ from finetunekit import data as ftk_data
 from finetunekit import tasks
 from finetunekit._atomic import check_writable
 from finetunekit.caching import quiet_retracing
-from finetunekit.classifier import Classifier, _load_image, as_classifier, inference
+from finetunekit.classifier import (
+    Classifier,
+    _load_image,
+    as_classifier,
+    check_decodable,
+    inference,
+)
 from finetunekit.data import _arrays, _folders
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
 
@@ -319,7 +325,8 @@ def _labelled_batches(
     index, or one-hot rows of its classes) is the model's class `index[i]`."""
     if isinstance(data, tf.data.Dataset) or (isinstance(data, (tuple, list)) and len(data) == 2):
         dataset = ftk_data.as_dataset(
-            data, batch_size=batch_size, what="evaluation data", shuffle=False
+            data, batch_size=batch_size, what="evaluation data", shuffle=False,
+            channels=classifier.channels,
         )
         if index is not None:
             table = tf.constant(index, tf.int64)
@@ -363,10 +370,11 @@ def _label_of(path: str, names: tuple[str, ...], root: Path) -> int:
 def _file_batches(
     paths: list[str], labels: list[int], classifier: Classifier, batch_size: int
 ) -> tf.data.Dataset:
-    size = classifier.input_size
+    size, channels = classifier.input_size, classifier.channels
+    check_decodable(channels)
     return (
         tf.data.Dataset.from_tensor_slices((paths, labels))
-        .map(lambda p, y: (_load_image(p, size), y), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(lambda p, y: (_load_image(p, size, channels), y), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -341,7 +341,7 @@ def _images(data: Any, classifier: Classifier, limit: int, what: str) -> np.ndar
         arrays: Any = list(np.concatenate(batches)[:limit])
     else:
         arrays = _spread(data, limit)
-    dataset, sources = image_dataset(arrays, classifier.input_size)
+    dataset, sources = image_dataset(arrays, classifier.input_size, channels=classifier.channels)
     try:
         batches = list(dataset.take(-(-limit // 32)).as_numpy_iterator())
     except tf.errors.InvalidArgumentError as exc:  # a file that does not decode
@@ -385,9 +385,40 @@ def _write_litert(
     classifier: Classifier, destination: Path, quantize: str | None, calibration: Any
 ) -> None:
     options = _converter_options(quantize, calibration)
+    model = _in_float32(classifier.model)
     with write_beside(destination) as temp:
-        classifier.model.export(temp, format="litert", verbose=False, **options)
+        model.export(temp, format="litert", verbose=False, **options)
         temp.write_bytes(_compact_litert(temp.read_bytes()))
+
+
+def _in_float32(model: Any) -> Any:
+    """`model`, or a float32 copy of it when it computes in another dtype (mixed
+    precision, `keras.config.set_floatx`): LiteRT's converter would otherwise write ops
+    of TensorFlow's own (Flex) that LiteRT's interpreter cannot run. Keras has no
+    export option for it, hence the copy (same weights, float32 layers)."""
+    import keras
+
+    from finetunekit import structure
+
+    layers = structure.leaf_layers(model)
+    dtypes = {getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
+              for layer in layers}
+    if dtypes <= {"float32"}:
+        return model
+
+    def float32_layer(layer: Any) -> Any:
+        config = layer.get_config()
+        if "dtype" in config:
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
+
+    logger.info("exporting a float32 copy of the model (it computes in %s)",
+                ", ".join(sorted(dtypes - {"float32"})))
+    copy = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
+    copy.set_weights(
+        [w.astype("float32") if w.dtype.kind == "f" else w for w in model.get_weights()]
+    )
+    return copy
 
 
 def _output_dense(model: Any) -> tuple[Any, str] | tuple[None, str]:

@@ -25,6 +25,7 @@ from finetunekit import (
     heads,
     lr_finder,
     schedules,
+    structure,
     tasks,
     training,
 )
@@ -40,6 +41,7 @@ from finetunekit.recipe import (
     Recipe,
     RecipeSettings,
     check_lr_decay,
+    refuse_unknown,
 )
 from finetunekit.recipe import plan as plan_phases
 from finetunekit.training import FineTuneHistory, PhaseReport
@@ -47,6 +49,13 @@ from finetunekit.training import FineTuneHistory, PhaseReport
 __all__ = ["FineTuner", "FineTuneHistory", "PhasePlan", "PhaseReport", "Plan", "DEFAULTS"]
 
 logger = logging.getLogger("finetunekit")
+
+
+#: The keywords of `FineTuner.train`, named when it is given another.
+_TRAIN_KEYWORDS = (
+    "epochs", "validation_data", "batch_size", "early_stopping", "patience", "callbacks",
+    "verbose", "phase",
+)
 
 
 class FineTuner:
@@ -255,6 +264,7 @@ class FineTuner:
         callbacks: list[keras.callbacks.Callback] | None = None,
         verbose: Any = "auto",
         phase: str = "train",
+        **unknown: Any,
     ) -> FineTuner:
         """Step 5: trains what is trainable now, as compiled (stored features when it can).
 
@@ -278,13 +288,22 @@ class FineTuner:
         Raises:
             StepOrderError: no model yet (call `add_head`).
             DataError: data or labels that do not fit the task.
+            ConfigError: a keyword train() does not take (with how to do it).
         """
+        refuse_unknown(unknown, _TRAIN_KEYWORDS, "train() takes")
         model = self._need_model()
         check_int("epochs", epochs, minimum=0)
         check_int("patience", patience, minimum=0)
         check_bool("early_stopping", early_stopping)
         prepared = self._prepare(data_or_x, y, validation_data, batch_size, holdout=0.0)
         if not self._compile_args:
+            if getattr(model, "compiled", False):
+                logger.warning(
+                    "%s was compiled outside this tuner; train() compiles it for the task "
+                    "with tuner.compile() (Adam at 1e-3). Pass your optimizer and metrics "
+                    "to tuner.compile(optimizer=..., metrics=...) to train with them.",
+                    model.name,
+                )
             self.compile()
         self._recompile_if_needed()
         rate = schedules.current_rate(model.optimizer)
@@ -579,6 +598,7 @@ class FineTuner:
             seed=self._seed_now,
             raw_pixels=any(map(bases.takes_raw_pixels, (self._base_arg, self.base))),
             one_size=None not in self._wanted_size(),
+            channels=self._channels(),
         )
         if self.base is None:
             if self.input_shape is None and not isinstance(self._base_arg, keras.Model):
@@ -606,6 +626,11 @@ class FineTuner:
         if self.base is not None:
             return tuple(self.base.input_shape[1:3])
         return tuple(self.input_shape[:2]) if self.input_shape is not None else (0, 0)
+
+    def _channels(self) -> int:
+        """The channels of the images the base takes (the registry's take RGB)."""
+        model = self.base if self.base is not None else self._base_arg
+        return structure.input_channels(model) if isinstance(model, keras.Model) else 3
 
     def _check_unfreeze_before_data(self, chosen: Recipe) -> None:
         """`unfreeze` against the base before any image is read, when the base does not

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict
 
@@ -254,13 +254,7 @@ class Recipe:
                 "one with Recipe(head_epochs=..., ...), or pass the settings as keywords."
             )
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(keywords) - names)
-        if unknown:
-            hints = "".join(f" {_KERAS_FIT_HINTS[k]}" for k in unknown if k in _KERAS_FIT_HINTS)
-            raise ConfigError(
-                f"Unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; a "
-                f"Recipe has {', '.join(sorted(names))}.{hints}"
-            )
+        refuse_unknown(keywords, names, "a Recipe has")
         return dataclasses.replace(base or DEFAULTS, **keywords)
 
     def with_head(self, built: dict[str, Any], asked: set[str]) -> Recipe:
@@ -344,7 +338,31 @@ _KERAS_FIT_HINTS = {
         "a tf.data.Dataset of (images, labels, weights), e.g. "
         "tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)."
     ),
+    "steps_per_epoch": (
+        "Every epoch reads the whole dataset once; for fewer batches per epoch, pass "
+        "ds.take(n)."
+    ),
+    "validation_split": (
+        "train() holds nothing out: pass validation_data=... (fit() splits the training "
+        "data by validation_split)."
+    ),
 }
+
+
+def refuse_unknown(keywords: Iterable[str], names: Iterable[str], has: str) -> None:
+    """Raises for keywords outside `names`, with a hint for those Keras' `fit` takes.
+
+    Raises:
+        ConfigError: naming the unknown keywords, what is taken (`has` names it), and how
+            to do what Keras' keyword did.
+    """
+    unknown = sorted(set(keywords) - set(names))
+    if unknown:
+        hints = "".join(f" {_KERAS_FIT_HINTS[k]}" for k in unknown if k in _KERAS_FIT_HINTS)
+        raise ConfigError(
+            f"Unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; {has} "
+            f"{', '.join(sorted(names))}.{hints}"
+        )
 
 
 class RecipeSettings(TypedDict, total=False):

@@ -46,6 +46,20 @@ def test_float_litert_agrees_with_keras(tmp_path, images):
     assert list(np.argmax(out, axis=1)) == [COLOURS.index("red"), COLOURS.index("blue")]
 
 
+def test_a_mixed_precision_model_is_exported_in_float32(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = colour_model()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.layers[1].dtype_policy.compute_dtype == "float16"
+    saved = ftk.save_model(model, tmp_path / "m.keras", class_names=COLOURS)
+    folder = colour_folder(tmp_path / "check", {"x": ["red", "green", "blue", "red"]})
+    report = ftk.export(saved, tmp_path / "m.tflite", parity_data=folder)
+    assert report.top1_agreement == 1.0 and report.max_abs_diff < 1e-2
+    assert b"Flex" not in report.path.read_bytes()  # no op LiteRT's interpreter lacks
+
+
 def test_quantized_files_are_smaller_and_still_agree(tmp_path, images):
     model = conv_model()
     float32 = ftk.export(model, tmp_path / "f32.tflite", representative_data=images)

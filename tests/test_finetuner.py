@@ -74,6 +74,18 @@ def test_train_returns_the_tuner_so_steps_chain(tiny_images):
     assert tuner.train(x, y, epochs=1, verbose=0) is tuner
 
 
+def test_train_says_when_it_replaces_a_compile_made_outside_the_tuner(tiny_images, caplog):
+    x, y = tiny_images
+    tuner = make_tuner().load_base().freeze().add_head()
+    tuner.model.compile(
+        optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy"
+    )
+    with caplog.at_level("WARNING", logger="finetunekit"):
+        tuner.train(x, y, epochs=1, verbose=0)
+    assert "compiled outside this tuner" in caplog.text
+    assert "tuner.compile(optimizer=" in caplog.text
+
+
 @pytest.mark.parametrize("cache", [True, False])
 def test_an_optimizer_instance_is_a_template_for_every_phase(cache: bool) -> None:
     # Keras ties an optimizer to the variables it first trained: the same instance

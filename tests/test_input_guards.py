@@ -146,6 +146,80 @@ def test_an_infinite_dataset_is_refused_instead_of_hanging(images):
     assert "Remove .repeat()" in str(caught.value)
 
 
+def test_a_repeat_hidden_by_a_filter_is_refused_and_an_unknown_length_warned(images, caplog):
+    x, y = images
+    endless = batches(x, y).repeat().filter(lambda images, labels: True)
+    assert int(endless.cardinality()) == int(tf.data.UNKNOWN_CARDINALITY)
+    with pytest.raises(DataError, match="infinite"):
+        tuner().fit(endless, **FAST)
+    ended = batches(x, y).repeat().filter(lambda images, labels: True).take(3)
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        tuner().fit(ended, **FAST)  # finite, length unknown: trains, with a word
+    assert "cannot tell how many batches" in caplog.text
+
+
+def test_a_keras_py_dataset_trains_and_a_generator_is_refused(images):
+    x, y = images
+
+    class Batches(keras.utils.PyDataset):
+        epochs_ended = 0
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return x[index * 8 : (index + 1) * 8], y[index * 8 : (index + 1) * 8]
+
+        def on_epoch_end(self):
+            Batches.epochs_ended += 1
+
+    history = tuner().fit(Batches(), **FAST)
+    assert history.reports[0].cached and Batches.epochs_ended >= 1
+    with pytest.raises(DataError, match="read only once") as caught:
+        tuner().fit(((x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)), **FAST)
+    assert "from_generator" in str(caught.value)
+
+
+def _grey_and_colour(x, y, grey):
+    """Batches decoded with each image's own channels (a grey or an RGB PNG)."""
+    def image(i):
+        return np.asarray(x[i][..., :1] if grey(i) else x[i], "float32")
+
+    return tf.data.Dataset.from_generator(
+        lambda: ((image(i), y[i]) for i in range(32)),
+        output_signature=(tf.TensorSpec((32, 32, None)), tf.TensorSpec((), tf.int64)),
+    ).batch(8)
+
+
+def test_images_of_open_channels_become_rgb_and_a_mixed_batch_names_the_fix(images):
+    x, y = images
+    tuner().fit(_grey_and_colour(x, y, lambda i: True), **FAST)  # all grey: converted
+    with pytest.raises(DataError, match="differ in size or channels") as caught:
+        tuner().fit(_grey_and_colour(x, y, lambda i: i % 2 == 0), **FAST)
+    assert "channels=3" in str(caught.value)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_a_base_of_other_channels_gets_images_of_its_channels(images, channels):
+    inputs = keras.Input((32, 32, channels))
+    hidden = keras.layers.Conv2D(8, 3, name="g1_conv")(inputs)
+    hidden = keras.layers.BatchNormalization(name="g1_bn")(hidden)
+    base = keras.Model(inputs, keras.layers.Conv2D(8, 3, name="g2_conv")(hidden))
+    x, y = images
+    own = x[:40, ..., :1] if channels == 1 else np.concatenate([x[:40], x[:40, ..., :1]], -1)
+    tuned = ftk.FineTuner(base, num_classes=3, weights=None)
+    tuned.fit(own, y[:40], head_epochs=1, finetune_epochs=1, unfreeze=1, verbose=0)
+    classifier = ftk.Classifier(tuned.model, ["a", "b", "c"])
+    assert classifier.channels == channels
+    assert len(classifier.predict(own[:3])) == 3
+    if channels == 1:  # RGB into a grey model: its luminance
+        tuned.fit(x[:40], y[:40], head_epochs=1, finetune_epochs=0, verbose=0)
+        assert ftk.evaluate(tuned.model, (x[:40], y[:40])).accuracy >= 0.0
+    else:
+        with pytest.raises(DataError, match="must have 4 channels"):
+            tuned.fit(x[:40], y[:40], head_epochs=1, finetune_epochs=0, verbose=0)
+
+
 def test_validation_data_of_other_classes_is_refused(images):
     x, y = images
     train, validation = batches(x, y), batches(x, y % 2)

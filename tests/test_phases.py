@@ -62,6 +62,7 @@ def test_the_classic_schedule_is_two_phases() -> None:
         ({"validation_split": 1}, "validation_split must be in [0, 1)"),
         ({"hidden": 64}, "hidden must be a sequence of positive layer sizes"),
         ({"head_epoch": 5}, "Unknown setting head_epoch"),
+        ({"steps_per_epoch": 5}, "pass ds.take(n)"),
     ],
 )
 def test_every_setting_is_checked_before_any_image_is_read(
@@ -73,6 +74,33 @@ def test_every_setting_is_checked_before_any_image_is_read(
     monkeypatch.setattr(data, "prepare", no_reading)
     with pytest.raises(ConfigError, match=re.escape(says)):
         _tuner().fit(*_images(8), **keywords)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "says"),
+    [("validation_split", "pass validation_data"), ("class_weight", "sample weights in the data")],
+)
+def test_train_names_a_keyword_it_does_not_take(
+    keyword: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: pytest.fail("the data was read"))
+    tuner = _tuner()
+    says_unknown = f"Unknown setting {keyword}; train\\(\\) takes"
+    with pytest.raises(ConfigError, match=says_unknown) as caught:
+        tuner.train(*_images(8), **{keyword: 0.2})
+    assert says in str(caught.value)
+
+
+def test_keras_set_random_seed_repeats_a_fit_without_a_seed_of_its_own() -> None:
+    x, y = _images(24)
+    weights = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)
+        tuner = _tuner(seed=None)
+        tuner.fit(x, y, head_epochs=2, finetune_epochs=1, early_stopping=False, verbose=0)
+        weights.append([v.numpy() for v in tuner.model.trainable_weights])
+    for first, second in zip(*weights, strict=True):
+        np.testing.assert_array_equal(first, second)
 
 
 def test_unfreezing_more_blocks_than_the_base_has_fails_before_training(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -14,26 +16,77 @@ from finetunekit.data._labels import _label_info, check_labels
 from finetunekit.errors import ArgumentTypeError, DataError
 
 
-def _to_rgb(images: tf.Tensor) -> tf.Tensor:
+def to_channels(images: tf.Tensor, channels: int = 3) -> tf.Tensor:
+    """Images as float32 with the `channels` the model takes.
+
+    For a model of RGB images (3 channels), grayscale is repeated and an alpha channel
+    dropped; for a grayscale model (1 channel), RGB(A) becomes its luminance. Any other
+    count must match the model's already (`_check_image_shape`).
+    """
     images = tf.cast(images, tf.float32)
-    channels = images.shape[-1]
-    if channels == 1:
-        return tf.image.grayscale_to_rgb(images)
-    if channels == 4:
-        return images[..., :3]
-    return images
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have is None:  # decoded with the file's own channels: converted as each batch comes
+        return _to_channels_as_read(images, channels)
+    if channels not in (1, 3) or have not in (1, 3, 4):
+        raise DataError(
+            f"The model takes images of {channels} channels; received {have}. Pass images "
+            f"of {channels} channels (channels last)."
+        )
+    if have == 4:
+        images, have = images[..., :3], 3  # alpha dropped
+    if channels == 3:
+        return images if have == 3 else tf.image.grayscale_to_rgb(images)
+    return tf.image.rgb_to_grayscale(images)
 
 
-def _check_image_shape(shape: tuple[Any, ...], what: str) -> None:
+def _to_channels_as_read(images: tf.Tensor, channels: int) -> tf.Tensor:
+    """`to_channels` of images whose channels the dataset leaves open (`decode_png` with
+    the file's own channels, say), decided batch by batch; another count is refused."""
+    if channels not in (1, 3):
+        converted = tf.ensure_shape(images, (*images.shape[:-1], channels))
+        return converted
+    have = tf.shape(images)[-1]
+    ok = tf.debugging.Assert(
+        tf.reduce_any(tf.equal(have, [1, 3, 4])),
+        [f"{_MARK_CHANNELS}: images of", have, "channels"],
+    )
+    with tf.control_dependencies([ok]):
+        rgb = tf.switch_case(
+            tf.where(tf.equal(have, 1), 0, tf.where(tf.equal(have, 4), 1, 2)),
+            [
+                lambda: tf.tile(images[..., :1], [*([1] * (images.shape.rank - 1)), 3]),
+                lambda: images[..., :3],
+                lambda: images[..., :3],
+            ],
+        )
+    rgb = tf.ensure_shape(rgb, (*images.shape[:-1], 3))
+    return rgb if channels == 3 else tf.image.rgb_to_grayscale(rgb)
+
+
+#: In the assertion of channels that vary by batch; translated by `_guards.data_errors`.
+_MARK_CHANNELS = "finetunekit-bad-channels"
+
+
+def _check_image_shape(shape: tuple[Any, ...], what: str, channels: int = 3) -> None:
     if len(shape) != 4:
         raise DataError(
             f"{what} must be a batch of images (batch, height, width, channels); received "
             f"shape {shape}. Add a channel axis to grayscale arrays, e.g. x[..., None]."
         )
-    if shape[-1] not in (1, 3, 4, None):
+    if channels in (1, 3):
+        if shape[-1] not in (1, 3, 4, None):
+            kind = "RGB" if channels == 3 else "grayscale"
+            raise DataError(
+                f"{what} must have 1 (grayscale), 3 (RGB) or 4 (RGBA) channels in the last "
+                f"axis (the model takes {kind} images); received shape {shape}. finetunekit "
+                "expects channels-last images."
+            )
+    elif shape[-1] not in (channels, None):
         raise DataError(
-            f"{what} must have 1 (grayscale), 3 (RGB) or 4 (RGBA) channels in the last axis; "
-            f"received shape {shape}. finetunekit expects channels-last images."
+            f"{what} must have {channels} channels in the last axis, as the model's input "
+            f"has; received shape {shape}. Pass images of {channels} channels (channels last)."
         )
 
 
@@ -71,9 +124,25 @@ def from_arrays(
         >>> x, y, names = finetunekit.datasets.shapes(20, image_size=32)
         >>> train = from_arrays(x, y, batch_size=32, seed=0, num_classes=len(names))
     """
+    return _from_arrays(
+        x, y, batch_size=batch_size, shuffle=shuffle, seed=seed, num_classes=num_classes
+    )
+
+
+def _from_arrays(
+    x: Any,
+    y: Any,
+    *,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int | None = None,
+    num_classes: int | None = None,
+    channels: int = 3,
+) -> tf.data.Dataset:
+    """`from_arrays`, with images of the `channels` the model takes (see `to_channels`)."""
     x_arr = _as_array(x, "x")
     y_arr = _as_array(y, "y")
-    _check_image_shape(tuple(x_arr.shape), "x")
+    _check_image_shape(tuple(x_arr.shape), "x", channels)
     if len(x_arr) != len(y_arr):
         raise DataError(
             f"x and y must hold the same number of examples; received {len(x_arr)} images "
@@ -97,14 +166,15 @@ def from_arrays(
     if not shuffle:
         dataset = tf.data.Dataset.from_tensor_slices((x_arr, y_arr)).batch(batch_size)
         return dataset.map(
-            lambda images, labels: (_to_rgb(images), labels), num_parallel_calls=tf.data.AUTOTUNE
+            lambda images, labels: (to_channels(images, channels), labels),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
     # Reshuffled every epoch by an order keyed by (seed, epoch) during a fit, so a resumed
     # fit draws the orders of an uninterrupted one (see finetunekit._orders).
     orders = EpochOrders(seed)
     images, targets = tf.constant(x_arr), tf.constant(y_arr)
     dataset = orders.indices(len(x_arr)).batch(batch_size).map(
-        lambda rows: (_to_rgb(tf.gather(images, rows)), tf.gather(targets, rows)),
+        lambda rows: (to_channels(tf.gather(images, rows), channels), tf.gather(targets, rows)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return attach(dataset, orders)
@@ -143,10 +213,12 @@ def as_dataset(
     shuffle: bool = True,
     seed: int | None = None,
     what: str = "training data",
+    channels: int = 3,
 ) -> tf.data.Dataset:
     """Accepts a `tf.data.Dataset` of `(images, labels)`, a tuple `(x, y)` or arrays `x, y`.
 
-    An unbatched dataset is batched; images become float32 RGB.
+    An unbatched dataset is batched; images become float32 with the `channels` the model
+    takes (RGB by default, see `to_channels`).
 
     Raises:
         DataError: the data is not made of `(images, labels)` elements of the right shapes.
@@ -162,7 +234,20 @@ def as_dataset(
                     else ""
                 )
             )
-        return _standardize_dataset(data, batch_size, what)
+        return _standardize_dataset(data, batch_size, what, channels)
+    if isinstance(data, keras.utils.PyDataset):
+        if y is not None:
+            raise DataError(f"{what}: a PyDataset holds its labels; pass it alone, not with y.")
+        return _standardize_dataset(_from_py_dataset(data, what), batch_size, what, channels)
+    if isinstance(data, Iterator):
+        raise DataError(
+            f"{what}: received a {type(data).__name__}, which can be read only once, and "
+            "finetunekit reads the data more than once (to check it, to cache features, "
+            "per epoch). Pass a tf.data.Dataset that makes it anew on each pass, e.g. "
+            "tf.data.Dataset.from_generator(make_batches, output_signature=("
+            "tf.TensorSpec((None, 224, 224, 3)), tf.TensorSpec((None,), tf.int64))), "
+            "or a keras.utils.PyDataset."
+        )
     if y is None and isinstance(data, (str, os.PathLike)):
         raise DataError(
             f"{what}: {os.fspath(data)!r} is a path, not images. Load the folder first: "
@@ -189,7 +274,41 @@ def as_dataset(
         )
     if isinstance(data, tf.data.Dataset):
         raise DataError(f"{what}: a dataset cannot be paired with separate labels.")
-    return from_arrays(data, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    return _from_arrays(
+        data, y, batch_size=batch_size, shuffle=shuffle, seed=seed, channels=channels
+    )
+
+
+def _from_py_dataset(source: keras.utils.PyDataset, what: str) -> tf.data.Dataset:
+    """A `keras.utils.PyDataset` of `(images, labels[, sample_weights])` batches as a
+    `tf.data.Dataset` of the same batches, `on_epoch_end` called after each pass, as Keras
+    calls it. Keras' own adapter for it is private to `fit`, hence this one."""
+    batches = source.num_batches
+    if batches is None:
+        raise DataError(
+            f"{what}: the PyDataset has no length (it is infinite): finetunekit passes over "
+            "the data once per epoch. Give it a __len__."
+        )
+    if batches == 0:
+        raise DataError(f"{what}: the PyDataset is empty; there is nothing to train on.")
+    first = source[0]
+    if not isinstance(first, (tuple, list)) or len(first) not in (2, 3):
+        raise DataError(
+            f"{what}: a PyDataset's batches must be (images, labels) or (images, labels, "
+            f"sample_weights) tuples; its first batch is a {type(first).__name__}."
+        )
+    parts = [np.asarray(part) for part in first]
+    signature = tuple(
+        tf.TensorSpec((None, *part.shape[1:]), tf.as_dtype(part.dtype)) for part in parts
+    )
+
+    def generate() -> Iterator[tuple[np.ndarray, ...]]:
+        for index in range(batches):
+            yield tuple(np.asarray(part) for part in source[index])
+        source.on_epoch_end()
+
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches))
 
 
 def _check_sample_weights(weights: Any, what: str) -> None:
@@ -213,7 +332,9 @@ def _check_sample_weights(weights: Any, what: str) -> None:
     )
 
 
-def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -> tf.data.Dataset:
+def _standardize_dataset(
+    dataset: tf.data.Dataset, batch_size: int, what: str, channels: int = 3
+) -> tf.data.Dataset:
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) not in (2, 3):
         raise DataError(
@@ -235,11 +356,12 @@ def _standardize_dataset(dataset: tf.data.Dataset, batch_size: int, what: str) -
             "Set it in the dataset, e.g. for batches of 224x224 RGB images and their labels "
             "ds.map(lambda x, y: (tf.ensure_shape(x, (None, 224, 224, 3)), y))."
         )
-    _check_image_shape(tuple(image_spec.shape), f"{what}: images")
-    if image_spec.shape[-1] in (3, None) and image_spec.dtype == tf.float32:
+    _check_image_shape(tuple(image_spec.shape), f"{what}: images", channels)
+    if image_spec.shape[-1] == channels and image_spec.dtype == tf.float32:
         return dataset
     return dataset.map(
-        lambda images, *rest: (_to_rgb(images), *rest), num_parallel_calls=tf.data.AUTOTUNE
+        lambda images, *rest: (to_channels(images, channels), *rest),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
 
 

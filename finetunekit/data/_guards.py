@@ -138,12 +138,43 @@ def check_finite(dataset: tf.data.Dataset, what: str) -> None:
     Raises:
         DataError: the dataset's cardinality is infinite.
     """
-    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+    cardinality = int(dataset.cardinality())
+    unknown = cardinality == int(tf.data.UNKNOWN_CARDINALITY)
+    if cardinality == int(tf.data.INFINITE_CARDINALITY) or (unknown and _repeats_forever(dataset)):
         raise DataError(
             f"{what} is infinite (it repeats): finetunekit passes over the data once per "
             "epoch (and once more to cache features or split it). Remove .repeat() (or use "
             "ds.take(n) for a fixed number of batches)."
         )
+    if unknown:
+        logger.warning(
+            "%s: TensorFlow cannot tell how many batches it holds (it is filtered, "
+            "interleaved or read from a generator): if it never ends, neither will this "
+            "pass over it. Give it an end with ds.take(n), or state its length with "
+            "ds.apply(tf.data.experimental.assert_cardinality(n)).", what,
+        )
+
+
+def _repeats_forever(dataset: tf.data.Dataset) -> bool:
+    """Whether a dataset of unknown length holds a `.repeat()` without a count and nothing
+    that could end it (`take`): `.repeat().filter(...)`, whose length TensorFlow leaves
+    unknown. Read from the dataset's graph: tf.data has no public view of it."""
+    try:
+        from tensorflow.core.framework import graph_pb2
+
+        graph = graph_pb2.GraphDef()
+        graph.ParseFromString(dataset._as_serialized_graph().numpy())
+    except Exception:  # noqa: BLE001 - a view of a private graph: no answer, no refusal
+        return False
+    consts = {node.name: node for node in graph.node if node.op == "Const"}
+    if any(node.op in ("TakeDataset", "TakeWhileDataset") for node in graph.node):
+        return False
+    for node in graph.node:
+        if node.op == "RepeatDataset" and len(node.input) > 1:
+            count = consts.get(node.input[1].split(":")[0])
+            if count is not None and tf.make_ndarray(count.attr["value"].tensor) == -1:
+                return True
+    return False
 
 
 def check_class_names(
@@ -297,12 +328,41 @@ def _translated(
         shapes = re.search(r"First element had shape (\[[^\]]*\]) and element \d+ had shape "
                            r"(\[[^\]]*\])", message)
         seen = f" ({shapes.group(1)} and {shapes.group(2)})" if shapes else ""
+        if shapes and _channels_differ(shapes.group(1), shapes.group(2)):
+            return _mixed_channels(seen)
         return DataError(
             f"The images have different sizes{seen} and cannot be batched. Resize them to "
             "one size first, e.g. ds.map(lambda x, y: (tf.image.resize(x, (224, 224)), y)), "
             "or load folders with finetunekit.data.from_directory(..., image_size=224)."
         )
+    if "Cannot add tensor to the batch: number of elements does not match" in message:
+        shapes = re.search(r"Shapes are: \[tensor\]: (\[[^\]]*\]), \[batch\]: (\[[^\]]*\])",
+                           message)
+        return _mixed_channels(f" ({shapes.group(1)} and {shapes.group(2)})" if shapes else "")
+    if "finetunekit-bad-channels" in message:
+        found = re.search(r"finetunekit-bad-channels: images of\] \[(\d+)\]", message)
+        count = found.group(1) if found else "another number of"
+        return DataError(
+            f"A batch holds images of {count} channels; finetunekit reads 1 (grayscale), "
+            "3 (RGB) or 4 (RGBA). Decode the images to RGB, e.g. "
+            "tf.io.decode_image(data, channels=3, expand_animations=False)."
+        )
     return exc
+
+
+def _channels_differ(first: str, other: str) -> bool:
+    """Whether two shapes as TensorFlow prints them (`[32,32,1]`) differ in the last axis alone."""
+    a, b = (part.strip("[]").split(",") for part in (first, other))
+    return len(a) == len(b) > 1 and a[:-1] == b[:-1] and a[-1] != b[-1]
+
+
+def _mixed_channels(seen: str) -> DataError:
+    return DataError(
+        f"The images differ in size or channels{seen} and cannot be batched: grayscale "
+        "and RGB files decoded with their own channels, say. Decode every file to RGB, "
+        "e.g. tf.io.decode_image(data, channels=3, expand_animations=False), and resize "
+        "to one size, or load folders with finetunekit.data.from_directory(...)."
+    )
 
 
 def _expected(task_name: str, bounds: tuple[float, float, bool] | None) -> str:

@@ -117,6 +117,7 @@ def prepare(
     seed: int | None = None,
     raw_pixels: bool = True,
     one_size: bool = True,
+    channels: int = 3,
 ) -> Prepared:
     """Converts and checks the data of a fit once: datasets, labels, classes.
 
@@ -139,6 +140,8 @@ def prepare(
             open are held to the first batch's (checked on every batch), so that the
             model is built and checked at it. False for a model of open size, which
             may take batches of several sizes.
+        channels: the channels the model takes: images become RGB for 3 (grayscale
+            repeated, alpha dropped), grayscale for 1; any other count must match.
 
     Labels are checked in full: arrays here, datasets batch by batch as they are read
     (wrap those passes in `Prepared.errors()`). The images of the first batch are
@@ -156,7 +159,7 @@ def prepare(
         return _prepare(
             train, y, task=task, num_classes=num_classes, validation_data=validation_data,
             holdout=holdout, batch_size=batch_size, seed=seed, raw_pixels=raw_pixels,
-            one_size=one_size,
+            one_size=one_size, channels=channels,
         )
 
 
@@ -172,13 +175,17 @@ def _prepare(
     seed: int | None,
     raw_pixels: bool,
     one_size: bool,
+    channels: int,
 ) -> Prepared:
     spec = tasks.get_task(task)
-    train_ds = as_dataset(train, y, batch_size=batch_size, shuffle=True, seed=seed)
+    train_ds = as_dataset(
+        train, y, batch_size=batch_size, shuffle=True, seed=seed, channels=channels
+    )
     val_ds = None
     if validation_data is not None:
         val_ds = as_dataset(
-            validation_data, batch_size=batch_size, shuffle=False, what="validation_data"
+            validation_data, batch_size=batch_size, shuffle=False, what="validation_data",
+            channels=channels,
         )
     _guards.check_finite(train_ds, "training data")
     if val_ds is not None:
