@@ -7,9 +7,11 @@ fix it. Light on purpose (no TensorFlow), so the command line can use it.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
+import sys
 from collections.abc import Collection
 from typing import Any
 
@@ -108,12 +110,27 @@ def check_bool(
 def check_backend() -> None:
     """Refuses a Keras backend other than TensorFlow, before Keras is imported for it.
 
+    Keras takes its backend from `KERAS_BACKEND` (an empty value is ignored), else from
+    `keras.json` in `KERAS_HOME` (`~/.keras`); once Keras is imported, from Keras.
+
     Raises:
-        ConfigError: `KERAS_BACKEND` names another backend.
+        ConfigError: the backend is another one, naming where it was set.
     """
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    keras = sys.modules.get("keras")
+    if keras is not None and hasattr(keras, "config"):
+        backend, where = keras.config.backend(), "Keras' backend"
+    elif os.environ.get("KERAS_BACKEND"):
+        backend, where = os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
+    else:
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        try:
+            with open(os.path.join(home, "keras.json")) as file:
+                backend = str(json.load(file).get("backend", "tensorflow"))
+        except (OSError, ValueError, AttributeError):
+            backend = "tensorflow"
+        where = f"the backend in {os.path.join(home, 'keras.json')}"
     if backend.strip().lower() != "tensorflow":
         raise ConfigError(
-            f"finetunekit runs on Keras' TensorFlow backend; KERAS_BACKEND is {backend!r}. "
-            "Unset it, or set KERAS_BACKEND=tensorflow before Python starts."
+            f"finetunekit runs on Keras' TensorFlow backend; {where} is {backend!r}. Set "
+            "KERAS_BACKEND=tensorflow before Python starts (or unset it and change keras.json)."
         )

@@ -25,7 +25,7 @@ _ATTRIBUTE = "_finetunekit_orders"
 def draw_seed(high: int = 2**31) -> int:
     """A seed drawn from NumPy's global generator, which `keras.utils.set_random_seed`
     seeds: as Keras' own loaders draw theirs, so a seeded process repeats itself."""
-    return int(np.random.randint(high))
+    return int(np.random.randint(high, dtype=np.int64))
 
 
 class EpochOrders:

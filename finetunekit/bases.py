@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import json
 import logging
 import os
 import re
@@ -352,6 +353,29 @@ def takes_raw_pixels(base: Any) -> bool:
     if registry_name(base) is not None:
         return True
     return isinstance(base, keras.Model) and structure.has_preprocessing(base)
+
+
+def channels_of(base: Any) -> int:
+    """The channels of the images `base` (a name, path or model) takes, before it is built:
+    3 for a registry base, the input's for a model or a `.keras` file (read from its
+    config); 3 when it cannot tell."""
+    if isinstance(base, keras.Model):
+        return structure.input_channels(base)
+    if registry_name(base) is not None or not isinstance(base, (str, os.PathLike)):
+        return 3
+    path = Path(os.fspath(base))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        inputs = [
+            layer["config"].get("batch_shape") or layer["config"].get("batch_input_shape")
+            for layer in config["config"]["layers"]
+            if layer.get("class_name") == "InputLayer"
+        ]
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return 3  # not a .keras file that says: loading it says what is wrong
+    shape = inputs[0] if len(inputs) == 1 else None
+    return int(shape[-1]) if shape and len(shape) == 4 and shape[-1] else 3
 
 
 def _looks_like_path(text: str) -> bool:

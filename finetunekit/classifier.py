@@ -652,13 +652,13 @@ def image_files(source: str | os.PathLike[str]) -> list[str]:
 
 
 def _load_image(path: tf.Tensor, size: tuple[int, int], channels: int = 3) -> tf.Tensor:
-    # The calls Keras' image_dataset_from_directory makes (decode to 3 channels, or 1 for
-    # its color_mode="grayscale", bilinear resize), so a file predicts as it trained;
-    # Keras keeps that loader private.
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    # The calls Keras' image_dataset_from_directory makes (decode to 3 channels, bilinear
+    # resize), so a file predicts as it trained; Keras keeps that loader private. A grey
+    # model's images then become grey as its training images did (`prepare`).
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     image = tf.image.resize(image, size, method="bilinear")
-    image.set_shape((size[0], size[1], channels))
-    return image
+    image.set_shape((size[0], size[1], 3))
+    return _arrays.to_channels(image, channels)
 
 
 def _decode_failure(sources: list[str | None]) -> Exception:
@@ -678,9 +678,10 @@ def _fit_array(image: np.ndarray, size: tuple[int, int], channels: int = 3) -> n
         image = image[..., None]
     accepted = (1, 3, 4) if channels in (1, 3) else (channels,)
     if image.ndim != 3 or image.shape[-1] not in accepted:
+        grey = "(height, width) or " if 1 in accepted else ""
         raise DataError(
-            f"An image must be (height, width) or (height, width, "
-            f"{'|'.join(map(str, accepted))} channels); received shape {image.shape}."
+            f"An image must be {grey}(height, width, {'|'.join(map(str, accepted))} "
+            f"channels); received shape {image.shape}."
         )
     if not np.issubdtype(image.dtype, np.number) and image.dtype != bool:
         raise DataError(f"Image arrays must be numeric; received dtype {image.dtype}.")

@@ -957,6 +957,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
         args = parser.parse_args(argv)
+        if "keras" not in sys.modules:  # this process is ours: Keras on TensorFlow
+            os.environ["KERAS_BACKEND"] = "tensorflow"
         check_backend()
         _import_tensorflow(verbose=args.verbose)
         # The demo prints its own progress; its INFO lines only with --progress.

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -34,7 +35,7 @@ from finetunekit.classifier import (
     check_decodable,
     inference,
 )
-from finetunekit.data import _arrays, _folders
+from finetunekit.data import _arrays, _folders, _guards
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
 
 __all__ = ["evaluate", "Report", "Worst", "plot_history"]
@@ -323,7 +324,9 @@ def _labelled_batches(
 ) -> tf.data.Dataset:
     """The data as batches of (images, labels); with `index`, the dataset's class i (an
     index, or one-hot rows of its classes) is the model's class `index[i]`."""
-    if isinstance(data, tf.data.Dataset) or (isinstance(data, (tuple, list)) and len(data) == 2):
+    if isinstance(data, (tf.data.Dataset, keras.utils.PyDataset)) or (
+        isinstance(data, (tuple, list)) and len(data) == 2
+    ):
         dataset = ftk_data.as_dataset(
             data, batch_size=batch_size, what="evaluation data", shuffle=False,
             channels=classifier.channels,
@@ -342,8 +345,8 @@ def _labelled_batches(
             classifier.check_pixels(batch[0], "evaluation data")
         return dataset
     raise ArgumentTypeError(
-        "data must be a folder of class subfolders, a tf.data.Dataset of (images, labels) or "
-        f"a tuple (x, y); received {type(data).__name__}."
+        "data must be a folder of class subfolders, a tf.data.Dataset (or keras.utils."
+        f"PyDataset) of (images, labels) or a tuple (x, y); received {type(data).__name__}."
     )
 
 
@@ -381,8 +384,10 @@ def _file_batches(
 
 
 def _iterate(dataset: tf.data.Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for element in dataset.as_numpy_iterator():
-        yield element[0], element[1]
+    # TensorFlow's errors about bad batches (images of other channels or sizes) as ours
+    with _guards.data_errors():
+        for element in dataset.as_numpy_iterator():
+            yield element[0], element[1]
 
 
 def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str] | None) -> Report:

@@ -323,7 +323,7 @@ def export(
 
 
 def _images(data: Any, classifier: Classifier, limit: int, what: str) -> np.ndarray:
-    """Up to `limit` float32 RGB images of the model's input size."""
+    """Up to `limit` float32 images of the model's input size and channels."""
     if isinstance(data, tf.data.Dataset):
         spec = data.element_spec
         images = data.map(lambda *element: element[0]) if isinstance(spec, tuple) else data
@@ -392,33 +392,59 @@ def _write_litert(
 
 
 def _in_float32(model: Any) -> Any:
-    """`model`, or a float32 copy of it when it computes in another dtype (mixed
+    """`model`, or a float32 copy of it when it computes in another float dtype (mixed
     precision, `keras.config.set_floatx`): LiteRT's converter would otherwise write ops
     of TensorFlow's own (Flex) that LiteRT's interpreter cannot run. Keras has no
-    export option for it, hence the copy (same weights, float32 layers)."""
+    export option for it, hence the copy: the same layers and weights, each float policy
+    made float32, built under a float32 global policy. A model the copy cannot be made
+    of is exported as it is, with a warning."""
     import keras
 
     from finetunekit import structure
 
-    layers = structure.leaf_layers(model)
-    dtypes = {getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
-              for layer in layers}
-    if dtypes <= {"float32"}:
+    def floats(layers: list[Any]) -> set[str]:
+        dtypes = {getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None)
+                  for layer in layers}
+        return {d for d in dtypes if d in _OTHER_FLOATS}
+
+    other = floats(structure.leaf_layers(model))
+    if not other:
         return model
 
     def float32_layer(layer: Any) -> Any:
         config = layer.get_config()
-        if "dtype" in config:
+        compute = getattr(getattr(layer, "dtype_policy", None), "compute_dtype", None)
+        if compute in _OTHER_FLOATS and "dtype" in config:
             config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
+    policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+    try:
+        keras.config.set_dtype_policy("float32")
+        keras.config.set_floatx("float32")
+        copy = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
+        copy.set_weights(
+            [w.astype("float32") if w.dtype.kind == "f" else w for w in model.get_weights()]
+        )
+        left = floats(structure.leaf_layers(copy))
+    except Exception as exc:  # noqa: BLE001 - a layer of the user's own that does not clone
+        logger.warning("the model computes in %s and no float32 copy of it could be made "
+                       "(%s): exported as it is", ", ".join(sorted(other)), exc)
+        return model
+    finally:
+        keras.config.set_dtype_policy(policy)
+        keras.config.set_floatx(floatx)
+    if left:
+        logger.warning("layers of the float32 copy still compute in %s: exported as it is",
+                       ", ".join(sorted(left)))
+        return model
     logger.info("exporting a float32 copy of the model (it computes in %s)",
-                ", ".join(sorted(dtypes - {"float32"})))
-    copy = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
-    copy.set_weights(
-        [w.astype("float32") if w.dtype.kind == "f" else w for w in model.get_weights()]
-    )
+                ", ".join(sorted(other)))
     return copy
+
+
+#: Float dtypes LiteRT's built-in kernels do not compute in.
+_OTHER_FLOATS = frozenset({"float16", "bfloat16", "float64"})
 
 
 def _output_dense(model: Any) -> tuple[Any, str] | tuple[None, str]:

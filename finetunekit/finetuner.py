@@ -25,7 +25,6 @@ from finetunekit import (
     heads,
     lr_finder,
     schedules,
-    structure,
     tasks,
     training,
 )
@@ -629,8 +628,7 @@ class FineTuner:
 
     def _channels(self) -> int:
         """The channels of the images the base takes (the registry's take RGB)."""
-        model = self.base if self.base is not None else self._base_arg
-        return structure.input_channels(model) if isinstance(model, keras.Model) else 3
+        return bases.channels_of(self.base if self.base is not None else self._base_arg)
 
     def _check_unfreeze_before_data(self, chosen: Recipe) -> None:
         """`unfreeze` against the base before any image is read, when the base does not

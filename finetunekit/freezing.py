@@ -216,7 +216,7 @@ def trainable_report(model: keras.Model) -> TrainableReport:
     layers = [
         layer
         for layer in structure.leaf_layers(base)
-        if any(id(v) in trainable_ids for v in layer.weights)
+        if any(id(v) in trainable_ids for v in structure.own_weights(layer))
     ]
     layer_ids = {id(layer) for layer in layers}
     blocks = tuple(

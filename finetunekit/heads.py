@@ -78,13 +78,15 @@ def add_head(
     if inner is not base:  # a model around its base: weights after the base are a head
         before = {id(layer) for layer in structure.layers_before(base, inner)}
         after = [
-            layer.name for layer in base.layers
+            layer for layer in base.layers
             if layer is not inner and id(layer) not in before and layer.weights
         ]
-        if after:
+        vectors = len(base.outputs[0].shape) == 2  # pooled: a classifier's, not a neck's
+        if after and (vectors or any(isinstance(x, keras.layers.Dense) for x in after)):
             raise ModelStructureError(
                 f"{base.name!r} already has a head of its own (layers after its base "
-                f"{inner.name!r}: {', '.join(after)}). Pass its base to add a new head: "
+                f"{inner.name!r}: {', '.join(x.name for x in after)}). Pass its base to add "
+                "a new head: "
                 "add_head(finetunekit.structure.find_base(model), num_classes)."
             )
     spec = get_task(task)

@@ -47,7 +47,10 @@ def _trainable_blocks(model: keras.Model) -> list[tuple[str, list[Any]]]:
     found = []
     for block in reversed(structure.blocks(model)):
         variables = [
-            v for layer in block.weighted(train_bn=True) for v in layer.trainable_variables
+            v
+            for layer in block.weighted(train_bn=True)
+            for v in structure.own_weights(layer)
+            if v.trainable
         ]
         if variables:
             found.append((block.name, variables))

@@ -15,7 +15,18 @@ with its normalization and activation:
   less its last token when no token has a digit (`expanded_conv_project` ->
   `expanded_conv`). Two stems one word apart also join when they name parts of
   one numbered block: `conv_dw_1` / `conv_pw_1` (MobileNet's halves of block 1),
-  `block1_conv1` / `block1_conv2` (VGG's block 1).
+  `block1_conv1` / `block1_conv2` (VGG's block 1). A stem also joins one it
+  extends by words (`block4a` / `block4a_dwconv2`), unless the extension is a bare
+  number (`conv2d` / `conv2d_1`) or a numbered word after a stem without a number
+  (`features` / `features_stage1`);
+- two kernels whose names hold no number join only when they are of different
+  kinds: MobileNetV3's `expanded_conv_depthwise` and `expanded_conv_project` do,
+  a chain `conv_in`, `conv_mid`, `conv_out` of one kind does not.
+
+A custom layer made of weighted sublayers (a convolution and its normalization
+in one layer) is one operation of the graph, so it stays in one block; its
+sublayers are leaves (`leaf_layers`), which train or stay frozen one by one, and
+its BatchNormalization stays in inference mode.
 
 Nothing here knows the names of architectures; the rules read the graph and
 the naming habits all Keras applications share.
@@ -42,6 +53,7 @@ __all__ = [
     "blocks",
     "cut_points",
     "leaf_layers",
+    "own_weights",
     "weighted_layers",
     "has_preprocessing",
     "trainable_capable",
@@ -224,7 +236,10 @@ _ACTIVATION_OPS = {
 
 def rate_is_scheduled(optimizer: Any) -> bool:
     """Whether an optimizer's rate (or that of one inside a `MultiOptimizer`) is a
-    `LearningRateSchedule`, which Keras keeps in a private attribute."""
+    `LearningRateSchedule`, which Keras keeps in a private attribute (under mixed_float16,
+    behind the `LossScaleOptimizer` it wraps the optimizer in)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
     inner = getattr(optimizer, "optimizers", None)
     if isinstance(inner, (list, tuple)):
         return any(rate_is_scheduled(o) for o in inner)
@@ -384,13 +399,12 @@ class Block:
     @property
     def param_count(self) -> int:
         # by variable: a layer of sublayers may come with them (see `_leaves`)
-        variables = {
-            id(v): v
+        return sum(
+            int(v.numpy().size)
             for layer in _leaves(self.layers)
             if not is_preprocessing(layer)
-            for v in layer.weights
-        }
-        return sum(int(v.numpy().size) for v in variables.values())
+            for v in own_weights(layer)
+        )
 
 
 def blocks(model: keras.Model) -> list[Block]:
@@ -484,6 +498,17 @@ def _leaves(layers: Sequence[Any]) -> Iterator[Any]:
             yield from _leaves(inner)
         else:
             yield layer
+
+
+def own_weights(layer: Any) -> list[Any]:
+    """A leaf layer's weights, without those of its sublayers (which are leaves too, see
+    `_leaves`): each variable belongs to one leaf."""
+    if any(sub.weights for sub in _sublayers(layer)) and not isinstance(layer, keras.Model):
+        return [
+            *getattr(layer, "_trainable_variables", ()),
+            *getattr(layer, "_non_trainable_variables", ()),
+        ]
+    return list(layer.weights)
 
 
 def leaf_layers(model: keras.Model) -> list[Any]:

@@ -856,6 +856,58 @@ CASES = [
         ("is infinite", "Remove .repeat()"),
     ),
     Case(
+        "hidden-repeat",
+        "an endless dataset whose `.repeat()` a `.filter()` hides (its length unknown)",
+        "tuner.fit(batches(x, y).repeat().filter(lambda images, labels: True))",
+        E.DataError,
+        ValueError,
+        ("is infinite", "Remove .repeat()"),
+    ),
+    Case(
+        "generator",
+        "a Python generator of batches (it can be read once)",
+        "tuner.fit((batch for batch in [(x, y)]))",
+        E.DataError,
+        ValueError,
+        ("can be read only once", "tf.data.Dataset.from_generator("),
+    ),
+    Case(
+        "other-channels",
+        "RGB images for a base of 4 channels",
+        "ftk.FineTuner(keras.Model(i := keras.Input((32, 32, 4)), keras.layers.Conv2D(4, 3)(i)), "
+        "num_classes=3).fit(x, y, unfreeze=1)",
+        E.DataError,
+        ValueError,
+        ("must have 4 channels", "Pass images of 4 channels"),
+    ),
+    Case(
+        "mixed-channels",
+        "a batch of grayscale and RGB images (files decoded with their own channels)",
+        "tuner.fit(tf.data.Dataset.from_generator(lambda: ((x[i][..., : 1 + 2 * (i % 2)], i % 3) "
+        "for i in range(8)), output_signature=(tf.TensorSpec((32, 32, None)), "
+        "tf.TensorSpec((), tf.int64))).batch(4))",
+        E.DataError,
+        ValueError,
+        ("differ in size or channels", "channels=3"),
+    ),
+    Case(
+        "own-head",
+        "`add_head` on a model with a classifier of its own after its base",
+        "ftk.add_head(keras.Model(i := keras.Input((32, 32, 3)), keras.layers.Dense(3, "
+        "activation='softmax')(keras.layers.GlobalAveragePooling2D()(base(i)))), 5)",
+        E.ModelStructureError,
+        ValueError,
+        ("head of its own", "find_base(model)"),
+    ),
+    Case(
+        "train-keyword",
+        "a keyword of Keras' `fit` that `train()` does not take",
+        "tuner.train(x, y, validation_split=0.2)",
+        E.ConfigError,
+        ValueError,
+        ("Unknown setting validation_split", "validation_data="),
+    ),
+    Case(
         "validation-classes",
         "validation data with other classes than the training data",
         'tuner.fit(named(x, y, ["a", "b", "c"]), validation_data=named(x, y % 2, ["a", "c"]))',

@@ -42,18 +42,24 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"finetunekit {finetunekit.__version__}"
 
 
-def test_another_keras_backend_is_named_before_keras_loads_it(capsys, monkeypatch):
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    assert main(["bases"]) == 1
-    assert "KERAS_BACKEND is 'jax'" in _one_error_line(capsys.readouterr().err)
-    # the library's lazy names too, in a fresh process (this one's Keras is loaded)
+def test_another_keras_backend_is_named_before_keras_loads_it(tmp_path):
+    # in fresh processes: this one's Keras is loaded on TensorFlow
+    (tmp_path / "keras.json").write_text('{"backend": "jax"}')
+    env = {**os.environ, "KERAS_HOME": str(tmp_path)}
+    env.pop("KERAS_BACKEND", None)
+    command = [sys.executable, "-m", "finetunekit", "bases", "mobilenet_v2"]
+    ran = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.split() == ["mobilenet_v2"]  # its own process
     code = (
         "import finetunekit as f\ntry:\n    f.FineTuner\n"
         "except f.FinetuneKitError as e:\n    print(e)"
     )
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert "runs on Keras' TensorFlow backend" in out.stdout
+    for setting in ({"KERAS_BACKEND": "jax"}, {}):  # the variable, else keras.json
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **setting}, capture_output=True, text=True
+        )
+        assert "runs on Keras' TensorFlow backend" in out.stdout
+        assert ("KERAS_BACKEND is 'jax'" if setting else "keras.json is 'jax'") in out.stdout
 
 
 def test_bases_lists_matching_names(capsys):

@@ -236,6 +236,9 @@ def test_a_head_of_the_users_own_is_refused_and_layers_before_the_base_are_not(b
     features = keras.Model(inputs, pooled)
     model = ftk.add_head(features, num_classes=5, pooling=None)
     assert model.output_shape == (None, 5)
+    # and so does a neck of feature maps after the base (a 1x1 convolution)
+    neck = keras.layers.Conv2D(8, 1, name="neck")(base(scaled, training=False))
+    assert ftk.add_head(keras.Model(inputs, neck), num_classes=5).output_shape == (None, 5)
 
 
 def test_hidden_none_means_no_hidden_layer(base):

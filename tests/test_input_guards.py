@@ -180,27 +180,30 @@ def test_a_keras_py_dataset_trains_and_a_generator_is_refused(images):
     assert "from_generator" in str(caught.value)
 
 
-def _grey_and_colour(x, y, grey):
-    """Batches decoded with each image's own channels (a grey or an RGB PNG)."""
+def _grey_and_colour(x, y, grey, batch=True):
+    """Images decoded with each one's own channels (a grey or an RGB PNG), batched or not."""
     def image(i):
         return np.asarray(x[i][..., :1] if grey(i) else x[i], "float32")
 
-    return tf.data.Dataset.from_generator(
+    dataset = tf.data.Dataset.from_generator(
         lambda: ((image(i), y[i]) for i in range(32)),
         output_signature=(tf.TensorSpec((32, 32, None)), tf.TensorSpec((), tf.int64)),
-    ).batch(8)
+    )
+    return dataset.batch(8) if batch else dataset
 
 
 def test_images_of_open_channels_become_rgb_and_a_mixed_batch_names_the_fix(images):
     x, y = images
     tuner().fit(_grey_and_colour(x, y, lambda i: True), **FAST)  # all grey: converted
+    mixed = _grey_and_colour(x, y, lambda i: i % 2 == 0, batch=False)
+    tuner().fit(mixed, **FAST)  # unbatched: each image converted before batching
     with pytest.raises(DataError, match="differ in size or channels") as caught:
         tuner().fit(_grey_and_colour(x, y, lambda i: i % 2 == 0), **FAST)
     assert "channels=3" in str(caught.value)
 
 
 @pytest.mark.parametrize("channels", [1, 4])
-def test_a_base_of_other_channels_gets_images_of_its_channels(images, channels):
+def test_a_base_of_other_channels_gets_images_of_its_channels(images, channels, tmp_path):
     inputs = keras.Input((32, 32, channels))
     hidden = keras.layers.Conv2D(8, 3, name="g1_conv")(inputs)
     hidden = keras.layers.BatchNormalization(name="g1_bn")(hidden)
@@ -215,6 +218,11 @@ def test_a_base_of_other_channels_gets_images_of_its_channels(images, channels):
     if channels == 1:  # RGB into a grey model: its luminance
         tuned.fit(x[:40], y[:40], head_epochs=1, finetune_epochs=0, verbose=0)
         assert ftk.evaluate(tuned.model, (x[:40], y[:40])).accuracy >= 0.0
+        # a grey base saved to a file: its channels read before it is loaded
+        base.save(tmp_path / "grey.keras")
+        from_file = ftk.FineTuner(str(tmp_path / "grey.keras"), num_classes=3, weights=None)
+        from_file.fit(x[:40], y[:40], head_epochs=1, finetune_epochs=0, verbose=0)
+        assert from_file.model.input_shape[-1] == 1
     else:
         with pytest.raises(DataError, match="must have 4 channels"):
             tuned.fit(x[:40], y[:40], head_epochs=1, finetune_epochs=0, verbose=0)

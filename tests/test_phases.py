@@ -314,6 +314,18 @@ def test_rate_setting_callbacks_with_a_rate_schedule_are_refused_before_training
         assert seen.epochs == []
 
 
+def test_a_rate_schedule_behind_mixed_precision_loss_scaling_is_seen() -> None:
+    from finetunekit import structure
+
+    rate = keras.optimizers.schedules.CosineDecay(1e-3, 10)
+    assert structure.rate_is_scheduled(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.Adam(rate)
+    ))
+    assert not structure.rate_is_scheduled(keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.Adam(1e-3)
+    ))
+
+
 def test_unfreeze_with_a_rate_before_the_head_is_refused_and_train_drops_the_recipe(tmp_path):
     # The rate was dropped without a word: the unfrozen blocks trained at 1e-3, not 1e-5.
     tuner = _tuner().load_base().freeze()

@@ -281,9 +281,14 @@ def as_dataset(
 
 def _from_py_dataset(source: keras.utils.PyDataset, what: str) -> tf.data.Dataset:
     """A `keras.utils.PyDataset` of `(images, labels[, sample_weights])` batches as a
-    `tf.data.Dataset` of the same batches, `on_epoch_end` called after each pass, as Keras
-    calls it. Keras' own adapter for it is private to `fit`, hence this one."""
-    batches = source.num_batches
+    `tf.data.Dataset` of the same batches, `on_epoch_begin` and `on_epoch_end` called
+    around each pass, as Keras calls them; its batches are read in this process, one at a
+    time (its `workers` and `use_multiprocessing` are not used). Keras' own adapter for it
+    is private to `fit`, hence this one."""
+    try:
+        batches = source.num_batches
+    except NotImplementedError:  # Keras 3.15 when the class has no __len__
+        batches = None
     if batches is None:
         raise DataError(
             f"{what}: the PyDataset has no length (it is infinite): finetunekit passes over "
@@ -298,11 +303,18 @@ def _from_py_dataset(source: keras.utils.PyDataset, what: str) -> tf.data.Datase
             f"sample_weights) tuples; its first batch is a {type(first).__name__}."
         )
     parts = [np.asarray(part) for part in first]
+    if any(not (np.issubdtype(p.dtype, np.number) or p.dtype == bool) for p in parts):
+        raise DataError(
+            f"{what}: a PyDataset's batches must hold arrays of numbers (images, labels); "
+            f"its first batch holds {', '.join(type(p).__name__ for p in first)}. Return "
+            "(x, y) arrays from __getitem__ (class indices, not names, as labels)."
+        )
     signature = tuple(
         tf.TensorSpec((None, *part.shape[1:]), tf.as_dtype(part.dtype)) for part in parts
     )
 
     def generate() -> Iterator[tuple[np.ndarray, ...]]:
+        source.on_epoch_begin()
         for index in range(batches):
             yield tuple(np.asarray(part) for part in source[index])
         source.on_epoch_end()
@@ -346,6 +358,11 @@ def _standardize_dataset(
         raise DataError(f"{what}: images must be tensors; received {image_spec}.")
     if image_spec.shape.rank == 3:
         _check_batch_size(batch_size)
+        if image_spec.shape[-1] != channels:  # each image first: grey and RGB files batch
+            dataset = dataset.map(
+                lambda image, *rest: (to_channels(image, channels), *rest),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
         dataset = dataset.batch(batch_size)
         image_spec = dataset.element_spec[0]
     if len(spec) == 3:

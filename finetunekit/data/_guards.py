@@ -156,24 +156,38 @@ def check_finite(dataset: tf.data.Dataset, what: str) -> None:
 
 
 def _repeats_forever(dataset: tf.data.Dataset) -> bool:
-    """Whether a dataset of unknown length holds a `.repeat()` without a count and nothing
-    that could end it (`take`): `.repeat().filter(...)`, whose length TensorFlow leaves
-    unknown. Read from the dataset's graph: tf.data has no public view of it."""
+    """Whether a dataset of unknown length repeats without end: `.repeat()` without a
+    count followed only by transformations of one dataset that cannot end it (`filter`,
+    `map`, `batch`...), as in `.repeat().filter(...)`, whose length TensorFlow leaves
+    unknown. Read from the dataset's graph (tf.data has no public view of it), from the
+    output back along each transformation's one input dataset: a `take` ends it, and a
+    dataset made of several (`zip`, `sample_from_datasets`) or by a resampling is not
+    judged. No answer is no refusal."""
     try:
         from tensorflow.core.framework import graph_pb2
 
         graph = graph_pb2.GraphDef()
         graph.ParseFromString(dataset._as_serialized_graph().numpy())
-    except Exception:  # noqa: BLE001 - a view of a private graph: no answer, no refusal
+    except Exception:  # noqa: BLE001 - a view of a private graph
         return False
-    consts = {node.name: node for node in graph.node if node.op == "Const"}
-    if any(node.op in ("TakeDataset", "TakeWhileDataset") for node in graph.node):
-        return False
-    for node in graph.node:
-        if node.op == "RepeatDataset" and len(node.input) > 1:
-            count = consts.get(node.input[1].split(":")[0])
-            if count is not None and tf.make_ndarray(count.attr["value"].tensor) == -1:
-                return True
+    nodes = {node.name: node for node in graph.node}
+    node = next((n for n in graph.node if n.op == "_Retval"), None)
+    seen = 0
+    while node is not None and seen < 1000:
+        seen += 1
+        if node.op in ("TakeDataset", "TakeWhileDataset"):
+            return False
+        if node.op == "RepeatDataset":
+            count = nodes.get(node.input[1].split(":")[0]) if len(node.input) > 1 else None
+            if count is not None and count.op == "Const":
+                if int(tf.make_ndarray(count.attr["value"].tensor)) == -1:
+                    return True
+        inputs = [nodes.get(i.split(":")[0]) for i in node.input if not i.startswith("^")]
+        datasets = [n for n in inputs if n is not None and n.op.endswith(("Dataset", "DatasetV2",
+                                                                           "DatasetV3"))]
+        if len(datasets) != 1:  # a source, or several datasets joined: not judged
+            return False
+        node = datasets[0]
     return False
 
 

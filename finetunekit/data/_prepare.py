@@ -66,9 +66,11 @@ class Prepared:
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
-        """The images' static (height, width, 3), when the dataset fixes it."""
-        height, width = tuple(self.train.element_spec[0].shape[1:3])
-        return None if height is None or width is None else (int(height), int(width), 3)
+        """The images' static (height, width, channels), when the dataset fixes it."""
+        height, width, channels = tuple(self.train.element_spec[0].shape[1:4])
+        if height is None or width is None:
+            return None
+        return int(height), int(width), int(channels or 3)
 
     def datasets(self) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
         """`(train, validation)` image datasets, with the content split made once.
