@@ -38,7 +38,7 @@ def fits(base: str, alpha: float | None, count: int, keep: bool) -> list[int]:
     from finetunekit import _gradients
 
     if keep:  # the control: every registered gradient stays, as in plain TensorFlow
-        _gradients.release = lambda before, graphs=None: 0  # type: ignore[assignment]
+        _gradients.release = lambda before, graphs=None, **_: 0  # type: ignore[assignment]
     kwargs = {} if alpha is None else {"alpha": alpha}
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (48, 32, 32, 3)).astype("float32")

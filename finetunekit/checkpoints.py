@@ -510,7 +510,7 @@ class Tracker:
             self._pending = []
         best = run.best
         if best is not None and best._values:
-            best.restore()
+            best.restore(everything=True)  # wherever the stop came
             history.best_epoch = best.best_epoch
             epoch = best.best_epoch + 1 if best.best_epoch is not None else "?"
             kept = f"the best weights so far (epoch {epoch}, val_loss {best.best:.4g})"

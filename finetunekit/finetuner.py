@@ -466,8 +466,9 @@ class FineTuner:
             raise
         finally:
             # What TensorFlow's gradient registry holds of the phases' finished steps
-            # (swish bases) goes; the last phase's, which the model holds, at the next fit.
-            _gradients.release(registered)
+            # (swish bases) goes; the last phase's, which the model holds, at a later
+            # fit, as do the few entries of bases without custom gradients.
+            _gradients.release(registered, at_least=_gradients.FEW)
         self._compile_args = {
             "optimizer": "adam", "metrics": None, **self._compile_args,
             "learning_rate": phases[-1].learning_rate if phases else chosen.head_learning_rate,

@@ -400,7 +400,7 @@ class Block:
     def param_count(self) -> int:
         # by variable: a layer of sublayers may come with them (see `_leaves`)
         return sum(
-            int(v.numpy().size)
+            math.prod(v.shape)
             for layer in _leaves(self.layers)
             if not is_preprocessing(layer)
             for v in own_weights(layer)

@@ -354,7 +354,10 @@ class BestWeights(keras.callbacks.Callback):
     `fit()` call. Copying every weight at every improvement costs more than a cached
     epoch, so the first improvement of a phase copies all of them and later ones only
     what the phase can change (its trainable weights and the statistics of trainable
-    layers): the rest has not moved since.
+    layers): the rest has not moved since. Restoring at the end of a phase assigns only
+    those too (assigning all 262 weights of MobileNetV2 took 0.1 s, more than the
+    cached phase's epochs): the rest equals the copy, as the phase began with the
+    weights of the copy or made it.
     """
 
     def __init__(self, target: keras.Model) -> None:
@@ -363,32 +366,36 @@ class BestWeights(keras.callbacks.Callback):
         self.best = float("inf")
         self.best_epoch: int | None = None
         self._values: dict[int, Any] = {}
-        self._changing: list[Any] | None = None
+        self._copied_all = False  # in this phase
+        self._changing: list[Any] | None = None  # None: unknown, restore assigns all
 
     def begin_phase(self) -> None:
-        self._changing = None  # the next improvement copies everything
+        """Call once the phase's trainable set is applied, before its first epoch."""
+        self._copied_all = False  # the next improvement copies everything
+        layers = freezing.trainable_layers(self.target)
+        self._changing = self.target.trainable_variables + [
+            v for layer in layers for v in layer.non_trainable_weights
+        ]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         loss = (logs or {}).get("val_loss")
         if loss is None or not loss < self.best:
             return
         self.best, self.best_epoch = float(loss), epoch
-        if self._changing is None:
-            variables = list(self.target.weights)
-            self._changing = self.target.trainable_variables + [
-                v
-                for layer in freezing.trainable_layers(self.target)
-                for v in layer.non_trainable_weights
-            ]
-        else:
+        if self._copied_all and self._changing is not None:
             variables = self._changing
+        else:
+            variables = list(self.target.weights)
+            self._copied_all = True
         for variable in variables:
             self._values[id(variable)] = variable.numpy()
 
-    def restore(self) -> None:
+    def restore(self, everything: bool = False) -> None:
+        """Puts the best weights back: those the phase could change, or `everything`."""
         if not self._values:
             return
-        for variable in self.target.weights:
+        changing = None if everything else self._changing
+        for variable in self.target.weights if changing is None else changing:
             value = self._values.get(id(variable))
             if value is not None:
                 variable.assign(value)

@@ -215,7 +215,11 @@ def test_early_stopping_restores_the_best_weights():
     assert final < losses[-1]  # the last epoch was not the best: weights were restored
 
 
-def test_fit_ends_with_the_best_weights_of_both_phases():
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_fit_ends_with_the_best_weights_of_both_phases(train_bn: bool):
+    # The restore after the fine-tune phase assigns only what that phase could change
+    # (with train_bn, the statistics of its BatchNormalization too): all of it must
+    # come back to the head phase's best.
     x, y = noise(24, 4)
     val = noise(12, 5)
     tuner = make_tuner()
@@ -227,6 +231,7 @@ def test_fit_ends_with_the_best_weights_of_both_phases():
         finetune_epochs=1,
         head_learning_rate=1e-3,
         finetune_learning_rate=50.0,  # wrecks the unfrozen part: the epoch is worse
+        train_bn=train_bn,
         verbose=0,
     )
     losses = history.history["val_loss"]
