@@ -300,6 +300,22 @@ def _in_shard_by_sums(sums: np.ndarray, position: int, workers: int) -> np.ndarr
     return np.floor(sums * 0.41421356237309503).astype(np.int64) % workers == position
 
 
+def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` without tf.data's autotuning, for the iterators this module creates.
+
+    Deleting an iterator whose pipeline autotunes waited for the autotuning thread's next
+    wake-up, which comes at 10 ms and then at doubling intervals up to 10 s after the
+    iterator was made: a pass storing four augmented views of the 350 flowers ended
+    after 5.0-7.1 s and then waited until 10.26 s in four calls of six (TensorFlow 2.21,
+    2-core CPU). Without autotuning, a parallel map still runs on every core and the
+    deletion returns at once. The pipelines here are short (a gather of stored rows, or
+    the caller's reading and decoding, which keeps its own parallel calls).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def _view_function(prefix: keras.Model, dataset: tf.data.Dataset, augment: Any) -> Any:
     """`augment` (in training mode: random) then `prefix` (inference), as ONE traced function.
 
@@ -494,7 +510,7 @@ class FeatureCache:
         quiet = contextlib.ExitStack()
         quiet.enter_context(quiet_retracing())
         try:
-            for images, batch_labels in dataset.prefetch(tf.data.AUTOTUNE):
+            for images, batch_labels in untuned(dataset.prefetch(tf.data.AUTOTUNE)):
                 batch_labels = np.asarray(batch_labels)
                 if shard is not None:
                     every_sum.append(_pixel_sums(images))
@@ -722,6 +738,7 @@ class FeatureCache:
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(
             tf.data.AUTOTUNE
         )
+        ds = untuned(ds)  # Keras makes an iterator an epoch: each deletion waited too
         return attach(ds, orders) if orders is not None else ds
 
     def _reader(self, output: int) -> Any:

@@ -768,8 +768,8 @@ def _fit_images(
         fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], caching.ProgressBar()]}
     with settings.scope():
         return model.fit(
-            train.prefetch(tf.data.AUTOTUNE),
-            validation_data=validation,
+            caching.untuned(train.prefetch(tf.data.AUTOTUNE)),
+            validation_data=None if validation is None else caching.untuned(validation),
             shuffle=False,  # datasets are reshuffled by tf.data itself
             **fit_args,
         )
