@@ -1,16 +1,22 @@
-"""What three of the user call's fixed costs took, switched back on beside the library as it is.
+"""What costs the user's call no longer pays took, switched back on beside the library as it is.
 
 The call is `bench_flowers.py`'s (`FineTuner(...).fit(train, head_epochs=5,
 finetune_epochs=5)` on the 350 flowers at 160 px, defaults otherwise), timed in one
 process, alternating "with" (the costs as they were) and "without" (the library as it
-is), after the same warm-up:
+is), after the same warm-up. The default (`--costs fixed`) switches on three:
 
 - the plan's parameter counts copied every weight's values (`v.numpy().size`);
 - the best weights were put back by assigning every weight of the model;
 - the gradient registry was cleaned after every fit (`_gradients.release` with
   `at_least=1`: a collection and a heap walk each time).
 
+`--costs autotune` switches tf.data's autotuning back on for the iterators `fit` makes
+(`caching.untuned`), whose deletion waited for the tuner's next wake-up. `--variant
+augment` times the call with `augment="default"`, `--variant uncached` with
+`cache=False`.
+
     python benchmarks/bench_fixed_costs.py --runs 5
+    python benchmarks/bench_fixed_costs.py --costs autotune --variant uncached --runs 2
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--costs", choices=("fixed", "autotune"), default="fixed")
+    parser.add_argument("--variant", choices=("plain", "augment", "uncached"), default="plain")
     args = parser.parse_args()
     spec = importlib.util.spec_from_file_location("bench_flowers", HERE / "bench_flowers.py")
     assert spec is not None and spec.loader is not None
@@ -38,10 +46,11 @@ def main() -> None:
     spec.loader.exec_module(flowers)
     import keras
 
-    from finetunekit import _gradients, freezing, training
+    from finetunekit import _gradients, caching, freezing, training
 
     restore = training.BestWeights.restore
     count = freezing._count
+    untuned = caching.untuned
 
     def restore_all(self: Any, everything: bool = False) -> None:
         restore(self, everything=True)
@@ -50,9 +59,14 @@ def main() -> None:
         return int(sum(int(v.numpy().size) for v in variables))
 
     def costs(on: bool) -> None:
+        if args.costs == "autotune":
+            caching.untuned = (lambda dataset: dataset) if on else untuned
+            return
         _gradients.FEW = 1 if on else 8
         training.BestWeights.restore = restore_all if on else restore  # type: ignore[method-assign]
         freezing._count = count_by_values if on else count
+
+    options = {"plain": {}, "augment": {"augment": "default"}, "uncached": {"cache": False}}
 
     train, _ = flowers.load(160)
     flowers.warm_up(train, 160)
@@ -61,8 +75,9 @@ def main() -> None:
         for mode in ("with", "without") if run % 2 == 0 else ("without", "with"):
             costs(mode == "with")
             gc.collect()
+            keras.utils.set_random_seed(0)
             start = time.perf_counter()
-            flowers.finetunekit_recipe(train, 160, (5, 5))
+            flowers.finetunekit_recipe(train, 160, (5, 5), **options[args.variant])
             times[mode].append(time.perf_counter() - start)
             print(f"{mode:8s} {times[mode][-1]:.2f} s", flush=True)
             keras.backend.clear_session()

@@ -151,10 +151,20 @@ def seed_recipe(train: tf.data.Dataset, size: int, epochs: tuple[int, int]) -> T
 
 
 def keras_guide_recipe(
-    train: tf.data.Dataset, size: int, epochs: tuple[int, int], augment: bool = False
+    train: tf.data.Dataset,
+    size: int,
+    epochs: tuple[int, int],
+    augment: bool = False,
+    autotune: bool = True,
 ) -> Trained:
     """The guide's recipe; with `augment`, FineTuner's "default" preset in front of the base
-    inside the model, as the guide puts its RandomFlip and RandomRotation."""
+    inside the model, as the guide puts its RandomFlip and RandomRotation. `autotune=False`
+    (a labelled variant) reads the data without tf.data's autotuning, as `FineTuner.fit`
+    does: deleting an autotuned iterator (Keras makes one an epoch) can wait seconds."""
+    if not autotune:
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        train = train.with_options(options)
     base = mobilenet(size)
     base.trainable = False
     inputs = keras.Input((size, size, 3))
@@ -330,6 +340,10 @@ def main() -> None:
     recipes: dict[str, tuple[Callable[[], Trained], tf.data.Dataset]] = {
         "seed+preprocess": (lambda: seed_recipe(train, args.size, epochs), test),
         "keras-guide": (lambda: keras_guide_recipe(train, args.size, epochs), test),
+        "keras-guide, autotune off": (
+            lambda: keras_guide_recipe(train, args.size, epochs, autotune=False),
+            test,
+        ),
         # The user's call: defaults, early stopping on, default verbosity.
         "finetunekit": (lambda: finetunekit_recipe(train, args.size, epochs), test),
         "finetunekit + CSVLogger": (
@@ -450,6 +464,7 @@ def main() -> None:
     print()
     ratios = (
         ("keras-guide", "finetunekit"),
+        ("keras-guide, autotune off", "finetunekit"),
         ("finetunekit", "floor"),
         ("finetunekit", "finetunekit early_stopping=False"),
         ("finetunekit + CSVLogger", "finetunekit"),
