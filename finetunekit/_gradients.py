@@ -55,6 +55,9 @@ FEW = 8
 
 # Entries of our calls that were still in use when their call ended.
 _pending: set[str] = set()
+# Entries of other functions than Keras' steps, which a release never removes: not
+# counted towards `at_least`, or they would make every later fit look again.
+_foreign: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -94,8 +97,9 @@ def _release(before: set[str], graphs: set[int] | None, at_least: int = 1) -> in
     added = [name for name in names if name.startswith(PREFIX) and name not in before]
     if graphs is None:  # with the ones earlier calls left in use
         _pending.intersection_update(names)
+        _foreign.intersection_update(names)
         added += sorted(_pending.difference(added))
-        if len(added) < at_least:
+        if sum(name not in _foreign for name in added) < at_least:
             _pending.update(added)
             return 0
     if not added:
@@ -121,6 +125,8 @@ def _release(before: set[str], graphs: set[int] | None, at_least: int = 1) -> in
             if graphs is not None:
                 done = bool(ids & graphs)
             else:
+                if not any(graph.name in KERAS_STEPS for graph in reached):
+                    _foreign.add(name)
                 done = (
                     any(graph.name in KERAS_STEPS for graph in reached)
                     and not ids & live

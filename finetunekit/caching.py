@@ -311,6 +311,8 @@ def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
     deletion returns at once. The pipelines here are short (a gather of stored rows, or
     the caller's reading and decoding, which keeps its own parallel calls).
     """
+    if dataset.options().autotune.enabled:  # the caller turned it on: their choice stands
+        return dataset
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)
@@ -702,7 +704,9 @@ class FeatureCache:
         With `replicas`, every batch is cut down to a multiple of them (see
         `training.Settings.for_replicas`). With `slots` (a shard's cache in a
         multi-worker fit), every batch is a full global batch of `batch_size` (a
-        multiple of the replicas) with this worker's rows in its own pieces.
+        multiple of the replicas) with this worker's rows in its own pieces. The batches
+        are read without tf.data's autotuning (see `untuned`); what you chain onto
+        them inherits that, unless you set `autotune.enabled` again.
         """
         index = self._parts[part]
         n = len(index)

@@ -711,7 +711,7 @@ def _batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     seen = 0
     piece = _pieces.piece_size(pooled)  # pieces that keep the activations in the cache
-    for images, labels, *_ in dataset:
+    for images, labels, *_ in caching.untuned(dataset):  # its deletion waits otherwise
         take = min(len(images), max_images - seen)
         features = _pieces.call_in_pieces(pooled, images[:take], piece)
         yield np.asarray(features, np.float32), np.asarray(labels[:take])

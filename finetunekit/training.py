@@ -353,8 +353,9 @@ class BestWeights(keras.callbacks.Callback):
     own `restore_best_weights` restores only when it stops early, and within one
     `fit()` call. Copying every weight at every improvement costs more than a cached
     epoch, so the first improvement of a phase copies all of them and later ones only
-    what the phase can change (its trainable weights and the statistics of trainable
-    layers): the rest has not moved since. Restoring at the end of a phase assigns only
+    what the phase can change (its trainable weights, the statistics of trainable
+    layers, the state of frozen layers other than BatchNormalization): the rest has
+    not moved since. Restoring at the end of a phase assigns only
     those too (assigning all 262 weights of MobileNetV2 took 0.1 s, more than the
     cached phase's epochs): the rest equals the copy, as the phase began with the
     weights of the copy or made it.
@@ -372,9 +373,14 @@ class BestWeights(keras.callbacks.Callback):
     def begin_phase(self) -> None:
         """Call once the phase's trainable set is applied, before its first epoch."""
         self._copied_all = False  # the next improvement copies everything
-        layers = freezing.trainable_layers(self.target)
+        # Trainable weights, the statistics of trainable layers, and any state of a frozen
+        # layer other than BatchNormalization (frozen, it runs in inference mode): a layer
+        # such as SpectralNormalization writes its weights in training whatever its flag.
         self._changing = self.target.trainable_variables + [
-            v for layer in layers for v in layer.non_trainable_weights
+            v
+            for layer in structure.leaf_layers(self.target)
+            if layer.trainable or not structure.is_batch_norm(layer)
+            for v in layer.non_trainable_weights
         ]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

@@ -463,3 +463,39 @@ def test_a_second_fit_says_it_keeps_the_head_and_its_recipe_names_that_head(
     assert "already has a head" not in caplog.text
     # The recipe names the head as built (None: the task's default), as checkpoints do.
     assert tuner._recipe is not None and tuner._recipe.normalize is None
+
+
+class _Counter(keras.layers.Layer):
+    """A frozen layer that writes its own state (as SpectralNormalization does)."""
+
+    def build(self, input_shape):
+        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False)
+
+    def call(self, inputs):
+        return inputs
+
+
+def test_best_weights_put_back_the_state_of_frozen_layers_that_write_it():
+    from finetunekit.training import BestWeights
+
+    inputs = keras.Input((4,))
+    counter = _Counter()
+    x = counter(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    for layer in model.layers[:-1]:
+        layer.trainable = False
+    best = BestWeights(model)
+    best.begin_phase()
+    best.on_epoch_end(0, {"val_loss": 1.0})  # the first improvement copies everything
+    counter.count.assign(5.0)
+    model.layers[-1].kernel.assign(model.layers[-1].kernel + 1.0)
+    best.on_epoch_end(1, {"val_loss": 2.0})  # worse: nothing copied
+    best.restore()
+    assert float(counter.count) == 0.0
+    kernel = model.layers[-1].kernel.numpy()
+    best.on_epoch_end(2, {"val_loss": 0.5})  # better: what may change is copied again
+    counter.count.assign(7.0)
+    best.restore()
+    assert float(counter.count) == 0.0  # the copy made at epoch 2 held 0
+    np.testing.assert_array_equal(model.layers[-1].kernel.numpy(), kernel)

@@ -18,7 +18,7 @@ from conftest import WEIGHTS_DIR
 from test_cli import shapes_folder
 
 import finetunekit as ftk
-from finetunekit import selection
+from finetunekit import caching, selection
 from finetunekit import transfer_scores as ts
 from finetunekit.errors import MissingExtraError, WeightsNotFoundError
 
@@ -270,6 +270,23 @@ def test_scores_computed_beside_the_next_candidate_equal_scores_computed_in_turn
         assert by_name[name].scores == in_turn
     again = ftk.rank_bases((x, y), {"a": _hue_base(), "b": _brightness_base()}, seed=0)
     assert [row.scores for row in again] == [row.scores for row in ranking]
+
+
+def test_each_candidates_pass_reads_without_autotuning(monkeypatch):
+    # Deleting an autotuned iterator waited for the tuner's next wake-up: up to seconds
+    # after a candidate's pass (see caching.untuned).
+    x, y = _colour_data(4)
+    read = []
+    untuned = caching.untuned
+
+    def spy(dataset):
+        read.append(untuned(dataset))
+        return read[-1]
+
+    monkeypatch.setattr(caching, "untuned", spy)
+    ftk.rank_bases((x, y), {"a": _hue_base(), "b": _brightness_base()}, seed=0)
+    assert len(read) == 2  # one pass per candidate
+    assert all(ds.options().autotune.enabled is False for ds in read)
 
 
 def test_bad_features_stop_the_ranking_before_the_next_candidate_loads(monkeypatch):
