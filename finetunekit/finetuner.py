@@ -6,11 +6,13 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from typing_extensions import Unpack
 
@@ -55,6 +57,22 @@ _TRAIN_KEYWORDS = (
     "epochs", "validation_data", "batch_size", "early_stopping", "patience", "callbacks",
     "verbose", "phase",
 )
+
+
+@contextlib.contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Puts back the random state that building a model draws from.
+
+    Keras 3 seeds every initializer and random layer made with `seed=None` from Python's
+    `random` (`keras.random.make_default_seed`), the state `keras.utils.set_random_seed`
+    sets; NumPy's global state is put back too.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 class FineTuner:
@@ -506,15 +524,18 @@ class FineTuner:
         model = self.model
         if model is None:
             # A base loaded only to be described, not kept: fit must still load one at the
-            # size of its data (the counts and blocks do not depend on the size).
+            # size of its data (the counts and blocks do not depend on the size). Built
+            # with the random state put back after: a seeded fit after a plan starts
+            # from the same initial weights as without the plan.
             base = self.base
-            if base is None:
-                with self._scope():
-                    base = bases.load_base(
-                        self._base_arg, weights=None, input_shape=self.input_shape,
-                        **self.base_kwargs,
-                    )
-            model = self._head(base, chosen.hidden, chosen.dropout, "avg", chosen.normalize)
+            with _random_state_kept():
+                if base is None:
+                    with self._scope():
+                        base = bases.load_base(
+                            self._base_arg, weights=None, input_shape=self.input_shape,
+                            **self.base_kwargs,
+                        )
+                model = self._head(base, chosen.hidden, chosen.dropout, "avg", chosen.normalize)
         has_validation = validation_data is not None or (
             chosen.early_stopping and chosen.validation_split > 0
         )

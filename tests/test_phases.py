@@ -499,3 +499,21 @@ def test_best_weights_put_back_the_state_of_frozen_layers_that_write_it():
     best.restore()
     assert float(counter.count) == 0.0  # the copy made at epoch 2 held 0
     np.testing.assert_array_equal(model.layers[-1].kernel.numpy(), kernel)
+
+
+def test_a_plan_before_a_seeded_fit_leaves_its_initial_weights_as_they_were() -> None:
+    x, y = _images(24)
+
+    def fitted(plan_first: bool) -> list[np.ndarray]:
+        keras.utils.set_random_seed(7)
+        tuner = _tuner()
+        if plan_first:
+            tuner.plan(head_epochs=1, hidden=(8,), dropout=0.2)
+        tuner.fit(x, y, head_epochs=1, finetune_epochs=0, hidden=(8,), dropout=0.2,
+                  verbose=0)
+        return [w.numpy() for w in tuner.model.trainable_weights]
+
+    alone, after_plan = fitted(False), fitted(True)
+    assert len(alone) == len(after_plan) == 4  # the hidden layer and the output layer
+    for a, b in zip(alone, after_plan, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
