@@ -510,7 +510,8 @@ class FineTuner:
         Without a model yet, describes the base and the head `fit` would build (`hidden`,
         `dropout`, `normalize`) without keeping either (the base is built without its
         weights: the plan counts them, it does not need their values). Leaves what is
-        trainable as it was; reads no data (`validation_data` only says there is some).
+        trainable and the random state as they were (a seeded `fit` after a plan starts
+        from the same weights); reads no data (`validation_data` only says there is some).
 
         Returns:
             A `Plan` (a tuple of `PhasePlan`); `print(plan)` shows a table.
