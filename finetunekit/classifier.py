@@ -512,7 +512,9 @@ class Classifier:
         run = inference(self.model)
         try:
             with caching.quiet_retracing():
-                outputs = np.concatenate([run(batch) for batch in dataset.prefetch(2)])
+                outputs = np.concatenate(
+                    [run(batch) for batch in caching.untuned(dataset.prefetch(2))]
+                )
         except tf.errors.InvalidArgumentError as exc:
             # Files are decoded once, while predicting; only a failure reads them again.
             raise _decode_failure(sources) from exc

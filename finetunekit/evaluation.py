@@ -27,7 +27,7 @@ import tensorflow as tf
 from finetunekit import data as ftk_data
 from finetunekit import tasks
 from finetunekit._atomic import check_writable
-from finetunekit.caching import quiet_retracing
+from finetunekit.caching import quiet_retracing, untuned
 from finetunekit.classifier import (
     Classifier,
     _load_image,
@@ -386,7 +386,7 @@ def _file_batches(
 def _iterate(dataset: tf.data.Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     # TensorFlow's errors about bad batches (images of other channels or sizes) as ours
     with _guards.data_errors():
-        for element in dataset.as_numpy_iterator():
+        for element in untuned(dataset).as_numpy_iterator():
             yield element[0], element[1]
 
 

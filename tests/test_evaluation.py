@@ -293,3 +293,20 @@ def test_a_regression_of_several_outputs_reports_keras_mean_squared_error():
     report = ftk.evaluate(model, (x, targets))  # a linear output: a regression
     keras_mse = float(keras.losses.MeanSquaredError()(targets, model.predict(x, verbose=0)))
     assert report.loss == pytest.approx(keras_mse, rel=1e-4)
+
+
+def test_evaluating_reads_its_batches_without_autotuning(saved, folder, monkeypatch):
+    # Deleting an iterator of an autotuned pipeline waits for the tuner's next wake-up
+    # (see caching.untuned).
+    from finetunekit import evaluation
+
+    read: list = []
+    untuned = evaluation.untuned
+
+    def spy(dataset):
+        read.append(untuned(dataset))
+        return read[-1]
+
+    monkeypatch.setattr(evaluation, "untuned", spy)
+    assert ftk.evaluate(saved, folder).count == 7
+    assert len(read) == 1 and read[0].options().autotune.enabled is False
