@@ -43,11 +43,12 @@ from finetunekit import (
     caching,
     data,
     evaluation,
+    structure,
     tasks,
     transfer_scores,
 )
 from finetunekit.classifier import _decode_failure, _load_image
-from finetunekit.data import _folders
+from finetunekit.data import _arrays, _folders
 from finetunekit.data._labels import _label_info
 from finetunekit.errors import (
     ArgumentTypeError,
@@ -687,8 +688,12 @@ def _pooled_function(base: keras.Model, dataset: tf.data.Dataset, size: tuple[in
     """
     spec = dataset.element_spec[0]
     resize = tuple(spec.shape[1:3]) != size
+    # The sources read RGB; a candidate of grayscale images takes their luminance, as
+    # FineTuner's data does (`data.prepare`).
+    channels = structure.input_channels(base)
 
     def pooled(images: tf.Tensor) -> tf.Tensor:
+        images = _arrays.to_channels(images, channels)
         if resize:
             images = tf.image.resize(images, size)
         outputs = _folding.frozen_call(base, images)

@@ -611,3 +611,26 @@ def test_a_subset_too_small_for_two_images_of_each_class_is_refused():
     labels = np.repeat(np.arange(5), 10)
     with pytest.raises(ftk.errors.DataError, match="max_images=8 cannot hold 2 images .* 10"):
         selection._balanced(labels, 8, np.random.default_rng(0))
+
+
+def _luminance_base() -> keras.Model:
+    """A grayscale candidate whose pooled features, (luminance, 100), point apart by luminance."""
+    inputs = keras.Input((32, 32, 1))
+    conv = keras.layers.Conv2D(2, 1, name="luminance")
+    outputs = conv(inputs)
+    conv.set_weights([np.array([[[[1.0, 0.0]]]], "float32"), np.array([0.0, 100.0], "float32")])
+    return keras.Model(inputs, outputs, name="grey")
+
+
+def test_a_grayscale_candidate_takes_the_luminance_of_rgb_images():
+    # It took the RGB images as they were: Keras' raw "incompatible with the layer" error.
+    rng = np.random.default_rng(0)
+    grey = np.repeat([30.0, 120.0, 220.0], 20)  # one luminance per class
+    x = np.broadcast_to(grey[:, None, None, None], (60, 32, 32, 3)).astype("float32")
+    x = x + rng.uniform(-3, 3, x.shape).astype("float32")
+    y = np.repeat(np.arange(3), 20)
+    inputs = keras.Input(SHAPE)
+    flat = keras.Model(inputs, keras.layers.Rescaling(0.0)(inputs), name="flat")
+    ranking = ftk.rank_bases((x, y), [_luminance_base(), flat], metrics=("knn",), seed=0)
+    assert ranking.best.name == "grey" and ranking.best.score == pytest.approx(1.0)
+    assert [row.name for row in ranking] == ["grey", "flat"]
