@@ -180,6 +180,40 @@ def test_a_keras_py_dataset_trains_and_a_generator_is_refused(images):
     assert "from_generator" in str(caught.value)
 
 
+def test_a_py_dataset_with_workers_is_read_by_that_many_threads_in_order(images):
+    import threading
+    import time
+
+    x, y = images
+    readers: set[str] = set()
+
+    class Slow(keras.utils.PyDataset):
+        epochs_began = 0
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            readers.add(threading.current_thread().name)
+            time.sleep(0.02 * (index % 3))  # later batches may be ready first
+            return x[index * 4 : (index + 1) * 4], np.full(4, index)
+
+        def on_epoch_begin(self):
+            Slow.epochs_began += 1
+
+    dataset = data.as_dataset(Slow(workers=3, max_queue_size=2))
+    readers.clear()  # the first batch, read once for its shapes
+    for _ in range(2):  # every pass reads all batches, in order
+        labels = [int(batch_labels[0]) for _, batch_labels in dataset]
+        assert labels == list(range(8))
+    assert Slow.epochs_began == 2
+    assert len(readers) == 3 and all(r.startswith("finetunekit-pydataset") for r in readers)
+    readers.clear()
+    one = data.as_dataset(Slow())  # workers=1: read in the caller's thread
+    assert [int(b[0]) for _, b in one] == list(range(8))
+    assert not any(r.startswith("finetunekit-pydataset") for r in readers)
+
+
 def _grey_and_colour(x, y, grey, batch=True):
     """Images decoded with each one's own channels (a grey or an RGB PNG), batched or not."""
     def image(i):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import keras
@@ -281,10 +283,11 @@ def as_dataset(
 
 def _from_py_dataset(source: keras.utils.PyDataset, what: str) -> tf.data.Dataset:
     """A `keras.utils.PyDataset` of `(images, labels[, sample_weights])` batches as a
-    `tf.data.Dataset` of the same batches, `on_epoch_begin` and `on_epoch_end` called
-    around each pass, as Keras calls them; its batches are read in this process, one at a
-    time (its `workers` and `use_multiprocessing` are not used). Keras' own adapter for it
-    is private to `fit`, hence this one."""
+    `tf.data.Dataset` of the same batches, in order, `on_epoch_begin` and `on_epoch_end`
+    called around each pass, as Keras calls them. With `workers` > 1, that many threads
+    read batches ahead (at most `max_queue_size` waiting), as Keras' adapter does without
+    `use_multiprocessing`; with it, threads still: its worker processes belong to that
+    adapter, which is private to `fit`, hence this one."""
     try:
         batches = source.num_batches
     except NotImplementedError:  # Keras 3.15 when the class has no __len__
@@ -313,14 +316,41 @@ def _from_py_dataset(source: keras.utils.PyDataset, what: str) -> tf.data.Datase
         tf.TensorSpec((None, *part.shape[1:]), tf.as_dtype(part.dtype)) for part in parts
     )
 
+    workers = getattr(source, "workers", 1)
+    workers = workers if isinstance(workers, int) and workers > 1 else 1
+    queue = getattr(source, "max_queue_size", 10)
+    ahead = max(workers, queue if isinstance(queue, int) else 10)
+
     def generate() -> Iterator[tuple[np.ndarray, ...]]:
         source.on_epoch_begin()
-        for index in range(batches):
-            yield tuple(np.asarray(part) for part in source[index])
+        if workers == 1:
+            for index in range(batches):
+                yield tuple(np.asarray(part) for part in source[index])
+        else:
+            yield from _read_ahead(source, batches, workers, ahead)
         source.on_epoch_end()
 
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
     return dataset.apply(tf.data.experimental.assert_cardinality(batches))
+
+
+def _read_ahead(
+    source: keras.utils.PyDataset, batches: int, workers: int, ahead: int
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """`source[0]`, `source[1]`, ... in order, read by `workers` threads, at most `ahead`
+    batches read or being read beyond the one consumed."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="finetunekit-pydataset") as pool:
+        pending: collections.deque[Future[Any]] = collections.deque()
+        try:
+            for index in range(batches):
+                pending.append(pool.submit(source.__getitem__, index))
+                if len(pending) > ahead:
+                    yield tuple(np.asarray(part) for part in pending.popleft().result())
+            while pending:
+                yield tuple(np.asarray(part) for part in pending.popleft().result())
+        finally:  # a pass stopped early: the batches not started are not read
+            for future in pending:
+                future.cancel()
 
 
 def _check_sample_weights(weights: Any, what: str) -> None:
