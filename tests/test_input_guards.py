@@ -209,6 +209,20 @@ def test_a_py_dataset_with_workers_is_read_by_that_many_threads_in_order(images)
     assert Slow.epochs_began == 2
     assert len(readers) == 3 and all(r.startswith("finetunekit-pydataset") for r in readers)
     readers.clear()
+    reads = []
+    Slow.__getitem__, read = (  # type: ignore[method-assign]
+        lambda self, index: reads.append(index) or read(self, index),
+        Slow.__getitem__,
+    )
+    first = next(iter(data.as_dataset(Slow(workers=np.int64(2), max_queue_size=10))))
+    time.sleep(0.2)  # the reads that taking the first batch started, ended
+    assert int(first[1][0]) == 0
+    # The shapes' read, then a window that opens at 2 reads (numpy's int counts) and
+    # grows by one per batch taken: not all 11 of max(workers, max_queue_size) + 1.
+    assert 3 <= len(reads) <= 6, reads
+    Slow.__getitem__ = read  # type: ignore[method-assign]
+    assert data._arrays._count(None) == data._arrays._count(0) == data._arrays._count("4") == 1
+    readers.clear()
     one = data.as_dataset(Slow())  # workers=1: read in the caller's thread
     assert [int(b[0]) for _, b in one] == list(range(8))
     assert not any(r.startswith("finetunekit-pydataset") for r in readers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import operator
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -285,9 +286,9 @@ def _from_py_dataset(source: keras.utils.PyDataset, what: str) -> tf.data.Datase
     """A `keras.utils.PyDataset` of `(images, labels[, sample_weights])` batches as a
     `tf.data.Dataset` of the same batches, in order, `on_epoch_begin` and `on_epoch_end`
     called around each pass, as Keras calls them. With `workers` > 1, that many threads
-    read batches ahead (at most `max_queue_size` waiting), as Keras' adapter does without
-    `use_multiprocessing`; with it, threads still: its worker processes belong to that
-    adapter, which is private to `fit`, hence this one."""
+    read up to `max(workers, max_queue_size)` batches ahead, as Keras' adapter does
+    without `use_multiprocessing`; with it, threads still: its worker processes belong
+    to that adapter, which is private to `fit`, hence this one."""
     try:
         batches = source.num_batches
     except NotImplementedError:  # Keras 3.15 when the class has no __len__
@@ -316,10 +317,8 @@ def _from_py_dataset(source: keras.utils.PyDataset, what: str) -> tf.data.Datase
         tf.TensorSpec((None, *part.shape[1:]), tf.as_dtype(part.dtype)) for part in parts
     )
 
-    workers = getattr(source, "workers", 1)
-    workers = workers if isinstance(workers, int) and workers > 1 else 1
-    queue = getattr(source, "max_queue_size", 10)
-    ahead = max(workers, queue if isinstance(queue, int) else 10)
+    workers = _count(getattr(source, "workers", 1))
+    ahead = max(workers, _count(getattr(source, "max_queue_size", 10)))
 
     def generate() -> Iterator[tuple[np.ndarray, ...]]:
         source.on_epoch_begin()
@@ -334,20 +333,42 @@ def _from_py_dataset(source: keras.utils.PyDataset, what: str) -> tf.data.Datase
     return dataset.apply(tf.data.experimental.assert_cardinality(batches))
 
 
+def _count(value: Any) -> int:
+    """A PyDataset's `workers` or `max_queue_size` as an int >= 1 (1 for None or 0)."""
+    try:
+        return max(1, operator.index(value))
+    except TypeError:  # None, or not an integer: Keras' default of one
+        return 1
+
+
 def _read_ahead(
     source: keras.utils.PyDataset, batches: int, workers: int, ahead: int
 ) -> Iterator[tuple[np.ndarray, ...]]:
     """`source[0]`, `source[1]`, ... in order, read by `workers` threads, at most `ahead`
-    batches read or being read beyond the one consumed."""
+    batches read or being read beyond the one consumed.
+
+    The window opens with `workers` reads and grows by one with every batch taken, up
+    to `ahead`: the checks read only the first batch or two, and a slow source should
+    not pay for `ahead` reads of them.
+    """
     with ThreadPoolExecutor(workers, thread_name_prefix="finetunekit-pydataset") as pool:
         pending: collections.deque[Future[Any]] = collections.deque()
+        started = 0
+
+        def fill(limit: int) -> None:
+            nonlocal started
+            while started < batches and len(pending) < limit:
+                pending.append(pool.submit(source.__getitem__, started))
+                started += 1
+
         try:
-            for index in range(batches):
-                pending.append(pool.submit(source.__getitem__, index))
-                if len(pending) > ahead:
-                    yield tuple(np.asarray(part) for part in pending.popleft().result())
+            fill(workers)
+            taken = 0
             while pending:
-                yield tuple(np.asarray(part) for part in pending.popleft().result())
+                batch = pending.popleft().result()
+                yield tuple(np.asarray(part) for part in batch)
+                taken += 1
+                fill(min(ahead, workers + taken))
         finally:  # a pass stopped early: the batches not started are not read
             for future in pending:
                 future.cancel()
