@@ -691,6 +691,13 @@ def _pooled_function(base: keras.Model, dataset: tf.data.Dataset, size: tuple[in
     # The sources read RGB; a candidate of grayscale images takes their luminance, as
     # FineTuner's data does (`data.prepare`).
     channels = structure.input_channels(base)
+    if channels not in (1, 3):
+        raise ModelStructureError(
+            f"The candidate {base.name!r} takes images of {channels} channels; rank_bases "
+            "reads the data as RGB and gives candidates RGB or grayscale (1-channel) images "
+            "only. Rank candidates of 1 or 3 channels, or fine-tune this one with "
+            "FineTuner, which gives a base images of its own channels."
+        )
 
     def pooled(images: tf.Tensor) -> tf.Tensor:
         images = _arrays.to_channels(images, channels)

@@ -1349,6 +1349,15 @@ CASES = [
         ValueError,
         ("takes inputs of shape (None, 10), not images", "(batch, height, width, 3)"),
     ),
+    Case(
+        "rank-four-channels",
+        "a candidate of 4-channel images",
+        'ftk.rank_bases((x, y), {"a": base, "b": keras.Sequential([keras.Input((32, 32, 4)), '
+        'keras.layers.Conv2D(2, 1)], name="four")})',
+        E.ModelStructureError,
+        ValueError,
+        ("'four' takes images of 4 channels", "RGB or grayscale (1-channel) images only"),
+    ),
 ]
 
 

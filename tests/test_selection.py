@@ -20,7 +20,7 @@ from test_cli import shapes_folder
 import finetunekit as ftk
 from finetunekit import caching, selection
 from finetunekit import transfer_scores as ts
-from finetunekit.errors import MissingExtraError, WeightsNotFoundError
+from finetunekit.errors import MissingExtraError, ModelStructureError, WeightsNotFoundError
 
 SHAPE = (32, 32, 3)
 
@@ -634,3 +634,12 @@ def test_a_grayscale_candidate_takes_the_luminance_of_rgb_images():
     ranking = ftk.rank_bases((x, y), [_luminance_base(), flat], metrics=("knn",), seed=0)
     assert ranking.best.name == "grey" and ranking.best.score == pytest.approx(1.0)
     assert [row.name for row in ranking] == ["grey", "flat"]
+
+
+def test_a_candidate_of_four_channels_is_refused_with_the_reason():
+    x = np.zeros((60, 32, 32, 4), "float32")
+    y = np.repeat(np.arange(3), 20)
+    inputs = keras.Input((32, 32, 4))
+    four = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs), name="four")
+    with pytest.raises(ModelStructureError, match="4 channels.*RGB or grayscale"):
+        ftk.rank_bases((x, y), [four, _luminance_base()], metrics=("knn",), seed=0)
