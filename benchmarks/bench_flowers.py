@@ -408,6 +408,10 @@ def main() -> None:
             test224,
         )
     if args.only:
+        unknown = sorted(set(args.only) - set(recipes))
+        if unknown:
+            parser.error(f"--only names no recipe of this run: {unknown}; the recipes: "
+                         f"{list(recipes)} (--defaults, --views add more)")
         recipes = {k: v for k, v in recipes.items() if k in args.only}
     results: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in recipes}
     print(
