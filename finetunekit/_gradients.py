@@ -125,12 +125,11 @@ def _release(before: set[str], graphs: set[int] | None, at_least: int = 1) -> in
             if graphs is not None:
                 done = bool(ids & graphs)
             else:
-                if not any(graph.name in KERAS_STEPS for graph in reached):
+                keras_step = any(graph.name in KERAS_STEPS for graph in reached)
+                if not keras_step:
                     _foreign.add(name)
                 done = (
-                    any(graph.name in KERAS_STEPS for graph in reached)
-                    and not ids & live
-                    and all(_finished(graph) for graph in reached)
+                    keras_step and not ids & live and all(_finished(graph) for graph in reached)
                 )
             if done:
                 registry.pop(name, None)

@@ -50,3 +50,20 @@ def tiny_images():
     x = rng.uniform(0, 255, size=(24, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 3, size=(24,))
     return x, y
+
+
+@pytest.fixture
+def untuned_reads(monkeypatch):
+    """Every dataset finetunekit passes through `caching.untuned`, as that returned it."""
+    from finetunekit import caching, evaluation
+
+    read: list = []
+    untuned = caching.untuned
+
+    def spy(dataset):
+        read.append(untuned(dataset))
+        return read[-1]
+
+    monkeypatch.setattr(caching, "untuned", spy)
+    monkeypatch.setattr(evaluation, "untuned", spy)  # imported there by name
+    return read

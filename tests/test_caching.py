@@ -242,20 +242,13 @@ def test_feature_cache_reshuffles_every_epoch() -> None:
     assert list(first) != list(second)
 
 
-def test_the_iterators_of_stored_features_do_not_autotune(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_iterators_of_stored_features_do_not_autotune(untuned_reads: list) -> None:
     # Deleting an iterator of an autotuned pipeline waited for the tuner's next wake-up
     # (up to seconds after a long pass); Keras makes an iterator every epoch.
     x, y = _images(16)
     prefix = keras.Sequential([keras.Input(SHAPE), keras.layers.GlobalAveragePooling2D()])
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
-    read: list[tf.data.Dataset] = []
-    untuned = caching.untuned
-
-    def spy(ds: tf.data.Dataset) -> tf.data.Dataset:
-        read.append(untuned(ds))
-        return read[-1]
-
-    monkeypatch.setattr(caching, "untuned", spy)
+    read = untuned_reads
     with caching.FeatureCache(prefix, dataset) as cache:
         batches = cache.dataset(shuffle=True, seed=0)
     assert len(read) == 2  # the pass and the batches

@@ -332,19 +332,10 @@ def test_a_model_with_a_lambda_is_warned_of_at_save_and_named_at_load(tmp_path, 
     assert "Save it with" not in str(caught.value)
 
 
-def test_predicting_reads_its_batches_without_autotuning(saved, tmp_path, monkeypatch):
+def test_predicting_reads_its_batches_without_autotuning(saved, tmp_path, untuned_reads):
     # Deleting an iterator of an autotuned pipeline waits for the tuner's next wake-up
     # (see caching.untuned); predict makes one iterator per call.
-    from finetunekit import caching
-
-    read: list = []
-    untuned = caching.untuned
-
-    def spy(dataset):
-        read.append(untuned(dataset))
-        return read[-1]
-
-    monkeypatch.setattr(caching, "untuned", spy)
+    read = untuned_reads
     red = write_image(tmp_path / "r.png", pixels("red"))
     assert ftk.load(saved).predict([red])[0].label == "red"
     assert len(read) == 1 and read[0].options().autotune.enabled is False

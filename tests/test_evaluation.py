@@ -295,18 +295,9 @@ def test_a_regression_of_several_outputs_reports_keras_mean_squared_error():
     assert report.loss == pytest.approx(keras_mse, rel=1e-4)
 
 
-def test_evaluating_reads_its_batches_without_autotuning(saved, folder, monkeypatch):
+def test_evaluating_reads_its_batches_without_autotuning(saved, folder, untuned_reads):
     # Deleting an iterator of an autotuned pipeline waits for the tuner's next wake-up
     # (see caching.untuned).
-    from finetunekit import evaluation
-
-    read: list = []
-    untuned = evaluation.untuned
-
-    def spy(dataset):
-        read.append(untuned(dataset))
-        return read[-1]
-
-    monkeypatch.setattr(evaluation, "untuned", spy)
+    read = untuned_reads
     assert ftk.evaluate(saved, folder).count == 7
     assert len(read) == 1 and read[0].options().autotune.enabled is False

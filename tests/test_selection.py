@@ -18,7 +18,7 @@ from conftest import WEIGHTS_DIR
 from test_cli import shapes_folder
 
 import finetunekit as ftk
-from finetunekit import caching, selection
+from finetunekit import selection
 from finetunekit import transfer_scores as ts
 from finetunekit.errors import MissingExtraError, ModelStructureError, WeightsNotFoundError
 
@@ -272,18 +272,11 @@ def test_scores_computed_beside_the_next_candidate_equal_scores_computed_in_turn
     assert [row.scores for row in again] == [row.scores for row in ranking]
 
 
-def test_each_candidates_pass_reads_without_autotuning(monkeypatch):
+def test_each_candidates_pass_reads_without_autotuning(untuned_reads):
     # Deleting an autotuned iterator waited for the tuner's next wake-up: up to seconds
     # after a candidate's pass (see caching.untuned).
     x, y = _colour_data(4)
-    read = []
-    untuned = caching.untuned
-
-    def spy(dataset):
-        read.append(untuned(dataset))
-        return read[-1]
-
-    monkeypatch.setattr(caching, "untuned", spy)
+    read = untuned_reads
     ftk.rank_bases((x, y), {"a": _hue_base(), "b": _brightness_base()}, seed=0)
     assert len(read) == 2  # one pass per candidate
     assert all(ds.options().autotune.enabled is False for ds in read)
