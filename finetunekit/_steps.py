@@ -203,8 +203,9 @@ class Steps:
         """Step 5: trains what is trainable now, as compiled (stored features when it can).
 
         Args:
-            data_or_x: a `tf.data.Dataset` of `(images, labels)` batches, a tuple `(x, y)`,
-                or an image array with labels in `y`.
+            data_or_x: a `tf.data.Dataset` of `(images, labels)` batches (or with sample
+                weights third), a tuple `(x, y)` or `(x, y, w)`, or an image array with
+                labels in `y`.
             y: labels, when `data_or_x` is an array.
             epochs: epochs to run.
             validation_data: same forms as the training data; enables early stopping.

@@ -632,10 +632,12 @@ def _weights_file_model(weights: str | os.PathLike[str], reference: keras.Model)
         with _keras_warnings_to_log():
             reference.load_weights(str(path))
     except Exception as exc:  # h5py and Keras raise ValueError, OSError, KeyError...
+        # Keras' own text, tidied: it ends in a full stop and writes ")for weight".
+        keras_says = re.sub(r"\)(?=\w)", ") ", str(exc).strip()).rstrip(".")
         raise WeightsMismatchError(
-            f"The weights in {str(path)!r} do not fit {reference.name!r}: {exc}. The file must "
-            "be saved from the same architecture without its top (same alpha, same "
-            "include_top=False); a file with the classification top needs "
+            f"The weights in {str(path)!r} do not fit {reference.name!r}: {keras_says}. The "
+            "file must be saved from the same architecture without its top (same alpha, "
+            "same include_top=False); a file with the classification top needs "
             "include_top=True in Keras and cannot be used as a base directly."
         ) from exc
     return reference

@@ -194,9 +194,12 @@ def _keras_path(path: Any, what: str = "path") -> Path:
         raise ArgumentTypeError(f"{what} must be a str or os.PathLike; received {path!r}.")
     target = expand(path)
     if target.suffix != ".keras":
+        # A folder (or a path written as one) gets a file inside it, not one beside it.
+        folder = target.is_dir() or os.fspath(path).endswith(("/", os.sep))
+        example = target / "model.keras" if folder else target.with_suffix(".keras")
         raise ConfigError(
-            f"finetunekit saves Keras 3 '.keras' files; received {str(target)!r}. Use a name "
-            f"such as {str(target.with_suffix('.keras'))!r}."
+            f"finetunekit saves Keras 3 '.keras' files; received {str(target)!r}"
+            f"{', a folder' if folder else ''}. Use a name such as {str(example)!r}."
         )
     return target
 

@@ -123,8 +123,9 @@ class FineTuner(Steps):
         can be cached); the model ends with the best weights of any phase.
 
         Args:
-            train: training data: a `tf.data.Dataset` of `(images, labels)`, a tuple
-                `(x, y)`, or images with labels in `y`.
+            train: training data: a `tf.data.Dataset` of `(images, labels)` (or with
+                sample weights third), a tuple `(x, y)` or `(x, y, w)`, or images with
+                labels in `y`.
             y: labels when `train` is an image array.
             validation_data: validation data; enables early stopping with best weights.
             recipe: a `Recipe` to start from (default `DEFAULTS`); the settings below

@@ -330,13 +330,12 @@ class Recipe:
 _KERAS_FIT_HINTS = {
     "epochs": "Epochs are per phase: head_epochs=..., finetune_epochs=....",
     "sample_weight": (
-        "Pass sample weights inside the data: a tf.data.Dataset of (images, labels, "
-        "weights), e.g. tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)."
+        "Pass sample weights inside the data: fit((x, y, w)) with arrays, or a "
+        "tf.data.Dataset of (images, labels, weights)."
     ),
     "class_weight": (
         "Weigh classes through sample weights in the data: w = weights_per_class[y], then "
-        "a tf.data.Dataset of (images, labels, weights), e.g. "
-        "tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32)."
+        "fit((x, y, w)), or a tf.data.Dataset of (images, labels, weights)."
     ),
     "steps_per_epoch": (
         "Every epoch reads the whole dataset once; for fewer batches per epoch, pass "

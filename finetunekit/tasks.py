@@ -570,6 +570,18 @@ class _Regression(Task):
     def label_mode_for(self, label_mode: str) -> str:
         return label_mode  # targets are read as they are
 
+    def check_output(self, units: int | None, activation: str | None) -> None:
+        # Any other activation may suit bounded targets (sigmoid for values in [0, 1]);
+        # softmax outputs always sum to 1, so they cannot follow independent values.
+        if activation == "softmax":
+            raise ConfigError(
+                f"task='regression' needs an output that can take the targets' values; the "
+                f"model ends in softmax, whose {units or 'several'} output(s) always sum to 1"
+                f"{' (one unit is always 1.0)' if units == 1 else ''}. Rebuild the head with "
+                "add_head(task='regression') (a linear output), or pick the task of a "
+                "classifier (task='multiclass')."
+            )
+
     def label_bounds(
         self, label_mode: str, num_classes: int | None
     ) -> tuple[float, float, bool]:

@@ -535,6 +535,15 @@ CASES = [
         ("ends in tanh, whose outputs are neither", "add_head(task='binary')"),
     ),
     Case(
+        "compile-softmax-regression",
+        "a classifier's softmax output compiled for regression",
+        'ftk.compile_for(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, "softmax")]), '
+        '"regression")',
+        E.ConfigError,
+        ValueError,
+        ("ends in softmax, whose 3 output(s) always sum to 1", "add_head(task='regression')"),
+    ),
+    Case(
         "compile-headless",
         "compiling a base without its head (its output a feature map)",
         "ftk.compile_for(base)",
@@ -769,11 +778,11 @@ CASES = [
     ),
     Case(
         "sample-weights-tuple",
-        "arrays with sample weights as a tuple of 3",
-        "tuner.fit((x, y, np.ones(len(y))))",
+        "arrays with sample weights (x, y, w) of the wrong length",
+        "tuner.fit((x, y, np.ones(len(y) + 1)))",
         E.DataError,
         ValueError,
-        ("a sequence of 3 and no labels", "from_tensor_slices((x, y, w))"),
+        ("sample weights must be one finite number >= 0 per image", "w of shape (len(x),)"),
     ),
     Case(
         "labels-twice",

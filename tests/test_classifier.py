@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -216,13 +217,24 @@ def test_save_model_checks_its_arguments(tmp_path):
         ftk.save_model(colour_model("binary"), tmp_path / "m.keras", class_names=["a"])
     with pytest.raises(ConfigError, match="different"):
         ftk.save_model(model, tmp_path / "m.keras", class_names=["a", "a", "b"])
-    with pytest.raises(ConfigError, match="'.keras'"):
+    with pytest.raises(ConfigError, match="'.keras'") as refused:
         ftk.save_model(model, tmp_path / "m.h5")
+    assert repr(str(tmp_path / "m.keras")) in str(refused.value)
     with pytest.raises(ArgumentTypeError, match="keras.Model"):
         ftk.save_model("model", tmp_path / "m.keras")
     with pytest.raises(ConfigError, match="JSON"):
         ftk.save_model(model, tmp_path / "m.keras", recipe={"optimizer": object()})
     assert not list(tmp_path.iterdir())
+
+
+def test_a_folder_given_to_save_model_is_told_a_file_inside_it(tmp_path):
+    # Before, the hint named a file beside the folder ('<folder>.keras').
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for path in (folder, f"{tmp_path}/new/"):
+        with pytest.raises(ConfigError, match="a folder") as refused:
+            ftk.save_model(colour_model(), path)
+        assert repr(str(Path(path) / "model.keras")) in str(refused.value)
 
 
 def test_bad_inputs_to_load_and_predict(saved, tmp_path):

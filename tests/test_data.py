@@ -318,6 +318,20 @@ def test_sample_weights_of_one_column_are_one_per_image():
         data.as_dataset(tf.data.Dataset.from_tensor_slices((x, y, np.ones((8, 2)))).batch(4))
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_arrays_with_sample_weights_keep_each_weight_with_its_image(shuffle):
+    # (x, y, w), as Keras' validation_data takes; refused as "no labels" before.
+    x = np.arange(10, dtype="float32")[:, None, None, None] * np.ones((1, 8, 8, 3), "float32")
+    y, w = np.arange(10) % 2, np.arange(10, dtype="float32") / 10
+    batches = list(data.as_dataset((x, y, w), batch_size=4, shuffle=shuffle, seed=1))
+    rows = np.concatenate([b[0].numpy()[:, 0, 0, 0] for b in batches]).astype(int)
+    assert sorted(rows) == list(range(10)) and (rows != np.arange(10)).any() == shuffle
+    np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in batches]), y[rows])
+    np.testing.assert_allclose(np.concatenate([b[2].numpy() for b in batches]), w[rows])
+    with pytest.raises(DataError, match="one finite number >= 0 per image"):
+        data.as_dataset((x, y, -w))
+
+
 def test_true_false_labels_are_read_as_1_and_0(tiny_images):
     # Refused with "x and y must be numeric ... encode class names as integers".
     x, y = tiny_images

@@ -416,6 +416,17 @@ def test_sample_weights_train_uncached_and_the_report_says_why() -> None:
     assert "sample weights" in (history.reports[0].why_not_cached or "")
 
 
+def test_keras_style_validation_data_with_sample_weights_weighs_the_validation_loss() -> None:
+    x, y = _images(16)
+    xv, yv = _images(8)
+    weighed = _tuner().fit(x, y, validation_data=(xv, yv, np.zeros(8)), head_epochs=1,
+                           finetune_epochs=1, verbose=0)
+    plain = _tuner().fit(x, y, validation_data=(xv, yv), head_epochs=1, finetune_epochs=1,
+                         verbose=0)
+    assert weighed.history["val_loss"] == [0.0, 0.0]
+    assert all(loss > 0 for loss in plain.history["val_loss"])
+
+
 def test_a_dataset_keeps_its_batch_size_in_every_phase() -> None:
     import tensorflow as tf
 

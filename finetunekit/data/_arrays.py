@@ -141,10 +141,13 @@ def _from_arrays(
     seed: int | None = None,
     num_classes: int | None = None,
     channels: int = 3,
+    sample_weight: Any = None,
 ) -> tf.data.Dataset:
-    """`from_arrays`, with images of the `channels` the model takes (see `to_channels`)."""
+    """`from_arrays`, with images of the `channels` the model takes (see `to_channels`),
+    and with `sample_weight` (one number per image) as the elements' third part."""
     x_arr = _as_array(x, "x")
     y_arr = _as_array(y, "y")
+    w_arr = None if sample_weight is None else _weights_array(sample_weight, len(x_arr))
     _check_image_shape(tuple(x_arr.shape), "x", channels)
     if len(x_arr) != len(y_arr):
         raise DataError(
@@ -166,21 +169,45 @@ def _from_arrays(
     if num_classes is not None:
         _check_num_classes(num_classes)
         check_labels(_label_info(y_arr), "multiclass", num_classes)
+    columns = (x_arr, y_arr) if w_arr is None else (x_arr, y_arr, w_arr)
     if not shuffle:
-        dataset = tf.data.Dataset.from_tensor_slices((x_arr, y_arr)).batch(batch_size)
+        dataset = tf.data.Dataset.from_tensor_slices(columns).batch(batch_size)
         return dataset.map(
-            lambda images, labels: (to_channels(images, channels), labels),
+            lambda images, *rest: (to_channels(images, channels), *rest),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     # Reshuffled every epoch by an order keyed by (seed, epoch) during a fit, so a resumed
     # fit draws the orders of an uninterrupted one (see finetunekit._orders).
     orders = EpochOrders(seed)
-    images, targets = tf.constant(x_arr), tf.constant(y_arr)
+    images, *rest = (tf.constant(column) for column in columns)
     dataset = orders.indices(len(x_arr)).batch(batch_size).map(
-        lambda rows: (to_channels(tf.gather(images, rows), channels), tf.gather(targets, rows)),
+        lambda rows: (
+            to_channels(tf.gather(images, rows), channels),
+            *(tf.gather(column, rows) for column in rest),
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return attach(dataset, orders)
+
+
+def _weights_array(sample_weight: Any, count: int) -> np.ndarray:
+    """Sample weights given beside arrays: one finite number >= 0 per image, as float32."""
+    weights = _as_array(sample_weight, "sample_weight")
+    if weights.ndim == 2 and weights.shape[1] == 1:
+        weights = weights[:, 0]
+    if (
+        weights.shape != (count,)
+        or not np.issubdtype(weights.dtype, np.number)
+        or not np.isfinite(weights).all()
+        or (weights < 0).any()
+    ):
+        raise DataError(
+            f"sample weights must be one finite number >= 0 per image ({count} of them); "
+            f"received {weights.dtype} of shape {weights.shape}"
+            + (", with negative or non-finite values" if weights.shape == (count,) else "")
+            + ". Pass (x, y, w) with w of shape (len(x),)."
+        )
+    return weights.astype(np.float32)
 
 
 def _check_num_classes(num_classes: Any) -> None:
@@ -218,7 +245,8 @@ def as_dataset(
     what: str = "training data",
     channels: int = 3,
 ) -> tf.data.Dataset:
-    """Accepts a `tf.data.Dataset` of `(images, labels)`, a tuple `(x, y)` or arrays `x, y`.
+    """Accepts a `tf.data.Dataset` of `(images, labels)`, a tuple `(x, y)` or `(x, y,
+    sample_weight)` (as Keras' `validation_data` takes), or arrays `x, y`.
 
     An unbatched dataset is batched; images become float32 with the `channels` the model
     takes (RGB by default, see `to_channels`).
@@ -262,12 +290,9 @@ def as_dataset(
             f"{what}: received all that from_directory returns (train, validation, "
             "class_names). Pass its .train, and its .validation as validation_data=..."
         )
-    if y is None and isinstance(data, (tuple, list)) and len(data) == 3:
-        raise DataError(
-            f"{what}: received a sequence of 3 and no labels. For images, labels and sample "
-            "weights, pass a dataset: tf.data.Dataset.from_tensor_slices((x, y, w)).batch(32); "
-            "for images alone, pass their labels too (x, y)."
-        )
+    weights = None
+    if y is None and isinstance(data, tuple) and len(data) == 3:  # (x, y, w), as Keras takes
+        data, y, weights = data
     if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
         data, y = data
     if y is None:
@@ -278,7 +303,8 @@ def as_dataset(
     if isinstance(data, tf.data.Dataset):
         raise DataError(f"{what}: a dataset cannot be paired with separate labels.")
     return _from_arrays(
-        data, y, batch_size=batch_size, shuffle=shuffle, seed=seed, channels=channels
+        data, y, batch_size=batch_size, shuffle=shuffle, seed=seed, channels=channels,
+        sample_weight=weights,
     )
 
 
