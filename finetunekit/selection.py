@@ -580,7 +580,16 @@ def _source(given: Any, max_images: int, rng: np.random.Generator, task: str) ->
     if isinstance(given, (str, os.PathLike)):
         return _Folder(given, int(rng.integers(2**31)), max_images, rng)
     if isinstance(given, tf.data.Dataset):
+        if isinstance(given.element_spec, tuple) and len(given.element_spec) == 3:
+            logger.warning(
+                "The data carries sample weights; the ranking scores every image alike."
+            )
         return _Given(given)
+    if isinstance(given, (tuple, list)) and len(given) == 3:
+        raise ArgumentTypeError(
+            "data: received a sequence of 3, read as (x, y, sample_weight); the ranking "
+            "scores every image alike. Pass (x, y)."
+        )
     if isinstance(given, (tuple, list)) and len(given) == 2:
         x, y = (np.asarray(part) for part in given)
         data.as_dataset(x[:1], y[:1])  # the usual checks of shapes and types, on one image
@@ -778,7 +787,8 @@ def _scores(
     scores: dict[str, Score] = {}
     for metric in metrics:
         if metric == "knn":
-            scores[metric] = accuracy_interval(knn_correct(features, labels, num_classes), rng)
+            correct = knn_correct(features, labels, num_classes, rng=rng)
+            scores[metric] = accuracy_interval(correct, rng)
         elif metric == "logme":
             scores[metric] = logme_interval(features, labels, num_classes, rng)
         else:

@@ -21,6 +21,7 @@ import tensorflow as tf
 __all__ = [
     "Score",
     "knn_correct",
+    "leave_one_per_class",
     "logme",
     "linear_probe_correct",
     "accuracy_interval",
@@ -71,18 +72,27 @@ def knn_correct(
     *,
     k: int = KNN_NEIGHBOURS,
     temperature: float = KNN_TEMPERATURE,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Whether each image's class is predicted by its k nearest other images.
 
     Features are scaled to unit length, neighbours are the `k` others of highest cosine
     similarity `s`, and each votes for its class with weight `exp(s / temperature)`.
 
-    Leaving image `i` out leaves its class one image short of the others: on small
-    classes, with `k` near the class size, that alone tips the vote against it (two
-    classes of 5 random-feature images scored 0.06, far below chance). So the votes
-    for `i`'s own class are scaled by `n_c / (n_c - 1)`, which puts back the class
-    proportions of the whole data; on random features the score is then near chance
-    (0.49 to 0.52 for two classes of 5 to 200 images, against 0.06 to 0.49 without).
+    Leaving only image `i` out would leave its class one image short of the others,
+    and on small classes, with `k` near their size, that alone tips the vote against
+    it: on random features, two classes of 5 images scored 0.06 where chance is 0.5,
+    ten classes of 2 scored 0. So one image is left out of every class: `i` from its
+    own, one drawn with `rng` from each other, and no class is favoured by its count
+    (the same draws score 0.50 and 0.10; see `docs/selection.md`).
+
+    Args:
+        features: `(n, d)` features, one row per image.
+        labels: `(n,)` class indices.
+        num_classes: how many classes the indices count.
+        k: neighbours that vote.
+        temperature: of the votes' weights.
+        rng: draws the image left out of each other class (default: seeded with 0).
 
     Returns:
         A boolean array `(n,)`: the leave-one-out prediction of image `i` is right.
@@ -90,23 +100,39 @@ def knn_correct(
     n = len(features)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     unit = (features / np.maximum(norms, 1e-12)).astype(np.float32)
-    k = max(1, min(k, n - 1))
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    own_scale = counts / np.maximum(counts - 1, 1)  # a class of one has no votes to scale
+    left_out = leave_one_per_class(labels, num_classes, rng)
+    k = max(1, min(k, n - len(np.unique(labels))))  # the others in every image's pool
     correct = np.zeros(n, dtype=bool)
     for start in range(0, n, _CHUNK):
         rows = np.arange(start, min(start + _CHUNK, n))
         similarity = unit[rows] @ unit.T
-        similarity[np.arange(len(rows)), rows] = -np.inf  # leave the image itself out
+        similarity[np.arange(len(rows))[:, None], left_out[rows]] = -np.inf
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         weights = np.exp((np.take_along_axis(similarity, nearest, axis=1) - 1.0) / temperature)
         votes = np.zeros((len(rows), num_classes))
         np.add.at(
             votes, (np.repeat(np.arange(len(rows)), k), labels[nearest].ravel()), weights.ravel()
         )
-        votes[np.arange(len(rows)), labels[rows]] *= own_scale[labels[rows]]
-        correct[rows] = votes.argmax(axis=1) == labels[rows]
+        # A pool with nobody in it (every class of one image) votes for nothing.
+        correct[rows] = (votes.argmax(axis=1) == labels[rows]) & (votes.max(axis=1) > 0)
     return correct
+
+
+def leave_one_per_class(
+    labels: np.ndarray, num_classes: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """`(n, num_classes)` indices: for image `i`, the image left out of each class when
+    `i` is scored (`i` itself for its own class, one drawn at random for each other;
+    `i` again for a class with no images)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    n = len(labels)
+    left_out = np.repeat(np.arange(n)[:, None], num_classes, axis=1)
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members):
+            drawn = members[rng.integers(len(members), size=n)]
+            left_out[:, c] = np.where(labels == c, np.arange(n), drawn)
+    return left_out
 
 
 # -- LogME ----------------------------------------------------------------------------------

@@ -101,42 +101,57 @@ def test_logme_interval_in_small_stacks_matches_one_stack(monkeypatch):
                                [whole.value, whole.low, whole.high], rtol=1e-9)
 
 
-def _brute_force_knn(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+def _brute_force_knn(features: np.ndarray, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    classes = labels.max() + 1
+    left_out = ts.leave_one_per_class(labels, classes, np.random.default_rng(seed))
     correct = []
     for i in range(len(unit)):
+        assert left_out[i, labels[i]] == i  # the image itself, from its own class
+        others = [c for c in range(classes) if c != labels[i]]
+        assert all(labels[left_out[i, c]] == c for c in others)  # one of each other class
         similarity = unit @ unit[i]
-        similarity[i] = -np.inf
+        similarity[left_out[i]] = -np.inf
         nearest = np.argsort(-similarity)[:k]
-        votes = np.zeros(labels.max() + 1)
+        votes = np.zeros(classes)
         for j in nearest:
             votes[labels[j]] += np.exp((similarity[j] - 1) / ts.KNN_TEMPERATURE)
-        own = np.sum(labels == labels[i])
-        votes[labels[i]] *= own / (own - 1)  # the class proportions of the whole data
         correct.append(votes.argmax() == labels[i])
     return np.array(correct)
 
 
-def test_knn_matches_a_brute_force_leave_one_out():
+@pytest.mark.parametrize("sizes", [(13, 13, 12, 12), (20, 2, 2, 1)])  # even; small and one
+def test_knn_matches_a_brute_force_leave_one_out(sizes):
     rng = np.random.default_rng(3)
-    labels = np.arange(50) % 4
-    features = rng.normal(size=(50, 8)) + np.eye(8)[labels] * 1.5
-    expected = _brute_force_knn(features, labels, k=5)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    features = rng.normal(size=(len(labels), 8)) + np.eye(8)[labels] * 1.5
+    expected = _brute_force_knn(features, labels, k=5, seed=1)
     assert 0.3 < expected.mean() < 1.0  # neither trivial nor hopeless
-    np.testing.assert_array_equal(ts.knn_correct(features, labels, 4, k=5), expected)
+    got = ts.knn_correct(features, labels, len(sizes), k=5, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("per_class", [5, 10])
-def test_knn_on_features_without_class_information_scores_chance_on_small_classes(per_class):
-    # Leaving an image out leaves its class one short; with k = 20 near the class size
-    # the uncorrected vote went against it (two classes of 5: 0.06, of 10: 0.13).
+@pytest.mark.parametrize("classes, per_class", [(2, 5), (2, 10), (10, 2), (20, 3), (10, 5)])
+def test_knn_on_features_without_class_information_scores_chance(classes, per_class):
+    # Leaving only the image out leaves its class one short; with k = 20 near the class
+    # size the vote went against it (2 classes of 5: 0.06; 10 of 2: 0.0), and scaling
+    # the own class's votes by n/(n-1) overshot (10 of 2: 0.17).
     rng = np.random.default_rng(0)
-    labels = np.repeat([0, 1], per_class)
+    labels = np.repeat(np.arange(classes), per_class)
     scores = [
-        ts.knn_correct(rng.normal(size=(2 * per_class, 64)) + 3.0, labels, 2).mean()
+        ts.knn_correct(
+            rng.normal(size=(len(labels), 64)) + 3.0, labels, classes, rng=rng
+        ).mean()
         for _ in range(200)
     ]
-    assert 0.44 < np.mean(scores) < 0.56
+    assert abs(np.mean(scores) - 1 / classes) < 0.25 / classes, np.mean(scores)
+
+
+def test_a_tuple_with_sample_weights_is_refused_with_what_to_pass():
+    x = np.zeros((8, 32, 32, 3), "float32")
+    refused = r"\(x, y, sample_weight\).*Pass \(x, y\)"
+    with pytest.raises(ftk.errors.ArgumentTypeError, match=refused):
+        ftk.rank_bases((x, np.arange(8) % 2, np.ones(8)), ["mobilenet_v2", "mobilenet"])
 
 
 def test_knn_leaves_the_image_itself_out():
