@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from finetunekit import distribute
 from finetunekit._atomic import check_writable, write_beside
+from finetunekit.data._arrays import unpack_arrays
 from finetunekit.errors import CheckpointError
 
 __all__ = ["Tracker", "describe_call", "fingerprint", "read", "write_atomically", "FILE", "FORMAT"]
@@ -169,10 +170,10 @@ def _describe(data: Any, y: Any = None) -> Any:
                     digest.update(b"<unreadable>")
             found.update(files=len(paths), content=digest.hexdigest()[:16])
         return found
-    if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
-        data, y = data
+    data, y, weights = unpack_arrays(data, y)
     try:
         x, labels = np.asarray(data), np.asarray(y)
+        weighed = None if weights is None else np.asarray(weights)
     except (TypeError, ValueError):
         return {"type": type(data).__name__}
     if x.ndim == 0 or x.dtype == object or labels.dtype == object:
@@ -180,6 +181,8 @@ def _describe(data: Any, y: Any = None) -> Any:
     rows = np.unique(np.linspace(0, len(x) - 1, num=min(len(x), _SAMPLE)).astype(int))
     digest = hashlib.sha256(np.ascontiguousarray(x[rows]).tobytes())
     digest.update(np.ascontiguousarray(labels).tobytes())
+    if weighed is not None:
+        digest.update(b"weights" + np.ascontiguousarray(weighed).tobytes())
     return {
         "count": len(x),
         "shape": list(x.shape[1:]),

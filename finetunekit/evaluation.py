@@ -13,6 +13,7 @@ scikit-learn is not a dependency, so the counts are computed here with numpy.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +38,8 @@ from finetunekit.classifier import (
 )
 from finetunekit.data import _arrays, _folders, _guards
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, missing_extra
+
+logger = logging.getLogger("finetunekit")
 
 __all__ = ["evaluate", "Report", "Worst", "plot_history"]
 
@@ -324,6 +327,11 @@ def _labelled_batches(
 ) -> tf.data.Dataset:
     """The data as batches of (images, labels); with `index`, the dataset's class i (an
     index, or one-hot rows of its classes) is the model's class `index[i]`."""
+    if isinstance(data, (tuple, list)) and len(data) == 3 and not hasattr(data, "train"):
+        raise ArgumentTypeError(
+            "evaluation data: received a sequence of 3, read as (x, y, sample_weight); the "
+            "report counts every image once, unweighted. Pass (x, y)."
+        )
     if isinstance(data, (tf.data.Dataset, keras.utils.PyDataset)) or (
         isinstance(data, (tuple, list)) and len(data) == 2
     ):
@@ -341,6 +349,11 @@ def _labelled_batches(
                 return (images, tf.gather(table, flat), *rest)
 
             dataset = dataset.map(remap)
+        if isinstance(dataset.element_spec, tuple) and len(dataset.element_spec) == 3:
+            logger.warning(
+                "evaluation data carries sample weights; the report counts every image "
+                "once, unweighted."
+            )
         for batch in dataset.take(1):  # a sample: the first batch
             classifier.check_pixels(batch[0], "evaluation data")
         return dataset

@@ -83,7 +83,8 @@ class FineTuner(Steps):
         cache: run the frozen layers once over the data (once per augmented view) and
             train the rest of each phase on their stored outputs. `"auto"` does so
             unless a random layer precedes the cut (the report on the history says why).
-            Callbacks see the full model either way. True forces it, False never caches.
+            Callbacks see the full model either way. True caches even then; data with
+            sample weights is never cached. False never caches.
         cache_budget: bytes of stored features kept in memory; beyond, they spill to a
             temporary file that is removed after the fit.
         seed: seed of the shuffles.

@@ -578,8 +578,8 @@ class _Regression(Task):
                 f"task='regression' needs an output that can take the targets' values; the "
                 f"model ends in softmax, whose {units or 'several'} output(s) always sum to 1"
                 f"{' (one unit is always 1.0)' if units == 1 else ''}. Rebuild the head with "
-                "add_head(task='regression') (a linear output), or pick the task of a "
-                "classifier (task='multiclass')."
+                "add_head(task='regression') (a linear output); for targets that are "
+                "proportions summing to 1, compile it for task='multiclass'."
             )
 
     def label_bounds(

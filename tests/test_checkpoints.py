@@ -383,3 +383,18 @@ def test_a_folder_named_from_another_working_directory_is_the_same_data(
     assert described("data") == absolute
     (tmp_path / "data" / "b" / "1.png").rename(tmp_path / "data" / "b" / "2.png")
     assert described("data") != absolute
+
+
+def test_the_fingerprint_of_arrays_with_sample_weights_holds_all_three() -> None:
+    # A tuple of 3 was fingerprinted as {'type': 'tuple'}: a resume on other arrays passed.
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 255, (10, 8, 8, 3)).astype("float32"), np.arange(10) % 2
+    ones = np.ones(10, "float32")
+    given = checkpoints.fingerprint((x, y, ones))
+    assert given["train"]["count"] == 10
+    assert given == checkpoints.fingerprint([x, y, ones])
+    assert given != checkpoints.fingerprint((x + 1, y, ones))
+    assert given != checkpoints.fingerprint((x, y, ones * 2))
+    assert given != checkpoints.fingerprint((x, y))
+    assert checkpoints.fingerprint((x, y)) == checkpoints.fingerprint(x, y)  # as before
+

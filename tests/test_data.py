@@ -98,7 +98,7 @@ def test_the_data_package_builds_no_models():
             elif isinstance(node, ast.Import):
                 imported.update(a.name for a in node.names)
     assert len(list(package.glob("*.py"))) >= 5
-    for module in ("bases", "heads", "finetuner", "training", "caching", "freezing"):
+    for module in ("bases", "heads", "finetuner", "_steps", "training", "caching", "freezing"):
         assert f"finetunekit.{module}" not in imported, sorted(imported)
 
 
@@ -328,8 +328,15 @@ def test_arrays_with_sample_weights_keep_each_weight_with_its_image(shuffle):
     assert sorted(rows) == list(range(10)) and (rows != np.arange(10)).any() == shuffle
     np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in batches]), y[rows])
     np.testing.assert_allclose(np.concatenate([b[2].numpy() for b in batches]), w[rows])
-    with pytest.raises(DataError, match="one finite number >= 0 per image"):
-        data.as_dataset((x, y, -w))
+    as_list = list(data.as_dataset([x, y, w], batch_size=10, shuffle=False))  # a list too
+    np.testing.assert_allclose(as_list[0][2].numpy(), w)
+    for bad, says in [
+        (-w, "negative, NaN or too large"),
+        (w.astype("float64") * 1e300 + 1, "too large for float32"),
+        (w > 0.5, "received bool values"), (w[:9], r"received shape \(9,\) for 10 images"),
+    ]:
+        with pytest.raises(DataError, match=f"validation_data: sample weights .*{says}"):
+            data.as_dataset((x, y, bad), what="validation_data")
 
 
 def test_true_false_labels_are_read_as_1_and_0(tiny_images):

@@ -13,7 +13,7 @@ from _colors import COLOURS, colour_folder, colour_model, pixels
 
 import finetunekit as ftk
 from finetunekit import data as ftk_data
-from finetunekit.errors import ConfigError, DataError, MissingExtraError
+from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, MissingExtraError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -112,6 +112,19 @@ def test_arrays_and_one_hot_labels(tmp_path):
         with pytest.raises(DataError, match=f"one-hot rows of {width} columns but this model "
                                             "has 3 classes"):
             ftk.evaluate(model, (x, np.eye(width)[y % 2]))
+
+
+def test_sample_weights_are_refused_in_a_tuple_and_named_in_a_dataset(caplog):
+    # A tuple of 3 got "or a tuple (x, y); received tuple"; a dataset's weights went unsaid.
+    model = colour_model()
+    x = np.stack([pixels(c) for c in ("red", "green", "blue")]).astype("float32")
+    y, w = np.array([2, 1, 0]), np.ones(3)
+    with pytest.raises(ArgumentTypeError, match=r"read as \(x, y, sample_weight\).*Pass \(x, y\)"):
+        ftk.evaluate(model, (x, y, w))
+    weighted = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(2)
+    with caplog.at_level("WARNING", logger="finetunekit"):
+        report = ftk.evaluate(model, weighted)
+    assert report.accuracy == 1.0 and "unweighted" in caplog.text
 
 
 def test_multilabel_scores_per_label():

@@ -142,18 +142,21 @@ def _from_arrays(
     num_classes: int | None = None,
     channels: int = 3,
     sample_weight: Any = None,
+    what: str = "training data",
 ) -> tf.data.Dataset:
     """`from_arrays`, with images of the `channels` the model takes (see `to_channels`),
     and with `sample_weight` (one number per image) as the elements' third part."""
     x_arr = _as_array(x, "x")
     y_arr = _as_array(y, "y")
-    w_arr = None if sample_weight is None else _weights_array(sample_weight, len(x_arr))
     _check_image_shape(tuple(x_arr.shape), "x", channels)
     if len(x_arr) != len(y_arr):
         raise DataError(
             f"x and y must hold the same number of examples; received {len(x_arr)} images "
             f"and {len(y_arr)} labels."
         )
+    w_arr = None
+    if sample_weight is not None:
+        w_arr = _weights_array(sample_weight, len(x_arr), what)
     if len(x_arr) == 0:
         raise DataError("x and y are empty; there is nothing to train on.")
     if y_arr.dtype == bool:  # 0/1 labels (binary, multi-hot) as True/False
@@ -190,24 +193,27 @@ def _from_arrays(
     return attach(dataset, orders)
 
 
-def _weights_array(sample_weight: Any, count: int) -> np.ndarray:
+def _weights_array(sample_weight: Any, count: int, what: str) -> np.ndarray:
     """Sample weights given beside arrays: one finite number >= 0 per image, as float32."""
     weights = _as_array(sample_weight, "sample_weight")
     if weights.ndim == 2 and weights.shape[1] == 1:
         weights = weights[:, 0]
-    if (
-        weights.shape != (count,)
-        or not np.issubdtype(weights.dtype, np.number)
-        or not np.isfinite(weights).all()
-        or (weights < 0).any()
-    ):
+    problem = None
+    if weights.shape != (count,):
+        problem = f"received shape {weights.shape} for {count} images"
+    elif weights.dtype == bool or not np.issubdtype(weights.dtype, np.number):
+        problem = f"received {weights.dtype} values"
+    else:
+        with np.errstate(over="ignore"):  # 1e300 is no float32: refused below as infinite
+            weights = weights.astype(np.float32)
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            problem = "some are negative, NaN or too large for float32"
+    if problem is not None:
         raise DataError(
-            f"sample weights must be one finite number >= 0 per image ({count} of them); "
-            f"received {weights.dtype} of shape {weights.shape}"
-            + (", with negative or non-finite values" if weights.shape == (count,) else "")
-            + ". Pass (x, y, w) with w of shape (len(x),)."
+            f"{what}: sample weights must be one finite number >= 0 per image; {problem}. "
+            "Pass (x, y, w) with w of shape (len(x),)."
         )
-    return weights.astype(np.float32)
+    return weights
 
 
 def _check_num_classes(num_classes: Any) -> None:
@@ -290,11 +296,7 @@ def as_dataset(
             f"{what}: received all that from_directory returns (train, validation, "
             "class_names). Pass its .train, and its .validation as validation_data=..."
         )
-    weights = None
-    if y is None and isinstance(data, tuple) and len(data) == 3:  # (x, y, w), as Keras takes
-        data, y, weights = data
-    if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
-        data, y = data
+    data, y, weights = unpack_arrays(data, y)
     if y is None:
         raise DataError(
             f"{what}: labels are missing. Pass a tf.data.Dataset of (images, labels), a tuple "
@@ -304,8 +306,22 @@ def as_dataset(
         raise DataError(f"{what}: a dataset cannot be paired with separate labels.")
     return _from_arrays(
         data, y, batch_size=batch_size, shuffle=shuffle, seed=seed, channels=channels,
-        sample_weight=weights,
+        sample_weight=weights, what=what,
     )
+
+
+def unpack_arrays(data: Any, y: Any = None) -> tuple[Any, Any, Any]:
+    """`(x, y, sample_weight)` of data given as `x, y`, or as a tuple or list `(x, y)` or
+    `(x, y, w)` (as Keras' `validation_data` takes); anything else comes back as it was,
+    with no weights."""
+    if (
+        y is None
+        and isinstance(data, (tuple, list))
+        and len(data) in (2, 3)
+        and not hasattr(data, "train")  # from_directory's (train, validation, class_names)
+    ):
+        return data[0], data[1], data[2] if len(data) == 3 else None
+    return data, y, None
 
 
 def _from_py_dataset(source: keras.utils.PyDataset, what: str) -> tf.data.Dataset:

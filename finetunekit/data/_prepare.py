@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from finetunekit import tasks
 from finetunekit.data import _guards
-from finetunekit.data._arrays import as_dataset
+from finetunekit.data._arrays import as_dataset, unpack_arrays
 from finetunekit.data._labels import _label_info, inspect_labels
 from finetunekit.data._split import split_by_content
 from finetunekit.errors import DataError
@@ -266,6 +266,5 @@ def _array_labels(data: Any, y: Any) -> Any:
     """Every label of array data (`x, y` or `(x, y)`), read in full; None for datasets."""
     if isinstance(data, tf.data.Dataset):
         return None
-    if y is None and isinstance(data, (tuple, list)) and len(data) == 2:
-        y = data[1]
+    _, y, _ = unpack_arrays(data, y)
     return None if y is None else _label_info(np.asarray(y))
