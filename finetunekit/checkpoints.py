@@ -134,14 +134,21 @@ def bind_fit(
     )
 
 
+#: Fingerprint keys added after checkpoints were first written: a checkpoint without
+#: them still resumes (it is compared on what it holds).
+_NEW_DATA_KEYS = frozenset({"first_batch"})
+
+
 def fingerprint(train: Any, y: Any = None, validation_data: Any = None) -> dict[str, Any]:
     """Count, shapes and a content hash of a sample of the training and validation data.
 
     Arrays: their length, shape, dtype, a hash of 16 evenly spaced images and of every
     label. Datasets: their element structure and length in batches, the class names,
     and for datasets of files (`from_directory`, Keras' loaders) the number of files and
-    a hash of their paths and of the bytes of 16 of them. A dataset that shuffles itself
-    gives another first batch at every pass, so its images are not sampled.
+    a hash of their paths and of the bytes of 16 of them; for other datasets (and a
+    `keras.utils.PyDataset`), a hash of the first batch, read twice: a dataset that
+    shuffles itself gives another first batch at every pass, so its batches are not
+    sampled.
     """
     return {"train": _describe(train, y), "validation": _describe(validation_data)}
 
@@ -169,7 +176,11 @@ def _describe(data: Any, y: Any = None) -> Any:
                 except OSError:
                     digest.update(b"<unreadable>")
             found.update(files=len(paths), content=digest.hexdigest()[:16])
+        else:
+            found["first_batch"] = _first_batch(lambda: next(iter(data)))
         return found
+    if isinstance(data, keras.utils.PyDataset):
+        return {"type": type(data).__name__, "first_batch": _first_batch(lambda: data[0])}
     data, y, weights = unpack_arrays(data, y)
     try:
         x, labels = np.asarray(data), np.asarray(y)
@@ -197,11 +208,35 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=repr))
 
 
-def _differences(stored: Any, asked: Any, where: str = "") -> list[str]:
+def _first_batch(read: Any) -> str | None:
+    """A hash of the first batch of a dataset that gives the same one at every pass;
+    None for one that shuffles itself (or cannot be read: the fit reports that)."""
+    digests = set()
+    for _ in range(2):
+        try:
+            batch = read()
+        except Exception:  # empty, or failing: the fit's own checks name the problem
+            return None
+        digest = hashlib.sha256()
+        for part in tf.nest.flatten(batch):
+            digest.update(np.asarray(part).tobytes())
+        digests.add(digest.hexdigest()[:16])
+    return digests.pop() if len(digests) == 1 else None
+
+
+def _differences(
+    stored: Any, asked: Any, where: str = "", *, new_keys: frozenset[str] = frozenset()
+) -> list[str]:
+    """What differs between two JSON trees; keys in `new_keys` that `stored` lacks (a
+    checkpoint written before they were recorded) are not compared."""
     if isinstance(stored, dict) and isinstance(asked, dict):
         found = []
         for key in sorted(set(stored) | set(asked), key=str):
-            found += _differences(stored.get(key), asked.get(key), f"{where}{key}.")
+            if key in new_keys and key not in stored:
+                continue
+            found += _differences(
+                stored.get(key), asked.get(key), f"{where}{key}.", new_keys=new_keys
+            )
         return found
     if stored != asked:
         return [f"{where.rstrip('.')}: stored {stored!r}, asked {asked!r}"]
@@ -328,7 +363,7 @@ class Tracker:
         if state is None:
             return
         for what, key, asked in (("settings", "call", self.call), ("data", "data", self.data)):
-            found = _differences(state.get(key), asked)
+            found = _differences(state.get(key), asked, new_keys=_NEW_DATA_KEYS)
             if found:
                 more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
                 raise CheckpointError(

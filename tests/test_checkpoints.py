@@ -398,3 +398,27 @@ def test_the_fingerprint_of_arrays_with_sample_weights_holds_all_three() -> None
     assert given != checkpoints.fingerprint((x, y))
     assert checkpoints.fingerprint((x, y)) == checkpoints.fingerprint(x, y)  # as before
 
+
+def test_a_dataset_of_tensors_is_fingerprinted_by_its_first_batch() -> None:
+    import tensorflow as tf
+
+    # Only structure and length were held: a resume with every label changed passed.
+    x = np.random.default_rng(0).uniform(0, 255, (16, 8, 8, 3)).astype("float32")
+    y = np.arange(16) % 3
+
+    def batches(labels: np.ndarray) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices((x, labels)).batch(8)
+
+    given = checkpoints.fingerprint(batches(y))
+    assert given["train"]["first_batch"] is not None
+    assert given == checkpoints.fingerprint(batches(y))
+    assert given != checkpoints.fingerprint(batches((y + 1) % 3))
+    shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(16).batch(8)
+    assert checkpoints.fingerprint(shuffled)["train"]["first_batch"] is None
+    # A checkpoint written before first batches were hashed still resumes.
+    old = {"train": {k: v for k, v in given["train"].items() if k != "first_batch"},
+           "validation": None}
+    assert not checkpoints._differences(old, given, new_keys=checkpoints._NEW_DATA_KEYS)
+    fewer = checkpoints.fingerprint(batches(y).take(1))  # what it holds is still compared
+    assert checkpoints._differences(old, fewer, new_keys=checkpoints._NEW_DATA_KEYS)
+
