@@ -62,6 +62,7 @@ from finetunekit.transfer_scores import (
     Score,
     accuracy_interval,
     knn_correct,
+    knn_neighbours,
     linear_probe_correct,
     logme_interval,
 )
@@ -160,10 +161,15 @@ class Ranking(tuple[RankedBase, ...]):
             for line in [header, *body]
         ]
         lines.append(
-            f"Ranked by {self.primary} ({METRICS[self.primary]}) on {self.images} images of "
+            f"Ranked by {self.primary} ({self._described(self.primary)}) on {self.images} "
+            "images of "
             f"{self.num_classes} classes; [low, high] are 95% intervals."
         )
         return "\n".join(lines)
+
+    def _described(self, metric: str) -> str:
+        k = knn_neighbours(self.images, self.num_classes)
+        return METRICS[metric].replace(f"{KNN_NEIGHBOURS}-NN", f"{k}-NN")
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Saves a bar chart of every score, with its interval, as an image (PNG by name).

@@ -22,6 +22,7 @@ __all__ = [
     "Score",
     "knn_correct",
     "leave_one_per_class",
+    "knn_neighbours",
     "logme",
     "linear_probe_correct",
     "accuracy_interval",
@@ -101,7 +102,7 @@ def knn_correct(
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     unit = (features / np.maximum(norms, 1e-12)).astype(np.float32)
     left_out = leave_one_per_class(labels, num_classes, rng)
-    k = max(1, min(k, n - len(np.unique(labels))))  # the others in every image's pool
+    k = knn_neighbours(n, len(np.unique(labels)), k)
     correct = np.zeros(n, dtype=bool)
     for start in range(0, n, _CHUNK):
         rows = np.arange(start, min(start + _CHUNK, n))
@@ -116,6 +117,12 @@ def knn_correct(
         # A pool with nobody in it (every class of one image) votes for nothing.
         correct[rows] = (votes.argmax(axis=1) == labels[rows]) & (votes.max(axis=1) > 0)
     return correct
+
+
+def knn_neighbours(images: int, classes: int, k: int = KNN_NEIGHBOURS) -> int:
+    """The neighbours that vote: `k`, or fewer where the images left in every image's
+    pool (all but one of each class) are fewer."""
+    return max(1, min(k, images - classes))
 
 
 def leave_one_per_class(

@@ -244,6 +244,7 @@ def test_str_is_a_table_of_every_candidate_and_score():
     assert lines[1].startswith("1  by hue") and lines[2].startswith("2  by brightness")
     assert str(ranking.best.scores["knn"]) in lines[1]
     assert "Ranked by knn" in lines[-1] and "12 images of 3 classes" in lines[-1]
+    assert "leave-one-out 9-NN" in lines[-1]  # k = 20 cut to the 12 - 3 in each pool
 
 
 def test_metrics_choose_the_scores_and_the_first_is_primary():
