@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from finetunekit.errors import OutputPathError
 
@@ -27,6 +28,14 @@ logger = logging.getLogger("finetunekit")
 def expand(path: str | os.PathLike[str]) -> Path:
     """`path` with `~` expanded, so `save("~/m.keras")` writes to the home folder."""
     return Path(os.fspath(path)).expanduser()
+
+
+def name_suggested(target: Path, given: Any, suffix: str) -> tuple[bool, Path]:
+    """For a target without the right `suffix`: whether it names a folder (one that
+    exists, or a path written with a trailing separator), and the file to suggest
+    instead, inside that folder or beside it with the suffix."""
+    folder = target.is_dir() or os.fspath(given).endswith(("/", os.sep))
+    return folder, target / f"model{suffix}" if folder else target.with_suffix(suffix)
 
 
 def check_writable(

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from finetunekit import _folding, bases, caching, structure, tasks
 from finetunekit import data as ftk_data
-from finetunekit._atomic import expand, write_beside
+from finetunekit._atomic import expand, name_suggested, write_beside
 from finetunekit._checks import check_float
 from finetunekit._version import __version__
 from finetunekit.data import _arrays, _folders
@@ -194,9 +194,7 @@ def _keras_path(path: Any, what: str = "path") -> Path:
         raise ArgumentTypeError(f"{what} must be a str or os.PathLike; received {path!r}.")
     target = expand(path)
     if target.suffix != ".keras":
-        # A folder (or a path written as one) gets a file inside it, not one beside it.
-        folder = target.is_dir() or os.fspath(path).endswith(("/", os.sep))
-        example = target / "model.keras" if folder else target.with_suffix(".keras")
+        folder, example = name_suggested(target, path, ".keras")
         raise ConfigError(
             f"finetunekit saves Keras 3 '.keras' files; received {str(target)!r}"
             f"{', a folder' if folder else ''}. Use a name such as {str(example)!r}."

@@ -483,8 +483,11 @@ def _add_model_commands(commands: Any) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from finetunekit._atomic import check_writable
     from finetunekit.classifier import load
 
+    if args.csv:  # a folder or unwritable place named before the images are read
+        check_writable(Path(args.csv).expanduser(), "--csv")
     predictions = load(args.model).predict(
         args.images, top=args.top, threshold=args.threshold, batch_size=args.batch_size
     )

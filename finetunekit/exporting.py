@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from finetunekit import _gptq, tasks
-from finetunekit._atomic import expand, write_beside
+from finetunekit._atomic import expand, name_suggested, write_beside
 from finetunekit.caching import quiet_retracing
 from finetunekit.classifier import (
     Classifier,
@@ -226,9 +226,10 @@ def export(
         raise ArgumentTypeError(f"target must be a str or os.PathLike; received {target!r}.")
     destination = expand(target)
     if format == "litert" and destination.suffix != ".tflite":
+        folder, example = name_suggested(destination, target, ".tflite")
         raise ConfigError(
-            f"A LiteRT export is a '.tflite' file; received {str(destination)!r}. Use a name "
-            f"such as {str(destination.with_suffix('.tflite'))!r}."
+            f"A LiteRT export is a '.tflite' file; received {str(destination)!r}"
+            f"{', a folder' if folder else ''}. Use a name such as {str(example)!r}."
         )
     if format == "saved_model" and destination.is_file():
         raise ConfigError(

@@ -102,6 +102,7 @@ def test_export_passes_gptq_and_fit_head(saved, tmp_path, monkeypatch):
         (["export", "{saved}", "{tmp}/m.tflite", "--quantize", "int8"],
          "--quantize int8 needs --calibration FOLDER"),
         (["export", "{saved}", "{tmp}/m.onnx"], "'.tflite' file"),
+        (["export", "{saved}", "{tmp}/empty"], "empty/model.tflite"),  # was 'empty.tflite'
     ],
 )
 def test_bad_model_commands_fail_with_one_line(saved, tmp_path, capsys, argv, says):
@@ -114,3 +115,12 @@ def test_bad_model_commands_fail_with_one_line(saved, tmp_path, capsys, argv, sa
 def test_predict_needs_images(saved, capsys):
     assert main(["predict", str(saved)]) == 2
     assert "IMAGES" in _error(capsys.readouterr().err)
+
+
+def test_a_csv_path_that_is_a_folder_fails_before_anything_is_predicted(saved, folder, tmp_path,
+                                                                          capsys):
+    # It predicted and printed every image first, then failed to write.
+    assert main(["predict", str(saved), str(folder), "--csv", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "--csv" in _error(captured.err) and "red/0_red.png" not in captured.out
+
