@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import random
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from finetunekit import _gradients, bases, checkpoints, distribute, freezing, lr
 from finetunekit._checks import check_bool
 from finetunekit._steps import Steps
 from finetunekit.classifier import save_model
-from finetunekit.recipe import DEFAULTS, PhasePlan, Plan, Recipe, RecipeSettings
+from finetunekit.recipe import DEFAULTS, HEAD, PhasePlan, Plan, Recipe, RecipeSettings
 from finetunekit.recipe import plan as plan_phases
 from finetunekit.training import FineTuneHistory, PhaseReport
 
@@ -232,6 +233,8 @@ class FineTuner(Steps):
         weights: the plan counts them, it does not need their values). Leaves what is
         trainable and the random state as they were (a seeded `fit` after a plan starts
         from the same weights); reads no data (`validation_data` only says there is some).
+        With `head_learning_rate="find"`, the head phase's `learning_rate` is NaN (shown
+        as "find"): `fit` finds it from the data; its `history.plan` holds the rate.
 
         Returns:
             A `Plan` (a tuple of `PhasePlan`); `print(plan)` shows a table.
@@ -240,7 +243,7 @@ class FineTuner(Steps):
             ConfigError: a setting out of range, or `unfreeze` larger than the base.
             StepOrderError: `num_classes` is unknown (pass it to the constructor).
         """
-        _, settings = lr_finder.asks_find(settings, self.strategy)  # a rate fit will find
+        find, settings = lr_finder.asks_find(settings, self.strategy)
         chosen = Recipe.from_keywords(recipe, **settings)
         model = self.model
         if model is None:
@@ -260,7 +263,13 @@ class FineTuner(Steps):
         has_validation = validation_data is not None or (
             chosen.early_stopping and chosen.validation_split > 0
         )
-        return plan_phases(model, chosen.phases(validation=has_validation))
+        planned = plan_phases(model, chosen.phases(validation=has_validation))
+        if find:  # the rate fit finds from the data, which a plan does not read
+            planned = Plan(
+                dataclasses.replace(p, learning_rate=math.nan) if p.spec.name == HEAD else p
+                for p in planned
+            )
+        return planned
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Saves the full model as a `.keras` file that `keras.models.load_model` reloads.

@@ -517,7 +517,7 @@ class Plan(tuple[PhasePlan, ...]):
         timed = any(p.schedule != "constant" for p in self)
         for p in self:
             blocks = ", ".join(p.trainable_blocks) or "- (head only)"
-            rate = f"{p.learning_rate:g}"
+            rate = "find" if math.isnan(p.learning_rate) else f"{p.learning_rate:g}"
             if p.spec.lr_decay is not None and p.block_rates:
                 rate += f" (blocks x{p.spec.lr_decay:g}^k)"
             if timed:

@@ -279,6 +279,14 @@ def test_fit_can_find_the_head_rate() -> None:
     assert tuner._recipe is not None and tuner._recipe.head_learning_rate == rate
 
 
+def test_a_plan_that_asks_find_shows_find_for_the_head_rate() -> None:
+    # It showed the default rate, which fit does not train at.
+    planned = _tuner().plan(head_epochs=1, finetune_epochs=1, head_learning_rate="find")
+    head, finetune = planned
+    assert np.isnan(head.learning_rate) and not np.isnan(finetune.learning_rate)
+    assert str(planned).splitlines()[1].split()[2] == "find"
+
+
 def test_the_suggestions_of_a_known_curve() -> None:
     from finetunekit.lr_finder import suggest
 
