@@ -398,12 +398,14 @@ class Predictions(Sequence[Prediction]):
         class_names: the name of every output.
         label_sets: each image has a set of labels (multilabel): the table and the CSV
             show each row's `labels`.
+        values: the outputs are values (regression): the CSV has one column per output.
     """
 
     rows: tuple[Prediction, ...]
     outputs: np.ndarray = field(repr=False)
     class_names: tuple[str, ...]
     label_sets: bool = False
+    values: bool = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -422,7 +424,8 @@ class Predictions(Sequence[Prediction]):
         return "\n".join(lines)
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Writes one row per image: source, then class and probability for each of the top k.
+        """Writes one row per image: source, then class and probability for each of the top k
+        (for a regression, the value of each output, one column per output name).
 
         Written beside `path` and renamed over it when complete: an interrupted write
         leaves an existing file as it was.
@@ -430,6 +433,8 @@ class Predictions(Sequence[Prediction]):
         target = Path(os.fspath(path))
         top = max((len(r.top) for r in self.rows), default=1)
         header = ["image"] + [f"{kind}_{i + 1}" for i in range(top) for kind in ("class", "p")]
+        if self.values:
+            header = ["image", *self.class_names]
         if self.label_sets:
             header.insert(1, "labels")
         with write_beside(target) as temp, open(temp, "w", newline="") as handle:
@@ -439,8 +444,11 @@ class Predictions(Sequence[Prediction]):
                 cells = [row.source if row.source is not None else str(index)]
                 if self.label_sets:
                     cells.append("+".join(row.labels))
-                for name, score in row.top:
-                    cells += [name, f"{score:.6f}"]
+                if self.values:
+                    cells += [f"{value:.6f}" for value in self.outputs[index]]
+                else:
+                    for name, score in row.top:
+                        cells += [name, f"{score:.6f}"]
                 writer.writerow(cells)
         return target
 
@@ -576,7 +584,9 @@ class Classifier:
             )
             for source, row in zip(sources, outputs, strict=True)
         )
-        return Predictions(rows, outputs, self.class_names, label_sets=spec.label_sets)
+        return Predictions(
+            rows, outputs, self.class_names, label_sets=spec.label_sets, values=spec.values
+        )
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """One column per class name: a binary model's sigmoid becomes (1 - p, p)."""

@@ -93,6 +93,8 @@ class Task:
     one_class_per_image: bool = False
     #: Whether each image has a set of labels (multilabel).
     label_sets: bool = False
+    #: The outputs are values to read as they are (regression), not scores of classes.
+    values: bool = False
 
     def __repr__(self) -> str:
         return f"Task({self.name!r})"
@@ -564,6 +566,7 @@ class _Multilabel(_ZeroOne):
 
 class _Regression(Task):
     name = "regression"
+    values = True
     normalize_features = False
     logits_when_linear = False
 

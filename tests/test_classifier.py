@@ -161,6 +161,13 @@ def test_binary_multilabel_and_regression_predictions(tmp_path):
     regression = ftk.Classifier(colour_model("regression"))
     assert regression.class_names == ("output_0",)
     assert regression.predict(pixels("red"))[0].score == pytest.approx(1.0, abs=1e-5)
+    # A regression's CSV has a column per output, not 'class_1,p_1' pairs of names.
+    written = regression.predict(np.stack([pixels("red"), pixels("blue")])).to_csv(
+        tmp_path / "values.csv"
+    )
+    rows = list(csv.reader(written.open()))
+    assert rows[0] == ["image", "output_0"] and len(rows) == 3
+    assert float(rows[1][1]) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_multilabel_rows_name_every_label_at_or_above_the_threshold(tmp_path):
