@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from finetunekit import distribute
 from finetunekit._atomic import check_writable, write_beside
+from finetunekit._orders import orders_of
 from finetunekit.data._arrays import unpack_arrays
 from finetunekit.errors import CheckpointError
 
@@ -176,8 +177,10 @@ def _describe(data: Any, y: Any = None) -> Any:
                 except OSError:
                     digest.update(b"<unreadable>")
             found.update(files=len(paths), content=digest.hexdigest()[:16])
-        else:
+        elif orders_of(data) is None:  # arrays shuffled per epoch (from_arrays) shuffle
             found["first_batch"] = _first_batch(lambda: next(iter(data)))
+        else:
+            found["first_batch"] = None
         return found
     if isinstance(data, keras.utils.PyDataset):
         return {"type": type(data).__name__, "first_batch": _first_batch(lambda: data[0])}
@@ -219,7 +222,10 @@ def _first_batch(read: Any) -> str | None:
             return None
         digest = hashlib.sha256()
         for part in tf.nest.flatten(batch):
-            digest.update(np.asarray(part).tobytes())
+            part = np.asarray(part)
+            if part.dtype == object:  # strings: their bytes are addresses, not content
+                return None
+            digest.update(part.tobytes())
         digests.add(digest.hexdigest()[:16])
     return digests.pop() if len(digests) == 1 else None
 

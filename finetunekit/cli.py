@@ -486,14 +486,15 @@ def _predict(args: argparse.Namespace) -> int:
     from finetunekit._atomic import check_writable
     from finetunekit.classifier import load
 
-    if args.csv:  # a folder or unwritable place named before the images are read
-        check_writable(Path(args.csv).expanduser(), "--csv")
+    csv = Path(args.csv).expanduser() if args.csv else None
+    if csv is not None:  # a folder or unwritable place named before the images are read
+        check_writable(csv, "--csv")
     predictions = load(args.model).predict(
         args.images, top=args.top, threshold=args.threshold, batch_size=args.batch_size
     )
     print(predictions)
-    if args.csv:
-        print(f"written: {predictions.to_csv(args.csv)}")
+    if csv is not None:
+        print(f"written: {predictions.to_csv(csv)}")
     return 0
 
 

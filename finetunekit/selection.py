@@ -591,7 +591,7 @@ def _source(given: Any, max_images: int, rng: np.random.Generator, task: str) ->
                 "The data carries sample weights; the ranking scores every image alike."
             )
         return _Given(given)
-    if isinstance(given, (tuple, list)) and len(given) == 3:
+    if isinstance(given, (tuple, list)) and len(given) == 3 and not hasattr(given, "train"):
         raise ArgumentTypeError(
             "data: received a sequence of 3, read as (x, y, sample_weight); the ranking "
             "scores every image alike. Pass (x, y)."

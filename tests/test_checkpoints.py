@@ -415,6 +415,16 @@ def test_a_dataset_of_tensors_is_fingerprinted_by_its_first_batch() -> None:
     assert given != checkpoints.fingerprint(batches((y + 1) % 3))
     shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(16).batch(8)
     assert checkpoints.fingerprint(shuffled)["train"]["first_batch"] is None
+    # Arrays shuffled per epoch (from_arrays) read the same first batch twice once a fit
+    # has left their epoch set (an interrupted fit), which a first fit did not: unsampled.
+    from finetunekit._orders import orders_of
+    from finetunekit.data import from_arrays
+
+    arrays = from_arrays(x, y, batch_size=8, seed=1)
+    orders_of(arrays).epoch = 2
+    assert checkpoints.fingerprint(arrays)["train"]["first_batch"] is None
+    named = tf.data.Dataset.from_tensor_slices((x, np.array(["a", "b"] * 8))).batch(8)
+    assert checkpoints.fingerprint(named)["train"]["first_batch"] is None  # no addresses
     # A checkpoint written before first batches were hashed still resumes.
     old = {"train": {k: v for k, v in given["train"].items() if k != "first_batch"},
            "validation": None}
