@@ -327,7 +327,7 @@ def _labelled_batches(
 ) -> tf.data.Dataset:
     """The data as batches of (images, labels); with `index`, the dataset's class i (an
     index, or one-hot rows of its classes) is the model's class `index[i]`."""
-    if isinstance(data, (tuple, list)) and len(data) == 3 and not hasattr(data, "train"):
+    if _arrays.unpack_arrays(data)[2] is not None:
         raise ArgumentTypeError(
             "evaluation data: received a sequence of 3, read as (x, y, sample_weight); the "
             "report counts every image once, unweighted. Pass (x, y)."

@@ -591,7 +591,7 @@ def _source(given: Any, max_images: int, rng: np.random.Generator, task: str) ->
                 "The data carries sample weights; the ranking scores every image alike."
             )
         return _Given(given)
-    if isinstance(given, (tuple, list)) and len(given) == 3 and not hasattr(given, "train"):
+    if _arrays.unpack_arrays(given)[2] is not None:
         raise ArgumentTypeError(
             "data: received a sequence of 3, read as (x, y, sample_weight); the ranking "
             "scores every image alike. Pass (x, y)."
