@@ -154,13 +154,16 @@ def keras_guide_recipe(
     train: tf.data.Dataset,
     size: int,
     epochs: tuple[int, int],
-    augment: bool = False,
+    augment: str | None = None,
     autotune: bool = True,
 ) -> Trained:
-    """The guide's recipe; with `augment`, FineTuner's "default" preset in front of the base
-    inside the model, as the guide puts its RandomFlip and RandomRotation. `autotune=False`
-    (a labelled variant) reads the data without tf.data's autotuning, as `FineTuner.fit`
-    does: deleting an autotuned iterator (Keras makes one an epoch) can wait seconds."""
+    """The guide's recipe; with `augment="keras"`, Keras' own RandomFlip, RandomRotation and
+    RandomZoom at the amounts of FineTuner's "default" preset in front of the base inside
+    the model, as the guide puts its RandomFlip and RandomRotation (`keras_augmentation`);
+    with `augment="finetunekit"` (a labelled variant), the preset's own layer, which draws
+    the same transforms and applies them as one. `autotune=False` (a labelled variant)
+    reads the data without tf.data's autotuning, as `FineTuner.fit` does: deleting an
+    autotuned iterator (Keras makes one an epoch) can wait seconds."""
     if not autotune:
         options = tf.data.Options()
         options.autotune.enabled = False
@@ -168,7 +171,12 @@ def keras_guide_recipe(
     base = mobilenet(size)
     base.trainable = False
     inputs = keras.Input((size, size, 3))
-    x = ftk.data.augmentation("default")(inputs) if augment else inputs
+    if augment == "keras":
+        x = keras_augmentation()(inputs)
+    elif augment == "finetunekit":
+        x = ftk.data.augmentation("default")(inputs)
+    else:
+        x = inputs
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)  # mobilenet_v2 preprocessing
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D()(x)
@@ -193,6 +201,21 @@ def keras_guide_recipe(
     )
     model.fit(train, epochs=sum(epochs), initial_epoch=epochs[0], verbose=0)
     return model, None
+
+
+def keras_augmentation() -> keras.Sequential:
+    """What a user of the Keras guide writes for FineTuner's "default" preset: Keras' three
+    random layers at its amounts (flips, rotations up to 0.05 of a turn, zoom up to 10%).
+    The preset was exactly these layers until it drew them as one transform."""
+    amounts = ftk.data.AUGMENTATION_PRESETS["default"]
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomRotation(amounts["rotation"]),
+            keras.layers.RandomZoom(amounts["zoom"]),
+        ],
+        name="augmentation",
+    )
 
 
 def finetunekit_recipe(
@@ -367,11 +390,23 @@ def main() -> None:
             test,
         ),
         "floor": (lambda: floor(train, args.size, epochs), test),
-        # Augmentation: the guide with the same preset, the user's call with it (cached,
-        # augment_views at its default), uncached (fresh augmentation every epoch), and
-        # the user's call with a cache_budget small enough to spill the features to disk.
+        # Augmentation: the guide with the same transforms from Keras' layers, the user's
+        # call with the preset (cached, augment_views at its default), uncached (fresh
+        # augmentation every epoch), with a cache_budget small enough to spill the
+        # features to disk; labelled, the guide with the preset's layer and the user's
+        # call with Keras' layers.
         "keras-guide + augment": (
-            lambda: keras_guide_recipe(train, args.size, epochs, augment=True),
+            lambda: keras_guide_recipe(train, args.size, epochs, augment="keras"),
+            test,
+        ),
+        "keras-guide + finetunekit's augment layer": (
+            lambda: keras_guide_recipe(train, args.size, epochs, augment="finetunekit"),
+            test,
+        ),
+        "finetunekit augment, Keras' layers": (
+            lambda: finetunekit_recipe(
+                train, args.size, epochs, augment=keras_augmentation()
+            ),
             test,
         ),
         "finetunekit augment": (

@@ -283,11 +283,7 @@ def test_augmentation_changes_training_batches_only():
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     augment = data.augmentation(seed=0)
     assert isinstance(augment, keras.Sequential)
-    assert [layer.name for layer in augment.layers] == [
-        "augment_flip",
-        "augment_rotation",
-        "augment_zoom",
-    ]
+    assert [type(layer).__name__ for layer in augment.layers] == ["FlipRotateZoom"]
     trained = np.asarray(augment(images, training=True))
     assert trained.shape == images.shape
     assert not np.allclose(trained, images)
@@ -302,6 +298,62 @@ def test_augmentation_runs_in_a_tf_data_pipeline():
     mapped = dataset.map(lambda x, y: (augment(x, training=True), y))
     x, _ = _all(mapped)
     assert x.shape == images.shape and not np.allclose(x, images)
+
+
+def _smooth_images() -> np.ndarray:
+    """Two images of slow waves: resampling them once or twice differs little."""
+    yy, xx = np.mgrid[0:64, 0:48].astype("float32")
+    image = np.stack([np.sin(xx / 7) + np.cos(yy / 9), np.cos(xx / 5 + yy / 11), xx / 48], -1)
+    return np.repeat(image[None] * 100 + 128, 2, axis=0)
+
+
+def test_one_composed_transform_matches_keras_rotation_then_zoom():
+    from finetunekit.data._augment import flip_rotate_zoom_transform
+
+    images = _smooth_images()
+    turn, zoom = 0.03, -0.07  # Keras' layers with a fixed draw
+    chain = keras.Sequential(
+        [keras.layers.RandomRotation((turn, turn)), keras.layers.RandomZoom((zoom, zoom))]
+    )
+    plain = np.asarray(chain(images, training=True))
+    mirrored = np.asarray(chain(images[:, :, ::-1], training=True))  # RandomFlip first
+    transform = flip_rotate_zoom_transform(
+        np.array([1.0, -1.0], "float32"),
+        np.full(2, 2 * np.pi * turn, "float32"),
+        np.full(2, 1 + zoom, "float32"),
+        64,
+        48,
+    )
+    ours = np.asarray(keras.ops.image.affine_transform(images, transform, fill_mode="reflect"))
+    inner = (slice(8, -8), slice(8, -8))  # edges: reflected once against twice
+    # One bilinear resampling against two: about 1 in the images' range of 400; a wrong
+    # centre, direction or order of the maps moves pixels by tens.
+    assert np.abs(ours[0][inner] - plain[0][inner]).max() < 2.0
+    assert np.abs(ours[1][inner] - mirrored[1][inner]).max() < 2.0
+
+
+def test_flip_rotate_zoom_draws_per_image_and_saves_with_the_model(tmp_path):
+    from finetunekit.data._augment import FlipRotateZoom
+
+    images = np.repeat(_smooth_images()[:1], 16, axis=0)
+    out = np.asarray(FlipRotateZoom(seed=0)(images))  # training by default, as Keras' layers
+    assert len({round(float(o.sum()), 1) for o in out}) == 16  # a draw per image
+    light = np.asarray(data.augmentation("light", seed=0)(images, training=True))
+    flipped = [np.allclose(o, images[0, :, ::-1]) for o in light]
+    # flipped or not, nothing resampled
+    assert all(f or np.allclose(o, images[0]) for f, o in zip(flipped, light, strict=True))
+    assert 0 < sum(flipped) < 16
+    model = keras.Sequential([keras.Input((64, 48, 3)), data.augmentation("strong", seed=3)])
+    model.save(tmp_path / "m.keras")
+    layer = keras.models.load_model(tmp_path / "m.keras").layers[0].layers[0]
+    assert (type(layer).__name__, layer.rotation, layer.zoom, layer.seed) == (
+        "FlipRotateZoom",
+        0.1,
+        0.2,
+        3,
+    )
+    with pytest.raises(ConfigError, match="zoom in"):
+        FlipRotateZoom(zoom=1.5)
 
 
 def test_unknown_augmentation_preset():
