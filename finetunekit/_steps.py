@@ -70,6 +70,7 @@ class Steps:
             check_int("seed", seed, minimum=0, expected="an int >= 0 or None")
         if num_classes is not None:
             tasks.output_units(task, num_classes)
+        bases.check_arguments(base, input_shape, base_kwargs)  # now, not after the data
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise ArgumentTypeError(
                 f"strategy must be a tf.distribute.Strategy (e.g. MirroredStrategy()); "
@@ -119,7 +120,19 @@ class Steps:
 
         The base of a full model (e.g. another tuner's `model`) is copied, so training
         this tuner leaves that model as it was; a bare base is trained in place.
+
+        Raises:
+            StepOrderError: the tuner has a model already (`add_head` or `fit` ran): its
+                steps would act on a new base while the model keeps the old one.
         """
+        if self.model is not None:
+            on = f" on the base {self.base.name!r}" if self.base is not None else ""
+            raise StepOrderError(
+                f"This tuner has a model already ({self.model.name!r}{on}): a new base "
+                "would leave the model on the old one, and freeze() and unfreeze() would "
+                "act on a base the model does not use. To start over, make a new FineTuner "
+                "(this one's model stays as it is)."
+            )
         with self._scope():
             self.base = bases.load_base(
                 self._base_arg, weights=self.weights, input_shape=self.input_shape,

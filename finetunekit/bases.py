@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fnmatch
+import inspect
 import json
 import logging
 import os
@@ -339,6 +340,43 @@ def load_base(
     if source is not model:
         copy_weights(source, model, origin=_describe_weights(weights))
     return model
+
+
+def check_arguments(
+    base: Any, input_shape: Any, kwargs: dict[str, Any]
+) -> None:
+    """What `load_base(base, input_shape=..., **kwargs)` would refuse, without building it.
+
+    For a registered name: the name, `input_shape` (when given) and the keyword
+    arguments, against the Keras constructor's signature. A model or a path is checked
+    when it is loaded.
+
+    Raises:
+        UnknownBaseError: the name is not registered.
+        InputShapeError: `input_shape` is malformed, not 3-channel, or too small.
+        ConfigError: a keyword the constructor does not take, or one of another step.
+    """
+    if not isinstance(base, str) or _looks_like_path(base):
+        return
+    spec = get_spec(base)
+    if input_shape is not None:
+        _check_input_shape(spec, input_shape)
+    for key, why in _REJECTED_KWARGS.items():
+        if key in kwargs:
+            raise ConfigError(f"load_base does not take {key}={kwargs[key]!r}: {why}")
+    parameters = inspect.signature(getattr(keras.applications, spec.constructor)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        close = {k: difflib.get_close_matches(k, list(parameters), n=1) for k in unknown}
+        hints = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise ConfigError(
+            f"keras.applications.{spec.constructor} takes no argument "
+            f"{', '.join(map(repr, unknown))}"
+            f"{' (' + hints + ')' if hints else ''}. Check the spelling of the keyword "
+            "arguments passed on to the base."
+        )
 
 
 def registry_name(base: Any) -> str | None:

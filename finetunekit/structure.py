@@ -111,11 +111,12 @@ def find_base(model: keras.Model) -> keras.Model:
     """Returns the base of `model`: the nested sub-model that holds its weights, or `model`.
 
     A nested model without weights (an augmentation or preprocessing `Sequential`, as in
-    the Keras transfer-learning guide) is never the base. One nested model with weights
-    is the base of a full model (base + head), unless it holds less than half of the
-    weights while convolutions lie outside it: then it is a part of a base (a stem), and
-    the model is the base. A model with several nested parts and no `head_` layer (e.g.
-    ConvNeXt, which nests its stem and downsampling) is a base.
+    the Keras transfer-learning guide) is never the base. The nested model with weights
+    and the most convolutions is the base of a full model (base + head) when it holds
+    at least half of the weights or more convolutions than the rest (a conv neck after
+    it belongs to the head); other nested models with weights must read its output (a
+    head of one's own as a `keras.Sequential`). Otherwise it is a part of a base (a
+    stem, or ConvNeXt's nested stem and downsampling), and the model is the base.
 
     Args:
         model: a bare base, or a full model in which the base is nested as one layer.
@@ -126,21 +127,16 @@ def find_base(model: keras.Model) -> keras.Model:
     Raises:
         ArgumentTypeError: `model` is not a keras.Model.
         ModelStructureError: the model is subclassed, holds several nested models
-            with weights besides a head, or ends in a softmax or sigmoid classifier with
-            no nested base (its head cannot be told from its base), or the base takes
-            several inputs.
+            with weights side by side or besides a head, or ends in a softmax or
+            sigmoid classifier with no nested base (its head cannot be told from its
+            base), or the base takes several inputs.
     """
     _check_model(model)
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.weights]
-    if len(nested) == 1:
-        inner = nested[0]
-        share = _parameters(inner) / max(_parameters(model), 1)
-        outside_convs = any(
-            isinstance(layer, _CONVOLUTIONS) for layer in model.layers if layer is not inner
-        )
-        if share >= 0.5 or not outside_convs:
-            _check_model(inner, "base")
-            return _one_input(inner)
+    inner = _nested_base(model, nested)
+    if inner is not None:
+        _check_model(inner, "base")
+        return _one_input(inner)
     if len(nested) > 1 and any(layer.name.startswith(HEAD_PREFIX) for layer in model.layers):
         names = ", ".join(repr(m.name) for m in nested)
         raise ModelStructureError(
@@ -160,6 +156,48 @@ def find_base(model: keras.Model) -> keras.Model:
             "alone, e.g. add_head(base, num_classes) or FineTuner(base)."
         )
     return _one_input(model)
+
+
+def _nested_base(model: keras.Model, nested: list[Any]) -> keras.Model | None:
+    """The nested model that is `model`'s base, or None when `model` is itself the base.
+
+    The nested model with the most convolutions is the base when it holds at least half
+    of the weights, or more convolutions than the rest of `model` (a conv "neck" after a
+    small base is head, not base; a nested stem, or ConvNeXt's nested stem and
+    downsampling, hold few of the base's convolutions). Any other nested model with
+    weights must read the base's output (a head of the user's own, e.g. a
+    `keras.Sequential` of pooling and Dense): two bases side by side cannot be told apart.
+
+    Raises:
+        ModelStructureError: another nested model with weights does not read the base's
+            output.
+    """
+    if not nested:
+        return None
+    if len(nested) == 1:
+        inner = nested[0]
+        if _parameters(inner) / max(_parameters(model), 1) >= 0.5:
+            return inner  # the common case, without walking the layers
+    convs = {id(m): _convolutions(m) for m in nested}
+    inner = max(nested, key=lambda m: convs[id(m)])
+    outside = _convolutions(model) - convs[id(inner)]
+    share = _parameters(inner) / max(_parameters(model), 1)
+    alone_convolutional = len(nested) == 1 and outside == 0
+    if not (share >= 0.5 or convs[id(inner)] > outside or alone_convolutional):
+        return None
+    beside = [m for m in nested if m is not inner and inner not in layers_before(model, m)]
+    if beside:
+        names = ", ".join(repr(m.name) for m in [inner, *beside])
+        raise ModelStructureError(
+            f"{model.name!r} holds nested models with weights side by side ({names}); "
+            "finetunekit cannot tell which is the base. Pass the base itself, or nest one "
+            "base as one layer with the head reading its output."
+        )
+    return inner
+
+
+def _convolutions(model: keras.Model) -> int:
+    return sum(isinstance(layer, _CONVOLUTIONS) for layer in leaf_layers(model))
 
 
 def _one_input(base: keras.Model) -> keras.Model:

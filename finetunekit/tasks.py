@@ -428,8 +428,11 @@ class _ZeroOne(Task):
     ) -> tuple[keras.losses.Loss, list[Any]]:
         threshold = 0.0 if from_logits else 0.5
         metrics: list[Any] = [keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)]
-        if not from_logits:
-            metrics.append(keras.metrics.AUC(name="auc", multi_label=self.name == "multilabel"))
+        metrics.append(
+            keras.metrics.AUC(
+                name="auc", multi_label=self.name == "multilabel", from_logits=from_logits
+            )
+        )
         return keras.losses.BinaryCrossentropy(from_logits=from_logits), metrics
 
     def check_output(self, units: int | None, activation: str | None) -> None:
@@ -704,8 +707,17 @@ def check_per_image_output(model: keras.Model, output_shape: Any) -> None:
     TensorFlow on the loss, or a Classifier would take its channels for classes.
 
     Raises:
-        ModelStructureError: the output has more than two dimensions.
+        ModelStructureError: the model has several outputs, or the output has more than
+            two dimensions.
     """
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) > 1 or isinstance(output_shape, (list, dict)):
+        raise ModelStructureError(
+            f"{model.name!r} has {max(len(outputs), 2)} outputs; finetunekit compiles and "
+            "trains a model of one output, one prediction per image. Compile a model of "
+            "several outputs with Keras' model.compile(loss=[...]), or give each output a "
+            "model of its own."
+        )
     if isinstance(output_shape, tuple) and len(output_shape) > 2:
         raise ModelStructureError(
             f"{model.name!r} outputs shape {output_shape}, a feature map rather than one "

@@ -593,6 +593,40 @@ CASES = [
         ("needs num_classes >= 2", "use task='binary'"),
     ),
     Case(
+        "tuner-unknown-base",
+        "FineTuner with an unknown base name (said at construction, before any data)",
+        'ftk.FineTuner("mobilenetv2x", num_classes=3)',
+        E.UnknownBaseError,
+        ValueError,
+        ("Unknown base 'mobilenetv2x'", "Did you mean 'mobilenet_v2'"),
+    ),
+    Case(
+        "tuner-base-keyword",
+        "FineTuner with a misspelt keyword for the base",
+        'ftk.FineTuner("mobilenet_v2", num_classes=3, alpah=0.35)',
+        E.ConfigError,
+        ValueError,
+        ("takes no argument 'alpah'", "did you mean 'alpha'"),
+    ),
+    Case(
+        "tuner-load-base-again",
+        "FineTuner.load_base() again once the tuner has a model",
+        'ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3), '
+        "alpha=0.35).load_base().add_head().load_base()",
+        E.StepOrderError,
+        RuntimeError,
+        ("has a model already", "make a new FineTuner"),
+    ),
+    Case(
+        "compile-two-outputs",
+        "compile_for on a model of two outputs",
+        "ftk.compile_for(keras.Model(i := keras.Input((4,)), [keras.layers.Dense(2)(i), "
+        "keras.layers.Dense(1)(i)]))",
+        E.ModelStructureError,
+        ValueError,
+        ("has 2 outputs", "model.compile(loss=[...])"),
+    ),
+    Case(
         "negative-epochs",
         "negative epochs",
         "tuner.fit(x, y, head_epochs=-1)",

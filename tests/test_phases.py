@@ -528,3 +528,19 @@ def test_a_plan_before_a_seeded_fit_leaves_its_initial_weights_as_they_were() ->
     assert len(alone) == len(after_plan) == 4  # the hidden layer and the output layer
     for a, b in zip(alone, after_plan, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_load_base_again_after_the_head_is_refused():
+    # Re-running a notebook cell: the new base would not be the model's, and unfreeze()
+    # then unfroze nothing the model trains, without a word.
+    tuner = _tuner().load_base().freeze().add_head()
+    base = tuner.base
+    with pytest.raises(ftk.errors.StepOrderError, match="has a model already"):
+        tuner.load_base()
+    assert tuner.base is base
+    tuner.unfreeze(1)
+    assert any(v in tuner.model.trainable_variables for v in base.trainable_variables)
+    # Before the head, loading again just replaces the base.
+    again = _tuner().load_base()
+    first = again.base
+    assert again.load_base().base is not first

@@ -348,6 +348,40 @@ def test_a_nested_part_of_a_base_is_not_taken_for_the_base():
     assert structure.find_base(model) is tiny
 
 
+def test_a_head_of_ones_own_or_a_conv_neck_after_a_nested_base_is_not_base(mobilenet_v2):
+    # A head as a nested keras.Sequential: the base is found, and freeze leaves the head.
+    head = keras.Sequential(
+        [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")],
+        name="myhead",
+    )
+    inputs = keras.Input(mobilenet_v2.input_shape[1:])
+    model = keras.Model(inputs, head(mobilenet_v2(inputs, training=False)))
+    try:
+        assert structure.find_base(model) is mobilenet_v2
+        ftk.freeze(model)
+        assert head.trainable_weights and not mobilenet_v2.trainable_weights
+        assert "myhead" not in [b.name for b in structure.blocks(model)]
+        # A convolution "neck" larger than the base, after it: head, not a stem.
+        x = keras.layers.Conv2D(2048, 1, name="neck")(mobilenet_v2(inputs, training=False))
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        necked = keras.Model(inputs, keras.layers.Dense(1, name="reg")(x))
+        assert structure._parameters(mobilenet_v2) < structure._parameters(necked) / 2
+        assert structure.find_base(necked) is mobilenet_v2
+    finally:
+        mobilenet_v2.trainable = True
+
+
+def test_find_base_refuses_two_bases_side_by_side(mobilenet_v2):
+    other = ftk.load_base(
+        "mobilenet", weights=None, input_shape=mobilenet_v2.input_shape[1:], alpha=0.25
+    )
+    inputs = keras.Input(mobilenet_v2.input_shape[1:])
+    pooled = [keras.layers.GlobalAveragePooling2D()(b(inputs)) for b in (mobilenet_v2, other)]
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Concatenate()(pooled)))
+    with pytest.raises(ModelStructureError, match="side by side"):
+        structure.find_base(model)
+
+
 def test_find_base_on_sequential():
     model = sequential_chain()
     assert structure.find_base(model) is model

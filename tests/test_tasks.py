@@ -8,7 +8,7 @@ import pytest
 
 import finetunekit as ftk
 from finetunekit import tasks
-from finetunekit.errors import ConfigError, StepOrderError
+from finetunekit.errors import ConfigError, ModelStructureError, StepOrderError
 
 
 def tiny_base():
@@ -118,7 +118,7 @@ def test_linear_output_is_treated_as_logits():
     binary = logits_model(1)
     ftk.compile_for(binary, "binary")
     assert binary.loss.from_logits is True
-    assert set(evaluate(binary, Y_INT % 2)) == {"loss", "accuracy"}  # AUC needs probabilities
+    assert set(evaluate(binary, Y_INT % 2)) == {"loss", "accuracy", "auc"}  # AUC from logits
     regression = tiny_model("regression")
     ftk.compile_for(regression, "regression")
     assert getattr(regression.loss, "from_logits", False) is False
@@ -285,3 +285,14 @@ def test_fit_refuses_a_stale_compile_and_trains_after_recompiling():
     model.fit(X, Y_INT, epochs=1, verbose=0)
     assert not np.array_equal(before, base.get_layer("conv_b").kernel.numpy())
     np.testing.assert_array_equal(frozen, base.get_layer("conv_a").kernel.numpy())
+
+
+def test_compile_for_refuses_a_model_of_two_outputs():
+    base = tiny_base()
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(base(inputs))
+    model = keras.Model(
+        inputs, [keras.layers.Dense(3, activation="softmax")(x), keras.layers.Dense(1)(x)]
+    )
+    with pytest.raises(ModelStructureError, match="has 2 outputs"):
+        ftk.compile_for(model)
