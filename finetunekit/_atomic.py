@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,17 @@ def _temporary(
     return Path(name)
 
 
+def _new_mode() -> int:
+    """The permissions `open()` gives a new file: 0o666 less the process's umask."""
+    mask = os.umask(0o022)  # the only way to read the umask; set back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 @contextlib.contextmanager
 def write_beside(target: Path, *, folder: bool = False, log: bool = True) -> Iterator[Path]:
     """Yields a temporary path beside `target`; renames it over `target` on success.
@@ -126,6 +138,8 @@ def write_beside(target: Path, *, folder: bool = False, log: bool = True) -> Ite
         if folder and existed:
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
+        if temp.is_file():  # mkstemp made it owner-only; give it what open() would
+            os.chmod(temp, _mode_of(target) if existed and target.is_file() else _new_mode())
         os.replace(temp, target)
     finally:
         if temp.is_dir():

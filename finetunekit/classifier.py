@@ -305,7 +305,7 @@ def read_info(path: str | os.PathLike[str]) -> ModelInfo | None:
 def _existing(path: Any) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
-    source = Path(os.fspath(path))
+    source = Path(os.fspath(path)).expanduser()
     if not source.exists():
         raise WeightsNotFoundError(
             f"No saved model at {str(source)!r}. Check the path; models are saved with "
@@ -340,7 +340,7 @@ def load(path: str | os.PathLike[str]) -> Classifier:
         'roses'
     """
     info = read_info(path)
-    source = Path(os.fspath(path))
+    source = Path(os.fspath(path)).expanduser()
     model = bases._load_saved(source, otherwise="with finetunekit.save_model")
     if info is None:
         logger.info("%s holds no class names; naming the outputs by index", source)
@@ -430,7 +430,7 @@ class Predictions(Sequence[Prediction]):
         Written beside `path` and renamed over it when complete: an interrupted write
         leaves an existing file as it was.
         """
-        target = Path(os.fspath(path))
+        target = Path(os.fspath(path)).expanduser()
         top = max((len(r.top) for r in self.rows), default=1)
         header = ["image"] + [f"{kind}_{i + 1}" for i in range(top) for kind in ("class", "p")]
         if self.values:
@@ -650,7 +650,7 @@ def inference(model: keras.Model) -> Any:
 
 def image_files(source: str | os.PathLike[str]) -> list[str]:
     """A file, or every image file under a folder (sorted, recursively)."""
-    path = Path(os.fspath(source))
+    path = Path(os.fspath(source)).expanduser()
     if not path.exists():
         raise DataNotFoundError(f"No image or folder at {str(path)!r}. Check the path.")
     if path.is_file():
@@ -756,6 +756,11 @@ def _as_arrays(images: Any) -> list[np.ndarray]:
     if isinstance(images, (list, tuple)):
         if not images:
             raise DataError("No images given: the list is empty.")
+        if any(isinstance(i, (str, os.PathLike)) for i in images):
+            raise ArgumentTypeError(
+                "images mixes file paths and arrays in one list; pass either paths "
+                "(files or folders) or image arrays, and predict the two kinds in two calls."
+            )
         return [np.asarray(i) for i in images]
     if isinstance(images, tf.data.Dataset):
         raise ArgumentTypeError(

@@ -544,7 +544,7 @@ def run_demo(
         raise ConfigError(
             f"scratch_seconds must be a positive number of seconds; received {scratch_seconds!r}."
         )
-    out = Path(os.fspath(out_dir))
+    out = Path(os.fspath(out_dir)).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     if data is None:

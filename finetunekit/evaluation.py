@@ -31,6 +31,7 @@ from finetunekit._atomic import check_writable
 from finetunekit.caching import quiet_retracing, untuned
 from finetunekit.classifier import (
     Classifier,
+    _decode_failure,
     _load_image,
     as_classifier,
     check_decodable,
@@ -270,7 +271,7 @@ def _folder_files(data: Any) -> tuple[list[str], list[int], tuple[str, ...]] | N
     """`(files, the index of each one's class folder, the class folders)` of a folder of
     class subfolders or a dataset read from one (None for other data)."""
     if isinstance(data, (str, os.PathLike)):
-        files = _folders._class_files(Path(os.fspath(data)))
+        files = _folders._class_files(Path(os.fspath(data)).expanduser())
         names = tuple(files)
         paths = [p for name in names for p in files[name]]
         return paths, [i for i, name in enumerate(names) for _ in files[name]], names
@@ -315,7 +316,8 @@ def _match_folder_classes(
         "is labelled by matching its folder's name to a class of the model. Evaluate on "
         "folders named after the model's classes"
         + (
-            ", or pass class_names= with the folders' names in the model's label order."
+            ", or (from Python) pass evaluate(..., class_names=...) with the folders' "
+            "names in the model's label order."
             if not given
             else "; class_names= must name the folders, in the model's label order."
         )
@@ -396,11 +398,19 @@ def _file_batches(
     )
 
 
-def _iterate(dataset: tf.data.Dataset) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    # TensorFlow's errors about bad batches (images of other channels or sizes) as ours
+def _iterate(
+    dataset: tf.data.Dataset, sources: list[str] | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    # TensorFlow's errors about bad batches (images of other channels or sizes) as ours;
+    # a file that cannot be decoded is named (the files are read again to find it).
     with _guards.data_errors():
-        for element in untuned(dataset).as_numpy_iterator():
-            yield element[0], element[1]
+        try:
+            for element in untuned(dataset).as_numpy_iterator():
+                yield element[0], element[1]
+        except tf.errors.InvalidArgumentError as exc:
+            if sources and _guards.is_decode_failure(exc):
+                raise _decode_failure(list(sources)) from None
+            raise
 
 
 def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str] | None) -> Report:
@@ -414,7 +424,7 @@ def _measure(classifier: Classifier, batches: tf.data.Dataset, sources: list[str
     outputs: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     done = 0
-    for images, labels in _iterate(batches):
+    for images, labels in _iterate(batches, sources):
         if tuple(images.shape[1:3]) != tuple(size):
             images = tf.image.resize(images, size).numpy()
         with quiet_retracing():  # each loaded model traces its own step (see caching)
@@ -478,14 +488,25 @@ def new_figure(figsize: tuple[float, float]) -> Any:
 
 
 def save_figure(drawn: Any, path: str | os.PathLike[str]) -> Path:
-    """Writes a figure as a PNG beside `path`, then renames it over `path`."""
+    """Writes a figure beside `path`, then renames it over `path`.
+
+    The format follows the file's ending (`.png`, `.svg`, `.pdf`, ...); a name without
+    one gets a PNG.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
-    target = Path(os.fspath(path))
+    target = Path(os.fspath(path)).expanduser()
+    kind = target.suffix[1:].lower() or "png"  # no ending: a PNG, as matplotlib writes
+    formats = drawn.canvas.get_supported_filetypes()
+    if kind not in formats:
+        raise ConfigError(
+            f"Cannot draw a plot as {target.suffix!r} ({str(target)!r}); name a .png file "
+            f"(or one of {', '.join('.' + f for f in sorted(formats))})."
+        )
     check_writable(target)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial{target.suffix}")
     try:
-        drawn.savefig(partial, dpi=100)
+        drawn.savefig(partial, dpi=100, format=kind)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -568,7 +589,14 @@ def plot_history(
     if len(phases) != epochs:
         raise ConfigError(f"phases names {len(phases)} epochs but the history has {epochs}.")
     main = _main_metric(values, metric)
-    panels = [m for m in (main, "loss") if m is not None and m in values]
+    panels = [
+        m for m in dict.fromkeys((main, "loss")) if m is not None and {m, f"val_{m}"} & set(values)
+    ]
+    if not panels:
+        raise ConfigError(
+            f"The history has nothing to plot: no loss and no metric ({sorted(values)}). "
+            "Pass a keras History, or a dict such as {'loss': [...], 'val_loss': [...]}."
+        )
     figure = new_figure(figsize=(5.5 * len(panels), 4))
     axes = np.atleast_1d(figure.subplots(1, len(panels)))
     runs = _runs(list(phases))
@@ -576,7 +604,7 @@ def plot_history(
     for axis, name in zip(axes, panels, strict=True):
         for prefix, style in (("", "-"), ("val_", "-o")):
             series = values.get(prefix + name)
-            if series:
+            if series is not None and len(series):
                 label = ("validation " if prefix else "training ") + name
                 axis.plot(np.arange(1, len(series) + 1), series, style, markersize=3, label=label)
         if baseline is not None and f"val_{name}" in baseline:

@@ -461,7 +461,7 @@ def _label(candidate: Any) -> str:
     if isinstance(candidate, os.PathLike) or (
         isinstance(candidate, str) and bases._looks_like_path(candidate)
     ):
-        path = Path(os.fspath(candidate))
+        path = Path(os.fspath(candidate)).expanduser()
         if not path.exists():
             raise WeightsNotFoundError(
                 f"No saved model at {str(path)!r}. Check the path, or pass a base name such "
@@ -504,7 +504,7 @@ class _Folder(_Source):
         self, path: str | os.PathLike[str], seed: int, max_images: int, rng: np.random.Generator
     ) -> None:
         self.path, self.seed = path, seed
-        files = _folders._class_files(Path(os.fspath(path)))
+        files = _folders._class_files(Path(os.fspath(path)).expanduser())
         self.class_names = list(files)
         paths = [p for name in files for p in files[name]]
         labels = np.array([i for i, name in enumerate(files) for _ in files[name]], np.int64)

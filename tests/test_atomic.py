@@ -81,6 +81,24 @@ def test_tilde_is_the_home_folder(tmp_path, monkeypatch):
     report = ftk.export(colour_model(), "~/m.tflite")
     assert report.path == tmp_path / "home" / "m.tflite" and report.path.is_file()
     assert not (tmp_path / "~").exists()
+    # What was saved to "~/..." loads from "~/...", and evaluates and exports from it.
+    assert ftk.load("~/m.keras").class_names == tuple(COLOURS)
+    assert ftk.export("~/m.keras", "~/again.tflite").path == tmp_path / "home" / "again.tflite"
+
+
+def test_written_files_get_the_permissions_open_gives(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        saved = ftk.save_model(colour_model(), tmp_path / "m.keras", class_names=COLOURS)
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o644  # not mkstemp's owner-only 0o600
+        saved.chmod(0o640)  # an existing file keeps its own
+        ftk.save_model(colour_model(), saved, class_names=COLOURS)
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
 
 
 def test_an_unwritable_target_fails_before_the_writer_runs(tmp_path):

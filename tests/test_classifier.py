@@ -358,3 +358,9 @@ def test_predicting_reads_its_batches_without_autotuning(saved, tmp_path, untune
     red = write_image(tmp_path / "r.png", pixels("red"))
     assert ftk.load(saved).predict([red])[0].label == "red"
     assert len(read) == 1 and read[0].options().autotune.enabled is False
+
+
+def test_a_list_of_paths_and_arrays_is_refused_as_such(tmp_path):
+    classifier = ftk.Classifier(colour_model(), COLOURS)
+    with pytest.raises(ArgumentTypeError, match="mixes file paths and arrays"):
+        classifier.predict(["a.png", np.zeros((8, 8, 3), "uint8")])

@@ -314,3 +314,24 @@ def test_evaluating_reads_its_batches_without_autotuning(saved, folder, untuned_
     read = untuned_reads
     assert ftk.evaluate(saved, folder).count == 7
     assert len(read) == 1 and read[0].options().autotune.enabled is False
+
+
+def test_a_corrupt_file_in_the_folder_is_named(saved, folder):
+    (folder / "red" / "zz_broken.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match="could not be decoded: .*zz_broken.png"):
+        ftk.evaluate(saved, folder)
+
+
+def test_plot_endings_and_histories_of_validation_or_arrays(tmp_path):
+    path = ftk.plot_history({"loss": [1.0, 0.5]}, tmp_path / "no_ending")
+    assert path.read_bytes()[:8] == PNG  # a PNG, not matplotlib's "Format 'partial'"
+    assert b"<svg" in ftk.plot_history({"loss": [1.0, 0.5]}, tmp_path / "h.svg").read_bytes()
+    with pytest.raises(ConfigError, match="name a .png file"):
+        ftk.plot_history({"loss": [1.0, 0.5]}, tmp_path / "h.txt")
+    assert not (tmp_path / "h.txt").exists()
+    only_validation = ftk.plot_history({"val_loss": [1.0, 0.5]}, tmp_path / "val.png")
+    assert only_validation.read_bytes()[:8] == PNG
+    arrays = {"loss": np.array([1.0, 0.5]), "val_loss": np.array([1.2, 0.7])}
+    assert ftk.plot_history(arrays, tmp_path / "arrays.png").read_bytes()[:8] == PNG
+    with pytest.raises(ConfigError, match="nothing to plot"):
+        ftk.plot_history({"learning_rate": [1e-3, 1e-4]}, tmp_path / "lr.png")

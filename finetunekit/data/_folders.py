@@ -118,7 +118,7 @@ def from_directory(
         raise ConfigError(
             f"on_bad_image must be one of {_BAD_IMAGE_POLICIES}; received {on_bad_image!r}."
         )
-    root = Path(os.fspath(path))
+    root = Path(os.fspath(path)).expanduser()
     files = _class_files(root)
     if label_mode == "binary" and len(files) != 2:
         raise DataError(

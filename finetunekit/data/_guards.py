@@ -353,6 +353,12 @@ def _translated(
         shapes = re.search(r"Shapes are: \[tensor\]: (\[[^\]]*\]), \[batch\]: (\[[^\]]*\])",
                            message)
         return _mixed_channels(f" ({shapes.group(1)} and {shapes.group(2)})" if shapes else "")
+    if is_decode_failure(message):
+        return DataError(
+            "An image file could not be decoded (not an image, or truncated): "
+            f"{message.splitlines()[0][:200]}. Remove or re-save it; "
+            "finetunekit.data.from_directory(..., on_bad_image='skip') leaves such files out."
+        )
     if "finetunekit-bad-channels" in message:
         found = re.search(r"finetunekit-bad-channels: images of\] \[(\d+)\]", message)
         count = found.group(1) if found else "another number of"
@@ -362,6 +368,24 @@ def _translated(
             "tf.io.decode_image(data, channels=3, expand_animations=False)."
         )
     return exc
+
+
+#: What TensorFlow's image decoders say of a file they cannot read.
+_DECODE_FAILURES = (
+    "Unknown image file format",
+    "Invalid JPEG data",
+    "jpeg::Uncompress failed",
+    "Invalid PNG data",
+    "Invalid GIF data",
+    "Invalid BMP",
+    "Input size should be at least",
+)
+
+
+def is_decode_failure(exc_or_message: Any) -> bool:
+    """Whether a TensorFlow error (or its message) says an image file could not be decoded."""
+    message = getattr(exc_or_message, "message", str(exc_or_message))
+    return any(marker in message for marker in _DECODE_FAILURES)
 
 
 def _channels_differ(first: str, other: str) -> bool:
