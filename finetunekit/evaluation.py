@@ -93,6 +93,8 @@ class Report:
             (multiclass and binary; None otherwise).
         mae, rmse: per output, for a regression (None otherwise).
         worst: the predictions with the highest loss, worst first.
+        predicted_counts: images predicted as each class (multilabel: predicted
+            positives of each label); None for a regression.
     """
 
     task: str
@@ -108,11 +110,22 @@ class Report:
     mae: np.ndarray | None
     rmse: np.ndarray | None
     worst: tuple[Worst, ...]
+    predicted_counts: np.ndarray | None = None
 
     @property
     def macro_f1(self) -> float | None:
-        """The mean F1 over the classes."""
-        return None if self.f1 is None else float(np.mean(self.f1))
+        """The mean F1 over the classes that occur in the labels or the predictions.
+
+        A class that is neither in the evaluated data (a test folder may lack some)
+        nor predicted has no F1 to count, as in scikit-learn's
+        `f1_score(average="macro")`; one that is predicted but absent counts with F1 0.
+        """
+        if self.f1 is None:
+            return None
+        if self.predicted_counts is None or self.support is None:
+            return float(np.mean(self.f1))
+        counted = (np.asarray(self.support) > 0) | (np.asarray(self.predicted_counts) > 0)
+        return float(np.mean(self.f1[counted])) if counted.any() else 0.0
 
     def __str__(self) -> str:
         lines = [f"{self.task} evaluation on {self.count} images: mean loss {self.loss:.4f}"]

@@ -275,6 +275,7 @@ def _class_fields(
     return dict(
         accuracy=accuracy, precision=precision, recall=recall, f1=f1, support=support,
         confusion=confusion, mae=None, rmse=None,
+        predicted_counts=np.asarray(predicted, dtype=int),
     )
 
 

@@ -335,3 +335,14 @@ def test_plot_endings_and_histories_of_validation_or_arrays(tmp_path):
     assert ftk.plot_history(arrays, tmp_path / "arrays.png").read_bytes()[:8] == PNG
     with pytest.raises(ConfigError, match="nothing to plot"):
         ftk.plot_history({"learning_rate": [1e-3, 1e-4]}, tmp_path / "lr.png")
+
+
+def test_macro_f1_counts_the_classes_in_the_data_or_the_predictions(saved, tmp_path):
+    # red is neither in the folder nor predicted: it has no F1 to count (it counted 0)
+    lacking = colour_folder(tmp_path / "lacking", {"blue": ["blue"], "green": ["green", "green"]})
+    report = ftk.evaluate(saved, lacking)
+    np.testing.assert_array_equal(report.predicted_counts, [1, 2, 0])
+    assert report.macro_f1 == pytest.approx(1.0)
+    # green is predicted but absent: it counts, with F1 0
+    wrong = colour_folder(tmp_path / "wrong", {"blue": ["blue"], "red": ["green"]})
+    assert ftk.evaluate(saved, wrong).macro_f1 == pytest.approx(1 / 3)
