@@ -93,10 +93,26 @@ def _temporary(
 
 
 def _new_mode() -> int:
-    """The permissions `open()` gives a new file: 0o666 less the process's umask."""
-    mask = os.umask(0o022)  # the only way to read the umask; set back at once
-    os.umask(mask)
-    return 0o666 & ~mask
+    """The permissions `open()` gives a new file: 0o666 less the process's umask.
+
+    Read from Linux's /proc (setting the umask to read it would change it for every
+    thread meanwhile); elsewhere a file is made with `os.open`, which applies the umask.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    handle, probe = tempfile.mkstemp()
+    os.close(handle)
+    os.unlink(probe)
+    descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    try:
+        return stat.S_IMODE(os.fstat(descriptor).st_mode)
+    finally:
+        os.close(descriptor)
+        os.unlink(probe)
 
 
 def _mode_of(path: Path) -> int:

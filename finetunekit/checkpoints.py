@@ -112,6 +112,19 @@ def _layer_settings(layer: Any) -> Any:
 _BUILD_STATE = frozenset({"build_config", "build_input_shape", "compile_config"})
 
 
+def _old_preset(stored: Any, asked: Any) -> str:
+    """Why a run written with the augmentation preset of Keras' three layers differs."""
+    before = str((stored or {}).get("augment") if isinstance(stored, dict) else None)
+    now = str((asked or {}).get("augment") if isinstance(asked, dict) else None)
+    if "RandomRotation" in before and "FlipRotateZoom" in now:
+        return (
+            "If that run had augment='default': finetunekit's preset was then Keras' "
+            "RandomFlip, RandomRotation and RandomZoom, and now draws the same transforms "
+            "as one layer, which cannot continue that run's draws. "
+        )
+    return ""
+
+
 def bind_fit(
     tracker: Tracker, tuner: Any, recipe: Any, data: tuple[Any, Any, Any], *, find: bool
 ) -> None:
@@ -374,9 +387,10 @@ class Tracker:
                 more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
                 raise CheckpointError(
                     f"checkpoint_dir {str(self.directory)!r} holds a run with other {what} "
-                    f"than this fit: {'; '.join(found[:3])}{more}. Resuming would mix two "
-                    f"runs: pass a new checkpoint_dir, or delete {str(self.directory)!r} to "
-                    "start this fit afresh."
+                    f"than this fit: {'; '.join(found[:3])}{more}. "
+                    + _old_preset(state.get(key), asked)
+                    + "Resuming would mix two runs: pass a new checkpoint_dir, or delete "
+                    f"{str(self.directory)!r} to start this fit afresh."
                 )
 
     @property

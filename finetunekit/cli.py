@@ -504,7 +504,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate(args.model, args.folder, batch_size=args.batch_size)
     print(report)
     if args.plots:
-        folder = Path(args.plots)
+        folder = Path(args.plots).expanduser()
         written = [report.plot_confusion(folder / "confusion.png")]
         written.append(report.plot_top_losses(folder / "top_losses.png"))
         print("written: " + ", ".join(str(p) for p in written))
@@ -582,7 +582,7 @@ def _rank(args: argparse.Namespace) -> int:
     from finetunekit.errors import ConfigError
     from finetunekit.selection import rank_bases
 
-    if not Path(args.data_dir).exists():
+    if not Path(args.data_dir).expanduser().exists():
         raise _not_found("DATA_DIR", args.data_dir)
     given = [(name, weights) for _, name, weights in args.candidate]
     if len(set(given)) < len(given):
@@ -681,7 +681,7 @@ def _check_train_arguments(args: argparse.Namespace) -> None:
     """Checks what the library would only check after training (--out) or deep inside it."""
     from finetunekit.errors import ConfigError, DataNotFoundError, WeightsNotFoundError
 
-    if not Path(args.data_dir).is_dir():
+    if not Path(args.data_dir).expanduser().is_dir():
         raise DataNotFoundError(
             f"No image folder at {args.data_dir!r}: DATA_DIR must be a folder with one "
             "subfolder of images per class."
@@ -721,7 +721,7 @@ def _recipe_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_weights_path(weights: str | None, error: type[Exception]) -> None:
-    if weights is None or weights == "imagenet" or Path(weights).is_file():
+    if weights is None or weights == "imagenet" or Path(weights).expanduser().is_file():
         return
     raise error(
         f"--weights {weights!r}: no such file. Pass a weights file path, 'imagenet' or 'none'."
@@ -783,12 +783,12 @@ def _train(args: argparse.Namespace) -> int:
             resume=args.resume,
         )
     except KeyboardInterrupt:
-        _save_interrupted(tuner, Path(args.out))
+        _save_interrupted(tuner, Path(args.out).expanduser())
         raise
     saved = tuner.save(args.out)
     print(_summary(history, class_names, train, validation, args, saved))
     if args.plots:
-        _train_plots(Path(args.plots), history, saved, validation)
+        _train_plots(Path(args.plots).expanduser(), history, saved, validation)
     return 0
 
 

@@ -369,8 +369,9 @@ def _labelled_batches(
                 "evaluation data carries sample weights; the report counts every image "
                 "once, unweighted."
             )
-        for batch in dataset.take(1):  # a sample: the first batch
-            classifier.check_pixels(batch[0], "evaluation data")
+        with _guards.data_errors():  # a bad file in the first batch: our error too
+            for batch in dataset.take(1):  # a sample: the first batch
+                classifier.check_pixels(batch[0], "evaluation data")
         return dataset
     raise ArgumentTypeError(
         "data must be a folder of class subfolders, a tf.data.Dataset (or keras.utils."
@@ -422,7 +423,7 @@ def _iterate(
                 yield element[0], element[1]
         except tf.errors.InvalidArgumentError as exc:
             if sources and _guards.is_decode_failure(exc):
-                raise _decode_failure(list(sources)) from None
+                raise _decode_failure(list(sources)) from exc
             raise
 
 
@@ -528,13 +529,14 @@ def save_figure(drawn: Any, path: str | os.PathLike[str]) -> Path:
 
 def _main_metric(history: Mapping[str, Sequence[float]], metric: str | None) -> str | None:
     if metric is not None:
-        if metric not in history:
+        if metric not in history and f"val_{metric}" not in history:
             raise ConfigError(
                 f"The history has no {metric!r}; it has {sorted(history)}. Pass one of those."
             )
         return metric
     skip = ("loss", "learning_rate", "lr")
-    candidates = [k for k in history if not k.startswith("val_") and k not in skip]
+    names = dict.fromkeys(k.removeprefix("val_") for k in history)  # in order, once
+    candidates = [k for k in names if k not in skip]
     return candidates[0] if candidates else None
 
 

@@ -185,7 +185,23 @@ def _nested_base(model: keras.Model, nested: list[Any]) -> keras.Model | None:
     alone_convolutional = len(nested) == 1 and outside == 0
     if not (share >= 0.5 or convs[id(inner)] > outside or alone_convolutional):
         return None
-    beside = [m for m in nested if m is not inner and inner not in layers_before(model, m)]
+    before = layers_before(model, inner)
+    # Ahead of the base, a nested model of preprocessing (an adapted Normalization, say)
+    # is left to the callers that refuse layers before the base; one with convolutions
+    # could be the base's own stem.
+    ahead = [m for m in nested if m in before]
+    if any(_convolutions(m) for m in ahead):
+        names = ", ".join(repr(m.name) for m in ahead)
+        raise ModelStructureError(
+            f"{model.name!r} runs nested models with convolutions ({names}) before "
+            f"{inner.name!r}; finetunekit cannot tell whether they belong to the base. "
+            "Build the base as one model and nest it as one layer, or pass the base itself."
+        )
+    beside = [
+        m
+        for m in nested
+        if m is not inner and m not in ahead and inner not in layers_before(model, m)
+    ]
     if beside:
         names = ", ".join(repr(m.name) for m in [inner, *beside])
         raise ModelStructureError(

@@ -142,3 +142,16 @@ def test_an_unwritable_checkpoint_dir_fails_before_training(tmp_path):
     with pytest.raises(ftk.errors.CheckpointError, match="checkpoint_dir: cannot write"):
         tuner.fit(x, np.arange(12) % 3, checkpoint_dir=tmp_path / "notes.txt" / "run")
     assert tuner.history is None and tuner.base is None  # nothing built, nothing trained
+
+
+def test_a_stricter_umask_is_followed_and_left_as_it_was(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        saved = ftk.save_model(colour_model(), tmp_path / "m.keras", class_names=COLOURS)
+        assert stat.S_IMODE(saved.stat().st_mode) == 0o640
+        assert os.umask(0o027) == 0o027  # still the process's own
+    finally:
+        os.umask(old)

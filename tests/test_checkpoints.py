@@ -432,3 +432,31 @@ def test_a_dataset_of_tensors_is_fingerprinted_by_its_first_batch() -> None:
     fewer = checkpoints.fingerprint(batches(y).take(1))  # what it holds is still compared
     assert checkpoints._differences(old, fewer, new_keys=checkpoints._NEW_DATA_KEYS)
 
+
+
+def test_a_run_with_the_old_preset_is_refused_with_the_reason(tmp_path: Path) -> None:
+    import keras
+
+    from finetunekit.recipe import DEFAULTS
+
+    def call(augment: object) -> dict:
+        tuner = ftk.FineTuner("mobilenet_v2", weights=None, num_classes=2, augment=augment)
+        return checkpoints.describe_call(tuner, DEFAULTS)
+
+    # What augment="default" was: Keras' three layers at the preset's amounts.
+    old = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomRotation(0.05),
+            keras.layers.RandomZoom(0.1),
+        ],
+        name="augmentation",
+    )
+    tracker = checkpoints.Tracker(tmp_path)
+    tracker.state = {"call": call(old), "data": {}}
+    with pytest.raises(CheckpointError, match="preset was then Keras' RandomFlip"):
+        tracker.bind(call("default"), {})
+    tracker.state = {"call": call("light"), "data": {}}
+    with pytest.raises(CheckpointError, match="other settings") as info:
+        tracker.bind(call("strong"), {})
+    assert "preset was then" not in str(info.value)

@@ -443,3 +443,10 @@ def test_hidden_images_of_every_class_are_counted(tmp_path):
             write_image(tmp_path / name / f"._{i}.png", np.zeros((8, 8, 3), "uint8"))
     with pytest.raises(DataError, match=r"^6 image files in .* are hidden .*macOS"):
         data.from_directory(tmp_path, image_size=8)
+
+
+def test_flip_rotate_zoom_refuses_what_is_not_an_amount():
+    with pytest.raises(ConfigError, match="rotation must be a number"):
+        data.FlipRotateZoom(rotation=(-0.1, 0.1))
+    with pytest.raises(ConfigError, match="rotation must be a number"):
+        data.FlipRotateZoom(zoom="0.1")

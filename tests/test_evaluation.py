@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from _colors import COLOURS, colour_folder, colour_model, pixels
+from _colors import COLOURS, colour_folder, colour_model, pixels, write_image
 
 import finetunekit as ftk
 from finetunekit import data as ftk_data
@@ -346,3 +346,28 @@ def test_macro_f1_counts_the_classes_in_the_data_or_the_predictions(saved, tmp_p
     # green is predicted but absent: it counts, with F1 0
     wrong = colour_folder(tmp_path / "wrong", {"blue": ["blue"], "red": ["green"]})
     assert ftk.evaluate(saved, wrong).macro_f1 == pytest.approx(1 / 3)
+
+
+def test_a_corrupt_file_in_a_dataset_s_first_batch_is_our_error(saved, tmp_path):
+    import tensorflow as tf
+
+    good = tmp_path / "good.png"
+    write_image(good, pixels("red"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+
+    def decode(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.image.resize(tf.cast(image, "float32"), (8, 8)), label
+
+    ds = tf.data.Dataset.from_tensor_slices(([str(good), str(bad)], [2, 0])).map(decode)
+    with pytest.raises(DataError, match="could not be decoded") as info:
+        ftk.evaluate(saved, ds.batch(2))
+    assert "{{function_node" not in str(info.value)
+
+
+def test_plot_history_of_validation_metrics_only(tmp_path):
+    values = {"val_loss": [1.0, 0.5], "val_accuracy": [0.5, 0.6]}
+    assert ftk.plot_history(values, tmp_path / "a.png").read_bytes()[:8] == PNG
+    only = ftk.plot_history({"val_accuracy": [0.5, 0.6]}, tmp_path / "b.png", metric="accuracy")
+    assert only.read_bytes()[:8] == PNG

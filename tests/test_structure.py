@@ -6,6 +6,7 @@ import re
 from collections import defaultdict
 
 import keras
+import numpy as np
 import pytest
 
 import finetunekit as ftk
@@ -503,3 +504,18 @@ def test_a_chain_of_one_kind_named_without_numbers_is_one_block_per_layer():
     ]
     ftk.unfreeze_last(ftk.add_head(ftk.freeze(stages), num_classes=2), 1, unit="block")
     assert [x.name for x in stages.layers if x.trainable_weights] == ["features_stage2"]
+
+
+def test_a_nested_preprocessing_model_before_the_base_is_not_a_second_base(mobilenet_v2):
+    norm = keras.layers.Normalization()
+    norm.adapt(np.random.default_rng(0).uniform(0, 255, (4, 3)).astype("float32"))
+    shape = mobilenet_v2.input_shape[1:]
+    prep = keras.Sequential([keras.Input(shape), norm], name="prep")
+    inputs = keras.Input(shape)
+    x = keras.layers.GlobalAveragePooling2D()(mobilenet_v2(prep(inputs), training=False))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    assert structure.find_base(model) is mobilenet_v2
+    stem = keras.Sequential([keras.Input(shape), keras.layers.Conv2D(3, 3, padding="same")])
+    x = keras.layers.GlobalAveragePooling2D()(mobilenet_v2(stem(inputs), training=False))
+    with pytest.raises(ModelStructureError, match="nested models with convolutions"):
+        structure.find_base(keras.Model(inputs, keras.layers.Dense(3)(x)))

@@ -8,7 +8,12 @@ to fix it, before any training starts.
 """
 
 from finetunekit.data._arrays import as_dataset, check_image_size, from_arrays
-from finetunekit.data._augment import AUGMENTATION_PRESETS, augmentation, augmentation_layer
+from finetunekit.data._augment import (
+    AUGMENTATION_PRESETS,
+    FlipRotateZoom,
+    augmentation,
+    augmentation_layer,
+)
 from finetunekit.data._folders import (
     DEFAULT_IMAGE_SIZE,
     IMAGE_FORMATS,
@@ -31,6 +36,7 @@ __all__ = [
     "Prepared",
     "augmentation",
     "augmentation_layer",
+    "FlipRotateZoom",
     "check_image_size",
     "AUGMENTATION_PRESETS",
     "IMAGE_FORMATS",

@@ -70,6 +70,13 @@ class FlipRotateZoom(keras.layers.Layer):
         zoom: the largest change of scale, as a fraction of the image size.
         flip: whether to flip half the images left to right.
         seed: seed of the draws.
+
+    Raises:
+        ConfigError: `rotation` outside [0, 1] or `zoom` outside [0, 1), or not numbers.
+
+    Example:
+        >>> augment = FlipRotateZoom(rotation=0.02, zoom=0.05, seed=0)
+        >>> tuner = finetunekit.FineTuner("mobilenet_v2", num_classes=5, augment=augment)
     """
 
     def __init__(
@@ -81,10 +88,14 @@ class FlipRotateZoom(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not (0 <= rotation <= 1 and 0 <= zoom < 1):
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (rotation, zoom)
+        )
+        if not (numbers and 0 <= rotation <= 1 and 0 <= zoom < 1):
             raise ConfigError(
-                f"rotation must lie in [0, 1] and zoom in [0, 1); received rotation="
-                f"{rotation!r}, zoom={zoom!r}."
+                "rotation must be a number in [0, 1] (a fraction of a full turn, drawn in "
+                "+-rotation) and zoom one in [0, 1) (drawn in 1 +- zoom); received "
+                f"rotation={rotation!r}, zoom={zoom!r}."
             )
         self.rotation, self.zoom, self.flip, self.seed = float(rotation), float(zoom), flip, seed
         self.seed_generator = keras.random.SeedGenerator(seed)

@@ -354,10 +354,11 @@ def _translated(
                            message)
         return _mixed_channels(f" ({shapes.group(1)} and {shapes.group(2)})" if shapes else "")
     if is_decode_failure(message):
+        said = re.sub(r"\{\{[^}]*\}\}", "", message).split("[[")[0].strip().rstrip(".")
         return DataError(
-            "An image file could not be decoded (not an image, or truncated): "
-            f"{message.splitlines()[0][:200]}. Remove or re-save it; "
-            "finetunekit.data.from_directory(..., on_bad_image='skip') leaves such files out."
+            f"An image file could not be decoded (not an image, or truncated): {said[:160]}. "
+            "Remove or re-save it; finetunekit.data.from_directory(..., on_bad_image='skip') "
+            "leaves such files out."
         )
     if "finetunekit-bad-channels" in message:
         found = re.search(r"finetunekit-bad-channels: images of\] \[(\d+)\]", message)
