@@ -527,9 +527,14 @@ class _Folder(_Source):
             )
         # A fresh read with the same seed yields the images in the same order at every
         # size (the loader reshuffles on each pass over one dataset, so none is reused).
-        return data.from_directory(
-            self.path, image_size=size, batch_size=_BATCH_SIZE, seed=self.seed
-        ).train
+        try:
+            folder = data.from_directory(
+                self.path, image_size=size, batch_size=_BATCH_SIZE, seed=self.seed
+            )
+        except DataError as exc:  # rank_bases takes no on_bad_image: not its fix
+            skip = ", or pass on_bad_image='skip' to leave them out."
+            raise DataError(str(exc).replace(skip, ".")) from None
+        return folder.train
 
     def read_error(self, exc: Exception) -> Exception:
         return exc if self.subset is None else _decode_failure(list(self.subset[0]))

@@ -352,7 +352,7 @@ def test_flip_rotate_zoom_draws_per_image_and_saves_with_the_model(tmp_path):
         0.2,
         3,
     )
-    with pytest.raises(ConfigError, match="zoom in"):
+    with pytest.raises(ConfigError, match="zoom one in"):
         FlipRotateZoom(zoom=1.5)
 
 
@@ -450,3 +450,21 @@ def test_flip_rotate_zoom_refuses_what_is_not_an_amount():
         data.FlipRotateZoom(rotation=(-0.1, 0.1))
     with pytest.raises(ConfigError, match="rotation must be a number"):
         data.FlipRotateZoom(zoom="0.1")
+
+
+def test_skipped_files_leave_a_dataset_of_known_length(tmp_path):
+    make_folder(tmp_path, {"a": 3, "b": 3})
+    (tmp_path / "a" / "broken.png").write_bytes(b"")
+    loaded = data.from_directory(tmp_path, image_size=8, batch_size=4, on_bad_image="skip")
+    assert int(loaded.train.cardinality()) == 2  # 6 images in batches of 4; not unknown
+    assert sum(len(y) for _, y in loaded.train) == 6
+
+
+def test_a_function_or_a_dict_is_named_as_such():
+    def batches():
+        yield np.zeros((2, 8, 8, 3)), np.zeros(2)
+
+    with pytest.raises(DataError, match="received a function .batches., not data"):
+        data.as_dataset(batches)
+    with pytest.raises(DataError, match="received a dict"):
+        data.as_dataset({"x": np.zeros((2, 8, 8, 3)), "y": np.zeros(2)})

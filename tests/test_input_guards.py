@@ -517,3 +517,24 @@ def test_a_truncated_keras_file_is_not_reported_missing(tmp_path):
     with pytest.raises(ConfigError, match="not a complete '.keras' archive") as caught:
         ftk.load_base(cut)
     assert "File not found" not in str(caught.value)
+
+
+def test_bad_validation_labels_are_said_of_the_validation_data():
+    x = np.random.default_rng(0).uniform(0, 255, (12, 32, 32, 3)).astype("float32")
+    y = np.arange(12) % 3
+    tuner = ftk.FineTuner(
+        "mobilenet_v2", num_classes=3, weights=None, input_shape=(32, 32, 3), alpha=0.35
+    )
+    with pytest.raises(DataError, match="validation_data: Label 5 .*classes of the training"):
+        tuner.fit(x, y, validation_data=(x[:6], y[:6] + 3), head_epochs=1, finetune_epochs=0)
+
+
+def test_keras_rgba_loading_of_jpegs_is_our_error(tmp_path):
+    for i in range(4):
+        write_image(tmp_path / f"c{i % 2}" / f"{i}.jpg", pixels("red"))
+    ds = keras.utils.image_dataset_from_directory(
+        tmp_path, image_size=(32, 32), color_mode="rgba", batch_size=2, verbose=False
+    )
+    tuner = ftk.FineTuner("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    with pytest.raises(DataError, match="color_mode='rgb'"):
+        tuner.fit(ds, head_epochs=1, finetune_epochs=0, verbose=0)

@@ -20,7 +20,12 @@ from test_cli import shapes_folder
 import finetunekit as ftk
 from finetunekit import selection
 from finetunekit import transfer_scores as ts
-from finetunekit.errors import MissingExtraError, ModelStructureError, WeightsNotFoundError
+from finetunekit.errors import (
+    DataError,
+    MissingExtraError,
+    ModelStructureError,
+    WeightsNotFoundError,
+)
 
 SHAPE = (32, 32, 3)
 
@@ -667,3 +672,17 @@ def test_a_candidate_of_four_channels_is_refused_with_the_reason():
     four = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs), name="four")
     with pytest.raises(ModelStructureError, match="4 channels.*RGB or grayscale"):
         ftk.rank_bases((x, y), [four, _luminance_base()], metrics=("knn",), seed=0)
+
+
+def test_a_corrupt_file_in_a_ranked_folder_is_named_without_a_keyword_rank_lacks(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (8, *SHAPE)).astype("uint8")
+    folder = tmp_path / "photos"
+    for i in range(8):
+        path = folder / f"class{i % 2}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tf.io.encode_png(x[i]).numpy())
+    (folder / "class0" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.jpg") as info:
+        ftk.rank_bases(folder, ["mobilenet_v2", "mobilenet"], weights=None, alpha=0.35,
+                       input_shape=SHAPE, metrics=("knn",))
+    assert "on_bad_image" not in str(info.value)

@@ -296,6 +296,18 @@ def as_dataset(
             f"{what}: received all that from_directory returns (train, validation, "
             "class_names). Pass its .train, and its .validation as validation_data=..."
         )
+    if y is None and callable(data) and not hasattr(data, "__getitem__"):
+        raise DataError(
+            f"{what}: received a function ({getattr(data, '__name__', type(data).__name__)}), "
+            "not data. Pass what it makes: a generator's batches through "
+            "tf.data.Dataset.from_generator(make_batches, output_signature=...), or "
+            "a tf.data.Dataset or keras.utils.PyDataset of (images, labels)."
+        )
+    if y is None and isinstance(data, dict):
+        raise DataError(
+            f"{what}: received a dict ({sorted(map(str, data))}); finetunekit reads images "
+            "and labels as a tuple (x, y), or a tf.data.Dataset of (images, labels)."
+        )
     data, y, weights = unpack_arrays(data, y)
     if y is None:
         raise DataError(

@@ -467,6 +467,9 @@ def _finish(
         # Elements are (image, label) pairs decoded together, so dropping a failing element
         # drops its label with it.
         dataset = dataset.ignore_errors()
+        # ignore_errors loses the length, and fit would warn of a dataset that may never
+        # end; the files left are known.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(paths)))
     dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     dataset.class_names = list(class_names)
     dataset.file_paths = paths

@@ -353,6 +353,12 @@ def _translated(
         shapes = re.search(r"Shapes are: \[tensor\]: (\[[^\]]*\]), \[batch\]: (\[[^\]]*\])",
                            message)
         return _mixed_channels(f" ({shapes.group(1)} and {shapes.group(2)})" if shapes else "")
+    if "does not support 4 channels" in message:  # Keras' loader, color_mode="rgba"
+        return DataError(
+            "The images could not be decoded with 4 channels (JPEG has no alpha): "
+            "load them as RGB, e.g. keras.utils.image_dataset_from_directory(..., "
+            "color_mode='rgb'), or with finetunekit.data.from_directory(...)."
+        )
     if is_decode_failure(message):
         said = re.sub(r"\{\{[^}]*\}\}", "", message).split("[[")[0].strip().rstrip(".")
         return DataError(

@@ -216,9 +216,18 @@ def _prepare(
     mode = spec.check_labels(info, num_classes)
     if val_ds is not None:
         val_info = _array_labels(validation_data, None)
-        val_mode = spec.check_labels(
-            val_info or inspect_labels(val_ds, max_batches=_LABEL_BATCHES), num_classes
-        )
+        try:
+            val_mode = spec.check_labels(
+                val_info or inspect_labels(val_ds, max_batches=_LABEL_BATCHES), num_classes
+            )
+        except DataError as exc:  # said of the validation data, whose labels must fit
+            raise DataError(
+                f"validation_data: {exc}".replace(
+                    "Set num_classes to the number of classes.",
+                    "Validation labels must be classes of the training data (or set "
+                    "num_classes to the number of classes).",
+                )
+            ) from None
         if val_mode != mode:
             raise DataError(
                 f"Training labels are {mode} but validation labels are {val_mode}; encode "
