@@ -609,6 +609,12 @@ def _source(given: Any, max_images: int, rng: np.random.Generator, task: str) ->
         chosen = _balanced(_class_indices(y, task), max_images, rng)
         _check_classes(_class_indices(y[chosen], task))  # before any model is built
         return _Arrays(x[chosen], y[chosen])
+    if isinstance(given, tuple) and hasattr(given, "train"):
+        raise ArgumentTypeError(
+            "data: received all that from_directory returns (train, validation, "
+            "class_names). Pass the folder's path itself (each candidate reads it at its "
+            "own size), or its .train."
+        )
     raise ArgumentTypeError(
         "data must be a folder of class folders, a tuple (x, y) of arrays or a tf.data.Dataset "
         f"of (images, labels); received {type(given).__name__}."

@@ -686,3 +686,14 @@ def test_a_corrupt_file_in_a_ranked_folder_is_named_without_a_keyword_rank_lacks
         ftk.rank_bases(folder, ["mobilenet_v2", "mobilenet"], weights=None, alpha=0.35,
                        input_shape=SHAPE, metrics=("knn",))
     assert "on_bad_image" not in str(info.value)
+
+
+def test_all_that_from_directory_returns_is_refused_with_the_fix(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (8, *SHAPE)).astype("uint8")
+    for i in range(8):
+        path = tmp_path / f"class{i % 2}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tf.io.encode_png(x[i]).numpy())
+    folder = ftk.data.from_directory(tmp_path, image_size=SHAPE[0])
+    with pytest.raises(ftk.errors.ArgumentTypeError, match="Pass the folder's path itself"):
+        ftk.rank_bases(folder, ["mobilenet_v2", "mobilenet"], weights=None, alpha=0.35)
