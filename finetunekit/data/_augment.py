@@ -56,8 +56,9 @@ class FlipRotateZoom(keras.layers.Layer):
     uniform in +-`rotation` of a full turn, a scale uniform in 1 +- `zoom`, the same for
     both axes, about the image's centre), and composes the three into one affine
     transform. Keras has no such layer: chained, its layers resample every image twice
-    (rotation, then zoom), and on a CPU the preset of three took 1.9-2.1 s per 1,120
-    images of 160 px against 0.8-0.9 s for one composed transform (2-core AMD EPYC).
+    (rotation, then zoom), and on a CPU the preset of three took 1.72 s per 1,120
+    images of 160 px against 0.79 s for one composed transform (2-core AMD EPYC,
+    benchmarks/bench_augment_layer.py).
     One resampling also blurs less than two; edges are filled by reflection, as
     Keras' layers fill them.
 
