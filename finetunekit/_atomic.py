@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ def _temporary(
         )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=suffix, dir=target.parent)
+        handle, name = _new_file(target.parent, f".{target.stem}.", suffix)
     except OSError as exc:
         # A file where a folder of the path should be: name it, not just "File exists".
         blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
@@ -92,31 +92,20 @@ def _temporary(
     return Path(name)
 
 
-def _new_mode() -> int:
-    """The permissions `open()` gives a new file: 0o666 less the process's umask.
+def _new_file(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new empty file with a name of its own, made as `open()` makes one.
 
-    Read from Linux's /proc (setting the umask to read it would change it for every
-    thread meanwhile); elsewhere a file is made with `os.open`, which applies the umask.
+    `tempfile.mkstemp` makes its files owner-only (0o600), and renamed over the target
+    that mode stayed: a model saved for a serving user or a group could not be read.
+    Made with `os.open(..., 0o666)`, the file gets what the umask allows.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    handle, probe = tempfile.mkstemp()
-    os.close(handle)
-    os.unlink(probe)
-    descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-    try:
-        return stat.S_IMODE(os.fstat(descriptor).st_mode)
-    finally:
-        os.close(descriptor)
-        os.unlink(probe)
-
-
-def _mode_of(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
+    for _ in range(100):
+        name = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            return os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666), str(name)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {str(folder)!r}")
 
 
 @contextlib.contextmanager
@@ -154,8 +143,8 @@ def write_beside(target: Path, *, folder: bool = False, log: bool = True) -> Ite
         if folder and existed:
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
-        if temp.is_file():  # mkstemp made it owner-only; give it what open() would
-            os.chmod(temp, _mode_of(target) if existed and target.is_file() else _new_mode())
+        if existed and temp.is_file() and target.is_file():  # a file replaced keeps its mode
+            os.chmod(temp, stat.S_IMODE(target.stat().st_mode))
         os.replace(temp, target)
     finally:
         if temp.is_dir():

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from finetunekit import structure
+from finetunekit._atomic import expand
 from finetunekit.errors import (
     ArgumentTypeError,
     ConfigError,
@@ -303,7 +304,7 @@ def load_base(
                 f"Constructor arguments {sorted(kwargs)} cannot apply to a saved model "
                 f"({os.fspath(base)!r}); remove them."
             )
-        model = _load_saved(Path(os.fspath(base)).expanduser())
+        model = _load_saved(expand(base))
         return _from_model(model, weights=weights, input_shape=input_shape, kwargs={})
     if not isinstance(base, str):
         raise ArgumentTypeError(
@@ -401,7 +402,7 @@ def channels_of(base: Any) -> int:
         return structure.input_channels(base)
     if registry_name(base) is not None or not isinstance(base, (str, os.PathLike)):
         return 3
-    path = Path(os.fspath(base)).expanduser()
+    path = expand(base)
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
@@ -652,7 +653,7 @@ def _weights_file_model(weights: str | os.PathLike[str], reference: keras.Model)
             "weights must be 'imagenet', None or a path to a weights file; received "
             f"{type(weights).__name__}."
         )
-    path = Path(os.fspath(weights)).expanduser()
+    path = expand(weights)
     if not path.exists():
         if path.suffix in (".h5", ".keras", ".hdf5") or os.sep in str(weights):
             raise WeightsNotFoundError(

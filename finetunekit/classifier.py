@@ -305,7 +305,7 @@ def read_info(path: str | os.PathLike[str]) -> ModelInfo | None:
 def _existing(path: Any) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
-    source = Path(os.fspath(path)).expanduser()
+    source = expand(path)
     if not source.exists():
         raise WeightsNotFoundError(
             f"No saved model at {str(source)!r}. Check the path; models are saved with "
@@ -340,7 +340,7 @@ def load(path: str | os.PathLike[str]) -> Classifier:
         'roses'
     """
     info = read_info(path)
-    source = Path(os.fspath(path)).expanduser()
+    source = expand(path)
     model = bases._load_saved(source, otherwise="with finetunekit.save_model")
     if info is None:
         logger.info("%s holds no class names; naming the outputs by index", source)
@@ -430,7 +430,7 @@ class Predictions(Sequence[Prediction]):
         Written beside `path` and renamed over it when complete: an interrupted write
         leaves an existing file as it was.
         """
-        target = Path(os.fspath(path)).expanduser()
+        target = expand(path)
         top = max((len(r.top) for r in self.rows), default=1)
         header = ["image"] + [f"{kind}_{i + 1}" for i in range(top) for kind in ("class", "p")]
         if self.values:
@@ -650,7 +650,7 @@ def inference(model: keras.Model) -> Any:
 
 def image_files(source: str | os.PathLike[str]) -> list[str]:
     """A file, or every image file under a folder (sorted, recursively)."""
-    path = Path(os.fspath(source)).expanduser()
+    path = expand(source)
     if not path.exists():
         raise DataNotFoundError(f"No image or folder at {str(path)!r}. Check the path.")
     if path.is_file():

@@ -27,6 +27,7 @@ import numpy as np
 
 from finetunekit import data as ftk_data
 from finetunekit import datasets
+from finetunekit._atomic import expand
 from finetunekit.bases import load_base
 from finetunekit.errors import ConfigError, DataError
 from finetunekit.evaluation import plot_history
@@ -544,7 +545,7 @@ def run_demo(
         raise ConfigError(
             f"scratch_seconds must be a positive number of seconds; received {scratch_seconds!r}."
         )
-    out = Path(os.fspath(out_dir)).expanduser()
+    out = expand(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     if data is None:

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from finetunekit import data as ftk_data
 from finetunekit import tasks
-from finetunekit._atomic import check_writable
+from finetunekit._atomic import check_writable, expand
 from finetunekit.caching import quiet_retracing, untuned
 from finetunekit.classifier import (
     Classifier,
@@ -284,7 +284,7 @@ def _folder_files(data: Any) -> tuple[list[str], list[int], tuple[str, ...]] | N
     """`(files, the index of each one's class folder, the class folders)` of a folder of
     class subfolders or a dataset read from one (None for other data)."""
     if isinstance(data, (str, os.PathLike)):
-        files = _folders._class_files(Path(os.fspath(data)).expanduser())
+        files = _folders._class_files(expand(data))
         names = tuple(files)
         paths = [p for name in names for p in files[name]]
         return paths, [i for i, name in enumerate(names) for _ in files[name]], names
@@ -509,7 +509,7 @@ def save_figure(drawn: Any, path: str | os.PathLike[str]) -> Path:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ArgumentTypeError(f"path must be a str or os.PathLike; received {path!r}.")
-    target = Path(os.fspath(path)).expanduser()
+    target = expand(path)
     kind = target.suffix[1:].lower() or "png"  # no ending: a PNG, as matplotlib writes
     formats = drawn.canvas.get_supported_filetypes()
     if kind not in formats:

@@ -47,6 +47,7 @@ from finetunekit import (
     tasks,
     transfer_scores,
 )
+from finetunekit._atomic import expand
 from finetunekit.classifier import _decode_failure, _load_image
 from finetunekit.data import _arrays, _folders
 from finetunekit.data._labels import _label_info
@@ -461,7 +462,7 @@ def _label(candidate: Any) -> str:
     if isinstance(candidate, os.PathLike) or (
         isinstance(candidate, str) and bases._looks_like_path(candidate)
     ):
-        path = Path(os.fspath(candidate)).expanduser()
+        path = expand(candidate)
         if not path.exists():
             raise WeightsNotFoundError(
                 f"No saved model at {str(path)!r}. Check the path, or pass a base name such "
@@ -504,7 +505,7 @@ class _Folder(_Source):
         self, path: str | os.PathLike[str], seed: int, max_images: int, rng: np.random.Generator
     ) -> None:
         self.path, self.seed = path, seed
-        files = _folders._class_files(Path(os.fspath(path)).expanduser())
+        files = _folders._class_files(expand(path))
         self.class_names = list(files)
         paths = [p for name in files for p in files[name]]
         labels = np.array([i for i, name in enumerate(files) for _ in files[name]], np.int64)

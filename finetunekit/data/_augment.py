@@ -100,7 +100,6 @@ class FlipRotateZoom(keras.layers.Layer):
             )
         self.rotation, self.zoom, self.flip, self.seed = float(rotation), float(zoom), flip, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = False
 
     def call(self, images: Any, training: bool = True) -> Any:
         ops = keras.ops

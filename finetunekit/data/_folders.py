@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from finetunekit._atomic import expand
 from finetunekit._orders import draw_seed
 from finetunekit.data._arrays import _check_batch_size
 from finetunekit.errors import ArgumentTypeError, ConfigError, DataError, DataNotFoundError
@@ -118,7 +119,7 @@ def from_directory(
         raise ConfigError(
             f"on_bad_image must be one of {_BAD_IMAGE_POLICIES}; received {on_bad_image!r}."
         )
-    root = Path(os.fspath(path)).expanduser()
+    root = expand(path)
     files = _class_files(root)
     if label_mode == "binary" and len(files) != 2:
         raise DataError(
