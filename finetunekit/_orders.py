@@ -12,7 +12,9 @@ order of its own sequence, as `shuffle` does.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -114,3 +116,18 @@ class FollowEpochs(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         for orders in self.orders:
             orders.epoch = None
+
+
+@contextlib.contextmanager
+def following(*datasets: Any) -> Iterator[FollowEpochs]:
+    """A `FollowEpochs` for a fit, whose epochs are let go however the fit ends.
+
+    Keras calls `on_train_end` only when `fit` returns: after an exception or Ctrl-C
+    inside an epoch the datasets would keep that epoch, and every later iteration
+    outside a fit would draw the same order.
+    """
+    follow = FollowEpochs(*datasets)
+    try:
+        yield follow
+    finally:
+        follow.on_train_end()

@@ -769,16 +769,17 @@ def _fit_images(
             lambda x, y, *rest: (augment(x, training=True), y, *rest),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], _orders.FollowEpochs(data.train)]}
-    if settings.printing:  # the same bar as on stored features
-        fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], caching.ProgressBar()]}
-    with settings.scope():
-        return model.fit(
-            caching.untuned(train.prefetch(tf.data.AUTOTUNE)),
-            validation_data=None if validation is None else caching.untuned(validation),
-            shuffle=False,  # datasets are reshuffled by tf.data itself
-            **fit_args,
-        )
+    with _orders.following(data.train) as follow:
+        fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], follow]}
+        if settings.printing:  # the same bar as on stored features
+            fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], caching.ProgressBar()]}
+        with settings.scope():
+            return model.fit(
+                caching.untuned(train.prefetch(tf.data.AUTOTUNE)),
+                validation_data=None if validation is None else caching.untuned(validation),
+                shuffle=False,  # datasets are reshuffled by tf.data itself
+                **fit_args,
+            )
 
 
 def _batch_digest(dataset: tf.data.Dataset) -> int:
@@ -821,24 +822,26 @@ def _fit_stored(
         validation = stored.train.dataset(shuffle=False, part="held_out", **batching)
     else:
         validation = None
-    fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], _orders.FollowEpochs(train)]}
-    if distribute.is_multi_worker(settings.strategy):  # after FollowEpochs read the orders
-        train, validation = distribute.by_batches(train), distribute.by_batches(validation)
-    with settings.scope():
-        return caching.fit_on_features(
-            trainer,
-            train,
-            validation=validation,
-            model=model,
-            # Keras' loop of several steps per call fails under a distribution strategy
-            # here (a placeholder inside its while loop is never fed): one step per call.
-            # So does a callback of the caller's that acts on each batch (a per-batch
-            # learning rate): Keras calls batch hooks once per call, every 16 steps.
-            steps_per_execution=caching.STEPS_PER_CALL
-            if settings.strategy is None and not _acts_on_batches(settings.callbacks)
-            else 1,
-            **fit_args,
-        )
+    with _orders.following(train) as follow:
+        fit_args = {**fit_args, "callbacks": [*fit_args["callbacks"], follow]}
+        if distribute.is_multi_worker(settings.strategy):  # after FollowEpochs read the orders
+            train, validation = distribute.by_batches(train), distribute.by_batches(validation)
+        with settings.scope():
+            return caching.fit_on_features(
+                trainer,
+                train,
+                validation=validation,
+                model=model,
+                # Keras' loop of several steps per call fails under a distribution strategy
+                # here (a placeholder inside its while loop is never fed): one step per
+                # call. So does a callback of the caller's that acts on each batch (a
+                # per-batch learning rate): Keras calls batch hooks once per call, every
+                # 16 steps.
+                steps_per_execution=caching.STEPS_PER_CALL
+                if settings.strategy is None and not _acts_on_batches(settings.callbacks)
+                else 1,
+                **fit_args,
+            )
 
 
 #: The hooks Keras calls once per call of its step function, not once per batch.

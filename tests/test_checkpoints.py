@@ -267,6 +267,37 @@ def test_shuffles_follow_the_epoch_not_the_process() -> None:
     assert labels(second) != seen
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_fit_that_raises_lets_go_of_the_epoch_of_its_data(cache: bool) -> None:
+    import keras
+
+    from finetunekit import _orders
+    from finetunekit.data import from_arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (12, 32, 32, 3)).astype("float32")
+    data = from_arrays(x, np.arange(12) % 2, batch_size=4, seed=0)
+    orders = _orders.orders_of(data)
+    assert orders is not None
+
+    class Fails(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch == 1:
+                raise RuntimeError("stopped by the test")
+
+    tuner = ftk.FineTuner("mobilenet_v2", num_classes=2, weights=None, alpha=0.35,
+                          input_shape=(32, 32, 3), cache=cache, seed=0)
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        tuner.fit(data, head_epochs=3, finetune_epochs=0, early_stopping=False,
+                  callbacks=[Fails()], verbose=0)
+    assert orders.epoch is None  # not stuck at the epoch the fit died in
+
+    def labels() -> list[int]:
+        return [int(v) for _, b in data for v in b.numpy()]
+
+    assert len({tuple(labels()) for _ in range(4)}) > 1  # each reading reshuffles
+
+
 def test_ctrl_c_then_the_same_fit_on_the_same_tuner_resumes(
     tmp_path: Path, tiny_images: tuple[np.ndarray, np.ndarray]
 ) -> None:
