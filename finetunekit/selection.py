@@ -317,7 +317,10 @@ def rank_bases(
                 )
                 labels = _class_indices(labels, task)
                 if reference is None:
-                    _check_classes(labels, source.class_names)
+                    # Folders and arrays are cut by `_balanced`, which keeps every image of
+                    # a small class: only a dataset read up to max_images may hold more.
+                    cut = isinstance(source, _Given) and len(labels) >= max_images
+                    _check_classes(labels, source.class_names, cut=cut)
                     reference = labels
                 elif len(labels) != len(reference) or not np.array_equal(labels, reference):
                     logger.warning(
@@ -529,9 +532,10 @@ class _Folder(_Source):
         # A fresh read with the same seed yields the images in the same order at every
         # size (the loader reshuffles on each pass over one dataset, so none is reused).
         try:
-            folder = data.from_directory(
-                self.path, image_size=size, batch_size=_BATCH_SIZE, seed=self.seed
-            )
+            with _notes_said_once():
+                folder = data.from_directory(
+                    self.path, image_size=size, batch_size=_BATCH_SIZE, seed=self.seed
+                )
         except DataError as exc:  # rank_bases takes no on_bad_image: not its fix
             skip = ", or pass on_bad_image='skip' to leave them out."
             raise DataError(str(exc).replace(skip, ".")) from None
@@ -539,6 +543,21 @@ class _Folder(_Source):
 
     def read_error(self, exc: Exception) -> Exception:
         return exc if self.subset is None else _decode_failure(list(self.subset[0]))
+
+
+@contextlib.contextmanager
+def _notes_said_once() -> Iterator[None]:
+    """Drops the folder's notes on files it ignores: said when `_Folder` listed it, they
+    would be said again at every candidate's size."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("ignoring ")
+
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 class _Arrays(_Source):
@@ -629,7 +648,10 @@ def _class_indices(labels: np.ndarray, task: str) -> np.ndarray:
     return np.unique(np.asarray(indices).astype(np.int64), return_inverse=True)[1].reshape(-1)
 
 
-def _check_classes(labels: np.ndarray, names: Sequence[str] | None = None) -> None:
+def _check_classes(
+    labels: np.ndarray, names: Sequence[str] | None = None, *, cut: bool = False
+) -> None:
+    """Two classes at least, and enough images of each; `cut`: the data may hold more."""
     counts = np.bincount(labels)
     if len(counts) < 2:
         raise DataError(
@@ -647,8 +669,8 @@ def _check_classes(labels: np.ndarray, names: Sequence[str] | None = None) -> No
         )
         raise DataError(
             f"Leave-one-out k-NN needs at least {MIN_IMAGES_PER_CLASS} images of every class; "
-            f"{shown} (of {len(labels)} images). Add images of those classes, leave them out, "
-            "or raise max_images."
+            f"{shown} (of {len(labels)} images). Add images of those classes"
+            + (", leave them out, or raise max_images." if cut else " or leave them out.")
         )
 
 

@@ -441,6 +441,16 @@ def test_a_folder_is_read_at_each_candidates_size(tmp_path, caplog):
     assert small(np.zeros((1, 32, 32, 3)), training=False).shape[0] == 1
 
 
+def test_a_folders_ignored_files_are_noted_once_not_per_candidate(tmp_path, caplog):
+    root = shapes_folder(tmp_path / "data", per_class=6)
+    (root / next(p.name for p in root.iterdir() if p.is_dir()) / "notes.txt").write_text("x")
+    small = ftk.load_base("mobilenet_v2", weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    large = ftk.load_base("mobilenet_v2", weights=None, input_shape=(48, 48, 3), alpha=0.35)
+    with caplog.at_level(logging.WARNING, logger="finetunekit"):
+        ftk.rank_bases(str(root), {"small": small, "large": large}, seed=0)
+    assert caplog.text.count("ignoring 1 files that are not") == 1
+
+
 def test_a_dataset_is_resized_to_each_candidate():
     x, y = _colour_data(4)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(5)
@@ -632,6 +642,21 @@ def test_too_few_images_of_a_folder_class_names_the_class(tmp_path):
             path.write_bytes(tf.io.encode_png(x[i].astype("uint8")).numpy())
     with pytest.raises(ftk.errors.DataError, match="'beta': 1 .of 13 images"):
         ftk.rank_bases(tmp_path, {"a": _hue_base(), "b": _brightness_base()})
+
+
+def test_raise_max_images_is_suggested_only_where_it_would_help():
+    # A class of one image in all the data was told to raise max_images, which already
+    # held every image.
+    x, _ = _colour_data()
+    y = np.array([1] + [0, 2] * 6 + [1, 1])  # class 1: the first image and the last two
+    candidates = {"a": _hue_base(), "b": _brightness_base()}
+    with pytest.raises(ftk.errors.DataError) as refused:
+        ftk.rank_bases((x[:13], y[:13]), candidates, max_images=12)
+    assert "class 1: 1" in str(refused.value) and "max_images" not in str(refused.value)
+    # A dataset read up to max_images holds more images of that class further on.
+    dataset = tf.data.Dataset.from_tensor_slices((x[:15], y)).batch(4)
+    with pytest.raises(ftk.errors.DataError, match="class 1: 1 .*raise max_images"):
+        ftk.rank_bases(dataset, candidates, max_images=12)
 
 
 def test_a_subset_too_small_for_two_images_of_each_class_is_refused():
