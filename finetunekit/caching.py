@@ -189,6 +189,8 @@ class _OwnRetracing(logging.Filter):
     active = 0
     OURS = (
         "_inference_function",
+        "_keys_function",
+        "_augment_function",
         "multi_step_on_iterator",
         "one_step_on_iterator",
         "one_step_on_data_distributed",
@@ -217,38 +219,91 @@ def quiet_retracing() -> Iterator[None]:
         _RETRACING.active -= 1
 
 
-#: Traced inference functions per prefix and input signature: the training and validation
-#: caches of one fit (every phase of it) run the same prefix, so they share one trace.
+#: Traced functions per prefix and input signature: the training and validation caches
+#: of one fit (every phase of it, and every augmented view) run the same prefix, so they
+#: share one trace of it.
 _TRACED: weakref.WeakKeyDictionary[keras.Model, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
+#: Traced training-mode calls of augmentation layers, per layer and input signature.
+_AUGMENTS: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
-def _inference_function(prefix: keras.Model, dataset: tf.data.Dataset, holdout: float) -> Any:
-    """`prefix` in inference mode (and the held-out flags) as ONE traced function.
+
+def _signature(dataset: tf.data.Dataset) -> tf.TensorSpec:
+    """The images' spec with the batch dimension left open."""
+    spec = dataset.element_spec[0]
+    shape = None if spec.shape.rank is None else (None, *spec.shape[1:])
+    return tf.TensorSpec(shape, spec.dtype)
+
+
+def _frozen_function(prefix: keras.Model, dataset: tf.data.Dataset) -> Any:
+    """`prefix` in inference mode, BatchNormalization folded, as ONE traced function.
 
     `predict_on_batch` traces once for the full batches and again for a smaller last
     batch; tracing a whole base costs about as much as running it over a few hundred
-    small images, so the batch dimension is left open from the start, and the function
-    is kept for the next dataset run through the same prefix. The held-out flags of
-    the content split come from the same pass, so the split reads no image twice.
+    small images (and its first call as much again, while TensorFlow optimizes the
+    graph), so the batch dimension is left open from the start and the function is
+    kept for every later pass through the same prefix: the held-out images, the
+    augmented views and a validation set all run through this one trace. Storing four
+    views of the 350 flowers had traced the base twice (plain and augmented), 0.7 s a
+    trace on a 2-core CPU.
     """
-    spec = dataset.element_spec[0]
-    shape = None if spec.shape.rank is None else (None, *spec.shape[1:])
-    signature = tf.TensorSpec(shape, spec.dtype)
+    signature = _signature(dataset)
     traced = _TRACED.setdefault(prefix, {})
-    key = (signature, holdout)
+    key = (signature, "frozen")
     if key not in traced:
         model = weakref.ref(prefix)  # the cache must not keep the prefix alive
 
         @tf.function(input_signature=[signature], autograph=False)
-        def run(images: tf.Tensor) -> Any:
-            outputs = keras.tree.flatten(_folding.frozen_call(model(), images))
+        def _inference_function(images: tf.Tensor) -> Any:
+            return keras.tree.flatten(_folding.frozen_call(model(), images))
+
+        traced[key] = _inference_function
+    return traced[key]
+
+
+def _keys_function(prefix: keras.Model, dataset: tf.data.Dataset, holdout: float) -> Any:
+    """Each image's held-out flag (none without `holdout`) and pixel sum, traced.
+
+    The sum is the key of the content order (see `FeatureCache`); both come from the
+    batch already in memory, so the split reads no image twice.
+    """
+    signature = _signature(dataset)
+    traced = _TRACED.setdefault(prefix, {})
+    key = (signature, "keys", holdout)
+    if key not in traced:
+
+        @tf.function(input_signature=[signature], autograph=False)
+        def keys(images: tf.Tensor) -> Any:
             held = data.held_out(images, holdout) if holdout else tf.zeros((0,), tf.bool)
             flat = tf.reshape(tf.cast(images, tf.float64), (tf.shape(images)[0], -1))
-            sums = tf.reduce_sum(flat, axis=1)  # the key of the content order (see below)
-            return outputs, held, sums
+            return held, tf.reduce_sum(flat, axis=1)
 
-        traced[key] = run
+        traced[key] = keys
     return traced[key]
+
+
+def _augment_function(augment: Any, dataset: tf.data.Dataset) -> Any:
+    """`augment` in training mode (random), traced apart from the frozen layers.
+
+    Each call draws new random transforms (Keras' random layers advance their seed
+    state), so calling it K times on a batch gives K different views; the frozen layers
+    then run through the same trace as the plain images (`_frozen_function`), and the
+    stored prefix itself draws nothing. The whole batch of kept images is augmented at
+    once, so the draws do not depend on the pieces the frozen pass runs in.
+    """
+    signature = _signature(dataset)
+    traced = _AUGMENTS.setdefault(augment, {})
+    if signature not in traced:
+        layer = weakref.ref(augment)
+
+        @tf.function(input_signature=[signature], autograph=False)
+        def views(images: tf.Tensor) -> Any:
+            alive = layer()  # traced while the caller holds the layer
+            assert alive is not None
+            return alive(images, training=True)
+
+        traced[signature] = views
+    return traced[signature]
 
 
 def _pixel_sums(images: tf.Tensor) -> np.ndarray:
@@ -316,30 +371,6 @@ def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.with_options(options)
-
-
-def _view_function(prefix: keras.Model, dataset: tf.data.Dataset, augment: Any) -> Any:
-    """`augment` (in training mode: random) then `prefix` (inference), as ONE traced function.
-
-    Each call draws new random transforms (Keras' random layers advance their seed
-    state), so calling it K times on a batch gives K different views; the random
-    layers stay outside the stored prefix, which itself draws nothing.
-    """
-    spec = dataset.element_spec[0]
-    shape = None if spec.shape.rank is None else (None, *spec.shape[1:])
-    signature = tf.TensorSpec(shape, spec.dtype)
-    traced = _TRACED.setdefault(prefix, {})
-    key = (signature, "view", id(augment))
-    if key not in traced:
-        model = weakref.ref(prefix)
-
-        @tf.function(input_signature=[signature], autograph=False)
-        def run(images: tf.Tensor) -> Any:
-            viewed = augment(images, training=True)
-            return keras.tree.flatten(_folding.frozen_call(model(), viewed))
-
-        traced[key] = run
-    return traced[key]
 
 
 def estimate_bytes(prefix: keras.Model, dataset: tf.data.Dataset) -> tuple[int, int] | None:
@@ -494,14 +525,21 @@ class FeatureCache:
         every_label: list[np.ndarray] = []
         in_memory = rows = 0
         remove_stale_spills(directory)
-        run = _inference_function(prefix, dataset, holdout)
-        run_view = None if augment is None else _view_function(prefix, dataset, augment)
+        frozen = _frozen_function(prefix, dataset)
+        keys = _keys_function(prefix, dataset, holdout)
         # Each batch runs in pieces that keep the activations in the cache (see _pieces).
-        run = functools.partial(_pieces.call_in_pieces, run, piece=_pieces.piece_size(run))
-        if run_view is not None:
-            run_view = functools.partial(
-                _pieces.call_in_pieces, run_view, piece=_pieces.piece_size(run_view)
-            )
+        piece = _pieces.piece_size(frozen)
+
+        def run(images: tf.Tensor) -> tuple[Any, tf.Tensor, tf.Tensor]:
+            return (_pieces.call_in_pieces(frozen, images, piece), *keys(images))
+
+        run_view = None
+        if augment is not None:
+            viewed = _augment_function(augment, dataset)
+
+            def run_view(images: tf.Tensor) -> Any:
+                return _pieces.call_in_pieces(frozen, viewed(images), piece)
+
         estimate = estimate_bytes(prefix, dataset)
         if estimate is not None:
             logger.info(

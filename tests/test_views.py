@@ -109,6 +109,29 @@ def test_held_out_images_are_stored_unaugmented():
         np.testing.assert_array_equal(_by_content(served), expected)
 
 
+def test_plain_and_augmented_images_share_one_trace_of_the_frozen_layers(monkeypatch):
+    # The held-out images and the augmented views each traced the whole prefix (0.7 s
+    # for a MobileNetV2, plus its first call), and a validation set traced it again.
+    from finetunekit import _folding
+
+    traced, frozen_call = [], _folding.frozen_call
+
+    def counting(model, images):
+        traced.append(model.name)  # runs while tracing only
+        return frozen_call(model, images)
+
+    monkeypatch.setattr(caching._folding, "frozen_call", counting)
+    x, y = _images(40)
+    prefix = _flatten_prefix()
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    with caching.FeatureCache(prefix, train, holdout=0.3, augment=CountingFlip(), views=3):
+        pass
+    validation = tf.data.Dataset.from_tensor_slices((x[:10], y[:10])).batch(8)
+    with caching.FeatureCache(prefix, validation) as stored:
+        assert len(stored) == 10
+    assert traced == [prefix.name]
+
+
 @pytest.mark.parametrize("validation", [True, False])
 def test_fit_augments_training_images_k_times_and_never_validation(validation):
     x, y = _images(24)
