@@ -17,6 +17,11 @@ differences show. `--epochs H F` sets the two phases' epochs.
     python benchmarks/bench_views.py                       # 3 folds, K in 1 2 4 8 16
     python benchmarks/bench_views.py --defaults --json benchmarks/results/views_cv.json
     python benchmarks/bench_views.py --score-on large --seeds 3 --views 2 4 --epochs 10 10
+    python benchmarks/bench_views.py --data large --views 2 4   # 3-fold CV on flowers-large
+
+With `--data large`, the folds are drawn from the 1,989 photos of
+../shared/data/flowers-large/train instead (each fit trains on about 1,326 of them):
+the view counts at the size of the benchmark's larger run, still on training photos.
 """
 
 from __future__ import annotations
@@ -92,6 +97,10 @@ def main() -> None:
     parser.add_argument("--defaults", action="store_true", help="also fit(x, y) at 224 px")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--score-on", choices=("folds", "large"), default="folds")
+    parser.add_argument(
+        "--data", choices=("small", "large"), default="small",
+        help="the photos the folds are drawn from: flowers/train or flowers-large/train",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="with --score-on large")
     parser.add_argument("--epochs", type=int, nargs=2, default=[5, 5], metavar=("H", "F"))
     args = parser.parse_args()
@@ -107,7 +116,10 @@ def main() -> None:
     if args.defaults:
         variants["defaults @224"] = (224, {}, {})
         variants["defaults @224, augment"] = (224, {"augment": "default"}, {})
-    data = {size: arrays(size) for size in {v[0] for v in variants.values()}}
+    source = DATA / "flowers-large" / "train" if args.data == "large" else None
+    if source is not None and args.score_on == "large":
+        parser.error("--data large is scored by its own folds; leave out --score-on large")
+    data = {size: arrays(size, source) for size in {v[0] for v in variants.values()}}
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
     if args.score_on == "large":
         scored = {size: arrays(size, DATA / "flowers-large" / "train") for size in data}
@@ -121,7 +133,8 @@ def main() -> None:
     else:
         fold = folds(data[args.size][1], args.folds)
         print(
-            f"flowers/train, {len(fold)} images, {args.folds}-fold CV, {os.cpu_count()} CPUs, "
+            f"{'flowers-large/train' if source else 'flowers/train'}, {len(fold)} images, "
+            f"{args.folds}-fold CV, {os.cpu_count()} CPUs, "
             f"epochs {args.epochs}, TF {tf.__version__}, Keras {keras.__version__}"
         )
         rounds = [(0, f) for f in range(args.folds)]
@@ -148,7 +161,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(
-            {"folds": args.folds, "size": args.size, "score_on": args.score_on,
+            {"folds": args.folds, "size": args.size, "score_on": args.score_on, "data": args.data,
              "seeds": args.seeds, "epochs": args.epochs, "results": results,
              "hardware": f"{os.cpu_count()}-core CPU, no GPU"}, indent=1))
 

@@ -258,7 +258,7 @@ class Steps:
         step = Phase(phase, epochs, 0, "block", False, rate, early_stopping, patience)
         run = training.new_run(model, step)
         shared = self._settings(prepared, callbacks, verbose)
-        shared.augment_views = Recipe(head_epochs=epochs, finetune_epochs=0).views()
+        shared.augment_views = Recipe(head_epochs=epochs, finetune_epochs=0).views(prepared.images)
         with prepared.errors():  # a bad label or NaN image past the first batches
             self._last_report, self.history = training.run_phase(
                 model, step, prepared, shared, run=run

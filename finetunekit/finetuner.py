@@ -185,7 +185,7 @@ class FineTuner(Steps):
         chosen = chosen.with_head(self._head_settings, asked=asked)
         model = self._need_model()
         run_settings = self._settings(prepared, user_callbacks, verbose)
-        run_settings.augment_views = chosen.views()
+        run_settings.augment_views = chosen.views(prepared.images)
         if checkpoint_dir is not None:  # after _prepare: classes and size are known then
             data_args = (train, y, validation_data)
             checkpoints.bind_fit(tracker, self, chosen, data_args, find=find)

@@ -10,7 +10,7 @@ import tensorflow as tf
 import finetunekit as ftk
 from finetunekit import caching, data
 from finetunekit.errors import ConfigError
-from finetunekit.recipe import AUTO_VIEWS, Recipe
+from finetunekit.recipe import AUTO_VIEWS, AUTO_VIEWS_MANY, MANY_IMAGES, Recipe
 
 SHAPE = (32, 32, 3)
 
@@ -150,6 +150,16 @@ def test_fit_augments_training_images_k_times_and_never_validation(validation):
     assert int(SEEN.numpy()) == k * kept
 
 
+def test_auto_views_follow_the_number_of_training_images():
+    x, y = _images(MANY_IMAGES)
+    SEEN.assign(0)
+    tuner = ftk.FineTuner("mobilenet_v2", num_classes=3, weights=None, input_shape=SHAPE,
+                          alpha=0.35, augment=CountingFlip())
+    tuner.fit(x, y, validation_data=(x[:8], y[:8]), head_epochs=4, finetune_epochs=0,
+              batch_size=50, verbose=0)
+    assert int(SEEN.numpy()) == AUTO_VIEWS_MANY * len(x)  # the default "auto"
+
+
 def test_cache_false_augments_afresh_every_epoch():
     x, y = _images(16)
     SEEN.assign(0)
@@ -165,6 +175,13 @@ def test_augment_views_auto_and_bounds():
     assert Recipe().views() == AUTO_VIEWS
     assert Recipe(head_epochs=2, finetune_epochs=1).views() == min(AUTO_VIEWS, 2)
     assert Recipe(augment_views=7).views() == 7
+    # From MANY_IMAGES training images on, "auto" stores fewer views (chosen on folds
+    # of flowers-large); an unknown count keeps the small-data number.
+    assert AUTO_VIEWS_MANY < AUTO_VIEWS
+    assert Recipe().views(MANY_IMAGES - 1) == Recipe().views(None) == AUTO_VIEWS
+    assert Recipe().views(MANY_IMAGES) == AUTO_VIEWS_MANY
+    assert Recipe(head_epochs=1, finetune_epochs=1).views(MANY_IMAGES) == 1
+    assert Recipe(augment_views=3).views(MANY_IMAGES) == 3
     for bad in (0, -1, 2.5, True, "many"):
         with pytest.raises(ConfigError, match="augment_views must be"):
             Recipe(augment_views=bad)

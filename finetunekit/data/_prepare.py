@@ -65,6 +65,14 @@ class Prepared:
         return self.validation is not None or self.holdout > 0
 
     @property
+    def images(self) -> int | None:
+        """About how many training images there are (batches x batch size, so at most
+        one batch over), before any content split; None when the dataset's length is
+        unknown."""
+        batches = int(self.train.cardinality())
+        return batches * self.batch_size if batches >= 0 else None
+
+    @property
     def image_shape(self) -> tuple[int, int, int] | None:
         """The images' static (height, width, channels), when the dataset fixes it."""
         height, width, channels = tuple(self.train.element_spec[0].shape[1:4])
