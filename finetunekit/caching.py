@@ -300,7 +300,9 @@ def _augment_function(augment: Any, dataset: tf.data.Dataset) -> Any:
         def views(images: tf.Tensor) -> Any:
             alive = layer()  # traced while the caller holds the layer
             assert alive is not None
-            return alive(images, training=True)
+            # In the images' dtype, which the frozen trace takes: under mixed precision
+            # the layer computes (and returns) float16.
+            return tf.cast(alive(images, training=True), images.dtype)
 
         traced[signature] = views
     return traced[signature]

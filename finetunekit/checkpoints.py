@@ -60,11 +60,16 @@ _SAMPLE = 16
 # -- what a fit is: its settings and its data --------------------------------------------
 
 
-def describe_call(tuner: Any, recipe: Any) -> dict[str, Any]:
-    """The settings of a `FineTuner.fit` that decide its result: the recipe and the tuner's."""
+def describe_call(tuner: Any, recipe: Any, views: int | None = None) -> dict[str, Any]:
+    """The settings of a `FineTuner.fit` that decide its result: the recipe and the tuner's.
+
+    `views`: the augmented views per image the fit stores, as `augment_views` resolved
+    for its data (`"auto"` depends on the number of images).
+    """
     base = tuner._base_arg
     optimizer = tuner._compile_args.get("optimizer", "adam")
     return {
+        "views": views if tuner.augment is not None else None,
         "recipe": _plain(dataclasses.asdict(recipe)),
         "base": base if isinstance(base, str) else os.fspath(base)
         if isinstance(base, os.PathLike) else type(base).__name__,
@@ -112,6 +117,31 @@ def _layer_settings(layer: Any) -> Any:
 _BUILD_STATE = frozenset({"build_config", "build_input_shape", "compile_config"})
 
 
+def _views_before(stored: Any) -> Any:
+    """A stored call without `views` (written before "auto" depended on the number of
+    images), with the views that run stored: "auto" was 4, at most the longest phase."""
+    if not isinstance(stored, dict) or "views" in stored or stored.get("augment") is None:
+        return stored
+    recipe = stored.get("recipe") or {}
+    asked = recipe.get("augment_views", "auto")
+    if asked == "auto":
+        head, finetune = recipe.get("head_epochs", 0), recipe.get("finetune_epochs", 0)
+        longest = max(head, finetune if recipe.get("unfreeze") else 0)
+        return {**stored, "views": max(1, min(4, longest))}
+    return {**stored, "views": asked}
+
+
+def _views_changed(found: list[str]) -> str:
+    """Why the views differ, when they do."""
+    if not any(line.startswith("views:") for line in found):
+        return ""
+    return (
+        "augment_views='auto' stores 2 augmented views per image from 1,000 training "
+        "images on (4 below); a run written with another number of views cannot continue "
+        "its draws. "
+    )
+
+
 def _old_preset(stored: Any, asked: Any) -> str:
     """Why a run written with the augmentation preset of Keras' three layers differs."""
     before = str((stored or {}).get("augment") if isinstance(stored, dict) else None)
@@ -126,16 +156,23 @@ def _old_preset(stored: Any, asked: Any) -> str:
 
 
 def bind_fit(
-    tracker: Tracker, tuner: Any, recipe: Any, data: tuple[Any, Any, Any], *, find: bool
+    tracker: Tracker,
+    tuner: Any,
+    recipe: Any,
+    data: tuple[Any, Any, Any],
+    *,
+    find: bool,
+    views: int | None = None,
 ) -> None:
     """Binds `tracker` to one `FineTuner.fit`: its call, and `data` (train, y,
-    validation_data); every worker alike. `find`: the call asked for a rate sweep.
+    validation_data); every worker alike. `find`: the call asked for a rate sweep;
+    `views`: the augmented views per image it stores.
 
     Raises:
         CheckpointError: the folder holds a run of other settings or data.
         DataError: the workers would resume at different epochs.
     """
-    call = describe_call(tuner, recipe)
+    call = describe_call(tuner, recipe, views)
     if find:  # the call asked for a sweep; the rate it found is stored beside
         call["recipe"]["head_learning_rate"] = "find"
     with distribute.together(tuner.strategy, "checking its checkpoint"):
@@ -381,14 +418,18 @@ class Tracker:
         state = self.state
         if state is None:
             return
-        for what, key, asked in (("settings", "call", self.call), ("data", "data", self.data)):
-            found = _differences(state.get(key), asked, new_keys=_NEW_DATA_KEYS)
+        stored_call = _views_before(state.get("call"))
+        for what, stored, asked in (
+            ("settings", stored_call, self.call), ("data", state.get("data"), self.data)
+        ):
+            found = _differences(stored, asked, new_keys=_NEW_DATA_KEYS)
             if found:
                 more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
                 raise CheckpointError(
                     f"checkpoint_dir {str(self.directory)!r} holds a run with other {what} "
                     f"than this fit: {'; '.join(found[:3])}{more}. "
-                    + _old_preset(state.get(key), asked)
+                    + _old_preset(stored, asked)
+                    + _views_changed(found)
                     + "Resuming would mix two runs: pass a new checkpoint_dir, or delete "
                     f"{str(self.directory)!r} to start this fit afresh."
                 )

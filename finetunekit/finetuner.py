@@ -188,7 +188,9 @@ class FineTuner(Steps):
         run_settings.augment_views = chosen.views(prepared.images)
         if checkpoint_dir is not None:  # after _prepare: classes and size are known then
             data_args = (train, y, validation_data)
-            checkpoints.bind_fit(tracker, self, chosen, data_args, find=find)
+            checkpoints.bind_fit(
+                tracker, self, chosen, data_args, find=find, views=run_settings.augment_views
+            )
         if find:
             chosen = lr_finder.with_found_rate(self, chosen, prepared, run_settings, tracker.extra)
         phases = chosen.phases(validation=prepared.has_validation)

@@ -491,3 +491,32 @@ def test_a_run_with_the_old_preset_is_refused_with_the_reason(tmp_path: Path) ->
     with pytest.raises(CheckpointError, match="other settings") as info:
         tracker.bind(call("strong"), {})
     assert "preset was then" not in str(info.value)
+
+
+def test_a_run_written_before_auto_views_followed_the_data_resumes_only_if_they_agree(
+    tmp_path: Path,
+) -> None:
+    from finetunekit.recipe import DEFAULTS
+
+    tuner = ftk.FineTuner("mobilenet_v2", weights=None, num_classes=2, augment="default")
+    before = checkpoints.describe_call(tuner, DEFAULTS, views=4)
+    del before["views"]  # a checkpoint from before the views were recorded: "auto" was 4
+    tracker = checkpoints.Tracker(tmp_path)
+    tracker.state = {"call": before, "data": {}}
+    tracker.bind(checkpoints.describe_call(tuner, DEFAULTS, views=4), {})  # small data
+    with pytest.raises(CheckpointError, match="views: stored 4, asked 2.*stores 2 augmented"):
+        tracker.bind(checkpoints.describe_call(tuner, DEFAULTS, views=2), {})  # 1,000+
+
+
+def test_the_views_a_fit_stores_are_part_of_its_checkpoint(tmp_path: Path) -> None:
+    from finetunekit.recipe import AUTO_VIEWS_MANY, MANY_IMAGES
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (MANY_IMAGES, 32, 32, 3)).astype("float32")
+    y = np.arange(MANY_IMAGES) % 2
+    tuner = ftk.FineTuner("mobilenet_v2", weights=None, num_classes=2, alpha=0.35,
+                          input_shape=(32, 32, 3), augment="light", seed=0)
+    tuner.fit(x, y, head_epochs=4, finetune_epochs=0, batch_size=100, verbose=0,
+              checkpoint_dir=tmp_path)
+    state, _ = checkpoints.read(tmp_path)  # type: ignore[misc]
+    assert state["call"]["views"] == AUTO_VIEWS_MANY  # 4 epochs, yet 1,000 images

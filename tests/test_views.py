@@ -160,6 +160,36 @@ def test_auto_views_follow_the_number_of_training_images():
     assert int(SEEN.numpy()) == AUTO_VIEWS_MANY * len(x)  # the default "auto"
 
 
+def test_the_image_count_is_exact_where_known_and_never_over(tmp_path):
+    x, y = _images(70)
+    assert data.prepare(x, y, batch_size=32).images == 70
+    assert data.prepare(data.from_arrays(x, y, batch_size=32)).images == 70
+    raw = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    assert data.prepare(raw).images == 65  # two full batches and at least one image
+    for i in range(6):
+        path = tmp_path / f"class{i % 2}" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(tf.io.encode_png(x[i].astype("uint8")).numpy())
+    folder = data.from_directory(tmp_path, image_size=32, batch_size=4)
+    assert data.prepare(folder.train).images == 6
+    unknown = raw.filter(lambda images, labels: True)  # a length tf.data cannot know
+    assert data.prepare(unknown).images is None  # "auto" keeps 4 views
+
+
+def test_views_under_mixed_precision_reach_the_frozen_layers():
+    # The augmentation, traced apart, returned float16 to a trace of float32 images.
+    x, y = _images(12)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        prefix, augment = _flatten_prefix(), data.augmentation("default")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    with caching.FeatureCache(prefix, dataset, augment=augment, views=2) as stored:
+        assert stored.count("train") == 12
+        assert stored.features[0].dtype == np.float16
+
+
 def test_cache_false_augments_afresh_every_epoch():
     x, y = _images(16)
     SEEN.assign(0)

@@ -175,10 +175,12 @@ def _from_arrays(
     columns = (x_arr, y_arr) if w_arr is None else (x_arr, y_arr, w_arr)
     if not shuffle:
         dataset = tf.data.Dataset.from_tensor_slices(columns).batch(batch_size)
-        return dataset.map(
+        dataset = dataset.map(
             lambda images, *rest: (to_channels(images, channels), *rest),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+        setattr(dataset, IMAGES, len(x_arr))
+        return dataset
     # Reshuffled every epoch by an order keyed by (seed, epoch) during a fit, so a resumed
     # fit draws the orders of an uninterrupted one (see finetunekit._orders).
     orders = EpochOrders(seed)
@@ -190,7 +192,13 @@ def _from_arrays(
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+    setattr(dataset, IMAGES, len(x_arr))
     return attach(dataset, orders)
+
+
+#: The attribute of a `from_arrays` dataset that holds how many images it has (batched
+#: datasets only know their batches).
+IMAGES = "_finetunekit_images"
 
 
 def _weights_array(sample_weight: Any, count: int, what: str) -> np.ndarray:

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from finetunekit import tasks
 from finetunekit.data import _guards
-from finetunekit.data._arrays import as_dataset, unpack_arrays
+from finetunekit.data._arrays import IMAGES, as_dataset, unpack_arrays
 from finetunekit.data._labels import _label_info, inspect_labels
 from finetunekit.data._split import split_by_content
 from finetunekit.errors import DataError
@@ -51,6 +51,8 @@ class Prepared:
     _split: tuple[tf.data.Dataset, tf.data.Dataset | None] | None = field(
         default=None, repr=False
     )
+    #: The number of training images where it is known exactly (see `images`).
+    count: int | None = None
     #: The task's name and the labels' bounds, for the messages of `errors`.
     task_name: str = ""
     label_bounds: tuple[float, float, bool] | None = None
@@ -66,11 +68,13 @@ class Prepared:
 
     @property
     def images(self) -> int | None:
-        """About how many training images there are (batches x batch size, so at most
-        one batch over), before any content split; None when the dataset's length is
-        unknown."""
+        """How many training images there are, before any content split: exact for
+        arrays, `from_arrays` and datasets of files; else at least this many (all
+        batches but the last full); None when the dataset's length is unknown."""
+        if self.count is not None:
+            return self.count
         batches = int(self.train.cardinality())
-        return batches * self.batch_size if batches >= 0 else None
+        return (batches - 1) * self.batch_size + 1 if batches > 0 else None
 
     @property
     def image_shape(self) -> tuple[int, int, int] | None:
@@ -264,6 +268,7 @@ def _prepare(
         num_classes=num_classes,
         class_names=tuple(names) if names else None,
         batch_size=int(own or batch_size),
+        count=_exact_count(train, y),
         task_name=spec.name,
         label_bounds=bounds,
     )
@@ -277,6 +282,24 @@ def _open_size(dataset: tf.data.Dataset, first: Any) -> tuple[int, int] | None:
     if shape.rank != 4 or shape[1:3].is_fully_defined():
         return None
     return int(first.shape[1]), int(first.shape[2])
+
+
+def _exact_count(data: Any, y: Any) -> int | None:
+    """How many training images `data` holds, where that is known without reading it:
+    arrays, a `from_arrays` dataset, a dataset of files (`file_paths`, as Keras' loaders
+    and `from_directory` set it)."""
+    paths = getattr(data, "file_paths", None)
+    if isinstance(paths, (list, tuple)):
+        return len(paths)
+    known = getattr(data, IMAGES, None)
+    if isinstance(known, int):
+        return known
+    if isinstance(data, tf.data.Dataset):
+        return None
+    x, labels, _ = unpack_arrays(data, y)
+    if labels is None or isinstance(x, (str, bytes)) or not hasattr(x, "__len__"):
+        return None  # a PyDataset, say
+    return len(x)
 
 
 def _array_labels(data: Any, y: Any) -> Any:
