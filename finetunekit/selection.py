@@ -24,6 +24,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -550,8 +551,10 @@ def _notes_said_once() -> Iterator[None]:
     """Drops the folder's notes on files it ignores: said when `_Folder` listed it, they
     would be said again at every candidate's size."""
 
+    thread = threading.get_ident()  # the shared logger: other threads' notes stand
+
     def drop(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("ignoring ")
+        return record.thread != thread or not record.getMessage().startswith("ignoring ")
 
     logger.addFilter(drop)
     try:
