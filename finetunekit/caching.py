@@ -532,15 +532,13 @@ class FeatureCache:
         # Each batch runs in pieces that keep the activations in the cache (see _pieces).
         piece = _pieces.piece_size(frozen)
 
-        def run(images: tf.Tensor) -> tuple[Any, tf.Tensor, tf.Tensor]:
-            return (_pieces.call_in_pieces(frozen, images, piece), *keys(images))
-
+        run = functools.partial(_pieces.call_in_pieces, frozen, piece=piece)
         run_view = None
         if augment is not None:
             viewed = _augment_function(augment, dataset)
 
             def run_view(images: tf.Tensor) -> Any:
-                return _pieces.call_in_pieces(frozen, viewed(images), piece)
+                return run(viewed(images))
 
         estimate = estimate_bytes(prefix, dataset)
         if estimate is not None:
@@ -564,9 +562,11 @@ class FeatureCache:
                     if not len(batch_labels):
                         continue
                 image_labels.append(batch_labels)
+                flags, pixel_sums = (t.numpy() for t in keys(images))
+                if not holdout:
+                    flags = np.zeros(len(pixel_sums), bool)
                 if run_view is not None:
-                    outs, flags = self._views_of(images, holdout, run, run_view, n_out)
-                    pixel_sums = _pixel_sums(images)
+                    outs = self._views_of(images, flags, run, run_view, n_out)
                     # rows: the views of the kept images (view-major), then the held-out
                     n_kept, n_held = int(np.sum(~flags)), int(np.sum(flags))
                     kept = rows + np.arange(n_kept)[:, None] + n_kept * np.arange(self.views)
@@ -577,9 +577,7 @@ class FeatureCache:
                         [*([batch_labels[~flags]] * self.views), batch_labels[flags]]
                     )
                 else:
-                    outs, flags, pixel_sums = run(images)
-                    pixel_sums = pixel_sums.numpy()
-                    flags = flags.numpy() if holdout else np.zeros(len(pixel_sums), bool)
+                    outs = run(images)
                     per_image = (rows + np.arange(len(flags)))[:, None]
                 image_rows.append(per_image)
                 held.append(flags)
@@ -674,21 +672,18 @@ class FeatureCache:
         )
 
     def _views_of(
-        self, images: tf.Tensor, holdout: float, run: Any, run_view: Any, n_out: int
-    ) -> tuple[list[tf.Tensor], np.ndarray]:
+        self, images: tf.Tensor, flags: np.ndarray, run: Any, run_view: Any, n_out: int
+    ) -> list[tf.Tensor]:
         """One batch's outputs: `views` augmented views of its kept images (the prefix once
-        per view), then its held-out images as they are (validation is never augmented);
-        and the held-out flags."""
-        flags = np.zeros(int(tf.shape(images)[0]), bool)
-        if holdout:
-            flags = data.held_out(images, holdout).numpy()
+        per view), then its held-out images (`flags`) as they are (validation is never
+        augmented)."""
         parts = []
         if not flags.all():
             kept = tf.boolean_mask(images, ~flags)
             parts = [run_view(kept) for _ in range(self.views)]
         if flags.any():
-            parts.append(run(tf.boolean_mask(images, flags))[0])
-        return [tf.concat([p[i] for p in parts], 0) for i in range(n_out)], flags
+            parts.append(run(tf.boolean_mask(images, flags)))
+        return [tf.concat([p[i] for p in parts], 0) for i in range(n_out)]
 
     def _spill(self, chunks: list[list[Any]], directory: str | None) -> list[Any]:
         handles = []
