@@ -344,8 +344,9 @@ def rank_bases(
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)  # the running one still ends
             raise
+        repeated: dict[str, int] = {}
         for label, seconds, params, size, future in scoring:
-            scores, scoring_seconds = future.result()
+            scores, scoring_seconds, repeated[label] = future.result()
             seconds += scoring_seconds
             rows.append(RankedBase(label, scores[chosen[0]].value, scores, seconds, params, size))
             logger.info(
@@ -357,6 +358,7 @@ def rank_bases(
                 ", ".join(f"{m} {s.value:.3f}" for m, s in scores.items()),
             )
     assert reference is not None
+    _warn_repeated(repeated, len(reference))
     return Ranking(
         rows, primary=chosen[0], images=len(reference), num_classes=len(np.unique(reference))
     )
@@ -513,6 +515,8 @@ class _Folder(_Source):
         self.class_names = list(files)
         paths = [p for name in files for p in files[name]]
         labels = np.array([i for i, name in enumerate(files) for _ in files[name]], np.int64)
+        self.label_of = {os.path.normpath(p): int(y) for p, y in zip(paths, labels, strict=True)}
+        self.read: list[str] = []
         self.subset: tuple[list[str], np.ndarray] | None = None
         if len(paths) > max_images:  # a subset of every class, read file by file
             chosen = _balanced(labels, max_images, rng)
@@ -523,16 +527,8 @@ class _Folder(_Source):
 
     def images(self, size: tuple[int, int]) -> tf.data.Dataset:
         if self.subset is not None:
-            paths, labels = self.subset
-            return (
-                tf.data.Dataset.from_tensor_slices((paths, labels))
-                .map(lambda p, y: (_load_image(p, size), y), num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(_BATCH_SIZE)
-                .prefetch(tf.data.AUTOTUNE)
-            )
-        # A fresh read with the same seed yields the images in the same order at every
-        # size (the loader reshuffles on each pass over one dataset, so none is reused).
-        try:
+            return self._read(*self.subset, size)
+        try:  # the folder's checks and notes, as FineTuner's data gets them
             with _notes_said_once():
                 folder = data.from_directory(
                     self.path, image_size=size, batch_size=_BATCH_SIZE, seed=self.seed
@@ -540,10 +536,27 @@ class _Folder(_Source):
         except DataError as exc:  # rank_bases takes no on_bad_image: not its fix
             skip = ", or pass on_bad_image='skip' to leave them out."
             raise DataError(str(exc).replace(skip, ".")) from None
-        return folder.train
+        # Read in the order Keras' loader lists the files, shuffled by numpy from `seed`,
+        # the same at every size. Its dataset shuffles again with tf.data, whose order
+        # follows TensorFlow's global seed too: the folds and leave-one-out draws then
+        # changed with `tf.random.set_seed` (k-NN 0.868 or 0.874 for one base on the
+        # flowers, the same seed=0).
+        paths = list(folder.train.file_paths)
+        labels = np.array([self.label_of[os.path.normpath(p)] for p in paths], np.int64)
+        return self._read(paths, labels, size)
+
+    def _read(self, paths: list[str], labels: np.ndarray, size: tuple[int, int]) -> tf.data.Dataset:
+        """The files in order, decoded and resized as Keras' folder loader does."""
+        self.read = paths
+        return (
+            tf.data.Dataset.from_tensor_slices((paths, labels))
+            .map(lambda p, y: (_load_image(p, size), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(_BATCH_SIZE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
 
     def read_error(self, exc: Exception) -> Exception:
-        return exc if self.subset is None else _decode_failure(list(self.subset[0]))
+        return _decode_failure(list(self.read))
 
 
 @contextlib.contextmanager
@@ -786,7 +799,8 @@ def _batches(
         raise DataError("The data holds no images; there is nothing to rank on.")
 
 
-_Scored = tuple[dict[str, Score], float]
+#: A candidate's scores, the seconds they took, and how many images repeated another.
+_Scored = tuple[dict[str, Score], float, int]
 
 
 def _check_features(features: np.ndarray) -> None:
@@ -805,8 +819,8 @@ def _timed_scores(
     rng: np.random.Generator,
 ) -> _Scored:
     started = time.perf_counter()
-    scores = _scores(features, labels, num_classes, metrics, rng)
-    return scores, time.perf_counter() - started
+    scores, repeated = _scores(features, labels, num_classes, metrics, rng)
+    return scores, time.perf_counter() - started, repeated
 
 
 def _scores(
@@ -815,17 +829,15 @@ def _scores(
     num_classes: int,
     metrics: tuple[str, ...],
     rng: np.random.Generator,
-) -> dict[str, Score]:
+) -> tuple[dict[str, Score], int]:
+    """The metrics' scores, and how many images repeated another (scored once)."""
     _check_features(features)
     # An image given twice (a copied file) is its own nearest neighbour in leave-one-out
     # k-NN and lands on both sides of the probe's folds: with random labels, each image
     # twice, k-NN read 0.98 instead of 0.19. Like LogME, every score counts it once.
     distinct, labels_distinct = transfer_scores._distinct(features, labels)
-    if len(distinct) < len(features):
-        logger.warning(
-            "%d of %d images repeat another (identical features): each is scored once",
-            len(features) - len(distinct), len(features),
-        )
+    repeated = len(features) - len(distinct)
+    if repeated:
         features, labels = distinct.astype(features.dtype), labels_distinct
     scores: dict[str, Score] = {}
     for metric in metrics:
@@ -837,4 +849,29 @@ def _scores(
         else:
             correct = linear_probe_correct(features, labels, num_classes, rng)
             scores[metric] = accuracy_interval(correct, rng)
-    return scores
+    return scores, repeated
+
+
+def _warn_repeated(repeated: dict[str, int], images: int) -> None:
+    """One warning for the images that repeat another, however many candidates saw them.
+
+    A copied file repeats for every candidate; warned per candidate, the same line came
+    once for each base ranked, without saying which.
+    """
+    seen = {label: count for label, count in repeated.items() if count}
+    if not seen:
+        return
+    counts = set(seen.values())
+    if len(seen) == len(repeated) and len(counts) == 1:
+        logger.warning(
+            "%d of %d images repeat another (identical features) for every candidate: "
+            "each is scored once. Remove the copies from the data to rank on distinct "
+            "images.",
+            counts.pop(), images,
+        )
+        return
+    logger.warning(
+        "Images that repeat another (identical features), each scored once: %s (of %d).",
+        ", ".join(f"{count} for {label}" for label, count in seen.items()),
+        images,
+    )
