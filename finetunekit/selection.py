@@ -517,6 +517,7 @@ class _Folder(_Source):
         labels = np.array([i for i, name in enumerate(files) for _ in files[name]], np.int64)
         self.label_of = {os.path.normpath(p): int(y) for p, y in zip(paths, labels, strict=True)}
         self.read: list[str] = []
+        self.listed: tuple[list[str], np.ndarray] | None = None
         self.subset: tuple[list[str], np.ndarray] | None = None
         if len(paths) > max_images:  # a subset of every class, read file by file
             chosen = _balanced(labels, max_images, rng)
@@ -528,6 +529,8 @@ class _Folder(_Source):
     def images(self, size: tuple[int, int]) -> tf.data.Dataset:
         if self.subset is not None:
             return self._read(*self.subset, size)
+        if self.listed is not None:  # every candidate reads the files the first one read
+            return self._read(*self.listed, size)
         try:  # the folder's checks and notes, as FineTuner's data gets them
             with _notes_said_once():
                 folder = data.from_directory(
@@ -540,9 +543,17 @@ class _Folder(_Source):
         # the same at every size. Its dataset shuffles again with tf.data, whose order
         # follows TensorFlow's global seed too: the folds and leave-one-out draws then
         # changed with `tf.random.set_seed` (k-NN 0.868 or 0.874 for one base on the
-        # flowers, the same seed=0).
+        # flowers, the same seed=0). Listed once: a file added to the folder during the
+        # ranking is not read, one removed fails to read (a DataError naming it).
         paths = list(folder.train.file_paths)
-        labels = np.array([self.label_of[os.path.normpath(p)] for p in paths], np.int64)
+        try:
+            labels = np.array([self.label_of[os.path.normpath(p)] for p in paths], np.int64)
+        except KeyError as exc:  # listed by Keras since __init__ listed the folder
+            raise DataError(
+                f"The folder {os.fspath(self.path)!r} changed while rank_bases read it "
+                f"({exc.args[0]!r} is new). Rank it again once nothing writes to it."
+            ) from None
+        self.listed = (paths, labels)
         return self._read(paths, labels, size)
 
     def _read(self, paths: list[str], labels: np.ndarray, size: tuple[int, int]) -> tf.data.Dataset:
@@ -714,7 +725,7 @@ def _run_candidate(
     try:
         with caching.quiet_retracing():  # one trace per candidate, on purpose
             features, labels = zip(*_batches(pooled, dataset, max_images), strict=True)
-    except tf.errors.InvalidArgumentError as exc:  # a file of the subset does not decode
+    except _READ_ERRORS as exc:  # a file does not decode, or has gone since it was listed
         raise source.read_error(exc) from exc
     finally:
         if pooled.experimental_get_tracing_count():
@@ -724,6 +735,13 @@ def _run_candidate(
         del base, pooled
         gc.collect()
     return np.concatenate(features), np.concatenate(labels), size, params
+
+
+#: What reading a listed image file raises: it does not decode, is missing (deleted, a
+#: dangling link) or cannot be opened.
+_READ_ERRORS = (
+    tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.PermissionDeniedError
+)
 
 
 def _size(base: keras.Model, input_shape: tuple[int, int, int] | None) -> tuple[int, int]:

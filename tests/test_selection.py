@@ -457,6 +457,45 @@ def test_a_folders_ranking_does_not_depend_on_tensorflows_global_seed(tmp_path):
     assert scores[0] == scores[1]
 
 
+def _after_first_read(monkeypatch, change):
+    """Calls `change()` once the first candidate has listed and read the folder."""
+    images = selection._Folder.images
+    calls = []
+
+    def patched(self, size):
+        if calls:
+            change()
+        calls.append(size)
+        return images(self, size)
+
+    monkeypatch.setattr(selection._Folder, "images", patched)
+
+
+def test_a_file_added_during_a_ranking_is_not_read(tmp_path, monkeypatch):
+    # The files were listed again for each candidate: a file added meanwhile had no
+    # label and raised a raw KeyError.
+    root = shapes_folder(tmp_path / "data", per_class=6)
+    new = root / "circle" / "new.png"
+    copy = sorted((root / "plus").iterdir())[0].read_bytes()
+    _after_first_read(monkeypatch, lambda: new.write_bytes(copy))
+    ranking = ftk.rank_bases(str(root), {"a": _hue_base(), "b": _brightness_base()}, seed=0)
+    assert new.exists() and ranking.images == 12
+
+
+@pytest.mark.parametrize("max_images", [2000, 10])
+def test_a_file_gone_during_a_ranking_is_named(tmp_path, monkeypatch, max_images):
+    # A listed file that is gone by the time it is read (deleted, or a dangling link)
+    # raised TensorFlow's NotFoundError; a subset (max_images) is read file by file.
+    root = shapes_folder(tmp_path / "data", per_class=6)
+    files = sorted((root / "plus").iterdir())
+    _after_first_read(monkeypatch, lambda: [f.unlink() for f in files if f.exists()])
+    with pytest.raises(DataError, match=r"could not be decoded: .*plus"):
+        ftk.rank_bases(
+            str(root), {"a": _hue_base(), "b": _brightness_base()}, max_images=max_images,
+            seed=0,
+        )
+
+
 def test_a_folders_ignored_files_are_noted_once_not_per_candidate(tmp_path, caplog):
     root = shapes_folder(tmp_path / "data", per_class=6)
     (root / next(p.name for p in root.iterdir() if p.is_dir()) / "notes.txt").write_text("x")
