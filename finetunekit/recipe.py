@@ -45,8 +45,9 @@ HEAD, FINETUNE = "head", "finetune"
 #: Augmented views per image that `augment_views="auto"` stores (chosen on training data
 #: with `benchmarks/bench_views.py`, see the benchmarks page)...
 AUTO_VIEWS = 4
-#: ...and from `MANY_IMAGES` training images on, where 2 views matched 4 and fresh
-#: augmentation every epoch in cross-validation on flowers-large (1,326 images a fit).
+#: ...and from `MANY_IMAGES` images given to `fit` on (counted before the held-out
+#: split), where 2 views matched 4 and fresh augmentation every epoch in
+#: cross-validation on flowers-large (1,326 images given to each fit).
 AUTO_VIEWS_MANY = 2
 MANY_IMAGES = 1000
 Unit = Literal["layer", "block"]
@@ -119,8 +120,9 @@ class Recipe:
         augment_views: with `FineTuner(augment=...)` and cached phases, how many
             augmented views of each training image the frozen layers run over (once
             each); every epoch trains on one of them per image, drawn afresh. `"auto"`:
-            4 views, 2 from 1,000 training images on, but no more than the longest
-            phase has epochs (see `views`).
+            4 views, 2 from 1,000 images in the training data on (counted before the
+            held-out split), but no more than the longest phase has epochs (see
+            `views`).
         lr_decay: per-block learning rates in fine-tune phases: None for one rate, else
             a factor in (0, 1]; the k-th unfrozen block from the top trains at the
             phase's rate times `lr_decay**k`, the head at the phase's rate.
@@ -196,8 +198,9 @@ class Recipe:
             "epochs, augment='default'): 4 views 0.795, uncached augmentation 0.789, 1 view "
             "0.789, 16 views 0.806 at about 3.5x the time of 4; all within the folds' spread "
             "(about 0.02), so the cheapest that matches fresh augmentation. From 1,000 "
-            "training images on, 2: 3-fold cross-validation on flowers-large (1,326 "
-            "images a fit): 2 views 0.839 and 0.850 at 5+5 and 10+10 epochs, 4 views 0.843 "
+            "images in the training data on (before the held-out split), 2: 3-fold "
+            "cross-validation on flowers-large (1,326 images a fit): 2 views 0.839 and "
+            "0.850 at 5+5 and 10+10 epochs, 4 views 0.843 "
             "and 0.850, uncached 0.835 and 0.846; 2 views matched fresh augmentation on "
             "every fold."
         ),
@@ -241,8 +244,9 @@ class Recipe:
         """The augmented views per image a fit with this recipe stores (`augment_views`).
 
         Args:
-            images: how many training images the fit has, if known: `"auto"` stores
-                `AUTO_VIEWS_MANY` views from `MANY_IMAGES` on, else `AUTO_VIEWS`.
+            images: how many images the fit's training data holds (before the
+                held-out split), if known: `"auto"` stores `AUTO_VIEWS_MANY` views from
+                `MANY_IMAGES` on, else `AUTO_VIEWS`.
         """
         if self.augment_views != "auto":
             return int(self.augment_views)
