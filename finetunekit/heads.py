@@ -33,8 +33,9 @@ def add_head(
     Keras 3's `fit` overrides that with `training=True`, so what keeps
     BatchNormalization in inference mode is that it is frozen (see
     `finetunekit.freeze`). Head layers are named `head_*`. The output layer
-    computes in float32, so the model's output stays float32 under a
-    mixed-precision policy.
+    and the unit normalization compute in float32, so the model's output stays
+    float32 under a mixed-precision policy, and long feature vectors do not
+    overflow float16 when normalized.
 
     Args:
         base: the base, e.g. from `load_base`.
@@ -104,7 +105,9 @@ def add_head(
     x = base(inputs, training=False)
     x = _pool(x, pooling)
     if normalize:
-        x = keras.layers.UnitNormalization(name="head_normalize")(x)
+        # In float32 under a mixed policy: in float16 the sum of squares of 1280 pooled
+        # features overflows past 65,504 (all at 8: 81,920) and the features become 0.
+        x = keras.layers.UnitNormalization(name="head_normalize", dtype="float32")(x)
     for i, size in enumerate(hidden, start=1):
         x = keras.layers.Dense(size, activation="relu", name=f"head_dense_{i}")(x)
         if dropout:

@@ -257,3 +257,18 @@ def test_add_head_on_a_sequential_base():
     model = ftk.add_head(base, num_classes=2)
     assert model.layers[1] is base
     assert model.output_shape == (None, 2)
+
+
+def test_unit_normalization_computes_in_float32_under_mixed_precision(mixed_precision):
+    # In float16 the sum of squares of 1280 pooled features overflows past 65,504 (all
+    # at 8: 81,920): the normalized features became 0 and the model predicted the same
+    # for every image, silently.
+    inputs = keras.Input((1280,))
+    base = keras.Model(inputs, keras.layers.Identity()(inputs), name="features")
+    model = ftk.add_head(base, num_classes=3, pooling=None, normalize=True)
+    assert model.get_layer("head_normalize").compute_dtype == "float32"
+    features = np.full((2, 1280), 8.0, "float32")
+    features[1, :640] = 2.0
+    normalized = keras.Model(model.inputs, model.get_layer("head_normalize").output)([features])
+    expected = features / np.linalg.norm(features, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(normalized, "float32"), expected, rtol=2e-3)
