@@ -43,7 +43,7 @@ def one(folder: str, budget: int | None, views: int) -> dict[str, float]:
     import logging
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_flowers import WEIGHTS, PeakMemory, load, warm_up
+    from bench_flowers import WEIGHTS, PeakMemory, load, rss_bytes, warm_up
 
     import finetunekit as ftk
 
@@ -55,10 +55,8 @@ def one(folder: str, budget: int | None, views: int) -> dict[str, float]:
 
     logging.getLogger("finetunekit").addHandler(Catch())
     logging.getLogger("finetunekit").setLevel(logging.INFO)
-    import threading
-
-    class Sampler:
-        """Peak growth of anonymous and of file-backed resident memory (/proc/self/status).
+    class Sampler(PeakMemory):
+        """PeakMemory, its peak also split into anonymous and file-backed memory.
 
         A spilled cache reads its files through `np.memmap`: the pages it touches count
         in the resident size as file-backed pages, which the kernel drops under memory
@@ -66,13 +64,12 @@ def one(folder: str, budget: int | None, views: int) -> dict[str, float]:
         """
 
         def __init__(self) -> None:
-            self.start = self.read()
-            self.peak = {key: 0 for key in self.start}
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, daemon=True)
+            super().__init__()
+            self.start_parts = self.parts()
+            self.peak_parts = dict.fromkeys(self.start_parts, 0)
 
         @staticmethod
-        def read() -> dict[str, int]:
+        def parts() -> dict[str, int]:
             fields = {}
             with open("/proc/self/status") as f:
                 for line in f:
@@ -83,18 +80,10 @@ def one(folder: str, budget: int | None, views: int) -> dict[str, float]:
 
         def _run(self) -> None:
             while not self._stop.is_set():
-                now = self.read()
-                for key, value in now.items():
-                    self.peak[key] = max(self.peak[key], value - self.start[key])
+                self.peak = max(self.peak, rss_bytes() - self.start)
+                for key, value in self.parts().items():
+                    self.peak_parts[key] = max(self.peak_parts[key], value - self.start_parts[key])
                 self._stop.wait(0.01)
-
-        def __enter__(self) -> Sampler:
-            self._thread.start()
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self._stop.set()
-            self._thread.join()
 
     train, _ = load(160, folder=Path(folder))
     warm_up(train, 160)
@@ -104,17 +93,13 @@ def one(folder: str, budget: int | None, views: int) -> dict[str, float]:
         alpha=0.35, seed=0, augment="default", **options,
     )
     started = time.perf_counter()
-    with (
-        PeakMemory() as memory,
-        Sampler() as parts,
-        contextlib.redirect_stdout(io.StringIO()),
-    ):
+    with Sampler() as memory, contextlib.redirect_stdout(io.StringIO()):
         history = tuner.fit(train, head_epochs=2, finetune_epochs=2, augment_views=views)
     return {
         "seconds": time.perf_counter() - started,
         "peak_mib": memory.peak / 2**20,
-        "anon_mib": parts.peak["RssAnon"] / 2**20,
-        "file_mib": parts.peak["RssFile"] / 2**20,
+        "anon_mib": memory.peak_parts["RssAnon"] / 2**20,
+        "file_mib": memory.peak_parts["RssFile"] / 2**20,
         "spilled": float(any(report.spilled for report in history.reports)),
         "notes": [m for m in stored if "MiB" in m or "MB" in m or "spill" in m][:4],
     }  # type: ignore[dict-item]

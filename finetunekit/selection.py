@@ -516,21 +516,29 @@ class _Folder(_Source):
         paths = [p for name in files for p in files[name]]
         labels = np.array([i for i, name in enumerate(files) for _ in files[name]], np.int64)
         self.label_of = {os.path.normpath(p): int(y) for p, y in zip(paths, labels, strict=True)}
-        self.read: list[str] = []
-        self.listed: tuple[list[str], np.ndarray] | None = None
-        self.subset: tuple[list[str], np.ndarray] | None = None
-        if len(paths) > max_images:  # a subset of every class, read file by file
+        #: The files every candidate reads, with their labels: a subset of every class
+        #: when the folder holds more than max_images, else listed by the first read.
+        self.files: tuple[list[str], np.ndarray] | None = None
+        if len(paths) > max_images:
             chosen = _balanced(labels, max_images, rng)
-            self.subset = ([paths[i] for i in chosen], labels[chosen])
+            self.files = ([paths[i] for i in chosen], labels[chosen])
 
     def check_pixels(self, raw: bool) -> None:
         pass  # decoded by from_directory: 0-255 pixels
 
     def images(self, size: tuple[int, int]) -> tf.data.Dataset:
-        if self.subset is not None:
-            return self._read(*self.subset, size)
-        if self.listed is not None:  # every candidate reads the files the first one read
-            return self._read(*self.listed, size)
+        if self.files is None:
+            self.files = self._list(size)
+        paths, labels = self.files
+        return (
+            tf.data.Dataset.from_tensor_slices((paths, labels))
+            .map(lambda p, y: (_load_image(p, size), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(_BATCH_SIZE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    def _list(self, size: tuple[int, int]) -> tuple[list[str], np.ndarray]:
+        """The folder's files in the order of Keras' loader, after its checks and notes."""
         try:  # the folder's checks and notes, as FineTuner's data gets them
             with _notes_said_once():
                 folder = data.from_directory(
@@ -539,12 +547,12 @@ class _Folder(_Source):
         except DataError as exc:  # rank_bases takes no on_bad_image: not its fix
             skip = ", or pass on_bad_image='skip' to leave them out."
             raise DataError(str(exc).replace(skip, ".")) from None
-        # Read in the order Keras' loader lists the files, shuffled by numpy from `seed`,
-        # the same at every size. Its dataset shuffles again with tf.data, whose order
-        # follows TensorFlow's global seed too: the folds and leave-one-out draws then
-        # changed with `tf.random.set_seed` (k-NN 0.868 or 0.874 for one base on the
-        # flowers, the same seed=0). Listed once: a file added to the folder during the
-        # ranking is not read, one removed fails to read (a DataError naming it).
+        # Read in the order Keras' loader lists the files, shuffled by numpy from `seed`.
+        # Its dataset shuffles again with tf.data, whose order follows TensorFlow's global
+        # seed too: the folds and leave-one-out draws then changed with
+        # `tf.random.set_seed` (k-NN 0.868 or 0.874 for one base on the flowers, the same
+        # seed=0). Listed once: a file added to the folder during the ranking is not read,
+        # one removed fails to read (a DataError naming it).
         paths = list(folder.train.file_paths)
         try:
             labels = np.array([self.label_of[os.path.normpath(p)] for p in paths], np.int64)
@@ -553,21 +561,10 @@ class _Folder(_Source):
                 f"The folder {os.fspath(self.path)!r} changed while rank_bases read it "
                 f"({exc.args[0]!r} is new). Rank it again once nothing writes to it."
             ) from None
-        self.listed = (paths, labels)
-        return self._read(paths, labels, size)
-
-    def _read(self, paths: list[str], labels: np.ndarray, size: tuple[int, int]) -> tf.data.Dataset:
-        """The files in order, decoded and resized as Keras' folder loader does."""
-        self.read = paths
-        return (
-            tf.data.Dataset.from_tensor_slices((paths, labels))
-            .map(lambda p, y: (_load_image(p, size), y), num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(_BATCH_SIZE)
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        return paths, labels
 
     def read_error(self, exc: Exception) -> Exception:
-        return _decode_failure(list(self.read))
+        return exc if self.files is None else _decode_failure(list(self.files[0]))
 
 
 @contextlib.contextmanager
