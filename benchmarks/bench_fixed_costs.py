@@ -11,12 +11,15 @@ is), after the same warm-up. The default (`--costs fixed`) switches on three:
   `at_least=1`: a collection and a heap walk each time).
 
 `--costs autotune` switches tf.data's autotuning back on for the iterators `fit` makes
-(`caching.untuned`), whose deletion waited for the tuner's next wake-up. `--variant
+(`caching.untuned`), whose deletion waited for the tuner's next wake-up. `--costs
+validation` puts Keras' own validation back on stored features (a test function traced
+per phase, an `evaluate` per epoch) instead of one eager step per epoch. `--variant
 augment` times the call with `augment="default"`, `--variant uncached` with
 `cache=False`.
 
     python benchmarks/bench_fixed_costs.py --runs 5
     python benchmarks/bench_fixed_costs.py --costs autotune --variant uncached --runs 2
+    python benchmarks/bench_fixed_costs.py --costs validation --runs 6
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--costs", choices=("fixed", "autotune"), default="fixed")
+    parser.add_argument("--costs", choices=("fixed", "autotune", "validation"), default="fixed")
     parser.add_argument("--variant", choices=("plain", "augment", "uncached"), default="plain")
     args = parser.parse_args()
     spec = importlib.util.spec_from_file_location("bench_flowers", HERE / "bench_flowers.py")
@@ -51,6 +54,7 @@ def main() -> None:
     restore = training.BestWeights.restore
     count = freezing._count
     untuned = caching.untuned
+    eager_validation = caching._EagerValidation.of
 
     def restore_all(self: Any, everything: bool = False) -> None:
         restore(self, everything=True)
@@ -61,6 +65,10 @@ def main() -> None:
     def costs(on: bool) -> None:
         if args.costs == "autotune":
             caching.untuned = (lambda dataset: dataset) if on else untuned
+            return
+        if args.costs == "validation":
+            keras_own = staticmethod(lambda *args: None)
+            caching._EagerValidation.of = keras_own if on else eager_validation  # type: ignore[method-assign]
             return
         _gradients.FEW = 1 if on else 8
         training.BestWeights.restore = restore_all if on else restore  # type: ignore[method-assign]

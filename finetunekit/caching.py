@@ -40,6 +40,7 @@ __all__ = [
     "estimate_bytes",
     "DEFAULT_BUDGET",
     "STEPS_PER_CALL",
+    "EAGER_VALIDATION_BYTES",
     "remove_stale_spills",
 ]
 
@@ -922,6 +923,89 @@ class _StopForwarder(keras.callbacks.Callback):
         self._forward()
 
 
+#: The most bytes of stored validation features `_EagerValidation` holds; beyond them,
+#: Keras' own validation runs, batch by batch.
+EAGER_VALIDATION_BYTES = 32 * 2**20
+
+_TEST_HOOKS = ("on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end")
+
+
+class _EagerValidation(keras.callbacks.Callback):
+    """Validation on stored features: one eager `test_step` over all of them per epoch.
+
+    Keras' `fit` validates through `evaluate`, which traces a test function for every
+    model it trains and makes a new iterator every epoch. On stored features a trainer
+    is a few layers and the held-out set a few megabytes, so that was most of the
+    cost: on the 350 flowers (70 held out) at 160 px, a phase's first validation took
+    0.14-0.29 s (the trace and TensorFlow's optimization of the graph) and each later
+    one 12-25 ms, 0.5-0.6 s of a 4.4 s fine-tune (benchmarks/bench_fixed_costs.py,
+    docs/benchmarks.md). Here the held-out features are read once, joined, and each
+    epoch runs the trainer's own `test_step` on them eagerly: the same loss and metrics
+    Keras reports (`val_` + name), with nothing traced.
+
+    It goes first in the callback list and adds its results to the epoch's logs, which
+    Keras hands to every callback in turn, so `EarlyStopping`, `CSVLogger`, the history
+    and the bar see them as they see Keras' own. `of` keeps Keras' validation where
+    that could differ: under a distribution strategy, with a callback that acts on the
+    test hooks (TensorBoard), or when the features exceed `EAGER_VALIDATION_BYTES`.
+    """
+
+    def __init__(self, trainer: keras.Model, batch: tuple[Any, ...]) -> None:
+        super().__init__()
+        self._trainer, self._batch = trainer, batch
+        self._last: dict[str, Any] = {}
+
+    @classmethod
+    def of(
+        cls,
+        trainer: keras.Model,
+        validation: tf.data.Dataset,
+        callbacks: Sequence[keras.callbacks.Callback],
+    ) -> _EagerValidation | None:
+        """The callback for `validation`, or None where Keras' own validation should run."""
+        if tf.distribute.has_strategy() or (
+            trainer.distribute_strategy is not tf.distribute.get_strategy()
+        ):
+            return None
+        base = keras.callbacks.Callback
+        if any(
+            getattr(type(callback), hook, None) is not getattr(base, hook)
+            for callback in callbacks
+            if not isinstance(callback, keras.callbacks.ProgbarLogger)
+            for hook in _TEST_HOOKS
+        ):
+            return None
+        batches, size = [], 0
+        for batch in untuned(validation):
+            size += sum(int(np.prod(t.shape)) * t.dtype.size for t in tf.nest.flatten(batch))
+            if size > EAGER_VALIDATION_BYTES:
+                return None
+            batches.append(batch)
+        if not batches:
+            return None
+        joined = tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *batches)
+        return cls(trainer, tuple(joined))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # Keras' evaluate does the same: reset the metrics, run test steps, read them. The
+        # epoch's training results are in the logs already; the next epoch resets again.
+        self._trainer.reset_metrics()
+        results = self._trainer.test_step(self._batch)
+        self._last = {f"val_{name}": _plain(value) for name, value in results.items()}
+        if logs is not None:
+            logs.update(self._last)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:  # Keras' own end-of-training logs carry the last validation
+            logs.update(self._last)
+
+
+def _plain(value: Any) -> Any:
+    """A scalar tensor as a Python float, as Keras' callbacks receive logs."""
+    array = np.asarray(value)
+    return float(array) if array.ndim == 0 else array
+
+
 def fit_on_features(
     trainer: keras.Model,
     train: tf.data.Dataset,
@@ -948,7 +1032,10 @@ def fit_on_features(
         train: batches of `(features, labels)` (e.g. `FeatureCache.dataset(...)`).
         epochs: index of the last epoch + 1, as in `keras.Model.fit`.
         initial_epoch: the epoch to start at.
-        validation: batches of stored validation features.
+        validation: batches of stored validation features. Up to
+            `EAGER_VALIDATION_BYTES` of them, outside a distribution strategy and without
+            a callback that acts on test hooks, they are scored by one eager `test_step`
+            per epoch instead of Keras' traced `evaluate` (same logs, less fixed cost).
         callbacks: Keras callbacks.
         verbose: as in `keras.Model.fit` (`"auto"` is 1).
         model: the model the callbacks see (default: the trainer).
@@ -968,13 +1055,18 @@ def fit_on_features(
     steps = int(train.cardinality())
     trainer.steps_per_execution = steps_per_execution
     history = keras.callbacks.History()
+    first: list[keras.callbacks.Callback] = []
+    if validation is not None:
+        eager = _EagerValidation.of(trainer, validation, callbacks)
+        if eager is not None:  # Keras' fit then validates nothing itself
+            first, validation = [eager], None
     extra: list[keras.callbacks.Callback] = [history]
     if verbose:
         extra.append(ProgressBar())
     if watched is not trainer:
         extra.append(_StopForwarder(watched, trainer))
     callback_list = keras.callbacks.CallbackList(
-        [*callbacks, *extra],
+        [*first, *callbacks, *extra],
         model=watched,
         verbose=verbose,
         epochs=epochs,

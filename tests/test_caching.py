@@ -192,6 +192,92 @@ def test_building_the_optimizer_ahead_trains_the_same(monkeypatch: pytest.Monkey
     assert not np.allclose(trained, untrained)  # both phases trained: the test compares work
 
 
+class _TestSteps:
+    """Counts the model's `test_step` calls, eager and traced."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.eager = self.traced = 0
+        original = keras.Model.test_step
+
+        def counting(model: keras.Model, data: object) -> object:
+            if tf.executing_eagerly():
+                self.eager += 1
+            else:
+                self.traced += 1
+            return original(model, data)
+
+        monkeypatch.setattr(keras.Model, "test_step", counting)
+
+
+class _EndLogs(keras.callbacks.Callback):
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.logs = dict(logs or {})
+
+
+def _validated(monkeypatch: pytest.MonkeyPatch, cache: bool = True,
+               **kwargs: object) -> tuple[ftk.FineTuner, dict[str, list[float]], _TestSteps]:
+    steps = _TestSteps(monkeypatch)
+    x, y = _images(16)
+    tuner = _fit(cache, x, y, validation_data=_images(6, seed=1), **kwargs)
+    history = tuner.history.history
+    monkeypatch.undo()
+    return tuner, history, steps
+
+
+def test_validation_on_stored_features_runs_eagerly_and_matches_keras(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    end = _EndLogs()
+    tuner, eager, steps = _validated(monkeypatch, callbacks=[end])
+    assert tuner.last_phase.cached
+    # One eager step per epoch (3 + 3) on all the held-out features, nothing traced.
+    assert (steps.eager, steps.traced) == (6, 0)
+    assert len(eager["val_loss"]) == len(eager["val_accuracy"]) == 6
+    assert end.logs["val_loss"] == eager["val_loss"][-1]  # the end-of-training logs too
+
+    monkeypatch.setattr(caching._EagerValidation, "of", staticmethod(lambda *args: None))
+    _, keras_own, steps = _validated(monkeypatch)
+    assert steps.traced > 0 and steps.eager == 0  # Keras' evaluate, traced per phase
+    _, uncached, _ = _validated(monkeypatch, cache=False)
+    for other in (keras_own, uncached):
+        for key in ("val_loss", "val_accuracy", "loss"):
+            np.testing.assert_allclose(eager[key], other[key], atol=1e-4, rtol=1e-4,
+                                       err_msg=key)
+
+
+class _TestHooks(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.began = 0
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self.began += 1
+
+
+def test_keras_validates_where_a_callback_uses_its_test_hooks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hooks = _TestHooks()
+    _, history, steps = _validated(monkeypatch, callbacks=[hooks])
+    assert hooks.began == 6 and steps.eager == 0  # TensorBoard, for one, needs them
+    _, eager, _ = _validated(monkeypatch)
+    np.testing.assert_allclose(history["val_loss"], eager["val_loss"], atol=1e-4, rtol=1e-4)
+
+
+def test_validation_features_beyond_the_bound_go_through_keras(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The head phase's 6 x 16 pooled floats (384 bytes) stay under it, the fine-tune
+    # phase's 6 x 16 x 16 x 8 floats of block 1 (48 KiB) do not.
+    monkeypatch.setattr(caching, "EAGER_VALIDATION_BYTES", 1024)
+    steps = _TestSteps(monkeypatch)
+    x, y = _images(16)
+    tuner = _fit(True, x, y, validation_data=_images(6, seed=1))
+    assert tuner.last_phase.cached
+    assert steps.eager == 3 and steps.traced > 0
+    assert len(tuner.history.history["val_loss"]) == 6
+
+
 def test_both_phases_come_from_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     passes: list[int] = []
     original = caching.FeatureCache.__init__
