@@ -373,27 +373,32 @@ def _stratified_folds(labels: np.ndarray, folds: int, rng: np.random.Generator) 
 
 
 def _fit_predict_all(
-    problems: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int
+    problems: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    num_classes: int,
+    *,
+    kernel: bool | None = None,
 ) -> list[np.ndarray]:
     """Logits of each `test` from a softmax regression fitted on its `train`.
 
-    With fewer training images than dimensions, the descent runs in the span of the
-    training rows (their coordinates U S in an orthonormal basis V): gradient descent
-    from zero never leaves that span, so the iterates are the same, at r instead of d
-    columns.
+    With fewer training images than dimensions (`kernel`, by default when every
+    problem has), the descent runs on the Gram matrices: gradient descent from zero
+    keeps the weights in the span of the training rows, w = X'a, and each step on w
+    is the same step on a (see `_softmax_regressions`), so the iterates are the same
+    at n instead of d columns. Unlike projecting onto the rows' span, it needs no
+    eigendecomposition: on 349 images of 1,280 features the 5 folds' took about half
+    of the probe's 185 ms.
     """
+    if kernel is None:
+        kernel = all(len(train) < np.shape(train)[1] for train, _, _ in problems)
     xs, ys, tests = [], [], []
     for train, labels, test in problems:
         train, test = np.asarray(train, np.float64), np.asarray(test, np.float64)
-        if len(train) < train.shape[1]:
-            values, vectors = _eigh(train @ train.T)
-            keep = values > max(values.max(), 0.0) * 1e-10
-            basis = train.T @ vectors[:, keep] / np.sqrt(values[keep])
-            train, test = train @ basis, test @ basis
+        if kernel:
+            train, test = train @ train.T, test @ train.T
         xs.append(train)
         ys.append(labels)
         tests.append(test)
-    fitted = _softmax_regressions(xs, ys, num_classes)
+    fitted = _softmax_regressions(xs, ys, num_classes, kernel=kernel)
     return [test @ weights + bias for test, (weights, bias) in zip(tests, fitted, strict=True)]
 
 
@@ -403,6 +408,7 @@ def _softmax_regressions(
     num_classes: int,
     *,
     l2: float | None = None,
+    kernel: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Minimises mean cross-entropy + l2/2 |W|^2 by Nesterov's accelerated gradient.
 
@@ -410,13 +416,19 @@ def _softmax_regressions(
     of the multinomial log-likelihood, so the descent needs no line search. The bias is
     not penalised.
 
+    With `kernel`, each x is the Gram matrix K = X X' of the training rows X, and the
+    weights returned are `a` with W = X'a: the gradient X'E + l2 W is X'(E + l2 a), so
+    the step on W is the step E + l2 a on a, the logits X W = K a, and lambda_max(K) is
+    lambda_max(X'X).
+
     The problems (the folds of a cross-validation) descend together, stacked into one
     array, in float32: on 350 images of 1,280 features, 5 folds took about 0.21 s
     against 0.28 s one by one in float64. Padding rows get no error and padding columns no
     gradient, so each problem's iterates are those it would have alone.
 
     Returns:
-        `(weights, bias)` of shapes `(d, num_classes)` and `(num_classes,)` per problem.
+        `(weights, bias)` of shapes `(d, num_classes)` (`(n, num_classes)` with `kernel`)
+        and `(num_classes,)` per problem.
     """
     l2 = PROBE_L2 if l2 is None else l2
     count = len(xs)
@@ -432,7 +444,8 @@ def _softmax_regressions(
         x[i, :n, :d] = xi
         targets[i, :n] = np.eye(num_classes)[yi]
         weight[i, :n] = 1.0 / n
-        curvature[i] = (_largest_eigenvalue(xi) + n) / n / 2 + l2  # + n: the bias column
+        largest = _largest_eigenvalue(xi, gram=kernel)
+        curvature[i] = (largest + n) / n / 2 + l2  # + n: the bias column
     transposed = x.transpose(0, 2, 1)
     weights = np.zeros((count, columns, num_classes), np.float32)
     bias = np.zeros((count, 1, num_classes), np.float32)
@@ -447,17 +460,19 @@ def _softmax_regressions(
         probabilities /= probabilities.sum(axis=2, keepdims=True)
         error = (probabilities - targets) * weight
         previous = (weights, bias)
-        weights = ahead_w - (transposed @ error + l2 * ahead_w) / curvature
+        gradient = error if kernel else transposed @ error
+        weights = ahead_w - (gradient + l2 * ahead_w) / curvature
         bias = ahead_b - error.sum(axis=1, keepdims=True) / curvature
     return [(weights[i, : xi.shape[1]], bias[i, 0]) for i, xi in enumerate(xs)]
 
 
-def _largest_eigenvalue(x: np.ndarray) -> float:
-    """The largest eigenvalue of x'x by power iteration (an upper estimate is enough)."""
+def _largest_eigenvalue(x: np.ndarray, *, gram: bool = False) -> float:
+    """The largest eigenvalue of x'x (of x itself, a Gram matrix, with `gram`) by power
+    iteration (an upper estimate is enough)."""
     vector = np.ones(x.shape[1]) / np.sqrt(x.shape[1])
     value = 0.0
     for _ in range(50):
-        product = x.T @ (x @ vector)
+        product = x @ vector if gram else x.T @ (x @ vector)
         value = float(np.linalg.norm(product))
         if value == 0.0:
             return 1.0

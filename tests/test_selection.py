@@ -177,6 +177,26 @@ def test_linear_probe_separates_separable_classes_and_not_random_labels(d):
     assert ts.linear_probe_correct(features, shuffled, 3, rng).mean() < 0.5
 
 
+def test_the_probe_on_gram_matrices_predicts_as_on_the_features():
+    # Fewer images than dimensions: the descent on K = X X' (no eigendecomposition) takes
+    # the same steps as on X itself, so the logits agree up to float32 rounding.
+    rng = np.random.default_rng(5)
+    problems = []
+    for n in (40, 37):  # folds of different sizes: padded rows and columns
+        labels = rng.integers(0, 3, n)
+        train = rng.normal(size=(n, 120)) + np.eye(3).repeat(40, axis=1)[labels]
+        problems.append((train, labels, rng.normal(size=(9, 120))))
+    on_gram = ts._fit_predict_all(problems, 3, kernel=True)
+    on_features = ts._fit_predict_all(problems, 3, kernel=False)
+    by_default = ts._fit_predict_all(problems, 3)  # n < d in every fold: the Gram form
+    for a, c in zip(on_gram, by_default, strict=True):
+        np.testing.assert_array_equal(a, c)
+    for a, b in zip(on_gram, on_features, strict=True):
+        assert a.shape == b.shape == (9, 3)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max())
+        assert np.abs(b).max() > 0.1  # the descent moved: the comparison is of trained models
+
+
 def test_intervals_hold_the_value_and_narrow_with_more_images():
     rng = np.random.default_rng(5)
     small = ts.accuracy_interval(rng.random(40) < 0.7, rng)
