@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_BUDGET",
     "STEPS_PER_CALL",
     "EAGER_VALIDATION_BYTES",
+    "EAGER_ACTIVATION_BYTES",
     "remove_stale_spills",
 ]
 
@@ -923,36 +924,56 @@ class _StopForwarder(keras.callbacks.Callback):
         self._forward()
 
 
-#: The most bytes of stored validation features `_EagerValidation` holds; beyond them,
-#: Keras' own validation runs, batch by batch.
+#: `_EagerValidation` holds at most this many bytes of stored validation features;
+#: beyond, Keras' own validation runs, batch by batch.
 EAGER_VALIDATION_BYTES = 32 * 2**20
+
+#: The eager validation's chunks hold at most this many bytes of the trainer's largest
+#: activation (rows x its bytes per row).
+EAGER_ACTIVATION_BYTES = 64 * 2**20
 
 _TEST_HOOKS = ("on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end")
 
 
+def overrides(callback: keras.callbacks.Callback, hook: str) -> bool:
+    """Whether `callback` does something at `hook`: a method of its class, or one set on
+    the instance (`keras.callbacks.LambdaCallback(on_test_begin=...)`)."""
+    method = getattr(callback, hook, None)
+    return getattr(method, "__func__", method) is not getattr(keras.callbacks.Callback, hook)
+
+
 class _EagerValidation(keras.callbacks.Callback):
-    """Validation on stored features: one eager `test_step` over all of them per epoch.
+    """Validation on stored features: the trainer's `test_step`, run eagerly, per epoch.
 
     Keras' `fit` validates through `evaluate`, which traces a test function for every
     model it trains and makes a new iterator every epoch. On stored features a trainer
-    is a few layers and the held-out set a few megabytes, so that was most of the
-    cost: on the 350 flowers (70 held out) at 160 px, a phase's first validation took
+    is a few layers and the held-out set a few batches, so that was most of the cost:
+    on the 350 flowers (70 held out) at 160 px, a phase's first validation took
     0.14-0.29 s (the trace and TensorFlow's optimization of the graph) and each later
     one 12-25 ms, 0.5-0.6 s of a 4.4 s fine-tune (benchmarks/bench_fixed_costs.py,
-    docs/benchmarks.md). Here the held-out features are read once, joined, and each
-    epoch runs the trainer's own `test_step` on them eagerly: the same loss and metrics
-    Keras reports (`val_` + name), with nothing traced.
+    docs/benchmarks.md). Here the held-out features are read once and joined, and each
+    epoch runs the trainer's own `test_step` eagerly on them, nothing traced. One eager
+    step costs about what a traced one does plus a few milliseconds of Python per
+    layer, so the features run in as few steps as memory allows: chunks of
+    `EAGER_ACTIVATION_BYTES` of the trainer's largest activation (all 70 or 398
+    held-out flowers at once); run batch by batch, the fine-tune phase's eager
+    validation had cost 57-69 ms an epoch against Keras' 20-25 ms.
 
-    It goes first in the callback list and adds its results to the epoch's logs, which
-    Keras hands to every callback in turn, so `EarlyStopping`, `CSVLogger`, the history
-    and the bar see them as they see Keras' own. `of` keeps Keras' validation where
-    that could differ: under a distribution strategy, with a callback that acts on the
-    test hooks (TensorBoard), or when the features exceed `EAGER_VALIDATION_BYTES`.
+    The losses and metrics are Keras' own, as `evaluate` reports them with a
+    `validation_batch_size` of the chunk: the same values for metrics of each image (a
+    mean loss, accuracy, AUC); a metric that returns one number per batch averages
+    over chunks instead of batches. It goes first in the callback list and adds its
+    results to the epoch's logs, which Keras hands to every callback in turn, so
+    `EarlyStopping`, `CSVLogger`, the history and the bar see them as they see Keras'
+    own. `of` keeps Keras' validation where it could differ otherwise: under a
+    distribution strategy; with a callback that acts on the test hooks (TensorBoard);
+    for a trainer of several outputs (Keras weighs their per-output losses by batch
+    size when eager, not when traced); beyond `EAGER_VALIDATION_BYTES` of features.
     """
 
-    def __init__(self, trainer: keras.Model, batch: tuple[Any, ...]) -> None:
+    def __init__(self, trainer: keras.Model, chunks: list[Any]) -> None:
         super().__init__()
-        self._trainer, self._batch = trainer, batch
+        self._trainer, self._chunks = trainer, chunks
         self._last: dict[str, Any] = {}
 
     @classmethod
@@ -967,15 +988,17 @@ class _EagerValidation(keras.callbacks.Callback):
             trainer.distribute_strategy is not tf.distribute.get_strategy()
         ):
             return None
-        base = keras.callbacks.Callback
+        if len(trainer.outputs) != 1:
+            return None
         if any(
-            getattr(type(callback), hook, None) is not getattr(base, hook)
+            overrides(callback, hook)
             for callback in callbacks
             if not isinstance(callback, keras.callbacks.ProgbarLogger)
             for hook in _TEST_HOOKS
         ):
             return None
-        batches, size = [], 0
+        batches: list[Any] = []
+        size = 0
         for batch in untuned(validation):
             size += sum(int(np.prod(t.shape)) * t.dtype.size for t in tf.nest.flatten(batch))
             if size > EAGER_VALIDATION_BYTES:
@@ -983,14 +1006,24 @@ class _EagerValidation(keras.callbacks.Callback):
             batches.append(batch)
         if not batches:
             return None
+        largest = structure.largest_output_bytes(trainer)
+        if largest is None:  # sizes unknown: Keras' own batches
+            return cls(trainer, batches)
+        rows = max(1, EAGER_ACTIVATION_BYTES // largest)
         joined = tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *batches)
-        return cls(trainer, tuple(joined))
+        total = int(tf.nest.flatten(joined)[0].shape[0])
+        chunks = [
+            tf.nest.map_structure(lambda t, start=start: t[start : start + rows], joined)
+            for start in range(0, total, rows)
+        ]
+        return cls(trainer, chunks)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # Keras' evaluate does the same: reset the metrics, run test steps, read them. The
         # epoch's training results are in the logs already; the next epoch resets again.
         self._trainer.reset_metrics()
-        results = self._trainer.test_step(self._batch)
+        for chunk in self._chunks:
+            results = self._trainer.test_step(chunk)
         self._last = {f"val_{name}": _plain(value) for name, value in results.items()}
         if logs is not None:
             logs.update(self._last)
@@ -1033,9 +1066,10 @@ def fit_on_features(
         epochs: index of the last epoch + 1, as in `keras.Model.fit`.
         initial_epoch: the epoch to start at.
         validation: batches of stored validation features. Up to
-            `EAGER_VALIDATION_BYTES` of them, outside a distribution strategy and without
-            a callback that acts on test hooks, they are scored by one eager `test_step`
-            per epoch instead of Keras' traced `evaluate` (same logs, less fixed cost).
+            `EAGER_VALIDATION_BYTES` of them, for a trainer of one output, outside a
+            distribution strategy and without a callback that acts on test hooks, each
+            epoch scores them with eager `test_step`s on as few chunks as
+            `EAGER_ACTIVATION_BYTES` allows, instead of Keras' traced `evaluate`.
         callbacks: Keras callbacks.
         verbose: as in `keras.Model.fit` (`"auto"` is 1).
         model: the model the callbacks see (default: the trainer).

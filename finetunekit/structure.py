@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 
 from finetunekit.errors import ArgumentTypeError, ModelStructureError
 
@@ -306,6 +307,28 @@ def _ordered_nodes(model: keras.Model) -> list[Any]:
     """The model's own call nodes, in topological order."""
     by_depth = model._nodes_by_depth
     return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
+
+
+def largest_output_bytes(model: keras.Model) -> int | None:
+    """Bytes per example of the largest tensor the model's own layers output, as built.
+
+    Read from the functional graph's nodes (a nested model counts by its outputs). None
+    for a model that is not a functional graph or whose tensors have no static size.
+    """
+    if not _is_functional(model) or isinstance(model, keras.Sequential):
+        return None
+    largest = 0
+    for node in _ordered_nodes(model):
+        for tensor in keras.tree.flatten(node.outputs):
+            shape = getattr(tensor, "shape", None)
+            if shape is None or len(shape) < 1 or any(d is None for d in shape[1:]):
+                continue
+            try:
+                itemsize = np.dtype(str(tensor.dtype)).itemsize
+            except TypeError:  # bfloat16 and other types numpy does not name
+                itemsize = 4
+            largest = max(largest, math.prod(shape[1:]) * itemsize)
+    return largest or None
 
 
 def _graph_ops(model: keras.Model) -> tuple[list[Any], list[int]]:

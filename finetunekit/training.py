@@ -849,13 +849,9 @@ _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", 
 
 
 def _acts_on_batches(callbacks: Sequence[keras.callbacks.Callback]) -> bool:
-    """Whether a callback overrides a training-batch hook (Keras' own Callback does not)."""
-    base = keras.callbacks.Callback
-    return any(
-        getattr(type(callback), hook, None) is not getattr(base, hook)
-        for callback in callbacks
-        for hook in _BATCH_HOOKS
-    )
+    """Whether a callback acts on a training-batch hook (Keras' own Callback does not), by
+    a method of its class or one set on it (`LambdaCallback(on_train_batch_end=...)`)."""
+    return any(caching.overrides(callback, hook) for callback in callbacks for hook in _BATCH_HOOKS)
 
 
 def _banner(phase: Phase, model: keras.Model, stored: _Stored | None, why: str | None) -> str:

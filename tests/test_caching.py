@@ -133,7 +133,8 @@ def _fit(cache: bool | str, x: np.ndarray, y: np.ndarray, budget: int = caching.
     tuner = ftk.FineTuner(_small_base(), num_classes=3, cache=cache, seed=0, cache_budget=budget)
     tuner.fit(x, y, head_epochs=3, finetune_epochs=3, unfreeze=2, dropout=0.0,
               head_learning_rate=1e-2, finetune_learning_rate=1e-2,
-              batch_size=len(x), early_stopping=False, verbose=0, **kwargs)
+              batch_size=kwargs.pop("batch_size", len(x)), early_stopping=False, verbose=0,
+              **kwargs)
     return tuner
 
 
@@ -276,6 +277,85 @@ def test_validation_features_beyond_the_bound_go_through_keras(
     assert tuner.last_phase.cached
     assert steps.eager == 3 and steps.traced > 0
     assert len(tuner.history.history["val_loss"]) == 6
+
+
+def _batch_mean(y_true: object, y_pred: object) -> object:
+    """A metric of one number per batch: Keras averages batches, short ones counted alike."""
+    return keras.ops.mean(y_pred[:, 0])
+
+
+def _features_fit(eager: bool, monkeypatch: pytest.MonkeyPatch, outputs: int = 1,
+                  callbacks: tuple = ()) -> tuple[dict[str, list[float]], _TestSteps]:
+    """fit_on_features on 12 + 10 stored feature rows in batches of 4 (the last of 2)."""
+    with monkeypatch.context() as patch:
+        if not eager:
+            patch.setattr(caching._EagerValidation, "of", staticmethod(lambda *args: None))
+        steps = _TestSteps(patch)
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((5,))
+        heads = [keras.layers.Dense(3, activation="softmax", name=f"out{i}")(inputs)
+                 for i in range(outputs)]
+        trainer = keras.Model(inputs, heads if outputs > 1 else heads[0])
+        trainer.compile(optimizer="adam", loss=["sparse_categorical_crossentropy"] * outputs,
+                        metrics=[[_batch_mean, "accuracy"]] * outputs if outputs > 1
+                        else [_batch_mean, "accuracy"])
+        rng = np.random.default_rng(3)
+        x, y = rng.normal(size=(22, 5)).astype("float32"), rng.integers(0, 3, 22)
+        targets = tuple([y[12:]] * outputs) if outputs > 1 else y[12:]
+        train = tf.data.Dataset.from_tensor_slices(
+            (x[:12], tuple([y[:12]] * outputs) if outputs > 1 else y[:12])).batch(4)
+        validation = tf.data.Dataset.from_tensor_slices((x[12:], targets)).batch(4)
+        history = caching.fit_on_features(trainer, train, epochs=2, validation=validation,
+                                          verbose=0, callbacks=list(callbacks))
+    return history.history, steps
+
+
+def test_eager_validation_joins_the_batches_and_reports_what_keras_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    eager, steps = _features_fit(True, monkeypatch)
+    assert (steps.eager, steps.traced) == (2, 0)  # the 3 batches (4, 4, 2) as one, 2 epochs
+    keras_own, steps = _features_fit(False, monkeypatch)
+    assert steps.eager == 0 and steps.traced > 0
+    assert set(eager) == set(keras_own) >= {"val_loss", "val_accuracy", "val__batch_mean"}
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):  # metrics of each image
+        np.testing.assert_allclose(eager[key], keras_own[key], rtol=1e-6, atol=1e-7,
+                                   err_msg=key)
+    # In chunks of Keras' own batches (4 rows of at most 20 bytes: the input), even a
+    # metric of one number per batch reads as Keras reads it.
+    monkeypatch.setattr(caching, "EAGER_ACTIVATION_BYTES", 80)
+    chunked, steps = _features_fit(True, monkeypatch)
+    assert (steps.eager, steps.traced) == (6, 0)
+    for key, values in keras_own.items():
+        np.testing.assert_allclose(chunked[key], values, rtol=1e-6, atol=1e-7, err_msg=key)
+    assert not np.allclose(eager["val__batch_mean"], keras_own["val__batch_mean"])
+
+
+def test_keras_validates_a_trainer_of_several_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    history, steps = _features_fit(True, monkeypatch, outputs=2)
+    assert steps.eager == 0 and steps.traced > 0
+    assert len(history["val_loss"]) == 2
+
+
+def test_a_test_hook_set_on_the_instance_keeps_keras_validation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    began: list[int] = []
+    hook = keras.callbacks.LambdaCallback()
+    hook.on_test_begin = lambda logs=None: began.append(1)
+    _, steps = _features_fit(True, monkeypatch, callbacks=(hook,))
+    assert len(began) == 2 and steps.eager == 0
+
+
+def test_a_batch_hook_set_on_the_instance_sees_every_batch() -> None:
+    ends: list[int] = []
+    counter = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: ends.append(batch)
+    )
+    x, y = _images(16)
+    tuner = _fit(True, x, y, callbacks=[counter], batch_size=4)
+    assert tuner.last_phase.cached
+    assert ends == [0, 1, 2, 3] * 6  # 4 batches in each of 3 + 3 epochs, one step per call
 
 
 def test_both_phases_come_from_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:

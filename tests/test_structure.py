@@ -519,3 +519,11 @@ def test_a_nested_preprocessing_model_before_the_base_is_not_a_second_base(mobil
     x = keras.layers.GlobalAveragePooling2D()(mobilenet_v2(stem(inputs), training=False))
     with pytest.raises(ModelStructureError, match="nested models with convolutions"):
         structure.find_base(keras.Model(inputs, keras.layers.Dense(3)(x)))
+
+
+def test_largest_output_bytes_reads_the_graph() -> None:
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same")(inputs)  # 8 x 8 x 16 floats: the largest
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    assert structure.largest_output_bytes(keras.Model(inputs, outputs)) == 8 * 8 * 16 * 4
+    assert structure.largest_output_bytes(keras.Sequential([keras.layers.Dense(2)])) is None
