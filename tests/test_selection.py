@@ -177,6 +177,25 @@ def test_linear_probe_separates_separable_classes_and_not_random_labels(d):
     assert ts.linear_probe_correct(features, shuffled, 3, rng).mean() < 0.5
 
 
+def test_logme_of_several_spectra_equals_each_alone():
+    # Half-samples of different ranks run their fixed points together, padded: each
+    # value must be the one it has alone (zero padding, masked log-determinant, its own
+    # stopping step).
+    rng = np.random.default_rng(6)
+    spectra = []
+    for n, d, signal in ((20, 10, 2.0), (15, 30, 0.0), (40, 25, 5.0)):
+        labels = np.arange(n) % 3
+        features = rng.normal(size=(n, d)) + signal * np.eye(3).repeat(-(-d // 3), axis=1)[
+            labels, :d
+        ]
+        spectra.append(ts._spectrum(features, labels, 3))
+    assert len({len(sp.eigenvalues) for sp in spectra}) == 3  # three ranks: padding is used
+    together = ts._logme_of(spectra)
+    alone = [ts._logme_of([sp])[0] for sp in spectra]
+    np.testing.assert_allclose(together, alone, rtol=1e-12, atol=1e-12)
+    assert together[2] > together[1]  # the scores differ: the comparison is not vacuous
+
+
 def test_the_probe_on_gram_matrices_predicts_as_on_the_features():
     # Fewer images than dimensions: the descent on K = X X' (no eigendecomposition) takes
     # the same steps as on X itself, so the logits agree up to float32 rounding.
