@@ -310,15 +310,19 @@ def _ordered_nodes(model: keras.Model) -> list[Any]:
 
 
 def largest_output_bytes(model: keras.Model) -> int | None:
-    """Bytes per example of the largest tensor the model's own layers output, as built.
+    """Bytes per example of the largest tensor the model's layers output, as built.
 
-    Read from the functional graph's nodes (a nested model counts by its outputs). None
-    for a model that is not a functional graph or whose tensors have no static size.
+    Read from the functional graph's nodes, and from those of the functional models
+    nested in it (a trainer's unfrozen blocks are one, `{base}_trainable_part`: their
+    expanded activations are 2-4 times its output). None for a model that is not a
+    functional graph or whose tensors have no static size.
     """
     if not _is_functional(model) or isinstance(model, keras.Sequential):
         return None
     largest = 0
     for node in _ordered_nodes(model):
+        if isinstance(node.operation, keras.Model):
+            largest = max(largest, largest_output_bytes(node.operation) or 0)
         for tensor in keras.tree.flatten(node.outputs):
             shape = getattr(tensor, "shape", None)
             if shape is None or len(shape) < 1 or any(d is None for d in shape[1:]):

@@ -851,7 +851,25 @@ _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", 
 def _acts_on_batches(callbacks: Sequence[keras.callbacks.Callback]) -> bool:
     """Whether a callback acts on a training-batch hook (Keras' own Callback does not), by
     a method of its class or one set on it (`LambdaCallback(on_train_batch_end=...)`)."""
-    return any(caching.overrides(callback, hook) for callback in callbacks for hook in _BATCH_HOOKS)
+    return any(
+        caching.overrides(callback, hook)
+        for callback in callbacks
+        if not _saves_per_epoch(callback)
+        for hook in _BATCH_HOOKS
+    )
+
+
+def _saves_per_epoch(callback: keras.callbacks.Callback) -> bool:
+    """A ModelCheckpoint or BackupAndRestore saving per epoch: its batch hook returns at once.
+
+    Counted as acting on batches, the common `ModelCheckpoint(path)` made every cached
+    phase run one step per call instead of `caching.STEPS_PER_CALL`.
+    """
+    savers = (keras.callbacks.ModelCheckpoint, keras.callbacks.BackupAndRestore)
+    if not isinstance(callback, savers):
+        return False
+    frequency = getattr(callback, "save_freq", None)
+    return frequency == "epoch" or frequency is False  # BackupAndRestore takes False
 
 
 def _banner(phase: Phase, model: keras.Model, stored: _Stored | None, why: str | None) -> str:

@@ -358,6 +358,18 @@ def test_a_batch_hook_set_on_the_instance_sees_every_batch() -> None:
     assert ends == [0, 1, 2, 3] * 6  # 4 batches in each of 3 + 3 epochs, one step per call
 
 
+def test_savers_per_epoch_keep_several_steps_per_call(tmp_path: object) -> None:
+    from finetunekit import training
+
+    path = os.path.join(str(tmp_path), "m.keras")
+    assert not training._acts_on_batches([keras.callbacks.ModelCheckpoint(path)])
+    assert not training._acts_on_batches([keras.callbacks.BackupAndRestore(str(tmp_path))])
+    assert training._acts_on_batches([keras.callbacks.ModelCheckpoint(path, save_freq=2)])
+    assert training._acts_on_batches(
+        [keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=2)]
+    )
+
+
 def test_both_phases_come_from_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     passes: list[int] = []
     original = caching.FeatureCache.__init__

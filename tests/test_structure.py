@@ -527,3 +527,14 @@ def test_largest_output_bytes_reads_the_graph() -> None:
     outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
     assert structure.largest_output_bytes(keras.Model(inputs, outputs)) == 8 * 8 * 16 * 4
     assert structure.largest_output_bytes(keras.Sequential([keras.layers.Dense(2)])) is None
+
+
+def test_largest_output_bytes_looks_inside_nested_models() -> None:
+    # A trainer's unfrozen blocks are a nested model whose inner activations (here 32
+    # channels) exceed its output (4 channels).
+    inner_in = keras.Input((8, 8, 3))
+    wide = keras.layers.Conv2D(32, 1)(inner_in)
+    blocks = keras.Model(inner_in, keras.layers.Conv2D(4, 1)(wide), name="blocks")
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(blocks(inputs)))
+    assert structure.largest_output_bytes(keras.Model(inputs, outputs)) == 8 * 8 * 32 * 4
